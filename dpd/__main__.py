@@ -1,0 +1,3 @@
+from dpd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The aiohttp application: middlewares, routes, server-sent events and WebSocket."""

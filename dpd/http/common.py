@@ -1,0 +1,111 @@
+"""What every route module shares: the envelope response, the caller's identity and
+permissions, rate limiting and query-parameter parsing.
+
+Route modules raise ``dpd.errors`` exceptions; one middleware (``dpd.http.middlewares``)
+turns them into the envelope. Nothing here writes a response for an error itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from dpd.envelope import make_envelope
+from dpd.errors import BadRequest, Forbidden, Unauthorized
+
+PERMISSIONS = ("training", "preprocessing", "model_download", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id (never the key), its user and permissions."""
+
+    key_id: str
+    user: str
+    permissions: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, permission: str) -> bool:
+        return "admin" in self.permissions or permission in self.permissions
+
+
+# Set by the auth middleware on every authenticated /api/v1 request.
+PRINCIPAL = "dpd.principal"
+# A coroutine ``(request, route_class) -> None`` that raises TooManyRequests past the limit
+# and records the X-RateLimit-* headers in request[RATE_HEADERS]; absent means unlimited.
+RateLimitCheck = Callable[[web.Request, str], Awaitable[None]]
+RATE_LIMITER: web.AppKey[RateLimitCheck] = web.AppKey("dpd.rate_limiter", RateLimitCheck)
+RATE_HEADERS = "dpd.rate_headers"
+
+
+def envelope_response(
+    data: Any = None, code: int = 200, message: str = "success", headers: Any = None
+) -> web.Response:
+    return web.json_response(make_envelope(code, message, data), status=code, headers=headers)
+
+
+def principal(request: web.Request) -> Principal:
+    who = request.get(PRINCIPAL)
+    if who is None:
+        raise Unauthorized()
+    return who  # type: ignore[no-any-return]
+
+
+def require_permission(request: web.Request, permission: str) -> Principal:
+    """401 without a valid key, 403 with a key that lacks ``permission``."""
+    who = principal(request)
+    if not who.has(permission):
+        raise Forbidden(f"this API key lacks the {permission!r} permission")
+    return who
+
+
+async def rate_limit(request: web.Request, route_class: str) -> None:
+    check = request.app.get(RATE_LIMITER)
+    if check is not None:
+        await check(request, route_class)
+
+
+def query_int(
+    request: web.Request,
+    name: str,
+    default: int | None = None,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an integer, got {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"query parameter {name!r} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"query parameter {name!r} must be <= {maximum}, got {value}")
+    return value
+
+
+def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise BadRequest(f"query parameter {name!r} must be true or false, got {text!r}")
+
+
+def query_choice(
+    request: web.Request, name: str, choices: tuple[str, ...], default: str | None = None
+) -> str | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    if text not in choices:
+        raise BadRequest(f"query parameter {name!r} must be one of {', '.join(choices)}")
+    return text

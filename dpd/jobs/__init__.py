@@ -1,0 +1,1 @@
+"""Job model: statuses and transitions, the job spec and its validation, task ids."""

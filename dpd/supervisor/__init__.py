@@ -1,0 +1,1 @@
+"""GPUs, scheduling, launching through the per-job shim, parsing trainer output."""
