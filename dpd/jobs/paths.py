@@ -1,0 +1,100 @@
+"""Path checks for job documents: every path a job names must exist under a data root.
+
+What it guarantees: a path that passes is absolute, free of control characters, exists, and
+its real location (every symlink followed) lies under one of ``daemon.data_roots``. The
+canonical (resolved) path is returned so the generated TOML names exactly what was checked,
+and a symlink swapped later inside the dataset cannot redirect an already accepted job's
+config to another place. What it does not guard: the contents of a data root changing
+after validation (anyone who may write there may change the data anyway).
+
+The only I/O here is ``os.path.realpath(strict=True)`` and ``stat``; no event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+MAX_PATH_LENGTH = 4096
+
+
+class PathKind(Enum):
+    ANY = "file or directory"
+    DIR = "directory"
+    FILE = "file"
+
+
+class PathRefused(ValueError):
+    """The message is a complete sentence fragment for a FieldError, e.g. 'does not exist'."""
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+
+
+def is_under(path: str, roots: Sequence[str]) -> bool:
+    """True if ``path`` is one of ``roots`` or inside one (both already resolved)."""
+    for root in roots:
+        try:
+            if os.path.commonpath([root, path]) == root:
+                return True
+        except ValueError:  # relative mixed with absolute: never under
+            continue
+    return False
+
+
+def resolved_roots(data_roots: Sequence[Path]) -> list[str]:
+    """Roots resolved as well, so a root that is itself behind a symlink still matches."""
+    return [os.path.realpath(root) for root in data_roots]
+
+
+def check_path(value: object, data_roots: Sequence[Path], kind: PathKind = PathKind.ANY) -> str:
+    """The canonical path for ``value``, or PathRefused saying why it is not acceptable."""
+    if not isinstance(value, str):
+        raise PathRefused(f"expected a path string, got {type(value).__name__}")
+    if not value:
+        raise PathRefused("must not be empty")
+    if len(value) > MAX_PATH_LENGTH:
+        raise PathRefused(f"longer than {MAX_PATH_LENGTH} characters")
+    if has_control_characters(value):
+        raise PathRefused("must not contain NUL or control characters")
+    if not os.path.isabs(value):
+        raise PathRefused(f"must be an absolute path, got {value!r}")
+    roots = resolved_roots(data_roots)
+    # Lexical check first, so a path outside every root is reported as such even when
+    # it does not exist (and nothing outside the roots is probed). Roots count both as
+    # written and resolved: a root may itself be a symlink.
+    lexical_roots = [os.path.normpath(root) for root in data_roots] + roots
+    if not is_under(os.path.normpath(value), lexical_roots):
+        raise PathRefused(f"{value!r} is not under a data root ({_names(roots)})")
+    try:
+        real = os.path.realpath(value, strict=True)
+    except OSError as err:
+        raise PathRefused(f"{value!r} does not exist or cannot be read ({err.strerror})") from err
+    if not is_under(real, roots):
+        raise PathRefused(
+            f"{value!r} resolves to {real!r}, outside every data root ({_names(roots)})"
+        )
+    if kind is PathKind.DIR and not os.path.isdir(real):
+        raise PathRefused(f"{value!r} is not a directory")
+    if kind is PathKind.FILE and not os.path.isfile(real):
+        raise PathRefused(f"{value!r} is not a regular file")
+    return real
+
+
+def _names(roots: Sequence[str]) -> str:
+    return ", ".join(roots) if roots else "none configured"
+
+
+def safetensors_count(path: str) -> int | None:
+    """How many ``*.safetensors`` files the directory holds; None if it is not a directory
+    (adapter.init_from_existing wants exactly one)."""
+    try:
+        with os.scandir(path) as entries:
+            return sum(1 for e in entries if e.name.endswith(".safetensors") and e.is_file())
+    except NotADirectoryError:
+        return None
+    except OSError:
+        return 0
