@@ -16,6 +16,7 @@ lose the rename, which readers then see as the old content.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -32,7 +33,9 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
     try:
         os.fsync(fd)
     except OSError as err:
-        raise DurabilityError(err.errno, f"fsync of directory {path} failed: {err.strerror}")
+        raise DurabilityError(
+            err.errno, f"fsync of directory {path} failed: {err.strerror}"
+        ) from err
     finally:
         os.close(fd)
 
@@ -113,7 +116,5 @@ def read_json_lines(path: str | os.PathLike[str]) -> list[Any]:
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

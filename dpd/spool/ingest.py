@@ -1,0 +1,193 @@
+"""Turning one file dropped into ``incoming/`` into a job, or into a rejection.
+
+The order is Postfix's pickup → cleanup (reliability.md SP2): read the file through one
+descriptor, validate, make the job durable, and only then remove the file. A crash before
+the removal leaves the file in incoming/; ingesting it again finds the job it already
+became (same name, content, owner, inode and mtime) and just removes it.
+
+A rejected file goes to ``rejected/<name>`` beside ``<name>.error.json``, which holds the same
+envelope a REST caller would get. The reason is written first, the file moved second, so a
+crash in between only repeats the rejection.
+
+Not trusted: the file. Opened with O_NOFOLLOW|O_NONBLOCK, must be a regular file with one
+link, at most MAX_JOB_FILE_BYTES. A file still being written (a writer holds it open, or it
+changed in the last moments and does not parse yet) is deferred, never half-read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from dpd.envelope import error_envelope
+from dpd.errors import BadRequest, DpdError, PayloadTooLarge
+from dpd.jobs.spec import parse_job_document, validate_job
+from dpd.spool.atomic import fsync_dir, write_json_atomic
+from dpd.spool.layout import SpoolLayout, document_format
+from dpd.spool.store import JobStore, Submission
+
+log = logging.getLogger("dpd.spool")
+
+MAX_JOB_FILE_BYTES = 1 << 20
+# A file that does not parse and changed less than this long ago may still be written.
+SETTLE_SECONDS = 2.0
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    ALREADY_ACCEPTED = "already_accepted"  # re-ingested after a crash: same drop, same job
+    REJECTED = "rejected"
+    DEFERRED = "deferred"  # not ready (still being written, linked twice): try again later
+    GONE = "gone"  # vanished before we read it
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    name: str
+    task_id: str | None = None
+    error: DpdError | None = None
+    state: dict | None = None
+
+
+@dataclass(frozen=True)
+class _Drop:
+    data: bytes
+    stat: os.stat_result
+
+
+class _NotReady(Exception):
+    pass
+
+
+def ingest_file(
+    layout: SpoolLayout, store: JobStore, name: str, data_roots: Sequence[Path]
+) -> IngestResult:
+    """Ingest ``incoming/<name>``. Blocking: run it in a worker thread."""
+    path = layout.incoming / name
+    try:
+        drop = _read_drop(path)
+    except FileNotFoundError:
+        return IngestResult(Outcome.GONE, name)
+    except _NotReady:
+        return IngestResult(Outcome.DEFERRED, name)
+    except DpdError as err:
+        return _reject(layout, name, err)
+    submission = Submission(
+        source="spool",
+        name=name,
+        sha256=hashlib.sha256(drop.data).hexdigest(),
+        uid=drop.stat.st_uid,
+        inode=drop.stat.st_ino,
+        mtime_ns=drop.stat.st_mtime_ns,
+    )
+    existing = store.find_submission(submission)
+    if existing is not None:
+        _remove_drop(layout, name)
+        return IngestResult(Outcome.ALREADY_ACCEPTED, name, existing)
+    try:
+        doc = parse_job_document(drop.data, document_format(name))
+        spec = validate_job(doc, data_roots=data_roots, source="spool")
+        state = store.create_job(spec, submission)
+    except BadRequest as err:
+        if _recently_changed(drop.stat):
+            return IngestResult(Outcome.DEFERRED, name)
+        return _reject(layout, name, err)
+    except DpdError as err:
+        return _reject(layout, name, err)
+    _remove_drop(layout, name)
+    log.info("accepted %s as task %s", name, state["task_id"])
+    return IngestResult(Outcome.ACCEPTED, name, state["task_id"], state=state)
+
+
+def _read_drop(path: Path) -> _Drop:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise FileNotFoundError(path) from err
+        if err.errno == errno.ELOOP:
+            raise BadRequest("a job file must be a regular file, not a symbolic link") from err
+        raise BadRequest(f"cannot open the job file: {err.strerror}") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequest("a job file must be a regular file")
+        if info.st_nlink > 1:
+            raise _NotReady()  # mid-link or a hard link into the spool: look again later
+        if _has_writer(fd):
+            raise _NotReady()
+        if info.st_size > MAX_JOB_FILE_BYTES:
+            raise PayloadTooLarge(
+                f"job file is {info.st_size} bytes; the limit is {MAX_JOB_FILE_BYTES}"
+            )
+        return _Drop(_read_all(fd, MAX_JOB_FILE_BYTES + 1), info)
+    finally:
+        os.close(fd)
+
+
+def _has_writer(fd: int) -> bool:
+    """True if another process holds the file open for writing. A read lease is refused
+    with EAGAIN exactly then; where leases are not permitted we cannot tell (False)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as err:
+        return err.errno == errno.EAGAIN
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise PayloadTooLarge(f"job file exceeds {MAX_JOB_FILE_BYTES} bytes")
+    return data
+
+
+def _recently_changed(info: os.stat_result) -> bool:
+    return time.time() - info.st_mtime < SETTLE_SECONDS
+
+
+def _remove_drop(layout: SpoolLayout, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(layout.incoming / name)
+    fsync_dir(layout.incoming)
+
+
+def _reject(layout: SpoolLayout, name: str, err: DpdError) -> IngestResult:
+    target = _free_name(layout.rejected, name)
+    write_json_atomic(layout.rejected / f"{target}.error.json", error_envelope(err), 0o640)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(layout.incoming / name, layout.rejected / target)
+    fsync_dir(layout.rejected)
+    fsync_dir(layout.incoming)
+    log.warning("rejected %s: %s (%d)", name, err.message, err.code)
+    return IngestResult(Outcome.REJECTED, name, error=err)
+
+
+def _free_name(directory: Path, name: str) -> str:
+    """``name``, or ``name.<n>`` if a rejection of that name is already there."""
+    candidate = name
+    counter = 1
+    while (directory / candidate).exists() or (directory / f"{candidate}.error.json").exists():
+        candidate = f"{name}.{counter}"
+        counter += 1
+    return candidate

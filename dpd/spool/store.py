@@ -1,0 +1,390 @@
+"""The durable job store: one directory per job under ``<spool>/jobs/``.
+
+Guarantees:
+- A job exists completely or not at all. Its directory is built under a ``.new-*`` name
+  (job.json, state.json, config.toml, dataset.toml, events.jsonl, each fsynced), then renamed
+  into place and the parent fsynced. ``load`` deletes unfinished ``.new-*`` directories.
+- ``state.json`` is only ever replaced through ``write_atomic``; status changes follow
+  ``dpd.jobs.states`` and nothing else.
+- Every submission carries an identity (source, name, content hash, uid, inode, mtime); a
+  spool file re-ingested after a crash between "job durable" and "file removed" maps to the
+  job it already became instead of a second job.
+- Listing and lookup use an in-memory index, independent of the number of job directories.
+- Every event of a task gets the next ``seq`` (gapless, from 1) and is appended to
+  ``events.jsonl`` before it is handed to anyone.
+
+Blocking: every method does file I/O or may; call them from a worker thread
+(``asyncio.to_thread``). The store is thread-safe; writes to one job are serialised.
+
+Not trusted: the contents of job directories at load time. A directory whose job.json or
+state.json cannot be read is moved to ``<spool>/quarantine/`` and logged, never guessed at.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dpd.errors import Conflict, NotFound
+from dpd.jobs.spec import JobSpec
+from dpd.jobs.states import Status, check_transition
+from dpd.spool import layout as names
+from dpd.spool.atomic import (
+    append_line,
+    fsync_dir,
+    read_json_lines,
+    write_json_atomic,
+    write_new_file,
+)
+from dpd.spool.layout import SpoolLayout
+from dpd.supervisor.dpconfig import render_configs
+
+log = logging.getLogger("dpd.store")
+
+SCHEMA_VERSION = 1
+GENERATED_ID_RE = re.compile(r"^train_\d{8}_\d{2}(\d{6})$")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Where a job came from; ``key`` identifies the very same drop across a crash."""
+
+    source: str  # "spool" | "rest" | "cli"
+    name: str = ""  # spool file name, or API key id
+    sha256: str = ""
+    uid: int | None = None
+    inode: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def key(self) -> str | None:
+        if self.source != "spool":
+            return None
+        return f"{self.name}:{self.sha256}:{self.uid}:{self.inode}:{self.mtime_ns}"
+
+
+class JobStore:
+    def __init__(self, layout: SpoolLayout, output_root: Path, node: str) -> None:
+        self.layout = layout
+        self.node = node
+        self.output_root = output_root
+        self._states: dict[str, dict[str, Any]] = {}
+        self._specs: dict[str, JobSpec] = {}
+        self._by_submission: dict[str, str] = {}
+        self._event_seq: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._job_locks: dict[str, threading.Lock] = {}
+        self._next_counter = 1
+        self._next_submitted_seq = 1
+
+    # ----------------------------------------------------------------- loading
+
+    def load(self) -> list[str]:
+        """Read every job directory into the index; returns the task ids loaded. Removes
+        half-built ``.new-*`` directories and quarantines unreadable ones."""
+        self.layout.jobs.mkdir(parents=True, exist_ok=True)
+        loaded: list[str] = []
+        for entry in sorted(os.scandir(self.layout.jobs), key=lambda e: e.name):
+            if entry.name.startswith(names.NEW_JOB_PREFIX):
+                log.warning("removing unfinished job directory %s left by a crash", entry.name)
+                shutil.rmtree(entry.path, ignore_errors=True)
+                continue
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            if self._load_one(Path(entry.path)):
+                loaded.append(entry.name)
+        fsync_dir(self.layout.jobs)
+        return loaded
+
+    def _load_one(self, job_dir: Path) -> bool:
+        task_id = job_dir.name
+        try:
+            job = json.loads((job_dir / names.JOB_FILE).read_bytes())
+            spec = JobSpec.from_dict(job["spec"])
+            state = json.loads((job_dir / names.STATE_FILE).read_bytes())
+            if state.get("task_id") != task_id:
+                raise ValueError(f"state.json names task {state.get('task_id')!r}")
+            Status(state["status"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self._quarantine(job_dir, f"{type(err).__name__}: {err}")
+            return False
+        events = read_json_lines(job_dir / names.EVENTS_FILE)
+        with self._lock:
+            self._specs[task_id] = spec
+            self._states[task_id] = state
+            self._event_seq[task_id] = max((int(e.get("seq", 0)) for e in events), default=0)
+            submission_key = Submission(**job.get("submission", {"source": "?"})).key
+            if submission_key:
+                self._by_submission[submission_key] = task_id
+            match = GENERATED_ID_RE.match(task_id)
+            if match:
+                self._next_counter = max(self._next_counter, int(match[1]) + 1)
+            self._next_submitted_seq = max(
+                self._next_submitted_seq, int(state.get("submitted_seq", 0)) + 1
+            )
+        return True
+
+    def _quarantine(self, job_dir: Path, reason: str) -> None:
+        self.layout.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.layout.quarantine / f"{job_dir.name}.{int(time.time())}"
+        log.error("job directory %s is unreadable (%s); moved to %s", job_dir, reason, target)
+        os.rename(job_dir, target)
+        (target / "QUARANTINE_REASON").write_text(reason + "\n")
+
+    # ---------------------------------------------------------------- creating
+
+    def find_submission(self, submission: Submission) -> str | None:
+        key = submission.key
+        with self._lock:
+            return self._by_submission.get(key) if key else None
+
+    def create_job(self, spec: JobSpec, submission: Submission) -> dict[str, Any]:
+        """Make the job durable and return its state. ``Conflict`` if the client's task_id
+        is taken (by another submission)."""
+        if spec.task_id is not None:
+            return self._create_with_id(spec, spec.task_id, submission)
+        for _ in range(1000):
+            task_id = self._generate_id()
+            try:
+                return self._create_with_id(spec.with_task_id(task_id), task_id, submission)
+            except Conflict:
+                continue  # a directory by that name appeared; take the next number
+        raise RuntimeError("could not find a free task id")
+
+    def _generate_id(self) -> str:
+        with self._lock:
+            counter = self._next_counter
+            self._next_counter = counter % 999_999 + 1
+        return datetime.now(UTC).strftime("train_%Y%m%d_%H") + f"{counter:06d}"
+
+    def _create_with_id(
+        self, spec: JobSpec, task_id: str, submission: Submission
+    ) -> dict[str, Any]:
+        with self._lock:
+            if task_id in self._states:
+                raise Conflict(f"task {task_id} already exists", {"task_id": task_id})
+            submitted_seq = self._next_submitted_seq
+            self._next_submitted_seq += 1
+        final = self.layout.job_dir(task_id)
+        building = self.layout.jobs / f"{names.NEW_JOB_PREFIX}{task_id}-{secrets.token_hex(4)}"
+        state = self._initial_state(spec, task_id, final, submitted_seq)
+        event = self._event_record(task_id, 1, "status", {"status": "queued", "previous": None})
+        try:
+            self._build_job_dir(building, spec, state, submission, event)
+            try:
+                os.rename(building, final)
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise Conflict(f"task {task_id} already exists", {"task_id": task_id}) from err
+                raise
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        fsync_dir(self.layout.jobs)
+        with self._lock:
+            self._states[task_id] = state
+            self._specs[task_id] = spec
+            self._event_seq[task_id] = 1
+            if submission.key:
+                self._by_submission[submission.key] = task_id
+        return dict(state)
+
+    def _build_job_dir(
+        self,
+        building: Path,
+        spec: JobSpec,
+        state: dict[str, Any],
+        submission: Submission,
+        event: dict[str, Any],
+    ) -> None:
+        building.mkdir(mode=0o2750)
+        output_dir = Path(state["output_dir"])
+        dataset_toml = self.layout.job_dir(state["task_id"]) / names.DATASET_TOML
+        config_text, dataset_text = render_configs(
+            spec, output_dir=output_dir, dataset_toml=dataset_toml
+        )
+        job = {
+            "schema_version": SCHEMA_VERSION,
+            "task_id": state["task_id"],
+            "accepted_at": state["created_at"],
+            "submission": asdict(submission),
+            "spec": spec.to_dict(),
+        }
+        files = (
+            (names.JOB_FILE, _json_bytes(job), 0o640),
+            (names.STATE_FILE, _json_bytes(state), 0o640),
+            (names.CONFIG_TOML, config_text.encode(), 0o600),
+            (names.DATASET_TOML, dataset_text.encode(), 0o600),
+            (names.EVENTS_FILE, json.dumps(event, separators=(",", ":")).encode() + b"\n", 0o640),
+        )
+        for name, data, mode in files:
+            write_new_file(building / name, data, mode)
+        fsync_dir(building)
+
+    def _initial_state(
+        self, spec: JobSpec, task_id: str, job_dir: Path, submitted_seq: int
+    ) -> dict[str, Any]:
+        now = utc_now()
+        output_dir = self.output_root / task_id
+        config = dict(spec.config)
+        config["output_dir"] = str(output_dir)
+        config["dataset"] = str(job_dir / names.DATASET_TOML)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "task_id": task_id,
+            "status": Status.QUEUED.value,
+            "model_type": spec.model_type,
+            "description": spec.description,
+            "priority": spec.priority,
+            "submitted_seq": submitted_seq,
+            "required_gpus": spec.required_gpus,
+            "gpu_id": spec.gpu_ids[0] if spec.gpu_ids else None,
+            "gpu_ids": list(spec.gpu_ids) if spec.gpu_ids else None,
+            "gpu_name": None,
+            "config": config,
+            "dataset": spec.dataset,
+            "output_dir": str(output_dir),
+            "logs_path": str(job_dir / names.TRAIN_LOG),
+            "created_at": now,
+            "updated_at": now,
+            "started_at": None,
+            "ended_at": None,
+            "progress": None,
+            "metrics": None,
+            "checkpoints": [],
+            "error": None,
+            "run": 0,
+        }
+
+    # ----------------------------------------------------------------- reading
+
+    def exists(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._states
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        with self._lock:
+            state = self._states.get(task_id)
+            if state is None:
+                raise NotFound(f"task {task_id} does not exist", {"task_id": task_id})
+            return dict(state)
+
+    def spec(self, task_id: str) -> JobSpec:
+        with self._lock:
+            spec = self._specs.get(task_id)
+        if spec is None:
+            raise NotFound(f"task {task_id} does not exist", {"task_id": task_id})
+        return spec
+
+    def task_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._states)
+
+    def states(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict]:
+        """States in submission order, newest last; filtered by ``predicate``."""
+        with self._lock:
+            items = list(self._states.values())
+        if predicate is not None:
+            items = [s for s in items if predicate(s)]
+        return sorted(items, key=lambda s: s.get("submitted_seq", 0))
+
+    def count_by_status(self) -> dict[str, int]:
+        counts = {status.value: 0 for status in Status}
+        with self._lock:
+            for state in self._states.values():
+                counts[state["status"]] = counts.get(state["status"], 0) + 1
+        return counts
+
+    # ----------------------------------------------------------------- writing
+
+    def _job_lock(self, task_id: str) -> threading.Lock:
+        with self._lock:
+            return self._job_locks.setdefault(task_id, threading.Lock())
+
+    def update_state(
+        self, task_id: str, changes: dict[str, Any] | Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """Apply ``changes`` (a dict merged at the top level, or a function mutating a copy)
+        and write state.json atomically. A status change here must pass the state machine."""
+        with self._job_lock(task_id):
+            state = self.get(task_id)
+            before = state["status"]
+            if callable(changes):
+                changes(state)
+            else:
+                state.update(changes)
+            if state["status"] != before:
+                check_transition(Status(before), Status(state["status"]))
+            state["updated_at"] = utc_now()
+            write_json_atomic(self.layout.job_dir(task_id) / names.STATE_FILE, state, 0o640)
+            with self._lock:
+                self._states[task_id] = state
+            return dict(state)
+
+    def set_status(self, task_id: str, status: Status, **fields: Any) -> dict[str, Any]:
+        def change(state: dict[str, Any]) -> None:
+            state.update(fields)
+            state["status"] = status.value
+
+        return self.update_state(task_id, change)
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Number the event and make it durable in events.jsonl; returns the record."""
+        with self._job_lock(task_id):
+            with self._lock:
+                if task_id not in self._states:
+                    raise NotFound(f"task {task_id} does not exist", {"task_id": task_id})
+                seq = self._event_seq.get(task_id, 0) + 1
+                self._event_seq[task_id] = seq
+            record = self._event_record(task_id, seq, kind, data)
+            append_line(
+                self.layout.job_dir(task_id) / names.EVENTS_FILE,
+                json.dumps(record, separators=(",", ":")).encode(),
+            )
+            return record
+
+    def last_event_seq(self, task_id: str) -> int:
+        with self._lock:
+            return self._event_seq.get(task_id, 0)
+
+    def read_events(self, task_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        self.get(task_id)
+        events = read_json_lines(self.layout.job_dir(task_id) / names.EVENTS_FILE)
+        return [e for e in events if int(e.get("seq", 0)) > after_seq]
+
+    def append_metrics(self, task_id: str, records: Iterable[dict[str, Any]]) -> None:
+        lines = [json.dumps(r, separators=(",", ":")).encode() for r in records]
+        if lines:
+            append_line(self.layout.job_dir(task_id) / names.METRICS_FILE, b"\n".join(lines))
+
+    def _event_record(
+        self, task_id: str, seq: int, kind: str, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "task_id": task_id,
+            "node": self.node,
+            "seq": seq,
+            "timestamp": time.time(),
+            "data": data,
+        }
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, indent=1).encode() + b"\n"

@@ -1,0 +1,43 @@
+"""Job documents and the data they point at, shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def make_data_root(root: Path, images: int = 4) -> Path:
+    """A data root with one captioned image dataset and an SDXL checkpoint file."""
+    dataset = root / "datasets" / "cats"
+    dataset.mkdir(parents=True, exist_ok=True)
+    for index in range(images):
+        (dataset / f"cat{index}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+        (dataset / f"cat{index}.txt").write_text(f"a cat, number {index}")
+    models = root / "models"
+    models.mkdir(exist_ok=True)
+    (models / "sdxl.safetensors").write_bytes(b"weights")
+    return root
+
+
+def job_document(data_root: Path, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "model_type": "sdxl",
+        "description": "cats LoRA",
+        "dataset": {
+            "resolutions": [512],
+            "directories": [{"path": str(data_root / "datasets" / "cats"), "num_repeats": 2}],
+        },
+        "config": {
+            "epochs": 2,
+            "micro_batch_size_per_gpu": 1,
+            "model": {
+                "checkpoint_path": str(data_root / "models" / "sdxl.safetensors"),
+                "dtype": "bfloat16",
+            },
+            "adapter": {"type": "lora", "rank": 16, "dtype": "bfloat16"},
+            "optimizer": {"type": "adamw_optimi", "lr": 2e-5},
+            "save": {"save_every_n_epochs": 1},
+        },
+    }
+    doc.update(overrides)
+    return doc
