@@ -33,7 +33,10 @@ RESUMABLE: Final = frozenset({Status.FAILED, Status.STOPPED})
 
 _ALLOWED: Final[dict[Status, frozenset[Status]]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.STOPPED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.STOPPING, Status.COMPLETED, Status.FAILED, Status.STOPPED}),
+    # running -> queued: the daemon stopped during a launch and the trainer never started
+    Status.RUNNING: frozenset(
+        {Status.STOPPING, Status.COMPLETED, Status.FAILED, Status.STOPPED, Status.QUEUED}
+    ),
     Status.STOPPING: frozenset({Status.STOPPED, Status.FAILED, Status.COMPLETED}),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset({Status.QUEUED}),  # resume: a new run of the same task

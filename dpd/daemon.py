@@ -1,0 +1,249 @@
+"""The composition root of ``dpd serve``: builds every component and runs them on one loop.
+
+Start-up, in order: spool directories, job store recovery (``load``), event bus, the
+spool watcher (its first scan ingests what is already in incoming/), the HTTP server
+(AppRunner/TCPSite), then ``/healthz`` answers 200. Shutdown is a checklist, each step
+bounded in time and logged when it falls back: stop intake (watcher paused, in-flight
+ingestions finished), stop the HTTP server, flush events, cancel background tasks.
+Trainings are left running unless ``daemon.stop_jobs_on_shutdown`` (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from dpd.config import Config, load_config
+from dpd.errors import ConfigError
+from dpd.events.bus import EventBus
+from dpd.http.app import HEALTH, build_app, setup_routes
+from dpd.http.auth import KEY_STORE, Authenticator, StoreChecker
+from dpd.http.common import RATE_LIMITER
+from dpd.http.ratelimit import RateLimiter
+from dpd.keys import KEYS_FILE, KeyStore
+from dpd.logsetup import set_level
+from dpd.notify import Notifier, status_line
+from dpd.services import SERVICES, Services
+from dpd.spool.ingest import IngestResult, Outcome, ingest_file
+from dpd.spool.layout import SpoolLayout
+from dpd.spool.store import JobStore
+from dpd.spool.watcher import SpoolWatcher
+from dpd.supervisor.gpu_monitor import GpuMonitor
+from dpd.supervisor.gpus import open_inventory
+from dpd.supervisor.launcher import ShimLauncher
+from dpd.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("dpd.daemon")
+
+SHUTDOWN_STEP_TIMEOUT = 10.0
+STATUS_PERIOD = 5.0
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier(unset_environment=True)
+        layout = SpoolLayout(config.daemon.spool_dir)
+        store = JobStore(layout, config.daemon.output_root, config.daemon.node)
+        bus = EventBus(store, config.daemon.node)
+        monitor = GpuMonitor(open_inventory(config.gpus), config.gpus.monitor_interval)
+        supervisor = Supervisor(config, store, bus.emit, monitor, ShimLauncher())
+        self.services = Services(config, layout, store, bus, monitor, supervisor, time.time())
+        self.watcher = SpoolWatcher(layout, self._ingest)
+        self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
+        self.auth = Authenticator(
+            config.auth.enabled, config.auth.bootstrap_key, StoreChecker(self.keys)
+        )
+        self.rate_limiter = RateLimiter(config.ratelimit)
+        self.app = build_app(config.http.max_body_kb * 1024, [self.auth.middleware])
+        self.app[SERVICES] = self.services
+        self.app[KEY_STORE] = self.keys
+        self.rate_limiter.install(self.app)
+        setup_routes(self.app, self.services)
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        self._install_signal_handlers()
+        try:
+            await self.startup()
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    # -------------------------------------------------------------- startup
+
+    async def startup(self) -> None:
+        config = self.config
+        services = self.services
+        await asyncio.to_thread(self._prepare_directories)
+        loaded = await asyncio.to_thread(services.store.load)
+        log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
+        self._spawn(services.bus.run(), "event bus")
+        self._spawn(services.monitor.run(), "GPU monitor")
+        await services.monitor.poll_now()
+        await services.supervisor.start()
+        self._spawn(self.watcher.run(), "spool watcher")
+        await self.watcher.started.wait()
+        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, config.http.host, config.http.port)
+        await site.start()
+        self.port = _bound_port(self.runner)
+        self.app[HEALTH].ready = True
+        self.notifier.ready(self.status_text())
+        if self.notifier.enabled:
+            self._spawn(self.notifier.run_watchdog(), "watchdog")
+            self._spawn(self._report_status(), "status reporter")
+        log.info(
+            "dpd ready: http://%s:%s, spool %s (%s)",
+            config.http.host,
+            self.port,
+            config.daemon.spool_dir,
+            config.source,
+        )
+
+    def _prepare_directories(self) -> None:
+        self.services.layout.ensure()
+        for path in (self.config.daemon.state_dir, self.config.daemon.output_root):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._component_finished)
+        self._tasks.append(task)
+
+    def _component_finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.critical("%s stopped: %r; shutting down", task.get_name(), error, exc_info=error)
+            self.request_stop()
+
+    # ------------------------------------------------------- status, reload
+
+    def status_text(self) -> str:
+        counts = self.services.store.count_by_status()
+        nats = self.services.extras.get("nats")
+        nats_state = None
+        if nats is not None:
+            nats_state = "connected" if nats.status().get("connected") else "disconnected"
+        return status_line(counts["running"] + counts["stopping"], counts["queued"], nats_state)
+
+    async def _report_status(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_PERIOD)
+            text = self.status_text()
+            if text != last:
+                self.notifier.status(text)
+                last = text
+
+    def _reload_soon(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._tasks.append(task)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply what can change safely at run time
+        (log level, rate limits, GPU monitor interval); everything else needs a restart."""
+        with self.notifier.reload_window(self.status_text()):
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as err:
+                log.error("reload refused, keeping the running configuration: %s", err)
+                return
+            set_level(new.daemon.log_level)
+            self.services.monitor.set_interval(new.gpus.monitor_interval)
+            limiter = self.app.get(RATE_LIMITER)
+            if limiter is not None and hasattr(limiter, "set_limits"):
+                limiter.set_limits(new.ratelimit)
+            self.config = dataclasses.replace(
+                self.config,
+                daemon=dataclasses.replace(self.config.daemon, log_level=new.daemon.log_level),
+                gpus=dataclasses.replace(
+                    self.config.gpus, monitor_interval=new.gpus.monitor_interval
+                ),
+                ratelimit=new.ratelimit,
+            )
+            log.info("configuration reloaded from %s", new.source)
+
+    # -------------------------------------------------------------- intake
+
+    async def _ingest(self, name: str) -> IngestResult:
+        services = self.services
+        result = await asyncio.to_thread(
+            ingest_file, services.layout, services.store, name, self.config.daemon.data_roots
+        )
+        if result.outcome is Outcome.ACCEPTED and result.task_id is not None:
+            first = await asyncio.to_thread(services.store.read_events, result.task_id)
+            for event in first:
+                services.bus.announce(event)
+            services.supervisor.wake()
+        return result
+
+    # ------------------------------------------------------------- shutdown
+
+    async def shutdown(self) -> None:
+        log.info("shutting down")
+        self.notifier.stopping()
+        self.watcher.pause()
+        await self._step("finish in-flight ingestions", self.watcher.drain())
+        if self.runner is not None:
+            await self._step("stop the HTTP server", self.runner.cleanup())
+        stop_jobs = self.config.daemon.stop_jobs_on_shutdown
+        if stop_jobs and self.services.supervisor.running:
+            self.notifier.extend_timeout(self.config.trainer.stop_timeout + 60)
+        await self._step(
+            "stop jobs" if stop_jobs else "detach from running jobs",
+            self.services.supervisor.close(stop_jobs),
+            timeout=self.config.trainer.stop_timeout + 40 if stop_jobs else None,
+        )
+        await self._step("flush events", self.services.bus.drain(SHUTDOWN_STEP_TIMEOUT))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped")
+
+    async def _step(self, what: str, awaitable: Any, timeout: float | None = None) -> None:
+        timeout = timeout or SHUTDOWN_STEP_TIMEOUT
+        try:
+            await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            log.warning("shutdown: %s took longer than %ss; going on", what, timeout)
+        except Exception:
+            log.exception("shutdown: %s failed; going on", what)
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, Sequence) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+def serve(config: Config, config_path: str | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Daemon(config, config_path).run())

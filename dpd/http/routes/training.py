@@ -1,0 +1,265 @@
+"""Training routes (api.md §3, §4): start, stop, resume, list, detail, progress, metrics.
+
+``POST /training/start`` goes through the same path as a dropped file: validate, make the
+job directory durable, announce, wake the scheduler. The same ``task_id`` twice never starts
+a second training: the second call answers 200 with the existing task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from dpd.errors import BadRequest, Conflict, InsufficientResources
+from dpd.http import views
+from dpd.http.common import (
+    envelope_response,
+    principal,
+    query_bool,
+    query_choice,
+    query_int,
+    rate_limit,
+    require_permission,
+)
+from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
+from dpd.jobs.states import Status
+from dpd.services import SERVICES, Services
+from dpd.spool import layout as names
+from dpd.spool.atomic import read_json_lines
+from dpd.spool.store import Submission
+from dpd.supervisor.scheduler import QueuedJob, check_feasible, plan
+
+PREFIX = "/api/v1/training"
+STATUSES = tuple(s.value for s in Status)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post(f"{PREFIX}/start", start_training)
+    app.router.add_post(f"{PREFIX}/stop/{{task_id}}", stop_training)
+    app.router.add_get(f"{PREFIX}/list", list_trainings)
+    app.router.add_get(f"{PREFIX}/{{task_id}}", get_training)
+    app.router.add_get(f"{PREFIX}/{{task_id}}/progress", get_progress)
+    app.router.add_get(f"{PREFIX}/{{task_id}}/metrics", get_metrics)
+    app.router.add_post(f"{PREFIX}/{{task_id}}/resume", resume_training)
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+# --------------------------------------------------------------------- start
+
+
+async def start_training(request: web.Request) -> web.Response:
+    who = require_permission(request, "training")
+    await rate_limit(request, "training")
+    services = _services(request)
+    body = await request.read()
+    spec = validate_job(
+        parse_job_document(body, "json"), data_roots=services.config.daemon.data_roots
+    )
+    if spec.task_id is not None and services.store.exists(spec.task_id):
+        state = services.store.get(spec.task_id)
+        return envelope_response(_created_view(services, state), 200, "task already exists")
+    _check_gpus(services, spec)
+    submission = Submission("rest", who.key_id, hashlib.sha256(body).hexdigest())
+    state = await asyncio.to_thread(services.store.create_job, spec, submission)
+    for event in await asyncio.to_thread(services.store.read_events, state["task_id"]):
+        services.bus.announce(event)
+    services.supervisor.wake()
+    return envelope_response(_created_view(services, state), 201, "training task created")
+
+
+def _check_gpus(services: Services, spec: JobSpec) -> None:
+    """507 if the machine can never run it; 409 if its GPU is busy and it may not queue."""
+    job = QueuedJob(
+        task_id=spec.task_id or "(new)",
+        priority=spec.priority,
+        submitted_seq=0,
+        gpu_ids=spec.gpu_ids,
+        required_gpus=spec.required_gpus,
+        min_memory_mb=spec.min_memory_mb,
+        estimated_duration=None,
+    )
+    gpus = services.supervisor.gpu_views()
+    problem = check_feasible(job, gpus, time.time())
+    if problem is not None and problem.code == 507:
+        raise InsufficientResources(problem.message, problem.data)
+    if spec.queue:
+        return
+    if problem is not None:
+        raise Conflict(problem.message, problem.data)
+    if not any(
+        a.task_id == job.task_id for a in plan([*services.supervisor.queued_jobs(), job], gpus)
+    ):
+        raise Conflict(
+            "no GPU is free for this job now; send queue=true to wait for one",
+            {
+                "current_tasks": sorted({g.running_task for g in gpus if g.running_task}),
+                "available_gpus": [g.gpu_id for g in gpus if g.status == "available"],
+            },
+        )
+
+
+def _created_view(services: Services, state: dict[str, Any]) -> dict[str, Any]:
+    queue = services.supervisor.queue_info().get(state["task_id"], {})
+    return {
+        "task_id": state["task_id"],
+        "status": state["status"],
+        "gpu_id": state.get("gpu_id"),
+        "gpu_ids": state.get("gpu_ids"),
+        "gpu_name": state.get("gpu_name"),
+        "model_type": state.get("model_type"),
+        "config": state.get("config"),
+        "description": state.get("description"),
+        "created_at": state.get("created_at"),
+        "queue_position": queue.get("position"),
+        "estimated_start_time": views.iso_from_unix(queue.get("estimated_start")),
+        "estimated_duration": None,
+        "checkpoints": views.checkpoint_plan(state),
+    }
+
+
+# ---------------------------------------------------------------- stop/resume
+
+
+async def stop_training(request: web.Request) -> web.Response:
+    require_permission(request, "training")
+    force = query_bool(request, "force", False)
+    if request.can_read_body:
+        force = _force_from_body(await request.read(), force)
+    state = await _services(request).supervisor.stop(request.match_info["task_id"], force=force)
+    return envelope_response(views.stop_view(state), 200, "training task stopped")
+
+
+def _force_from_body(body: bytes, default: bool) -> bool:
+    if not body.strip():
+        return default
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise BadRequest("request body is not valid JSON") from err
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    force = data.get("force", default)
+    if not isinstance(force, bool):
+        raise BadRequest("force must be true or false")
+    return force
+
+
+async def resume_training(request: web.Request) -> web.Response:
+    require_permission(request, "training")
+    state = await _services(request).supervisor.resume(request.match_info["task_id"])
+    return envelope_response(views.task_detail(state), 200, "training task queued for resume")
+
+
+# --------------------------------------------------------------------- reads
+
+
+async def list_trainings(request: web.Request) -> web.Response:
+    principal(request)
+    status = query_choice(request, "status", STATUSES)
+    gpu_id = query_int(request, "gpu_id", None, minimum=0)
+    limit = query_int(request, "limit", 50, minimum=1, maximum=1000) or 50
+    offset = query_int(request, "offset", 0, minimum=0) or 0
+
+    def keep(state: dict[str, Any]) -> bool:
+        if status is not None and state["status"] != status:
+            return False
+        return gpu_id is None or gpu_id in (state.get("gpu_ids") or [])
+
+    states = _services(request).store.states(keep)
+    states.reverse()  # newest first
+    page = states[offset : offset + limit]
+    return envelope_response(
+        {
+            "tasks": [views.task_summary(s) for s in page],
+            "pagination": {
+                "total": len(states),
+                "limit": limit,
+                "offset": offset,
+                "has_more": offset + len(page) < len(states),
+            },
+        }
+    )
+
+
+async def get_training(request: web.Request) -> web.Response:
+    principal(request)
+    services = _services(request)
+    state = services.store.get(request.match_info["task_id"])
+    detail = views.task_detail(state)
+    detail["system_stats"] = _system_stats(services, state)
+    detail["metrics"]["step_losses"] = await asyncio.to_thread(
+        _step_losses, services, state["task_id"], 200
+    )
+    if state["status"] == Status.QUEUED.value:
+        queue = services.supervisor.queue_info().get(state["task_id"], {})
+        detail["queue_position"] = queue.get("position")
+        detail["estimated_start_time"] = views.iso_from_unix(queue.get("estimated_start"))
+    return envelope_response(detail)
+
+
+def _system_stats(services: Services, state: dict[str, Any]) -> dict[str, Any] | None:
+    gpu_id = state.get("gpu_id")
+    if gpu_id is None or state["status"] not in ("running", "stopping"):
+        return None
+    for info in services.monitor.latest:
+        if info.gpu_id == gpu_id:
+            return {
+                "gpu_memory": {
+                    "total": info.memory_total,
+                    "used": info.memory_used,
+                    "free": info.memory_free,
+                    "utilization": info.memory_utilization,
+                },
+                "gpu_utilization": info.utilization_gpu,
+                "gpu_temperature": info.temperature,
+                "gpu_power": info.power_usage,
+            }
+    return None
+
+
+def _step_losses(services: Services, task_id: str, limit: int) -> list[float]:
+    points = read_json_lines(services.layout.job_dir(task_id) / names.METRICS_FILE)
+    losses = [p["value"] for p in points if p.get("type") == "step" and p.get("metric") == "loss"]
+    return losses[-limit:]
+
+
+async def get_progress(request: web.Request) -> web.Response:
+    principal(request)
+    state = _services(request).store.get(request.match_info["task_id"])
+    return envelope_response(views.progress_view(state))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    principal(request)
+    services = _services(request)
+    task_id = request.match_info["task_id"]
+    services.store.get(task_id)
+    metric = request.query.get("metric") or "loss"
+    kind = query_choice(request, "type", ("step", "epoch", "eval"), "step")
+    limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
+    points = await asyncio.to_thread(
+        read_json_lines, services.layout.job_dir(task_id) / names.METRICS_FILE
+    )
+    selected = [
+        _metric_view(p, kind) for p in points if p.get("metric") == metric and p.get("type") == kind
+    ]
+    if limit is not None:
+        selected = selected[-limit:]
+    return envelope_response({"task_id": task_id, "metric": metric, "type": kind, "data": selected})
+
+
+def _metric_view(point: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    view: dict[str, Any] = {"value": point.get("value"), "timestamp": point.get("timestamp")}
+    if kind == "epoch":
+        view = {"epoch": point.get("epoch"), **view}
+    else:
+        view = {"step": point.get("step"), "epoch": point.get("epoch"), **view}
+    return view
