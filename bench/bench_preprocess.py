@@ -1,0 +1,237 @@
+"""Preprocessing figures, each beside a baseline measured in the same run.
+
+1. A 10 s 1080p clip through dpd (probe, plan, ffmpeg, probe of the output, caption, publish)
+   vs. the identical ffmpeg command run alone.                         target: <= 1.1x
+2. Upload of a 2 GiB multipart body over loopback into a daemon process (the upload route and
+   the manager, served by aiohttp in a child process): its RSS growth while receiving
+   (target: <= 50 MB) and the throughput (target: >= 200 MB/s), beside a plain socket copy
+   of the same bytes to /dev/null on the same machine.
+
+Run: python3 bench/bench_preprocess.py [--upload-mib 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dpd.cli.preprocess import multipart_parts
+from dpd.config import Config, DaemonConfig, HttpConfig
+from dpd.events import discard_event
+from dpd.preprocess.plan import ffmpeg_command, plan_clip
+from dpd.preprocess.probe import probe_media
+from dpd.preprocess.tasks import PreprocessManager, UploadRequest
+
+CHUNK = 1 << 20
+
+
+def config_for(root: Path) -> Config:
+    daemon = DaemonConfig(
+        node="bench",
+        state_dir=root / "state",
+        preprocessed_root=root / "pre",
+        data_roots=[root],
+    )
+    return Config(daemon=daemon, http=HttpConfig(max_upload_mb=8192))
+
+
+def make_clip(path: Path) -> None:
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi",
+         "-i", "testsrc2=size=1920x1080:rate=30:duration=10",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+
+
+async def through_dpd(root: Path, source: Path, run: int) -> tuple[float, float]:
+    """(seconds from submit to completed, seconds of which were the submit's validation)."""
+    manager = PreprocessManager(config_for(root / f"dpd{run}"), discard_event)
+    await manager.start()
+    staged = manager.staging_path()
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    os.link(source, staged)
+    start = time.perf_counter()
+    request = UploadRequest(staged, "clip.mp4", "bench", "wan", resolution=(832, 480))
+    task_id = (await manager.submit(request))["task_id"]
+    validated = time.perf_counter() - start
+    while manager.get(task_id)["status"] not in ("completed", "failed"):
+        await asyncio.sleep(0.01)
+    total = time.perf_counter() - start
+    state = manager.get(task_id)
+    await manager.close()
+    assert state["status"] == "completed", state["error"]
+    return total, validated
+
+
+async def transcode_figures(root: Path, runs: int) -> None:
+    source = root / "clip1080.mp4"
+    make_clip(source)
+    media = await probe_media("ffprobe", source)
+    plan = plan_clip(media, "wan", resolution=(832, 480))
+    command = ffmpeg_command("ffmpeg", str(source), str(root / "alone.mp4"), plan)
+    alone, dpd, checks = [], [], []
+    for run in range(runs):  # interleaved, so machine load hits both alike
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        alone.append(time.perf_counter() - start)
+        total, validated = await through_dpd(root, source, run)
+        dpd.append(total)
+        checks.append(validated)
+    a, d, v = statistics.median(alone), statistics.median(dpd), statistics.median(checks)
+    print(f"10 s 1080p clip -> wan 832x480, {plan.frames} frames (median of {runs}):")
+    print(f"  ffmpeg alone        {a:6.2f} s")
+    print(f"  through dpd         {d:6.2f} s   ratio {d / a:.2f}x (target <= 1.1x)")
+    print(f"    of which ffprobe validation at submit {v:.2f} s; without it {(d - v) / a:.2f}x")
+
+
+SERVER = """
+import asyncio, sys
+from pathlib import Path
+from aiohttp import web
+sys.path.insert(0, {repo!r})
+from bench.bench_preprocess import config_for
+from dpd.events import discard_event
+from dpd.http.common import PRINCIPAL, Principal
+from dpd.http.middlewares import error_middleware
+from dpd.http.routes import preprocess
+from dpd.preprocess.tasks import PreprocessManager
+
+@web.middleware
+async def everyone(request, handler):
+    request[PRINCIPAL] = Principal("bench", "bench", frozenset({{"admin"}}))
+    return await handler(request)
+
+async def main():
+    config = config_for(Path({root!r}))
+    manager = PreprocessManager(config, discard_event)
+    await manager.start()
+    app = web.Application(middlewares=[error_middleware, everyone])
+    preprocess.setup(app, manager, config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", {port})
+    await site.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def send_upload(port: int, total: int) -> tuple[int, float]:
+    head, tail = multipart_parts({"prompt": "p", "model_type": "wan"}, "big.mp4", "benchXYZ")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.putrequest("POST", "/api/v1/preprocess/upload")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=benchXYZ")
+    conn.putheader("Content-Length", str(len(head) + total + len(tail)))
+    conn.endheaders()
+    block = b"\x00" * CHUNK
+    start = time.perf_counter()
+    conn.send(head)
+    for _ in range(total // CHUNK):
+        conn.send(block)
+    conn.send(tail)
+    response = conn.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return response.status, elapsed
+
+
+def socket_baseline(total: int) -> float:
+    """The same bytes through a loopback socket into a reader that discards them."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def drain() -> None:
+        conn, _ = server.accept()
+        while conn.recv(CHUNK):
+            pass
+        conn.close()
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    client = socket.create_connection(server.getsockname())
+    block = b"\x00" * CHUNK
+    start = time.perf_counter()
+    for _ in range(total // CHUNK):
+        client.sendall(block)
+    client.close()
+    thread.join()
+    server.close()
+    return time.perf_counter() - start
+
+
+def upload_figures(root: Path, mib: int) -> None:
+    port = free_port()
+    repo = str(Path(__file__).resolve().parents[1])
+    code = SERVER.format(repo=repo, root=str(root), port=port)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        daemon = psutil.Process(proc.pid)
+        before = daemon.memory_info().rss
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                peak[0] = max(peak[0], daemon.memory_info().rss)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        total = mib * CHUNK
+        status, elapsed = send_upload(port, total)
+        stop.set()
+        sampler.join()
+    finally:
+        proc.terminate()
+        proc.wait()
+    baseline = socket_baseline(total)
+    print(f"upload of {mib} MiB over loopback (answer {status}: the bytes are not a video):")
+    print(f"  plain socket copy   {total / baseline / 1e6:8.0f} MB/s")
+    print(f"  dpd upload route    {total / elapsed / 1e6:8.0f} MB/s (target >= 200 MB/s)")
+    growth = (peak[0] - before) / 1e6
+    print(
+        f"  daemon RSS          {before / 1e6:.0f} MB before, +{growth:.1f} MB peak"
+        " (target <= 50 MB)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upload-mib", type=int, default=2048)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-transcode", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dpd-bench-") as tmp:
+        root = Path(tmp)
+        if not args.skip_transcode:
+            asyncio.run(transcode_figures(root, args.runs))
+        upload_figures(root, args.upload_mib)
+
+
+if __name__ == "__main__":
+    main()

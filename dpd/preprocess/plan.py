@@ -1,0 +1,239 @@
+"""What to make of one uploaded clip or image: target frame rate, size, frame bucket and the
+exact ffmpeg command. Pure: no I/O, no ffmpeg; tested without either.
+
+The aim is a file diffusion-pipe takes as it is (reference/diffusion-pipe.md §3): it converts
+a video to the model's frame rate with ``frames = int(source_frames * model_fps /
+source_fps)`` and puts it in the largest frame bucket not above that count, dropping what
+is left over, and skipping the clip when it is shorter than every bucket but 1. So the
+output is cut to exactly the frames of the longest bucket the clip can fill, with sides
+rounded to the model's pixel multiple.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from dpd.errors import FieldError
+
+
+@dataclass(frozen=True)
+class ModelMedia:
+    """The media facts of one model type. ``fps is None``: the model trains on images only."""
+
+    fps: int | None
+    pixel_multiple: int
+    frame_buckets: tuple[int, ...]
+
+    @property
+    def video(self) -> bool:
+        return self.fps is not None
+
+
+# Numbers from reference/diffusion-pipe.md §3.2 (model fps, pixels_round_to_multiple).
+# TODO(lead): read these from dpd/jobs/model_rules.py once it exists.
+# Default frame buckets are our choice: the model's VAE compresses time by 4 (Wan, HunyuanVideo,
+# Cosmos-Predict2) or 8 (LTX), so every bucket is 4k+1 or 8k+1, from ~2 s up to the length
+# the model was trained on (Wan 81, HunyuanVideo 129, LTX 121, Cosmos-Predict2 93).
+_IMAGE = ModelMedia(None, 16, (1,))
+_IMAGE_32 = ModelMedia(None, 32, (1,))
+MODELS: dict[str, ModelMedia] = {
+    "wan": ModelMedia(16, 16, (1, 33, 65, 81)),
+    "hunyuan-video": ModelMedia(24, 16, (1, 33, 65, 97, 129)),
+    "ltx-video": ModelMedia(25, 32, (1, 33, 65, 97, 121)),
+    "cosmos_predict2": ModelMedia(16, 16, (1, 33, 65, 93)),
+    "hunyuan_video_15": ModelMedia(24, 16, (1, 33, 65, 97, 121)),
+    "ltx2": ModelMedia(24, 16, (1, 33, 65, 97, 121)),
+    "hunyuan_image": _IMAGE_32,
+    **{
+        name: _IMAGE
+        for name in (
+            "sdxl", "flux", "lumina_2", "chroma", "hidream", "sd3", "anima", "omnigen2",
+            "qwen_image", "auraflow", "z_image", "flux2", "ernie_image", "ideogram4", "krea2",
+        )
+    },
+}  # fmt: skip
+
+RESOLUTION_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+MAX_SIDE = 8192
+VIDEO_SUFFIX = ".mp4"
+IMAGE_SUFFIX = ".png"
+
+
+class PlanError(Exception):
+    """The upload cannot become a usable dataset item; ``errors`` says every reason."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe found, reduced to what planning needs."""
+
+    kind: str  # "video" | "image"
+    width: int
+    height: int
+    fps: float  # frames per second of the source (images: 0)
+    frame_count: int
+    duration: float
+    codec: str
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    kind: str  # "video" | "image"
+    width: int
+    height: int
+    fps: Fraction  # output frame rate (images: 0)
+    frames: int  # frames written
+    bucket: int  # the frame bucket diffusion-pipe will put it in
+    suffix: str  # ".mp4" | ".png"
+
+    @property
+    def duration(self) -> float:
+        return float(self.frames / self.fps) if self.fps else 0.0
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"512x512"`` -> (512, 512); ValueError with the reason otherwise."""
+    match = RESOLUTION_RE.match(text)
+    if not match:
+        raise ValueError(f"expected WIDTHxHEIGHT like '512x512', got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if not (16 <= width <= MAX_SIDE and 16 <= height <= MAX_SIDE):
+        raise ValueError(f"each side must be between 16 and {MAX_SIDE}, got {text!r}")
+    return width, height
+
+
+def parse_frame_buckets(text: str) -> tuple[int, ...]:
+    """``"1,33,65"`` or ``"[1, 33, 65]"`` -> (1, 33, 65); ValueError otherwise."""
+    parts = [p.strip() for p in text.strip().strip("[]").split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and 0 < int(p) <= 1024 for p in parts):
+        raise ValueError(f"expected frame counts like '1,33,65', got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def round_to_multiple(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def target_size(
+    source: tuple[int, int], requested: tuple[int, int] | None, multiple: int
+) -> tuple[int, int]:
+    """Requested sides rounded to the multiple; without a request, the source's sides
+    rounded down (never upscaled, aspect kept up to the crop of a few pixels)."""
+    if requested is not None:
+        return round_to_multiple(requested[0], multiple), round_to_multiple(requested[1], multiple)
+    return tuple(max(multiple, side // multiple * multiple) for side in source)  # type: ignore[return-value]
+
+
+def model_frames(source_frames: int, source_fps: float | Fraction, model_fps: int) -> int:
+    """diffusion-pipe's frame count after conversion to the model's frame rate."""
+    return int(source_frames * model_fps / source_fps)
+
+
+def choose_bucket(frames: int, buckets: tuple[int, ...]) -> int | None:
+    """The largest bucket (other than 1, which is for images) that ``frames`` can fill."""
+    fitting = [b for b in buckets if 1 < b <= frames]
+    return max(fitting) if fitting else None
+
+
+def normalize_buckets(
+    buckets: list[int] | tuple[int, ...] | None, model: ModelMedia
+) -> tuple[int, ...]:
+    """diffusion-pipe always adds 1; sorted, without duplicates."""
+    chosen = model.frame_buckets if not buckets else tuple(buckets)
+    if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in chosen):
+        raise ValueError("frame buckets must be positive integers")
+    return tuple(sorted({1, *chosen}))
+
+
+def plan_clip(
+    media: MediaInfo,
+    model_type: str,
+    fps: int | None = None,
+    resolution: tuple[int, int] | None = None,
+    frame_buckets: tuple[int, ...] | None = None,
+) -> ClipPlan:
+    model = MODELS.get(model_type)
+    if model is None:
+        known = ", ".join(sorted(MODELS))
+        raise PlanError(
+            [FieldError("model_type", f"unknown model type {model_type!r}; known: {known}")]
+        )
+    width, height = target_size((media.width, media.height), resolution, model.pixel_multiple)
+    if media.kind == "image":
+        return ClipPlan("image", width, height, Fraction(0), 1, 1, IMAGE_SUFFIX)
+    if model.fps is None:
+        raise PlanError(
+            [FieldError("video", f"{model_type} trains on images only; upload a png, jpg or webp")]
+        )
+    return _plan_video(media, model, model.fps, fps, (width, height), frame_buckets)
+
+
+def _plan_video(
+    media: MediaInfo,
+    model: ModelMedia,
+    model_fps: int,
+    fps: int | None,
+    size: tuple[int, int],
+    frame_buckets: tuple[int, ...] | None,
+) -> ClipPlan:
+    out_fps = Fraction(fps) if fps else Fraction(model_fps)
+    source_fps = Fraction(media.fps).limit_denominator(1001)
+    available = int(media.frame_count * out_fps / source_fps)  # after our resampling
+    buckets = normalize_buckets(frame_buckets, model)
+    seen = model_frames(available, out_fps, model_fps)
+    bucket = choose_bucket(seen, buckets)
+    if bucket is None:
+        smallest = min((b for b in buckets if b > 1), default=None)
+        message = (
+            f"too short: {media.frame_count} frames at {float(source_fps):g} fps are {seen} "
+            f"frames at the model's {model_fps} fps"
+            + (f"; the shortest frame bucket is {smallest}" if smallest else "; no video bucket")
+        )
+        raise PlanError([FieldError("video", message)])
+    frames = min(available, math.ceil(bucket * out_fps / model_fps))
+    return ClipPlan("video", size[0], size[1], out_fps, frames, bucket, VIDEO_SUFFIX)
+
+
+def _fraction_text(value: Fraction) -> str:
+    return (
+        str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    )
+
+
+def filter_chain(plan: ClipPlan) -> str:
+    """Resample (videos), scale to cover the target and crop its centre; square pixels."""
+    w, h = plan.width, plan.height
+    cover = (
+        f"scale=w='if(gt(iw*{h}\\,ih*{w})\\,ceil(iw*{h}/ih)\\,{w})'"
+        f":h='if(gt(iw*{h}\\,ih*{w})\\,{h}\\,ceil(ih*{w}/iw))'"
+    )
+    steps = [cover, f"crop={w}:{h}", "setsar=1"]
+    if plan.kind == "video":
+        steps = [f"fps={_fraction_text(plan.fps)}", *steps, "format=yuv420p"]
+    else:
+        steps.append("format=rgb24")
+    return ",".join(steps)
+
+
+def ffmpeg_command(ffmpeg: str, source: str, output: str, plan: ClipPlan) -> list[str]:
+    """The whole command line; progress as key=value blocks on stdout, errors on stderr."""
+    head = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", source]
+    body = ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", filter_chain(plan)]
+    body += ["-frames:v", str(plan.frames)]
+    if plan.kind == "video":
+        body += ["-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p"]
+        body += ["-movflags", "+faststart", "-f", "mp4"]
+    else:
+        body += ["-c:v", "png", "-f", "image2", "-update", "1"]
+    return [*head, *body, "-progress", "pipe:1", "-nostats", output]

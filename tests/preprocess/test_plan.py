@@ -1,0 +1,149 @@
+"""Planning is pure: model facts, geometry, buckets and the ffmpeg command line."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dpd.preprocess.plan import (
+    MODELS,
+    MediaInfo,
+    PlanError,
+    choose_bucket,
+    ffmpeg_command,
+    model_frames,
+    parse_frame_buckets,
+    parse_resolution,
+    plan_clip,
+    target_size,
+)
+
+
+def video(frames: int, fps: float, size: tuple[int, int] = (1920, 1080)) -> MediaInfo:
+    return MediaInfo("video", size[0], size[1], fps, frames, frames / fps, "h264")
+
+
+def test_parse_resolution() -> None:
+    assert parse_resolution("512x512") == (512, 512)
+    assert parse_resolution(" 1280X720 ") == (1280, 720)
+    for bad in ("512", "512x", "axb", "0x512", "99999x10", "-5x5"):
+        with pytest.raises(ValueError):
+            parse_resolution(bad)
+
+
+def test_parse_frame_buckets() -> None:
+    assert parse_frame_buckets("1,33,65") == (1, 33, 65)
+    assert parse_frame_buckets("[1, 33]") == (1, 33)
+    for bad in ("", "a,b", "0,33", "1,-3", "5000"):
+        with pytest.raises(ValueError):
+            parse_frame_buckets(bad)
+
+
+def test_sizes_round_to_the_model_multiple() -> None:
+    assert target_size((1920, 1080), (500, 300), 16) == (496, 304)
+    assert target_size((1920, 1080), (500, 300), 32) == (512, 288)
+    assert target_size((1920, 1080), None, 16) == (1920, 1072)  # no upscaling, crop 8 rows
+    assert target_size((10, 10), None, 16) == (16, 16)
+
+
+def test_diffusion_pipe_frame_formula_and_bucket_choice() -> None:
+    assert model_frames(72, 24, 16) == 48
+    assert model_frames(100, 30, 16) == 53
+    assert choose_bucket(48, (1, 33, 65, 81)) == 33
+    assert choose_bucket(81, (1, 33, 65, 81)) == 81
+    assert choose_bucket(32, (1, 33, 65, 81)) is None  # 1 is for images only
+
+
+def test_wan_clip_is_cut_to_the_longest_bucket_at_16_fps() -> None:
+    plan = plan_clip(video(300, 30), "wan", resolution=(512, 512))
+    assert (plan.fps, plan.frames, plan.bucket) == (16, 81, 81)
+    assert plan.resolution == "512x512"
+    assert plan.duration == pytest.approx(81 / 16)
+
+
+def test_native_frame_rates_per_model() -> None:
+    assert plan_clip(video(240, 24), "hunyuan-video").fps == 24
+    assert plan_clip(video(240, 24), "hunyuan-video").bucket == 129
+    ltx = plan_clip(video(250, 25, (1000, 700)), "ltx-video")
+    assert (ltx.fps, ltx.bucket, ltx.width % 32, ltx.height % 32) == (25, 121, 0, 0)
+
+
+def test_requested_fps_leaves_enough_frames_for_the_bucket() -> None:
+    plan = plan_clip(video(72, 24), "wan", fps=8)
+    # 72 frames at 24 fps -> 24 at 8 fps -> diffusion-pipe sees 48 at 16 fps -> bucket 33
+    assert plan.bucket == 33
+    assert plan.frames == 17
+    assert model_frames(plan.frames, plan.fps, 16) >= 33
+
+
+def test_too_short_clip_is_refused_with_the_numbers() -> None:
+    with pytest.raises(PlanError) as err:
+        plan_clip(video(40, 24), "wan")
+    message = err.value.errors[0].message
+    assert "too short" in message and "26 frames" in message and "33" in message
+
+
+def test_caller_buckets_replace_the_defaults() -> None:
+    plan = plan_clip(video(40, 24), "wan", frame_buckets=(17,))
+    assert plan.bucket == 17 and plan.frames == 17
+
+
+def test_image_models_refuse_video_and_take_images() -> None:
+    with pytest.raises(PlanError) as err:
+        plan_clip(video(100, 24), "flux")
+    assert err.value.errors[0].field == "video" and "images only" in str(err.value)
+    image = MediaInfo("image", 1000, 700, 0, 1, 0, "png")
+    plan = plan_clip(image, "flux", resolution=(1024, 1024))
+    assert (plan.kind, plan.frames, plan.bucket, plan.suffix) == ("image", 1, 1, ".png")
+    assert plan_clip(image, "wan").kind == "image"  # image items in a video dataset
+
+
+def test_unknown_model_lists_known_ones() -> None:
+    with pytest.raises(PlanError) as err:
+        plan_clip(video(100, 24), "nope")
+    assert err.value.errors[0].field == "model_type" and "wan" in str(err.value)
+
+
+def test_ffmpeg_command() -> None:
+    plan = plan_clip(video(300, 30), "wan", resolution=(512, 288))
+    cmd = ffmpeg_command("ffmpeg", "/in.mov", "/out.mp4", plan)
+    assert cmd[0] == "ffmpeg" and cmd[-1] == "/out.mp4"
+    joined = " ".join(cmd)
+    assert "-i /in.mov" in joined and "-frames:v 81" in joined
+    assert "-progress pipe:1 -nostats" in joined
+    assert "libx264" in cmd and "yuv420p" in cmd and "-an" in cmd
+    chain = cmd[cmd.index("-vf") + 1]
+    assert chain.startswith("fps=16,") and "crop=512:288" in chain
+
+
+def test_default_buckets_fit_the_vae() -> None:
+    for name, model in MODELS.items():
+        stride = 8 if name.startswith("ltx") else 4
+        assert all(b == 1 or (b - 1) % stride == 0 for b in model.frame_buckets), name
+
+
+@given(
+    frames=st.integers(1, 2000),
+    fps=st.sampled_from([8, 12, 15, 23.976, 24, 25, 29.97, 30, 50, 60]),
+    out_fps=st.one_of(st.none(), st.integers(4, 60)),
+    model=st.sampled_from(["wan", "hunyuan-video", "ltx-video", "ltx2"]),
+)
+def test_plan_always_fills_its_bucket_and_never_overshoots(
+    frames: int, fps: float, out_fps: int | None, model: str
+) -> None:
+    media = video(frames, fps)
+    model_fps = MODELS[model].fps
+    assert model_fps is not None
+    try:
+        plan = plan_clip(media, model, fps=out_fps)
+    except PlanError:
+        return
+    available = int(frames * plan.fps / Fraction(fps).limit_denominator(1001))
+    assert 1 <= plan.frames <= available
+    assert model_frames(plan.frames, plan.fps, model_fps) >= plan.bucket
+    assert plan.bucket == choose_bucket(
+        model_frames(available, plan.fps, model_fps), MODELS[model].frame_buckets
+    )
