@@ -1,0 +1,106 @@
+"""Model routes (api.md §6): the catalog with installed state, and model downloads.
+
+``GET /models/list`` needs any valid key; every download route needs ``model_download``.
+``POST /models/download`` answers 202 once the download is planned (every file's size and
+hash known, disk space checked) and running in the background; its errors (422 unknown
+model or component, 403 gated repository without a usable token, 404 missing file, 409
+already downloading, 507 disk space) come from ``DownloadManager.submit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dpd.errors import BadRequest
+from dpd.http.common import envelope_response, principal, require_permission
+from dpd.models.catalog import Catalog, CatalogModel, installed_state
+from dpd.models.downloads import DownloadManager
+
+PREFIX = "/api/v1/models"
+PERMISSION = "model_download"
+MANAGER: web.AppKey[DownloadManager] = web.AppKey("dpd.models.manager", DownloadManager)
+CATALOG: web.AppKey[Catalog] = web.AppKey("dpd.models.catalog", Catalog)
+
+
+def setup(app: web.Application, manager: DownloadManager, catalog: Catalog) -> None:
+    app[MANAGER] = manager
+    app[CATALOG] = catalog
+    app.router.add_get(f"{PREFIX}/list", list_models)
+    app.router.add_post(f"{PREFIX}/download", start_download)
+    app.router.add_get(f"{PREFIX}/downloads", list_downloads)
+    app.router.add_get(f"{PREFIX}/download/{{download_id}}", get_download)
+    app.router.add_post(f"{PREFIX}/download/{{download_id}}/cancel", cancel_download)
+
+
+def model_entry(model: CatalogModel, installed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model of ``/models/list``: the API document's fields plus its components."""
+    components = [
+        {
+            "name": c.name,
+            "repo": c.repo or None,
+            "gated": c.gated,
+            "downloadable": c.downloadable,
+            "config_key": c.config_key,
+            "installed": installed[c.name]["installed"],
+            "path": installed[c.name]["path"],
+        }
+        for c in model.components
+    ]
+    return {
+        "id": model.id,
+        "name": model.name,
+        "type": model.type,
+        "version": model.version,
+        "supports_lora": model.supports_lora,
+        "supports_full_finetune": model.supports_full_finetune,
+        "supports_fp8": model.supports_fp8,
+        "min_vram_gb": model.min_vram_gb,
+        "recommended_vram_gb": model.recommended_vram_gb,
+        "config_path": components[0]["path"],
+        "installed": all(c["installed"] for c in components),
+        "components": components,
+    }
+
+
+def catalog_entries(catalog: Catalog, models_root: Path) -> list[dict[str, Any]]:
+    """Blocking (stats the model files): call from a thread."""
+    return [model_entry(m, installed_state(m, models_root)) for m in catalog.models]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    principal(request)
+    manager = request.app[MANAGER]
+    entries = await asyncio.to_thread(catalog_entries, request.app[CATALOG], manager.models_root)
+    return envelope_response({"models": entries})
+
+
+async def start_download(request: web.Request) -> web.Response:
+    require_permission(request, PERMISSION)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the body is not valid JSON: {err}") from None
+    view = await request.app[MANAGER].submit(body)
+    return envelope_response(view, code=202, message="model download started")
+
+
+async def list_downloads(request: web.Request) -> web.Response:
+    require_permission(request, PERMISSION)
+    downloads = request.app[MANAGER].list()
+    return envelope_response({"downloads": downloads, "total": len(downloads)})
+
+
+async def get_download(request: web.Request) -> web.Response:
+    require_permission(request, PERMISSION)
+    return envelope_response(request.app[MANAGER].get(request.match_info["download_id"]))
+
+
+async def cancel_download(request: web.Request) -> web.Response:
+    require_permission(request, PERMISSION)
+    view = await request.app[MANAGER].cancel(request.match_info["download_id"])
+    return envelope_response(view, message="model download cancelled")

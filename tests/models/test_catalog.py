@@ -1,0 +1,156 @@
+"""The catalog: the shipped data agrees with diffusion-pipe's facts; checking, paths and
+installed state."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from dpd.errors import ConfigError
+from dpd.models.catalog import (
+    SHIPPED_CATALOG,
+    default_model_table,
+    default_paths,
+    installed_state,
+    load_catalog,
+    manifest_path,
+    parse_catalog,
+)
+from tests.models.conftest import CATALOG
+
+try:
+    from dpd.jobs import model_rules
+except ImportError:  # pragma: no cover - the job validator's module arrives separately
+    model_rules = None  # type: ignore[assignment]
+
+needs_rules = pytest.mark.skipif(model_rules is None, reason="dpd.jobs.model_rules not present")
+
+
+def test_shipped_catalog_loads():
+    catalog = load_catalog()
+    assert catalog.source == str(SHIPPED_CATALOG)
+    assert len(catalog.models) == len(set(catalog.ids))
+
+
+@needs_rules
+def test_catalog_ids_are_exactly_diffusion_pipes_model_types():
+    assert sorted(load_catalog().ids) == sorted(model_rules.MODEL_TYPES)
+
+
+@needs_rules
+def test_full_finetune_flags_agree_with_the_model_rules():
+    for model in load_catalog().models:
+        assert model.supports_full_finetune == model_rules.MODEL_RULES[model.id].full_finetune, (
+            model.id
+        )
+
+
+@needs_rules
+def test_every_config_key_is_one_the_model_type_reads():
+    for model in load_catalog().models:
+        rules = model_rules.MODEL_RULES[model.id]
+        readable = rules.path_keys | rules.required_keys
+        for component in model.components:
+            assert component.config_key in readable, (model.id, component.config_key)
+
+
+@needs_rules
+def test_default_tables_satisfy_one_required_alternative():
+    for model in load_catalog().models:
+        table = default_model_table(model.id, Path("/m"))
+        alternatives = model_rules.MODEL_RULES[model.id].required
+        assert any(set(group) <= set(table) for group in alternatives), model.id
+
+
+def test_media_types_and_vram_are_sane():
+    for model in load_catalog().models:
+        assert model.type in ("image", "video")
+        assert 0 < model.min_vram_gb <= model.recommended_vram_gb
+
+
+def test_recommended_for_uses_min_vram():
+    catalog = parse_catalog(CATALOG)
+    assert catalog.recommended_for(8 * 1024) == ["broken"]
+    assert catalog.recommended_for(12 * 1024) == ["flux", "broken"]
+    assert catalog.recommended_for(80 * 1024) == ["flux", "gated", "broken"]
+    assert catalog.recommended_for(0) == []
+
+
+def test_every_problem_of_a_bad_catalog_is_reported():
+    document = copy.deepcopy(CATALOG)
+    document["models"][0]["type"] = "audio"
+    del document["models"][0]["min_vram_gb"]
+    document["models"][1]["components"][0]["dir"] = "../etc"
+    document["models"][2]["id"] = "flux"
+    with pytest.raises(ConfigError) as caught:
+        parse_catalog(document)
+    text = str(caught.value)
+    for expected in ("models[0].type", "models[0].min_vram_gb", "models[1].components[0].dir"):
+        assert expected in text
+    with pytest.raises(ConfigError):
+        parse_catalog({"models": []})
+
+
+def test_duplicate_ids_are_refused():
+    document = copy.deepcopy(CATALOG)
+    document["models"][2]["id"] = "flux"
+    with pytest.raises(ConfigError, match="appears twice"):
+        parse_catalog(document)
+
+
+def test_an_operator_catalog_replaces_the_shipped_one(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(json.dumps(CATALOG))  # JSON is YAML
+    assert load_catalog(path).ids == ("flux", "gated", "broken")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_catalog(tmp_path / "absent.yaml")
+
+
+def test_default_paths_and_model_table():
+    root = Path("/data/models")
+    assert default_paths("wan", root) == {"ckpt_path": root / "wan/Wan2.1-T2V-14B"}
+    paths = default_paths("hunyuan-video", root)
+    assert set(paths) == {"transformer_path", "vae_path", "llm_path", "clip_path"}
+    table = default_model_table("z_image", root)
+    assert table["text_encoders"] == [
+        {
+            "path": str(root / "z_image/split_files/text_encoders/qwen_3_4b.safetensors"),
+            "type": "lumina2",
+        }
+    ]
+    assert default_model_table("auraflow", root)["max_sequence_length"] == 768
+    with pytest.raises(KeyError):
+        default_paths("nosuch", root)
+
+
+def test_installed_state(tmp_path):
+    catalog = parse_catalog(CATALOG)
+    flux = catalog.get("flux")
+    assert flux is not None
+    state = installed_state(flux, tmp_path)
+    assert {name: entry["installed"] for name, entry in state.items()} == {
+        "diffusion_model": False,
+        "vae": False,
+        "text_encoder": False,
+    }
+    assert state["vae"]["path"] == str(tmp_path / "flux/tiny")
+    # Exact files placed by hand count; patterns need dpd's manifest.
+    for name in (
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "model_index.json",
+        "vae/config.json",
+    ):
+        (tmp_path / "flux/tiny" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "flux/tiny" / name).write_bytes(b"x")
+    state = installed_state(flux, tmp_path)
+    assert state["text_encoder"]["installed"] and not state["vae"]["installed"]
+    manifest = manifest_path(tmp_path, "flux", "vae")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"files": [{"path": "vae/config.json", "size": 1}]}))
+    assert installed_state(flux, tmp_path)["vae"]["installed"]
+    (tmp_path / "flux/tiny/vae/config.json").write_bytes(b"truncated?")
+    assert not installed_state(flux, tmp_path)["vae"]["installed"]
