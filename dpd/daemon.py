@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +31,10 @@ from dpd.http.common import RATE_LIMITER
 from dpd.http.ratelimit import RateLimiter
 from dpd.keys import KEYS_FILE, KeyStore
 from dpd.logsetup import set_level
+from dpd.models.catalog import load_catalog
+from dpd.models.downloads import DownloadManager
 from dpd.notify import Notifier, status_line
+from dpd.preprocess.tasks import PreprocessManager
 from dpd.services import SERVICES, Services
 from dpd.spool.ingest import IngestResult, Outcome, ingest_file
 from dpd.spool.layout import SpoolLayout
@@ -58,6 +62,12 @@ class Daemon:
         monitor = GpuMonitor(open_inventory(config.gpus), config.gpus.monitor_interval)
         supervisor = Supervisor(config, store, bus.emit, monitor, ShimLauncher())
         self.services = Services(config, layout, store, bus, monitor, supervisor, time.time())
+        catalog = load_catalog(Path(config.models.catalog) if config.models.catalog else None)
+        self.preprocess = PreprocessManager(config, bus.emit)
+        self.downloads = DownloadManager.from_config(config, catalog, bus.emit)
+        self.services.extras.update(
+            catalog=catalog, preprocess=self.preprocess, downloads=self.downloads
+        )
         self.watcher = SpoolWatcher(layout, self._ingest)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
@@ -105,6 +115,8 @@ class Daemon:
         self._spawn(services.monitor.run(), "GPU monitor")
         await services.monitor.poll_now()
         await services.supervisor.start()
+        await self.preprocess.start()
+        await self.downloads.start()
         self._spawn(self.watcher.run(), "spool watcher")
         await self.watcher.started.wait()
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
@@ -221,6 +233,9 @@ class Daemon:
             self.services.supervisor.close(stop_jobs),
             timeout=self.config.trainer.stop_timeout + 40 if stop_jobs else None,
         )
+        await self._step("stop preprocessing", self.preprocess.close())
+        await self._step("pause model downloads", self.downloads.close())
+        await self._step("close the GPU monitor", self.services.monitor.close())
         await self._step("flush events", self.services.bus.drain(SHUTDOWN_STEP_TIMEOUT))
         for task in self._tasks:
             task.cancel()

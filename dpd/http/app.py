@@ -47,7 +47,7 @@ def build_app(
 def setup_routes(app: web.Application, services: Services) -> None:
     """Every route module; each registers its own paths."""
     from dpd.http import openapi, prometheus
-    from dpd.http.routes import gpu, keys, system, training
+    from dpd.http.routes import datasets, gpu, keys, models, preprocess, system, training
 
     training.setup(app)
     gpu.setup(app)
@@ -55,3 +55,6 @@ def setup_routes(app: web.Application, services: Services) -> None:
     keys.setup(app)
     openapi.setup(app)
     prometheus.setup(app)
+    preprocess.setup(app, services.extras["preprocess"], services.config)
+    datasets.setup(app, services.config)
+    models.setup(app, services.extras["downloads"], services.extras["catalog"])

@@ -1,0 +1,79 @@
+"""``POST /auth/generate-key`` (api.md §10.2): an administrator makes a key for a user.
+
+The answer carries the raw key once; only its hash is stored (``dpd.keys``). Lifetime is
+``auth.key_expire_days`` unless the body asks for ``expire_days`` (0 = never expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from dpd.errors import BadRequest, FieldError, ValidationFailed
+from dpd.http.auth import KEY_STORE
+from dpd.http.common import envelope_response, rate_limit, require_permission
+from dpd.keys import PERMISSIONS, ApiKey
+from dpd.services import SERVICES
+
+PREFIX = "/api/v1/auth"
+MAX_USER_LENGTH = 128
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post(f"{PREFIX}/generate-key", generate_key)
+
+
+def parse_key_request(body: bytes, default_expire_days: int) -> tuple[str, list[str], int]:
+    """(user, permissions, expire_days) from the body; 400 if unparseable, 422 listing every
+    problem if invalid."""
+    try:
+        document = json.loads(body or b"{}")
+    except ValueError as err:
+        raise BadRequest("request body is not valid JSON") from err
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object")
+    errors: list[FieldError] = []
+    user = document.get("user_id")
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_LENGTH:
+        errors.append(FieldError("user_id", f"a non-empty string of <= {MAX_USER_LENGTH} chars"))
+    permissions = document.get("permissions")
+    if not isinstance(permissions, list) or not permissions:
+        errors.append(FieldError("permissions", f"a non-empty list of: {', '.join(PERMISSIONS)}"))
+    else:
+        for index, permission in enumerate(permissions):
+            if permission not in PERMISSIONS:
+                errors.append(
+                    FieldError(f"permissions[{index}]", f"unknown permission {permission!r}")
+                )
+    expire_days = document.get("expire_days", default_expire_days)
+    if isinstance(expire_days, bool) or not isinstance(expire_days, int) or expire_days < 0:
+        errors.append(FieldError("expire_days", "0 (never) or a positive integer"))
+    unknown = sorted(set(document) - {"user_id", "permissions", "expire_days"})
+    errors.extend(FieldError(name, "unknown field") for name in unknown)
+    if errors:
+        raise ValidationFailed(errors)
+    return str(user).strip(), list(permissions or []), int(expire_days)
+
+
+def key_view(raw_key: str, record: ApiKey) -> dict[str, Any]:
+    return {
+        "api_key": raw_key,
+        "key_id": record.key_id,
+        "user_id": record.user,
+        "permissions": list(record.permissions),
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+    }
+
+
+async def generate_key(request: web.Request) -> web.Response:
+    require_permission(request, "admin")
+    await rate_limit(request, "auth")
+    default_days = request.app[SERVICES].config.auth.key_expire_days
+    user, permissions, expire_days = parse_key_request(await request.read(), default_days)
+    store = request.app[KEY_STORE]
+    raw_key, record = await asyncio.to_thread(store.create, user, permissions, expire_days)
+    return envelope_response(key_view(raw_key, record), 201, "API key generated")
