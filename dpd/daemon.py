@@ -25,6 +25,7 @@ from aiohttp import web
 from dpd.config import Config, load_config
 from dpd.errors import ConfigError
 from dpd.events.bus import EventBus
+from dpd.events.nats_bridge import NatsBridge
 from dpd.http.app import HEALTH, build_app, setup_routes
 from dpd.http.auth import KEY_STORE, Authenticator, StoreChecker
 from dpd.http.common import RATE_LIMITER
@@ -48,6 +49,7 @@ from dpd.supervisor.supervisor import Supervisor
 log = logging.getLogger("dpd.daemon")
 
 SHUTDOWN_STEP_TIMEOUT = 10.0
+NATS_DRAIN_TIMEOUT = 5.0  # JetStream: what is not acked by then is republished at next start
 STATUS_PERIOD = 5.0
 
 
@@ -68,6 +70,13 @@ class Daemon:
         self.services.extras.update(
             catalog=catalog, preprocess=self.preprocess, downloads=self.downloads
         )
+        self.nats: NatsBridge | None = None
+        if config.nats.url:
+            self.nats = NatsBridge(
+                config.nats, bus, store, config.daemon.node, config.daemon.state_dir
+            )
+            monitor.add_listener(self.nats.publish_gpus)
+            self.services.extras["nats"] = self.nats
         self.watcher = SpoolWatcher(layout, self._ingest)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
@@ -112,6 +121,8 @@ class Daemon:
         loaded = await asyncio.to_thread(services.store.load)
         log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
         self._spawn(services.bus.run(), "event bus")
+        if self.nats is not None:
+            self._spawn(self.nats.run(), "NATS bridge")  # connects in the background
         self._spawn(services.monitor.run(), "GPU monitor")
         await services.monitor.poll_now()
         await services.supervisor.start()
@@ -237,6 +248,8 @@ class Daemon:
         await self._step("pause model downloads", self.downloads.close())
         await self._step("close the GPU monitor", self.services.monitor.close())
         await self._step("flush events", self.services.bus.drain(SHUTDOWN_STEP_TIMEOUT))
+        if self.nats is not None:
+            await self._step("flush events to NATS", self.nats.drain(NATS_DRAIN_TIMEOUT))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -42,7 +42,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = _HTTP_MESSAGES.get(err.status, err.reason)
         data = None
         if err.status == 405:
-            data = {"allowed_methods": sorted(getattr(err, "allowed_methods", ()) or ())}
+            allowed = sorted(getattr(err, "allowed_methods", ()) or ())
+            data = {"allowed_methods": allowed}
+            response = _error_response(err.status, message, data, request)
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         if err.status == 404:
             data = {"path": request.path}
         return _error_response(err.status, message, data, request)

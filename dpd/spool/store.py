@@ -109,6 +109,9 @@ class JobStore:
                 continue
             if self._load_one(Path(entry.path)):
                 loaded.append(entry.name)
+        with self._lock:  # the index iterates in submission order from here on
+            ordered = sorted(self._states.items(), key=lambda i: i[1].get("submitted_seq", 0))
+            self._states = dict(ordered)
         fsync_dir(self.layout.jobs)
         return loaded
 
@@ -299,10 +302,10 @@ class JobStore:
     def states(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict]:
         """States in submission order, newest last; filtered by ``predicate``."""
         with self._lock:
-            items = list(self._states.values())
+            items = list(self._states.values())  # kept in submission order (see load)
         if predicate is not None:
             items = [s for s in items if predicate(s)]
-        return sorted(items, key=lambda s: s.get("submitted_seq", 0))
+        return items
 
     def count_by_status(self) -> dict[str, int]:
         counts = {status.value: 0 for status in Status}

@@ -382,6 +382,11 @@ class Supervisor:
     async def stop(self, task_id: str, force: bool = False) -> dict[str, Any]:
         state = self.store.get(task_id)
         status = Status(state["status"])
+        if task_id in self.running:
+            # maybe being launched right now: let the launch finish, then stop it as running
+            await self._launched(task_id)
+            state = self.store.get(task_id)
+            status = Status(state["status"])
         if status is Status.QUEUED:
             await asyncio.to_thread(
                 self.store.set_status,
@@ -420,6 +425,11 @@ class Supervisor:
             await job.stop_task
         await job.done.wait()
         return self.store.get(task_id)
+
+    async def _launched(self, task_id: str) -> None:
+        job = self.running.get(task_id)
+        while job is not None and job.task is None and not job.done.is_set():
+            await asyncio.sleep(0.05)
 
     # -------------------------------------------------------------- resume
 

@@ -93,9 +93,9 @@ def test_unreadable_job_directory_is_quarantined_not_guessed(
 
 def test_status_changes_follow_the_state_machine(store: JobStore, data_root: Path) -> None:
     task_id = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
-    store.set_status(task_id, Status.RUNNING, started_at="now")
     with pytest.raises(TransitionError):
-        store.set_status(task_id, Status.QUEUED)
+        store.set_status(task_id, Status.COMPLETED)  # never ran
+    store.set_status(task_id, Status.RUNNING, started_at="now")
     store.set_status(task_id, Status.COMPLETED)
     with pytest.raises(TransitionError):
         store.set_status(task_id, Status.RUNNING)

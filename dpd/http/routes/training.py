@@ -173,9 +173,9 @@ async def list_trainings(request: web.Request) -> web.Response:
             return False
         return gpu_id is None or gpu_id in (state.get("gpu_ids") or [])
 
-    states = _services(request).store.states(keep)
-    states.reverse()  # newest first
-    page = states[offset : offset + limit]
+    states = _services(request).store.states(keep if status or gpu_id is not None else None)
+    newest_first = range(len(states) - 1 - offset, max(-1, len(states) - 1 - offset - limit), -1)
+    page = [states[i] for i in newest_first]
     return envelope_response(
         {
             "tasks": [views.task_summary(s) for s in page],
