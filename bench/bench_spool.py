@@ -30,6 +30,8 @@ from dpd.spool.store import JobStore
 from dpd.spool.watcher import SpoolWatcher
 from tests.jobfiles import job_document, make_data_root
 
+WORKERS = 4  # as dpd serve runs it
+
 
 class Setup:
     def __init__(self, root: Path) -> None:
@@ -59,7 +61,7 @@ class Setup:
         return b'"queued"' in state
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -86,7 +88,7 @@ def run_watcher(setup: Setup, stop: threading.Event) -> None:
                 ingest_file, setup.layout, setup.store, name, [setup.data]
             )
 
-        watcher = SpoolWatcher(setup.layout, ingest, workers=2)
+        watcher = SpoolWatcher(setup.layout, ingest, workers=WORKERS)
         task = asyncio.create_task(watcher.run())
         while not stop.is_set():
             await asyncio.sleep(0.05)
@@ -106,7 +108,7 @@ def run_poller(setup: Setup, stop: threading.Event) -> None:
 def bench(
     kind: str, target: Callable[[Setup, threading.Event], None], drops: int, burst: int
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="dpd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dpd-bench-", ignore_cleanup_errors=True) as tmp:
         setup = Setup(Path(tmp))
         stop = threading.Event()
         thread = threading.Thread(target=target, args=(setup, stop), daemon=True)

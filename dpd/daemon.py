@@ -51,6 +51,8 @@ log = logging.getLogger("dpd.daemon")
 SHUTDOWN_STEP_TIMEOUT = 10.0
 NATS_DRAIN_TIMEOUT = 5.0  # JetStream: what is not acked by then is republished at next start
 STATUS_PERIOD = 5.0
+# Ingestions in flight: their fsyncs overlap and share journal commits.
+INGEST_WORKERS = 4
 
 
 class Daemon:
@@ -77,7 +79,7 @@ class Daemon:
             )
             monitor.add_listener(self.nats.publish_gpus)
             self.services.extras["nats"] = self.nats
-        self.watcher = SpoolWatcher(layout, self._ingest)
+        self.watcher = SpoolWatcher(layout, self._ingest, workers=INGEST_WORKERS)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
             config.auth.enabled, config.auth.bootstrap_key, StoreChecker(self.keys)
