@@ -55,7 +55,10 @@ class SpoolLayout:
         files keep the spool's group. All must share one file system (renames between them)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for path, mode in (
-            (self.incoming, 0o2770),
+            (
+                self.incoming,
+                0o3770,
+            ),  # setgid: files keep the group; sticky: no deleting others' drops
             (self.rejected, 0o2750),
             (self.jobs, 0o2750),
             (self.quarantine, 0o700),

@@ -53,7 +53,9 @@ from dpd.supervisor.shim import (
 )
 
 # Inherited from systemd by the daemon; a trainer that saw them could talk to systemd as dpd.
-DROPPED_ENV_NAMES = frozenset({"NOTIFY_SOCKET", "CUDA_VISIBLE_DEVICES", "API_SECRET_KEY"})
+DROPPED_ENV_NAMES = frozenset(
+    {"NOTIFY_SOCKET", "CUDA_VISIBLE_DEVICES", "API_SECRET_KEY", "INVOCATION_ID", "JOURNAL_STREAM"}
+)
 DROPPED_ENV_PREFIXES = ("WATCHDOG_", "LISTEN_", "DPD_")
 SAVE_QUIT = "save_quit"
 PACKAGE_ROOT = str(Path(dpd.__file__).resolve().parent.parent)  # so the shim imports this dpd
