@@ -170,6 +170,7 @@ def _draw_bar(progress: dict[str, Any]) -> None:
         f"step {progress.get('current_step') or '-'}/{progress.get('total_steps') or '-'} "
         f"phase {progress.get('phase', '-')}"
         + (f" loss {loss:.4f}" if isinstance(loss, int | float) else "")
+        + (f" eta {progress['eta_seconds']}s" if progress.get("eta_seconds") is not None else "")
     )
     sys.stdout.write(text)
     sys.stdout.flush()

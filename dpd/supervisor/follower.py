@@ -140,8 +140,9 @@ class JobFollower:
 
     def _write_progress(self, offset: int, force: bool) -> None:
         now = time.monotonic()
-        progress = self.tracker.progress()
-        self.emit("jobs", self.task_id, "progress", dict(progress, phase=self.facts.phase))
+        progress = dict(self.tracker.progress(), phase=self.facts.phase)
+        progress["current_loss"] = self.tracker.metrics().get("current_loss")
+        self.emit("jobs", self.task_id, "progress", progress)
         if not force and now - self._state_written < STATE_WRITE_SECONDS:
             return
         self.write_state(offset)
