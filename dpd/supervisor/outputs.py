@@ -8,6 +8,7 @@ DeepSpeed checkpoint (written after all its files).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -87,7 +88,5 @@ def latest_checkpoint(run_dir: Path) -> str | None:
 def remove_signal_files(run_dir: Path) -> None:
     """A stale ``save_quit`` would make a resumed run quit after its first step."""
     for name in ("save", "save_quit"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
-        except FileNotFoundError:
-            pass

@@ -6,9 +6,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from dpd.jobs.spec import validate_job
 
 from dpd.errors import Conflict, NotFound
+from dpd.jobs.spec import validate_job
 from dpd.jobs.states import Status, TransitionError
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
