@@ -1,0 +1,88 @@
+"""Which events JetStream has acknowledged, per task, and the durable record of it.
+
+``AckWindow`` (pure) turns acks that may arrive out of order into one number per task: the
+highest ``seq`` such that every event up to it is acked (the watermark). Only the watermark
+is kept on disk, in ``<state_dir>/nats/acked.json``, written atomically and at most every
+``flush_interval`` — never one fsync per ack.
+
+What this guarantees: an event at or below a stored watermark was acked by the stream.
+What it does not: events acked after the last write are not in the file; after a crash
+they are published again and the stream drops them by ``Nats-Msg-Id`` while within its
+``duplicate_window`` (see nats_bridge for the consequence beyond it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from dpd.spool.atomic import write_json_atomic
+
+log = logging.getLogger("dpd.nats")
+
+ACKS_DIR = "nats"
+ACKS_FILE = "acked.json"
+
+
+class AckWindow:
+    """Per-task watermarks of contiguous acked seqs; acks above a hole wait in a set."""
+
+    def __init__(self, watermarks: dict[str, int] | None = None) -> None:
+        self._watermarks: dict[str, int] = dict(watermarks or {})
+        self._above: dict[str, set[int]] = {}
+        self.changed = False
+
+    def watermark(self, task_id: str) -> int:
+        return self._watermarks.get(task_id, 0)
+
+    def ack(self, task_id: str, seq: int) -> None:
+        mark = self._watermarks.get(task_id, 0)
+        if seq <= mark:
+            return  # a duplicate ack of something already counted
+        if seq != mark + 1:
+            self._above.setdefault(task_id, set()).add(seq)
+            return
+        mark = seq
+        waiting = self._above.get(task_id)
+        while waiting and mark + 1 in waiting:
+            mark += 1
+            waiting.discard(mark)
+        if waiting is not None and not waiting:
+            del self._above[task_id]
+        self._watermarks[task_id] = mark
+        self.changed = True
+
+    def forget(self, task_id: str) -> None:
+        self._watermarks.pop(task_id, None)
+        self._above.pop(task_id, None)
+        self.changed = True
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._watermarks)
+
+
+def acks_path(state_dir: Path) -> Path:
+    return state_dir / ACKS_DIR / ACKS_FILE
+
+
+def load_watermarks(path: Path) -> dict[str, int]:
+    """The record, or nothing (first start; an unreadable file is logged and replaced —
+    everything is then republished and the stream's dedup drops what it already holds)."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.error("ignoring unreadable %s (%s); republishing from the start", path, err)
+        return {}
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    if not isinstance(tasks, dict):
+        return {}
+    return {str(k): int(v) for k, v in tasks.items() if isinstance(v, int) and v > 0}
+
+
+def save_watermarks(path: Path, watermarks: dict[str, int]) -> None:
+    """Blocking (fsync): call from a worker thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"version": 1, "tasks": watermarks}, 0o640)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dpd.events.acks import AckWindow, acks_path, load_watermarks, save_watermarks
+
+
+def test_watermark_waits_for_the_hole_to_fill() -> None:
+    window = AckWindow()
+    for seq in (1, 2, 4, 5):
+        window.ack("t", seq)
+    assert window.watermark("t") == 2
+    window.ack("t", 3)
+    assert window.watermark("t") == 5
+    window.ack("t", 2)  # a duplicate ack changes nothing
+    assert window.watermark("t") == 5
+
+
+@given(st.permutations(list(range(1, 60))))
+def test_any_ack_order_ends_at_the_highest_seq(order: list[int]) -> None:
+    window = AckWindow({"t": 0})
+    for seq in order:
+        window.ack("t", seq)
+    assert window.watermark("t") == 59
+
+
+def test_changed_flag_is_raised_only_when_a_watermark_moves() -> None:
+    window = AckWindow({"t": 3})
+    window.ack("t", 5)
+    assert not window.changed
+    window.ack("t", 4)
+    assert window.changed and window.snapshot() == {"t": 5}
+
+
+def test_record_round_trips_through_the_file(tmp_path: Path) -> None:
+    path = acks_path(tmp_path / "state")
+    save_watermarks(path, {"a.b": 7, "c": 1})
+    assert load_watermarks(path) == {"a.b": 7, "c": 1}
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_missing_or_garbled_record_means_start_over(tmp_path: Path) -> None:
+    path = acks_path(tmp_path)
+    assert load_watermarks(path) == {}
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert load_watermarks(path) == {}
+    path.write_text(json.dumps({"tasks": {"a": "x", "b": 3, "c": -1}}))
+    assert load_watermarks(path) == {"b": 3}

@@ -1,0 +1,151 @@
+"""A real ``dpd serve`` with NATS configured, running the stand-in training, watched by NATS
+subscribers: core mode sees every event of events.jsonl; in JetStream mode a durable
+consumer gets every seq exactly once through a daemon kill -9 and a nats-server kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpd.supervisor.logfollow import split_lines
+from tests.daemon_harness import DaemonProcess, free_port, wait_for
+from tests.events.harness import collecting, consume_all, durable_consumer, wait_until
+from tests.events.nats_server import NatsServer
+from tests.jobfiles import job_document
+from tests.supervisor.test_lifecycle import job_processes, make_daemon
+
+TERMINAL = ("completed", "failed", "stopped")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop(signal.SIGKILL)
+    for task_id in {t for d in started for t in d.job_ids()}:
+        for pid in job_processes(task_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def nats_daemon(root: Path, url: str, jetstream: bool, step_seconds: float) -> DaemonProcess:
+    daemon = make_daemon(root, step_seconds=step_seconds)
+    daemon.config["nats"] = {"url": url, "jetstream": jetstream}
+    port = free_port()  # a range other test runs on this machine are unlikely to share
+    daemon.config["trainer"]["master_port_range"] = [port, port + 20]
+    return daemon
+
+
+def disk_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
+    path = daemon.spool / "jobs" / task_id / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def status_of(daemon: DaemonProcess, task_id: str) -> str | None:
+    state = daemon.job_state(task_id)
+    return state["status"] if state else None
+
+
+def lines_but_bars(lines: list[str]) -> list[str]:
+    """Trainer lines without tqdm redraws (the follower folds a bar's redraws to fewer)."""
+    return [line for line in lines if line.strip() and "%|" not in line]
+
+
+async def wait_status(daemon: DaemonProcess, task_id: str, wanted: tuple[str, ...]) -> None:
+    await asyncio.to_thread(wait_for, lambda: status_of(daemon, task_id) in wanted, 30)
+
+
+async def test_a_training_seen_through_nats_matches_events_jsonl(
+    tmp_path: Path, core_nats_server: NatsServer, daemons: list
+) -> None:
+    daemon = nats_daemon(tmp_path, core_nats_server.url, False, step_seconds=0.05)
+    daemons.append(daemon)
+    async with collecting(core_nats_server.url) as sub:
+        await asyncio.to_thread(daemon.start)
+        await wait_until(lambda: any(s == "dpd.gpus.test-node" for s, _ in sub.messages))
+        daemon.drop("cats.json", job_document(daemon.data, task_id="cats.v1"))
+        await wait_status(daemon, "cats.v1", TERMINAL)
+        on_disk = await asyncio.to_thread(disk_events, daemon, "cats.v1")
+        await wait_until(lambda: len(sub.payloads("cats.v1")) == len(on_disk))
+        received = sub.payloads("cats.v1")
+    assert on_disk[-1]["data"]["status"] == "completed", on_disk[-1]["data"]
+    assert received == on_disk
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+    kinds = {e["type"] for e in received}
+    assert kinds == {"status", "progress", "metrics", "log"}
+    statuses = [e["data"]["status"] for e in received if e["type"] == "status"]
+    assert statuses == ["queued", "running", "completed"]
+    subjects = {s for s, p in sub.messages if p.get("task_id") == "cats.v1"}
+    assert subjects == {f"dpd.jobs.cats~v1.{k}" for k in kinds}
+    logged = [line for e in received if e["type"] == "log" for line in e["data"]["lines"]]
+    train_log = (daemon.spool / "jobs" / "cats.v1" / "train.log").read_text()
+    assert lines_but_bars(logged) == lines_but_bars(split_lines(train_log))  # all, in order
+    assert len([e for e in received if e["type"] == "log"]) < len(logged)  # in batches
+    steps = [e for e in received if e["type"] == "metrics" and e["data"].get("type") == "step"]
+    assert steps, "step metrics reach NATS"
+
+
+async def test_daemon_kill9_mid_training_every_seq_once_on_the_durable_consumer(
+    tmp_path: Path, nats_server: NatsServer, daemons: list
+) -> None:
+    daemon = nats_daemon(tmp_path, nats_server.url, True, step_seconds=0.15)
+    daemons.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    await durable_consumer(nats_server.url)
+    daemon.drop("cats.json", job_document(daemon.data, task_id="cats"))
+    await asyncio.to_thread(
+        wait_for, lambda: len(disk_events(daemon, "cats")) > 8 if daemon.job_ids() else False, 20
+    )
+    daemon.kill9()
+    await asyncio.to_thread(daemon.start)
+    await wait_status(daemon, "cats", TERMINAL)
+    on_disk = await asyncio.to_thread(disk_events, daemon, "cats")
+    received: list[dict[str, Any]] = []
+    deliveries: set[int] = set()
+
+    async def everything_arrived() -> bool:
+        received.extend(await consume_all(nats_server.url, deliveries=deliveries))
+        return len(received) >= len(on_disk)
+
+    for _ in range(20):
+        if await everything_arrived():
+            break
+    assert sorted(e["seq"] for e in received) == [e["seq"] for e in on_disk]
+    assert {e["seq"]: e for e in received} == {e["seq"]: e for e in on_disk}
+    assert on_disk[-1]["data"]["status"] == "completed"
+
+
+async def test_nats_kill9_mid_training_every_seq_once_on_the_durable_consumer(
+    tmp_path: Path, nats_server: NatsServer, daemons: list
+) -> None:
+    daemon = nats_daemon(tmp_path, nats_server.url, True, step_seconds=0.15)
+    daemons.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    await durable_consumer(nats_server.url)
+    daemon.drop("cats.json", job_document(daemon.data, task_id="cats"))
+    await asyncio.to_thread(
+        wait_for, lambda: len(disk_events(daemon, "cats")) > 8 if daemon.job_ids() else False, 20
+    )
+    nats_server.kill()
+    await asyncio.sleep(1.0)  # the training goes on without NATS
+    assert daemon.healthy()
+    nats_server.start()
+    await wait_status(daemon, "cats", TERMINAL)
+    on_disk = await asyncio.to_thread(disk_events, daemon, "cats")
+    received: list[dict[str, Any]] = []
+    deliveries: set[int] = set()
+    for _ in range(20):
+        received.extend(await consume_all(nats_server.url, deliveries=deliveries))
+        if len(received) >= len(on_disk):
+            break
+    assert sorted(e["seq"] for e in received) == [e["seq"] for e in on_disk]
+    assert on_disk[-1]["data"]["status"] == "completed"
