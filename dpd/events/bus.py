@@ -28,6 +28,7 @@ log = logging.getLogger("dpd.events")
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
+BATCH_LIMIT = 2000
 
 
 @dataclass
@@ -113,20 +114,45 @@ class EventBus:
             self._subscribers.remove(subscription)
 
     async def run(self) -> None:
-        """Number, persist and fan out events until cancelled."""
+        """Number, persist and fan out events until cancelled. Whatever is queued at once is
+        handled as one batch: one write and one fsync per task, order kept."""
         while True:
-            item = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH_LIMIT and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                events = await asyncio.to_thread(self._record_batch, batch)
+            except Exception:
+                log.exception("could not record a batch of %d events", len(batch))
+                continue
+            self.published += len(events)
+            for event in events:
+                for subscription in list(self._subscribers):
+                    subscription.offer(event)
+
+    def _record_batch(self, batch: list[Any]) -> list[Event]:
+        """Blocking (store I/O): runs in a worker thread, one batch at a time."""
+        per_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for item in batch:
+            if not isinstance(item, dict) and item[0] == "jobs":
+                per_task.setdefault(item[1], []).append((item[2], item[3]))
+        recorded: dict[str, list[Event]] = {}
+        for task_id, items in per_task.items():
+            try:
+                recorded[task_id] = self.store.append_events(task_id, items)
+            except Exception:
+                log.exception("could not record %d events of %s", len(items), task_id)
+                recorded[task_id] = []
+        events: list[Event] = []
+        for item in batch:
             if isinstance(item, dict):
-                event = item
+                events.append(item)
+            elif item[0] == "jobs":
+                if recorded[item[1]]:
+                    events.append(dict(recorded[item[1]].pop(0), scope="jobs"))
             else:
-                try:
-                    event = await self._record(*item)
-                except Exception:
-                    log.exception("could not record event %s", item[:3])
-                    continue
-            self.published += 1
-            for subscription in list(self._subscribers):
-                subscription.offer(event)
+                events.append(self._number_other(*item))
+        return events
 
     async def drain(self, timeout: float) -> bool:
         """Flush held progress and wait until the queue is empty (shutdown)."""
@@ -139,11 +165,8 @@ class EventBus:
             await asyncio.sleep(0.01)
         return True
 
-    async def _record(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> Event:
-        if scope == "jobs":
-            record = await asyncio.to_thread(self.store.append_event, task_id, kind, data)
-            record["scope"] = scope
-            return record
+    def _number_other(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> Event:
+        """Preprocess and model events: numbered in memory (they have no events.jsonl)."""
         key = (scope, task_id)
         seq = self._other_seq.get(key, 0) + 1
         self._other_seq[key] = seq
