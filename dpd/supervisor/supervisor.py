@@ -41,7 +41,7 @@ from dpd.supervisor.launcher import (
     build_trainer_env,
 )
 from dpd.supervisor.outcome import judge_run
-from dpd.supervisor.ports import PortAllocator
+from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.progress import ProgressTracker
 from dpd.supervisor.scheduler import (
     GpuView,
@@ -54,6 +54,8 @@ from dpd.supervisor.scheduler import (
 log = logging.getLogger("dpd.supervisor")
 
 SCHEDULE_PERIOD = 1.0
+WATCH_PERIOD = 0.1  # between reads of a job's output while it prints
+WATCH_IDLE_PERIOD = 0.25  # after a pass that found nothing new
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Supervisor:
         self.ports = PortAllocator(low, high)
         self.running: dict[str, Running] = {}
         self._wake = asyncio.Event()
+        self._waiting_for_port: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -139,15 +142,25 @@ class Supervisor:
         if not queue:
             return
         for assignment in plan(queue, self.gpu_views()):
-            await self._launch(assignment.task_id, tuple(assignment.gpu_ids))
+            try:
+                await self._launch(assignment.task_id, tuple(assignment.gpu_ids))
+            except NoFreePort as err:
+                # not the job's fault: it stays queued until a port frees (said once per job)
+                if assignment.task_id not in self._waiting_for_port:
+                    log.warning("%s waits for a master port: %s", assignment.task_id, err)
+                    self._waiting_for_port.add(assignment.task_id)
+                return
+            self._waiting_for_port.discard(assignment.task_id)
 
     def queued_jobs(self) -> list[QueuedJob]:
+        # GPUs pinned by the job's document, not state.json's gpu_ids: those record where an
+        # earlier run ran and would pin a resumed job to its old GPU
         return [
             QueuedJob(
                 task_id=s["task_id"],
                 priority=int(s.get("priority", 0)),
                 submitted_seq=int(s.get("submitted_seq", 0)),
-                gpu_ids=tuple(s["gpu_ids"]) if s.get("gpu_ids") else None,
+                gpu_ids=self.store.spec(s["task_id"]).gpu_ids or None,
                 required_gpus=int(s.get("required_gpus", 1)),
                 min_memory_mb=self.store.spec(s["task_id"]).min_memory_mb,
                 estimated_duration=None,
@@ -292,21 +305,29 @@ class Supervisor:
         inactivity = self.config.trainer.inactivity_timeout
         job_dir = self.store.layout.job_dir(job.task_id)
         while True:
-            await asyncio.to_thread(job.follower.poll)
+            # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
+            read, status, alive = await asyncio.to_thread(self._observe, job, job_dir)
             if job.shim is None:
                 await asyncio.to_thread(job.follower.poll, True)
                 return job.exit_status
-            status = await asyncio.to_thread(self.launcher.read_exit, job_dir)
             if status is not None and status.run == job.shim.run:
                 await asyncio.to_thread(job.follower.poll, True)
                 return status
             if job.stop_requested is None:
-                await self._check_health(job, inactivity)
-            elif not await asyncio.to_thread(self.launcher.is_alive, job.shim):
+                await self._check_health(job, inactivity, alive)
+            elif not alive:
                 await self._lost(job)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(WATCH_PERIOD if read else WATCH_IDLE_PERIOD)
 
-    async def _check_health(self, job: Running, inactivity: float) -> None:
+    def _observe(self, job: Running, job_dir: Path) -> tuple[bool, ExitStatus | None, bool]:
+        """(new output read, the recorded exit, the shim alive) — blocking, in a thread."""
+        read = job.follower.poll()
+        if job.shim is None:
+            return read, None, False
+        status = self.launcher.read_exit(job_dir)
+        return read, status, status is not None or self.launcher.is_alive(job.shim)
+
+    async def _check_health(self, job: Running, inactivity: float, alive: bool) -> None:
         follower = job.follower
         reason = None
         if follower.caching_failed():
@@ -316,7 +337,7 @@ class Supervisor:
                 f"no output for {int(follower.silent_for())} s during {follower.facts.phase} "
                 f"(inactivity timeout {int(inactivity)} s)"
             )
-        elif job.shim is not None and not await asyncio.to_thread(self.launcher.is_alive, job.shim):
+        elif job.shim is not None and not alive:
             await self._lost(job)
             return
         if reason is not None:

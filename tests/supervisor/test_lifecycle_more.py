@@ -1,0 +1,409 @@
+"""More of the supervisor end to end: resume, failures it must detect, stops, ports, shutdown.
+
+Like test_lifecycle.py (whose helpers these tests share), each test runs a real ``dpd serve``
+with the static GPU backend and the stand-in trainer, then checks what was recorded
+(state.json, events.jsonl, metrics.jsonl, train.log) and the process table through the
+``DPD_TASK_ID`` marker: no process of a finished job may be left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.daemon_harness import DaemonProcess, free_port, wait_for
+from tests.jobfiles import job_document
+from tests.supervisor import test_lifecycle
+from tests.supervisor.test_lifecycle import (
+    TERMINAL,
+    events,
+    job_processes,
+    make_daemon,
+    metrics,
+    status,
+    statuses,
+    wait_event_status,
+    wait_status,
+)
+
+RUN_NAME_LENGTH = len("20250212_07-00-00")
+cleanup = test_lifecycle.cleanup  # the fixture that kills what a test left behind
+
+
+def long_job(daemon: DaemonProcess, task_id: str, epochs: int = 50) -> dict[str, Any]:
+    """4 images x 2 repeats at batch 1: 8 steps per epoch."""
+    base = job_document(daemon.data)
+    return job_document(daemon.data, task_id=task_id, config={**base["config"], "epochs": epochs})
+
+
+def current_step(daemon: DaemonProcess, task_id: str) -> int:
+    progress = (daemon.job_state(task_id) or {}).get("progress") or {}
+    return int(progress.get("current_step") or 0)
+
+
+def loss_steps(daemon: DaemonProcess, task_id: str) -> list[int]:
+    return [
+        m["step"] for m in metrics(daemon, task_id) if m["type"] == "step" and m["metric"] == "loss"
+    ]
+
+
+def command_lines(task_id: str) -> list[list[str]]:
+    found = []
+    for pid in job_processes(task_id):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            found.append(psutil.Process(pid).cmdline())
+    return found
+
+
+def trainer_command(task_id: str) -> list[str]:
+    """The worker's command line (train.py with --local_rank), once it exists."""
+
+    def find() -> list[str] | None:
+        for cmdline in command_lines(task_id):
+            if any(a.endswith("train.py") for a in cmdline) and any(
+                a.startswith("--local_rank") for a in cmdline
+            ):
+                return cmdline
+        return None
+
+    found = wait_for(find)
+    assert isinstance(found, list)
+    return found
+
+
+def resume_argument(cmdline: list[str]) -> str | None:
+    if "--resume_from_checkpoint" not in cmdline:
+        return None
+    return cmdline[cmdline.index("--resume_from_checkpoint") + 1]
+
+
+def stop(daemon: DaemonProcess, task_id: str, force: bool = False) -> tuple[int, dict[str, Any]]:
+    query = "?force=true" if force else ""
+    return daemon.request("POST", f"/api/v1/training/stop/{task_id}{query}")
+
+
+def resume(daemon: DaemonProcess, task_id: str) -> tuple[int, dict[str, Any]]:
+    return daemon.request("POST", f"/api/v1/training/{task_id}/resume")
+
+
+def assert_strictly_increasing(steps: list[int]) -> None:
+    assert steps == sorted(set(steps)), f"steps repeat or go back: {steps}"
+
+
+def no_process_left(task_id: str) -> None:
+    wait_for(lambda: job_processes(task_id) == [], timeout=5)
+
+
+# ----------------------------------------------------------------------------------- resume
+
+
+def test_resume_after_a_graceful_stop_continues_the_step_numbers(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("r.json", long_job(daemon, "r", epochs=4))
+    wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
+    first_command = trainer_command("r")
+    assert resume_argument(first_command) is None
+    code, body = stop(daemon, "r")
+    assert code == 200, body
+    stopped = body["data"]
+    assert stopped["status"] == "stopped" and stopped["last_checkpoint"], stopped
+    run_name = Path(daemon.job_state("r")["run_dir"]).name
+    assert len(run_name) == RUN_NAME_LENGTH
+    steps_before = loss_steps(daemon, "r")
+    assert steps_before and steps_before[-1] < 32
+    assert job_processes("r") == []
+
+    code, body = resume(daemon, "r")
+    assert code == 200, body
+    assert body["data"]["status"] in ("queued", "running")
+    command = trainer_command("r")
+    assert resume_argument(command) == run_name
+    state = wait_status(daemon, "r", TERMINAL)
+    assert state["status"] == "completed", state.get("error")
+    assert state["run"] == 2
+    assert Path(state["run_dir"]).name == run_name  # the same run directory, continued
+    assert wait_event_status(daemon, "r", "completed") == [
+        *("queued", "running", "stopping", "stopped"),
+        *("queued", "running", "completed"),
+    ]
+    steps = loss_steps(daemon, "r")
+    assert_strictly_increasing(steps)
+    assert steps[: len(steps_before)] == steps_before
+    assert steps[-1] == 32 and state["progress"]["current_step"] == 32
+    log = (daemon.spool / "jobs" / "r" / "train.log").read_text()
+    assert "Resuming training from checkpoint" in log
+    assert log.count("TRAINING COMPLETE!") == 1
+    assert job_processes("r") == []
+
+    code, body = resume(daemon, "r")
+    assert code == 409, body
+    assert daemon.job_state("r")["status"] == "completed"
+
+
+def test_a_resumed_job_is_not_pinned_to_the_gpu_of_its_last_run(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, gpus=2, step_seconds=0.1)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("free.json", long_job(daemon, "free"))
+    first_gpu = wait_status(daemon, "free", ("running",))["gpu_id"]
+    wait_for(lambda: current_step(daemon, "free") >= 1, timeout=20)
+    code, body = stop(daemon, "free")
+    assert code == 200 and body["data"]["status"] == "stopped", body
+    daemon.drop("pinned.json", long_job(daemon, "pinned") | {"gpu_ids": [first_gpu]})
+    assert wait_status(daemon, "pinned", ("running",))["gpu_id"] == first_gpu
+    code, body = resume(daemon, "free")
+    assert code == 200, body
+    state = wait_status(daemon, "free", ("running", *TERMINAL), timeout=10)
+    assert state["status"] == "running" and state["gpu_ids"] == [1 - first_gpu], state
+    for task_id in ("free", "pinned"):
+        code, body = stop(daemon, task_id, force=True)
+        assert code == 200 and body["data"]["status"] == "stopped", body
+        assert job_processes(task_id) == []
+
+
+def test_resume_from_checkpoint_in_the_job_document_names_the_run(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("src.json", long_job(daemon, "src", epochs=4))
+    wait_for(lambda: current_step(daemon, "src") >= 3, timeout=20)
+    code, body = stop(daemon, "src")
+    assert code == 200 and body["data"]["last_checkpoint"], body
+    source_run = Path(daemon.job_state("src")["run_dir"])
+    saved_step = loss_steps(daemon, "src")[-1]
+    # a second task whose output folder already holds that run, named in its document
+    output_root = Path(daemon.config["daemon"]["output_root"])
+    shutil.copytree(source_run, output_root / "dst" / source_run.name)
+    document = long_job(daemon, "dst", epochs=4)
+    document["resume_from_checkpoint"] = source_run.name
+    daemon.drop("dst.json", document)
+    assert resume_argument(trainer_command("dst")) == source_run.name
+    state = wait_status(daemon, "dst", TERMINAL)
+    assert state["status"] == "completed", state.get("error")
+    assert Path(state["run_dir"]).name == source_run.name
+    steps = loss_steps(daemon, "dst")
+    assert_strictly_increasing(steps)
+    assert steps[0] == saved_step + 1 and steps[-1] == 32
+    assert job_processes("dst") == []
+
+
+# --------------------------------------------------------------------- failures detected
+
+
+def test_a_traceback_during_caching_fails_the_job(tmp_path: Path, cleanup: list) -> None:
+    daemon = make_daemon(tmp_path, DPD_SIM_FAIL="caching_crash")
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("cc.json", job_document(daemon.data, task_id="cc"))
+    state = wait_status(daemon, "cc", TERMINAL, timeout=10)
+    assert state["status"] == "failed"
+    reason = state["error"]["reason"]
+    assert "traceback during caching" in reason and "CUDA error" in reason, reason
+    assert state["error"]["cause"] == "cuda_error"
+    assert metrics(daemon, "cc") == []
+    assert wait_event_status(daemon, "cc", "failed") == ["queued", "running", "failed"]
+    no_process_left("cc")
+
+
+def test_a_caching_hang_after_a_traceback_is_killed_without_waiting_for_inactivity(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, DPD_SIM_FAIL="caching_hang")
+    daemon.config["trainer"]["inactivity_timeout"] = 600
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("ch.json", job_document(daemon.data, task_id="ch"))
+    wait_status(daemon, "ch", ("running",))
+    started = time.monotonic()
+    state = wait_status(daemon, "ch", TERMINAL, timeout=10)
+    assert time.monotonic() - started < 10
+    assert state["status"] == "failed"
+    reason = state["error"]["reason"]
+    assert "traceback during caching" in reason and "WebP" in reason, reason
+    assert wait_event_status(daemon, "ch", "failed") == ["queued", "running", "failed"]
+    assert job_processes("ch") == []
+
+
+def test_silence_outside_training_steps_hits_the_inactivity_timeout(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, DPD_SIM_STARTUP_SECONDS="120")
+    daemon.config["trainer"]["inactivity_timeout"] = 2
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("quiet.json", job_document(daemon.data, task_id="quiet"))
+    wait_status(daemon, "quiet", ("running",))
+    wait_for(lambda: job_processes("quiet"))
+    state = wait_status(daemon, "quiet", TERMINAL, timeout=12)
+    assert state["status"] == "failed"
+    reason = state["error"]["reason"]
+    assert "no output for" in reason and "inactivity timeout 2 s" in reason, reason
+    assert job_processes("quiet") == []
+
+
+def test_a_vanished_shim_fails_the_job_and_frees_its_gpu_and_port(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    port = free_port()
+    daemon.config["trainer"]["master_port_range"] = [port, port]  # the only port there is
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("gone.json", long_job(daemon, "gone"))
+    wait_status(daemon, "gone", ("running",))
+    daemon.drop("next.json", job_document(daemon.data, task_id="next"))
+    wait_for(lambda: current_step(daemon, "gone") >= 2, timeout=20)
+    assert status(daemon, "next") == "queued"
+    shim = json.loads((daemon.spool / "jobs" / "gone" / "shim.json").read_text())
+    os.kill(int(shim["shim_pid"]), signal.SIGKILL)
+    for pid in job_processes("gone"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    state = wait_status(daemon, "gone", TERMINAL, timeout=10)
+    assert state["status"] == "failed"
+    assert "shim" in state["error"]["reason"], state["error"]
+    assert not (daemon.spool / "jobs" / "gone" / "exit.json").exists()
+    following = wait_status(daemon, "next", TERMINAL, timeout=20)
+    assert following["status"] == "completed", following.get("error")
+    assert following["master_port"] == port and following["gpu_id"] == state["gpu_id"]
+    assert job_processes("gone") == [] and job_processes("next") == []
+
+
+def test_exit_zero_without_training_complete_is_a_failure(tmp_path: Path, cleanup: list) -> None:
+    daemon = make_daemon(tmp_path, DPD_SIM_FAIL="exit_zero_early")
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("z.json", job_document(daemon.data, task_id="z"))
+    state = wait_status(daemon, "z", TERMINAL)
+    assert state["status"] == "failed"
+    assert state["error"]["exit_code"] == 0
+    assert "TRAINING COMPLETE" in state["error"]["reason"]
+    assert "TRAINING COMPLETE!" not in (daemon.spool / "jobs" / "z" / "train.log").read_text()
+    assert wait_event_status(daemon, "z", "failed") == ["queued", "running", "failed"]
+    assert job_processes("z") == []
+
+
+# ------------------------------------------------------------------------------- stops
+
+
+def test_stop_answers_for_queued_finished_and_unknown_tasks(tmp_path: Path, cleanup: list) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.05)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("short.json", long_job(daemon, "short", epochs=1))
+    assert wait_status(daemon, "short", TERMINAL)["status"] == "completed"
+    code, body = stop(daemon, "short")
+    assert code == 409, body
+    assert status(daemon, "short") == "completed"
+
+    daemon.drop("busy.json", long_job(daemon, "busy"))
+    wait_status(daemon, "busy", ("running",))
+    daemon.drop("waiting.json", job_document(daemon.data, task_id="waiting"))
+    wait_status(daemon, "waiting", ("queued",))
+    code, body = stop(daemon, "waiting")
+    assert code == 200, body
+    assert body["data"]["status"] == "stopped"
+    state = daemon.job_state("waiting")
+    assert state["status"] == "stopped" and state["run"] == 0 and state["started_at"] is None
+    assert wait_event_status(daemon, "waiting", "stopped") == ["queued", "stopped"]
+    assert not (daemon.spool / "jobs" / "waiting" / "shim.json").exists()
+    code, body = resume(daemon, "waiting")
+    assert code == 409, body  # nothing was ever saved
+
+    code, body = stop(daemon, "no-such-task")
+    assert code == 404, body
+    code, body = stop(daemon, "busy", force=True)
+    assert code == 200 and body["data"]["status"] == "stopped", body
+    # the freed GPU must not start the stopped job
+    assert status(daemon, "waiting") == "stopped"
+    assert job_processes("busy") == [] and job_processes("waiting") == []
+
+
+# ------------------------------------------------------------------------------- ports
+
+
+def test_a_job_waits_for_its_master_port_instead_of_failing(tmp_path: Path, cleanup: list) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.05)
+    port = free_port()
+    daemon.config["trainer"]["master_port_range"] = [port, port]
+    cleanup.append(daemon)
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        daemon.start()
+        daemon.drop("p.json", job_document(daemon.data, task_id="p"))
+        wait_status(daemon, "p", ("queued",))
+        wait_for(lambda: "p waits for a master port" in daemon.log(), timeout=10)
+        assert status(daemon, "p") == "queued"
+        assert job_processes("p") == []
+    finally:
+        squatter.close()
+    state = wait_status(daemon, "p", TERMINAL, timeout=20)
+    assert state["status"] == "completed", state.get("error")
+    assert state["master_port"] == port
+    assert wait_event_status(daemon, "p", "completed") == ["queued", "running", "completed"]
+    assert daemon.log().count("waits for a master port") == 1  # said once, not every pass
+    assert "scheduling pass failed" not in daemon.log()
+    assert job_processes("p") == []
+
+
+# ------------------------------------------------------------------------ daemon shutdown
+
+
+def test_sigterm_of_the_daemon_leaves_the_training_to_a_restarted_daemon(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("t.json", job_document(daemon.data, task_id="t"))
+    wait_for(lambda: current_step(daemon, "t") >= 2, timeout=20)
+    trainer = set(job_processes("t"))
+    assert daemon.stop(signal.SIGTERM, timeout=15) == 0
+    assert status(daemon, "t") == "running"
+    assert trainer & set(job_processes("t")), "the training died with the daemon"
+    daemon.start()
+    state = wait_status(daemon, "t", TERMINAL, timeout=30)
+    assert state["status"] == "completed", state.get("error")
+    assert wait_event_status(daemon, "t", "completed") == ["queued", "running", "completed"]
+    assert loss_steps(daemon, "t") == list(range(1, 17))
+    seqs = [e["seq"] for e in events(daemon, "t")]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert daemon.log().count("started t on GPU") == 1
+    assert job_processes("t") == []
+
+
+def test_stop_jobs_on_shutdown_stops_the_training_gracefully_first(
+    tmp_path: Path, cleanup: list
+) -> None:
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    daemon.config["daemon"]["stop_jobs_on_shutdown"] = True
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("s.json", long_job(daemon, "s"))
+    wait_for(lambda: current_step(daemon, "s") >= 2, timeout=20)
+    assert daemon.stop(signal.SIGTERM, timeout=20) == 0
+    assert job_processes("s") == []  # nothing of the job outlives the daemon
+    state = daemon.job_state("s")
+    assert state is not None and state["status"] == "stopped", state
+    assert state["last_checkpoint"] and state["error"] is None
+    assert statuses(daemon, "s")[-2:] == ["stopping", "stopped"]
+    assert "Manually quitting" in (daemon.spool / "jobs" / "s" / "train.log").read_text()
