@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class FollowState:
     failure: Any = None  # the parser's Failure observation, if any
     run_dir: str | None = None
     last_output: float = field(default_factory=time.monotonic)
-    last_lines: list[str] = field(default_factory=list)
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES_KEPT))
 
 
 class JobFollower:
@@ -183,7 +184,6 @@ class JobFollower:
     def _keep_last(self, line: str) -> None:
         if line.strip():
             self.facts.last_lines.append(line[:500])
-            del self.facts.last_lines[:-LAST_LINES_KEPT]
 
     # ------------------------------------------------------------- outcome
 
