@@ -42,7 +42,8 @@ class Setup:
         self.store.load()
         self.counter = 0
 
-    def drop(self) -> str:
+    def prepare(self) -> tuple[str, Path]:
+        """A finished job file under a dot-name, ready to be renamed in."""
         self.counter += 1
         task_id = f"bench{self.counter:06d}"
         text = json.dumps(job_document(self.data, task_id=task_id))
@@ -50,6 +51,9 @@ class Setup:
         temporary.write_text(text)
         old = time.time() - 10
         os.utime(temporary, (old, old))
+        return task_id, temporary
+
+    def rename_in(self, task_id: str, temporary: Path) -> str:
         os.rename(temporary, self.layout.incoming / f"{task_id}.json")
         return task_id
 
@@ -66,19 +70,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 180.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("ingestion did not finish")
+        time.sleep(0.0002)  # let the watcher's threads have the GIL (a spin would starve them)
 
 
 def measure(setup: Setup, drops: int, burst: int) -> tuple[list[float], float]:
     latencies = []
     for _ in range(drops):
+        prepared = setup.prepare()
         start = time.perf_counter()
-        task_id = setup.drop()
+        task_id = setup.rename_in(*prepared)
         wait_until(lambda t=task_id: setup.queued(t))  # type: ignore[misc]
         latencies.append((time.perf_counter() - start) * 1000)
+    prepared = [setup.prepare() for _ in range(burst)]
     start = time.perf_counter()
-    ids = [setup.drop() for _ in range(burst)]
-    wait_until(lambda: setup.queued(ids[-1]) and all(setup.queued(t) for t in ids))
-    return latencies, burst / (time.perf_counter() - start)
+    ids = [setup.rename_in(*p) for p in prepared]
+    # a file leaves incoming/ only once its job is durable; then check every state.json once
+    wait_until(lambda: not [n for n in os.listdir(setup.layout.incoming) if n[0] != "."])
+    elapsed = time.perf_counter() - start
+    assert all(setup.queued(t) for t in ids)
+    return latencies, burst / elapsed
 
 
 def run_watcher(setup: Setup, stop: threading.Event) -> None:
