@@ -176,17 +176,38 @@ async def list_trainings(request: web.Request) -> web.Response:
     states = _services(request).store.states(keep if status or gpu_id is not None else None)
     newest_first = range(len(states) - 1 - offset, max(-1, len(states) - 1 - offset - limit), -1)
     page = [states[i] for i in newest_first]
-    return envelope_response(
-        {
-            "tasks": [views.task_summary(s) for s in page],
-            "pagination": {
-                "total": len(states),
-                "limit": limit,
-                "offset": offset,
-                "has_more": offset + len(page) < len(states),
-            },
-        }
+    pagination = {
+        "total": len(states),
+        "limit": limit,
+        "offset": offset,
+        "has_more": offset + len(page) < len(states),
+    }
+    tasks = b",".join(_summary_json(s) for s in page)
+    body = (
+        b'{"code":200,"message":"success","data":{"tasks":['
+        + tasks
+        + b'],"pagination":'
+        + json.dumps(pagination).encode()
+        + b'},"timestamp":'
+        + str(int(time.time())).encode()
+        + b"}"
     )
+    return web.Response(body=body, content_type="application/json")
+
+
+# task_id -> (the state dict it was made from, its encoded summary). The store replaces a
+# state dict on every change and never mutates one, so identity says "still current"; the
+# strong reference keeps the identity from being reused.
+_summaries: dict[str, tuple[dict[str, Any], bytes]] = {}
+
+
+def _summary_json(state: dict[str, Any]) -> bytes:
+    cached = _summaries.get(state["task_id"])
+    if cached is not None and cached[0] is state:
+        return cached[1]
+    encoded = json.dumps(views.task_summary(state), ensure_ascii=False).encode()
+    _summaries[state["task_id"]] = (state, encoded)
+    return encoded
 
 
 async def get_training(request: web.Request) -> web.Response:
