@@ -47,7 +47,18 @@ def build_app(
 def setup_routes(app: web.Application, services: Services) -> None:
     """Every route module; each registers its own paths."""
     from dpd.http import openapi, prometheus
-    from dpd.http.routes import datasets, gpu, keys, models, preprocess, system, training
+    from dpd.http.routes import (
+        datasets,
+        gpu,
+        keys,
+        logs,
+        models,
+        preprocess,
+        stream,
+        system,
+        training,
+        ws,
+    )
 
     training.setup(app)
     gpu.setup(app)
@@ -58,3 +69,6 @@ def setup_routes(app: web.Application, services: Services) -> None:
     preprocess.setup(app, services.extras["preprocess"], services.config)
     datasets.setup(app, services.config)
     models.setup(app, services.extras["downloads"], services.extras["catalog"])
+    logs.setup(app)
+    stream.setup(app)
+    ws.setup(app)

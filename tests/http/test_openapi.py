@@ -24,14 +24,9 @@ from dpd.http.openapi import app_operations, documented_operations, load_documen
 from tests.http.conftest import UNLIMITED, Api, Reply
 
 BASE = "urn:dpd-openapi"
-# Documented routes whose modules other engineers are adding; each leaves this set when its
-# module is wired into setup_routes (the test then checks it against the app like the rest).
-PENDING = {
-    ("GET", "/api/v1/training/{task_id}/logs"),
-    ("GET", "/api/v1/training/{task_id}/logs/search"),
-    ("GET", "/api/v1/training/{task_id}/logs/stream"),
-    ("GET", "/api/v1/ws/training/{task_id}"),
-}
+# Documented routes not served yet (none today); a route listed here is exempt from the
+# served-versus-documented check until its module is wired into setup_routes.
+PENDING: set[tuple[str, str]] = set()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,169 @@
+"""Logs API speed on a large train.log: targets tail=100 <= 10 ms, keyword search >= 300 MB/s.
+
+Generates a train.log of --size MiB (default 1024) shaped like diffusion-pipe's output
+(a DeepSpeed logger line and a ``steps:`` line per step, rising timestamps, tqdm redraws,
+warnings, an OOM traceback now and then), then prints, each beside a baseline measured in
+the same run on the same file:
+  - tail=100: read_tail cold (first call: counts every line for total_lines) and warm
+    (the line counter only looks at what was appended), against a streaming full pass
+    (``collections.deque(file, 100)``, what a naive tail does);
+  - tail=100 with since= (the last minute) and level=ERROR;
+  - search: a rare keyword, a frequent keyword, a frequent one with ignore_case, and a
+    one-minute time range (bisection), in MB/s, against a Python ``for line in file`` loop;
+    and against ``grep -c`` when grep is installed.
+Figures are with the file in the page cache (it was just written), the usual case for a log
+being written.
+
+Usage: python3 bench/bench_logs.py [--size MiB] [--path FILE] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dpd.logs.entries import LineFilter, make_filter, parse_time
+from dpd.logs.reader import LineCounter, read_tail
+from dpd.logs.search import SearchQuery, search_log
+
+TAIL_TARGET_MS = 10.0
+SEARCH_TARGET_MBS = 300.0
+START = datetime(2025, 2, 12, 7, 0, 0)
+STEPS_PER_CHUNK = 4000
+
+
+def chunk(first_step: int) -> str:
+    """Output for STEPS_PER_CHUNK steps, 0.25 s apart."""
+    lines = []
+    for step in range(first_step, first_step + STEPS_PER_CHUNK):
+        at = START + timedelta(seconds=step / 4)
+        stamp = at.strftime("%Y-%m-%d %H:%M:%S") + f",{at.microsecond // 1000:03d}"
+        lines.append(
+            f"[{stamp}] [INFO] [logging.py:123:log_dist] [Rank 0] step={step}, skipped=0, "
+            "lr=[2e-05], mom=[[0.9, 0.99]]"
+        )
+        lines.append(f"steps: {step} loss: {0.5 / (1 + step % 97):0.4f} iter time (s): 0.250 "
+                     "samples/sec: 4.000")  # fmt: skip
+        if step % 500 == 0:
+            lines.append("eval:  50%|#    | 1/2 [00:01<00:01]\reval: 100%|##| 2/2 [00:02<00:00]")
+            lines.append(f"[{stamp}] [WARNING] [engine.py:1:step] slow step {step}")
+        if step % 100_003 == 0:
+            lines.append("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    return "\n".join(lines) + "\n"
+
+
+def generate(path: Path, size_mib: int) -> int:
+    target, written, step = size_mib * 1024 * 1024, 0, 1
+    with path.open("w") as handle:
+        while written < target:
+            text = chunk(step)
+            handle.write(text)
+            written += len(text)
+            step += STEPS_PER_CHUNK
+    return step
+
+
+def timed(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Median seconds of ``repeat`` runs, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        began = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), result
+
+
+def python_line_loop(path: Path, keyword: bytes) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if keyword in line)
+
+
+def tail_figures(path: Path, last_step: int) -> None:
+    counter = LineCounter()
+    cold, page = timed(lambda: read_tail(path, 100, LineFilter(), None, counter), 1)
+    warm, _ = timed(lambda: read_tail(path, 100, LineFilter(), None, counter), 20)
+    naive, _ = timed(lambda: collections.deque(path.open("rb"), 100), 1)
+    end = START + timedelta(seconds=last_step / 4)
+    since = parse_time("since", (end - timedelta(minutes=1)).astimezone().isoformat())
+    since_time, _ = timed(lambda: read_tail(path, 100, LineFilter(), since, counter), 20)
+    errors, found = timed(
+        lambda: read_tail(path, 100, make_filter("ERROR", None), None, counter), 1
+    )
+    print(f"total_lines {page.total_lines:,}")
+    verdict = "OK" if warm * 1000 <= TAIL_TARGET_MS else "MISSED"
+    print(
+        f"tail=100 warm          {warm * 1000:9.2f} ms   target <= {TAIL_TARGET_MS} ms  {verdict}"
+    )
+    print(f"tail=100 cold          {cold * 1000:9.2f} ms   (first call counts every line)")
+    print(f"tail=100 since=1 min   {since_time * 1000:9.2f} ms")
+    print(f"tail=100 level=ERROR   {errors * 1000:9.2f} ms   ({len(found.entries)} lines; "
+          "a rare level walks the whole file)")  # fmt: skip
+    print(f"baseline deque(file)   {naive * 1000:9.2f} ms   (streaming full pass)")
+
+
+def search_figures(path: Path, size: int) -> None:
+    mib = size / (1024 * 1024)
+    cases = [
+        ("rare keyword 'CUDA out of memory'", SearchQuery("CUDA out of memory")),
+        ("frequent keyword 'loss' (every 2nd line)", SearchQuery("loss")),
+        ("frequent, ignore_case 'LOSS'", SearchQuery("LOSS", ignore_case=True)),
+        (
+            "keyword 'slow step' level=WARNING",
+            SearchQuery("slow step", make_filter("WARNING", None)),
+        ),
+    ]
+    for name, query in cases:
+        seconds, page = timed(lambda q=query: search_log(path, q), 1)
+        rate = mib / seconds
+        verdict = "OK" if rate >= SEARCH_TARGET_MBS else "MISSED"
+        print(f"search {name:42s} {rate:8.0f} MiB/s  {page.total_matches:>10,} matches  "
+              f"target >= {SEARCH_TARGET_MBS:.0f}  {verdict}")  # fmt: skip
+    start = parse_time("start_time", (START + timedelta(hours=2)).astimezone().isoformat())
+    end = parse_time("end_time", (START + timedelta(hours=2, minutes=1)).astimezone().isoformat())
+    seconds, page = timed(lambda: search_log(path, SearchQuery("loss", start=start, end=end)), 5)
+    print(f"search 'loss' in a 1-minute range (bisection) {seconds * 1000:8.2f} ms  "
+          f"{page.total_matches:,} matches")  # fmt: skip
+    seconds, _ = timed(lambda: python_line_loop(path, b"CUDA out of memory"), 1)
+    print(f"baseline python 'for line in file'           {mib / seconds:8.0f} MiB/s")
+    if shutil.which("grep"):
+        seconds, _ = timed(lambda: subprocess.run(["grep", "-c", "CUDA out of memory", str(path)],
+                                                  capture_output=True), 1)  # fmt: skip
+        print(f"baseline grep -c (rare keyword)              {mib / seconds:8.0f} MiB/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="log size in MiB")
+    parser.add_argument("--path", type=Path, help="where to write the log (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated log")
+    args = parser.parse_args()
+    folder = None if args.path else tempfile.mkdtemp(prefix="dpd-bench-logs-")
+    path = args.path or Path(folder or ".") / "train.log"
+    try:
+        began = time.perf_counter()
+        last_step = generate(path, args.size)
+        size = path.stat().st_size
+        print(f"generated {size / 2**20:.0f} MiB in {time.perf_counter() - began:.1f} s: {path}")
+        tail_figures(path, last_step)
+        search_figures(path, size)
+    finally:
+        if not args.keep:
+            path.unlink(missing_ok=True)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

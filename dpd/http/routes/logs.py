@@ -1,0 +1,106 @@
+"""Log routes (api.md §5.1, §5.3): the last lines of train.log and a keyword search.
+
+Both read the file in a worker thread and never load it whole (``dpd.logs``). Reading needs
+any valid key; each call counts against the ``logs`` rate class.
+
+``tail`` defaults to 100 lines (at most 10,000); ``since`` keeps lines at or after a time;
+``level`` is a minimum severity. A search returns the first ``limit`` matches in file order
+(default 100, at most 10,000) and counts them all; ``ignore_case=true`` folds ASCII case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from dpd.errors import BadRequest
+from dpd.http.common import (
+    envelope_response,
+    principal,
+    query_bool,
+    query_choice,
+    query_int,
+    rate_limit,
+)
+from dpd.logs.entries import LEVELS, TYPES, make_filter, parse_time
+from dpd.logs.reader import LineCounter, read_tail
+from dpd.logs.search import SearchQuery, search_log
+from dpd.services import SERVICES, Services
+from dpd.spool import layout as names
+
+PREFIX = "/api/v1/training"
+DEFAULT_LINES: Final = 100
+MAX_LINES: Final = 10_000
+LINE_COUNTER: web.AppKey[LineCounter] = web.AppKey("dpd.logs.line_counter", LineCounter)
+
+
+def setup(app: web.Application) -> None:
+    app[LINE_COUNTER] = LineCounter()
+    app.router.add_get(f"{PREFIX}/{{task_id}}/logs", get_logs)
+    app.router.add_get(f"{PREFIX}/{{task_id}}/logs/search", search_logs)
+
+
+def _log_file(request: web.Request) -> tuple[Services, str, Path]:
+    """404 for an unknown task (a task without output yet has an empty log)."""
+    services = request.app[SERVICES]
+    task_id = request.match_info["task_id"]
+    services.store.get(task_id)
+    return services, task_id, services.layout.job_dir(task_id) / names.TRAIN_LOG
+
+
+async def get_logs(request: web.Request) -> web.Response:
+    principal(request)
+    await rate_limit(request, "logs")
+    keep = make_filter(query_choice(request, "level", LEVELS), query_choice(request, "type", TYPES))
+    tail = query_int(request, "tail", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
+    since = parse_time("since", request.query.get("since"))
+    _, task_id, path = _log_file(request)
+    page = await asyncio.to_thread(
+        read_tail, path, tail or DEFAULT_LINES, keep, since, request.app[LINE_COUNTER]
+    )
+    return envelope_response(
+        {
+            "task_id": task_id,
+            "log_file": str(path),
+            "total_lines": page.total_lines,
+            "returned_lines": len(page.entries),
+            "logs": page.entries,
+        }
+    )
+
+
+async def search_logs(request: web.Request) -> web.Response:
+    principal(request)
+    await rate_limit(request, "logs")
+    level = query_choice(request, "level", LEVELS)
+    type_ = query_choice(request, "type", TYPES)
+    limit = query_int(request, "limit", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
+    ignore_case = query_bool(request, "ignore_case", False)
+    start = parse_time("start_time", request.query.get("start_time"))
+    end = parse_time("end_time", request.query.get("end_time"))
+    keyword = request.query.get("keyword", "")
+    if keyword == "":
+        raise BadRequest("query parameter 'keyword' is required")
+    if "\n" in keyword or "\r" in keyword:
+        raise BadRequest("query parameter 'keyword' must be on one line")
+    _, task_id, path = _log_file(request)
+    query = SearchQuery(
+        keyword, make_filter(level, type_), start, end, limit or DEFAULT_LINES, ignore_case
+    )
+    page = await asyncio.to_thread(search_log, path, query)
+    echoed = {
+        name: request.query[name]
+        for name in ("keyword", "type", "level", "start_time", "end_time")
+        if request.query.get(name)
+    }
+    return envelope_response(
+        {
+            "task_id": task_id,
+            "query": {**echoed, "limit": query.limit, "ignore_case": ignore_case},
+            "total_matches": page.total_matches,
+            "results": page.results,
+        }
+    )

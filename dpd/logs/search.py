@@ -1,0 +1,234 @@
+"""Keyword search over a train.log, streamed in large blocks (blocking: run in a thread).
+
+The keyword is found with ``bytes.find`` over whole blocks, so the cost per byte is memchr's,
+not Python's; only lines that contain it are decoded and classified. Every match is counted
+(``total_matches``) while only the first ``limit`` are returned, in file order.
+
+A time range becomes a byte range first: the log's DeepSpeed logger lines carry rising
+timestamps, so the first line at or after a time is found by bisecting the file
+(``time_offset``), and lines without a timestamp belong to the logger line before them
+(``dpd.logs.entries``). Weakness: timestamps from several processes may interleave slightly
+out of order; a bisection then places the boundary at one of the candidate lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+from dpd.logs.entries import (
+    STAMP_PREFIX_BYTES,
+    LineFilter,
+    classify,
+    display_text,
+    line_stamp,
+    matched_text,
+    search_hit,
+)
+from dpd.logs.reader import STAMP_LOOKBACK, count_newlines
+
+BLOCK: Final = 8 * 1024 * 1024
+STAMP_BLOCK: Final = 64 * 1024
+BISECT_WINDOW: Final = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    keyword: str
+    line_filter: LineFilter = field(default_factory=LineFilter)
+    start: str | None = None  # local stamps, as dpd.logs.entries.parse_time gives them
+    end: str | None = None
+    limit: int = 100
+    ignore_case: bool = False
+
+
+@dataclass
+class SearchPage:
+    total_matches: int = 0
+    results: list[dict[str, Any]] = field(default_factory=list)
+    bytes_scanned: int = 0
+
+
+def search_log(path: Path, query: SearchQuery) -> SearchPage:
+    """Every line containing the keyword within the time range and filters."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return SearchPage()
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        start = time_offset(handle, size, query.start, strict=False) if query.start else 0
+        end = time_offset(handle, size, query.end, strict=True) if query.end else size
+        if start >= end:
+            return SearchPage()
+        scan = _Scan(query, first_line=count_newlines(handle, 0, start) + 1)
+        scan.run(handle, start, end)
+    return scan.page
+
+
+class _Scan:
+    """One pass over [start, end): complete lines only, block by block."""
+
+    def __init__(self, query: SearchQuery, first_line: int) -> None:
+        self.query = query
+        self.needle = (query.keyword.lower() if query.ignore_case else query.keyword).encode()
+        self.rest_of_line = re.compile(re.escape(self.needle) + rb"[^\n]*")
+        self.line_number = first_line  # number of the line at the start of the next block
+        self.page = SearchPage()
+        self.last_stamp: str | None = None  # of the last logger line before the next block
+
+    def run(self, handle: IO[bytes], start: int, end: int) -> None:
+        self.last_stamp = _stamp_before(handle, start)
+        handle.seek(start)
+        position, carry = start, b""
+        while True:
+            chunk = handle.read(min(BLOCK, end - position)) if position < end else b""
+            position += len(chunk)
+            data = carry + chunk
+            final = position >= end or not chunk
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: keep reading it
+                carry = data
+                continue
+            self._block(data[:cut])
+            self.page.bytes_scanned += cut
+            carry = data[cut:]
+            if final:
+                return
+
+    def _block(self, block: bytes) -> None:
+        haystack = block.lower() if self.query.ignore_case else block
+        needle, counted, at = self.needle, 0, 0
+        while (hit := haystack.find(needle, at)) != -1:
+            if self._counting_only():
+                self._count_rest(block, haystack, at)
+                break
+            line_start = haystack.rfind(b"\n", 0, hit) + 1
+            line_end = haystack.find(b"\n", hit)
+            line_end = len(block) if line_end == -1 else line_end
+            self.line_number += haystack.count(b"\n", counted, line_start)
+            counted, at = line_start, line_end + 1
+            self._match(block, line_start, line_end)
+        self.line_number += haystack.count(b"\n", counted)
+        self.last_stamp = _last_stamp_in(block) or self.last_stamp
+
+    def _counting_only(self) -> bool:
+        return (
+            len(self.page.results) >= self.query.limit and self.query.line_filter.keeps_everything
+        )
+
+    def _count_rest(self, block: bytes, haystack: bytes, at: int) -> None:
+        """Count the matching lines of the rest of the block without looking at each in
+        Python: the pattern takes the rest of the line with the first hit, so a line counts
+        once. A hit followed by a "\\r" may sit in an overdrawn tqdm state: checked alone."""
+        has_redraws = b"\r" in block
+        for match in self.rest_of_line.finditer(haystack, at):
+            if has_redraws and haystack.find(b"\r", match.start(), match.end()) != -1:
+                start = haystack.rfind(b"\n", 0, match.start()) + 1
+                self._match(block, start, match.end())
+            else:
+                self.page.total_matches += 1
+
+    def _match(self, block: bytes, line_start: int, line_end: int) -> None:
+        raw = block[line_start:line_end]
+        query, page = self.query, self.page
+        full = len(page.results) >= query.limit
+        if full and query.line_filter.keeps_everything and b"\r" not in raw:
+            page.total_matches += 1  # counting only: nothing to decode
+            return
+        text = display_text(raw)
+        matched = matched_text(text, query.keyword, query.ignore_case)
+        if matched is None:  # only an overdrawn tqdm state held the keyword
+            return
+        line = classify(text)
+        if not query.line_filter.keeps(line):
+            return
+        page.total_matches += 1
+        if len(page.results) < query.limit:
+            stamp = line.timestamp or _stamp_in(block, line_start) or self.last_stamp
+            page.results.append(search_hit(line, stamp, self.line_number, matched))
+
+
+def _stamp_in(block: bytes, before: int) -> str | None:
+    """The timestamp of the nearest logger line above ``before`` within the block, looking
+    back at most STAMP_LOOKBACK bytes; None if there is none there."""
+    floor = max(0, before - STAMP_LOOKBACK)
+    end = before - 1
+    while end > floor:
+        start = block.rfind(b"\n", floor, end) + 1
+        if start == 0 and floor > 0:
+            return None
+        stamp = line_stamp(block[start : start + STAMP_PREFIX_BYTES])
+        if stamp is not None:
+            return stamp
+        end = start - 1
+    return None
+
+
+def _last_stamp_in(block: bytes) -> str | None:
+    return _stamp_in(block, len(block) + 1)
+
+
+def _stamp_before(handle: IO[bytes], offset: int) -> str | None:
+    if offset == 0:
+        return None
+    begin = max(0, offset - STAMP_LOOKBACK)
+    handle.seek(begin)
+    return _stamp_in(handle.read(offset - begin), offset - begin + 1)
+
+
+# ------------------------------------------------------------------ time -> byte offset
+
+
+def time_offset(handle: IO[bytes], size: int, when: str, strict: bool) -> int:
+    """Start of the first logger line stamped at or after ``when`` (after it when
+    ``strict``), or ``size`` if none: a bisection over the stamped lines."""
+
+    def late(stamp: str) -> bool:
+        return stamp > when if strict else stamp >= when
+
+    low, end, answer = 0, size, size
+    while end - low > BISECT_WINDOW:
+        middle = (low + end) // 2
+        found = next(stamped_lines(handle, middle, end), None)
+        if found is None:
+            end = middle  # no logger line in [middle, end): the answer lies below, or is it
+            continue
+        offset, stamp = found
+        if late(stamp):
+            answer = end = offset
+        else:
+            low = offset + 1
+    for offset, stamp in stamped_lines(handle, low, end):
+        if late(stamp):
+            return offset
+    return answer
+
+
+def stamped_lines(handle: IO[bytes], begin: int, end: int) -> Iterator[tuple[int, str]]:
+    """(offset, local stamp) of every logger line starting in [begin, end), in order."""
+    if begin == 0:
+        handle.seek(0)
+        stamp = line_stamp(handle.read(STAMP_PREFIX_BYTES).split(b"\n", 1)[0])
+        if stamp is not None and end > 0:
+            yield 0, stamp
+        begin = 1
+    base = begin - 1  # one byte early: a line starting at ``begin`` follows a "\n" there
+    while base < end:
+        handle.seek(base)
+        data = handle.read(STAMP_BLOCK + STAMP_PREFIX_BYTES)
+        if not data:
+            return
+        at = data.find(b"\n[")
+        while at != -1 and at < STAMP_BLOCK:
+            if base + at + 1 >= end:
+                return
+            stamp = line_stamp(data[at + 1 : at + 1 + STAMP_PREFIX_BYTES].split(b"\n", 1)[0])
+            if stamp is not None:
+                yield base + at + 1, stamp
+            at = data.find(b"\n[", at + 1)
+        base += STAMP_BLOCK

@@ -1,0 +1,94 @@
+"""Generated train.log files shaped like the stand-in trainer's output, and a naive model of
+the logs API (whole file in memory) to check the streaming readers against."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dpd.logs.entries import LineFilter, classify, display_text, entry, line_stamp, matched_text
+
+START = datetime(2025, 2, 12, 7, 0, 0)
+
+
+def stamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") + f",{at.microsecond // 1000:03d}"
+
+
+def make_log(path: Path, steps: int, final_newline: bool = True) -> Path:
+    """Startup lines without timestamps, then per step a DeepSpeed logger line and a plain
+    ``steps:`` line; a tqdm bar with redraws, warnings and a traceback now and then."""
+    lines = ["Grouped metadata is not cached. Caching it now.", "caching latents: /data/cats"]
+    for step in range(1, steps + 1):
+        at = START + timedelta(seconds=step)
+        lines.append(
+            f"[{stamp(at)}] [INFO] [logging.py:123:log_dist] [Rank 0] step={step}, "
+            "skipped=0, lr=[2e-05], mom=[(0.9, 0.99)]"
+        )
+        lines.append(f"steps: {step} loss: {0.5 / step:0.4f} iter time (s): 0.200 samples/sec: 5.0")
+        if step % 50 == 0:
+            lines.append("eval:  50%|#   | 1/2\reval: 100%|##| 2/2 [00:01<00:00]")
+            lines.append(f"[{stamp(at)}] [WARNING] [engine.py:1:step] slow step {step}")
+        if step % 333 == 0:
+            lines.append("Traceback (most recent call last):")
+            lines.append("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+            lines.append("")
+    text = "\n".join(lines) + ("\n" if final_newline else "")
+    path.write_text(text)
+    return path
+
+
+def naive_lines(path: Path) -> list[tuple[int, bytes, str | None]]:
+    """(line number, raw bytes, effective local stamp) of every physical line."""
+    data = path.read_bytes()
+    raws = data.split(b"\n")
+    if data.endswith(b"\n"):
+        raws.pop()
+    out, last = [], None
+    for number, raw in enumerate(raws, start=1):
+        last = line_stamp(raw) or last
+        out.append((number, raw, last))
+    return out
+
+
+def naive_tail(
+    path: Path, count: int, keep: LineFilter, since: str | None = None
+) -> list[dict[str, Any]]:
+    kept = []
+    for number, raw, eff in naive_lines(path):
+        text = display_text(raw)
+        if not text.strip():
+            continue
+        if since is not None and (eff is None or eff < since):
+            continue
+        line = classify(text)
+        if keep.keeps(line):
+            kept.append(entry(line, eff, number))
+    return kept[-count:]
+
+
+def naive_search(
+    path: Path,
+    keyword: str,
+    keep: LineFilter,
+    start: str | None = None,
+    end: str | None = None,
+    ignore_case: bool = False,
+) -> list[dict[str, Any]]:
+    hits = []
+    for number, raw, eff in naive_lines(path):
+        text = display_text(raw)
+        matched = matched_text(text, keyword, ignore_case)
+        if matched is None:
+            continue
+        if start is not None and (eff is None or eff < start):
+            continue
+        if end is not None and eff is not None and eff > end:
+            continue
+        line = classify(text)
+        if keep.keeps(line):
+            hit = entry(line, eff, number)
+            hit["matched_text"] = matched
+            hits.append(hit)
+    return hits
