@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpd.spool.store import JobStore
+from dpd.spool.store import JobStore, event_record
 
 log = logging.getLogger("dpd.events")
 
@@ -170,12 +170,4 @@ class EventBus:
         key = (scope, task_id)
         seq = self._other_seq.get(key, 0) + 1
         self._other_seq[key] = seq
-        return {
-            "type": kind,
-            "task_id": task_id,
-            "node": self.node,
-            "seq": seq,
-            "timestamp": time.time(),
-            "data": data,
-            "scope": scope,
-        }
+        return dict(event_record(self.node, task_id, seq, kind, data), scope=scope)

@@ -400,14 +400,19 @@ class JobStore:
     def _event_record(
         self, task_id: str, seq: int, kind: str, data: dict[str, Any]
     ) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "task_id": task_id,
-            "node": self.node,
-            "seq": seq,
-            "timestamp": time.time(),
-            "data": data,
-        }
+        return event_record(self.node, task_id, seq, kind, data)
+
+
+def event_record(node: str, task_id: str, seq: int, kind: str, data: dict[str, Any]) -> dict:
+    """The payload of DESIGN §5: what events.jsonl holds and every outlet sends."""
+    return {
+        "type": kind,
+        "task_id": task_id,
+        "node": node,
+        "seq": seq,
+        "timestamp": time.time(),
+        "data": data,
+    }
 
 
 def _json_bytes(obj: Any) -> bytes:
