@@ -42,8 +42,9 @@ if [ -n "$wheels" ]; then
     pip_args+=(--no-index --find-links "$wheels")
 fi
 python3 -m pip install "${pip_args[@]}"
-# pip's scripts and nvidia-ml-py's top-level example.py are not part of any library.
-rm -rf "$lib/bin" "$lib/example.py"
+# pip's scripts, nvidia-ml-py's top-level example.py and tqdm's shell completion are not
+# part of any library.
+rm -rf "$lib/bin" "$lib/example.py" "$lib/tqdm/completion.sh"
 find "$lib" \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
 compiled="$(find "$lib" -name '*.so' -o -name '*.so.*' -o -name '*.pyd' | head -5)"
 if [ -n "$compiled" ]; then
