@@ -169,7 +169,8 @@ async def test_restart_mid_processing_reruns_from_the_stored_upload(
     try:
         await wait_until(lambda: done(restarted, task_id))
         assert restarted.get(task_id)["status"] == "completed"
-        assert second_events.statuses(task_id)[-1] == "completed"
+        # the state changes in memory first; its event follows once state.json is written
+        await wait_until(lambda: second_events.statuses(task_id)[-1:] == ["completed"])
         fresh = (await restarted.submit(request(restarted, source)))["task_id"]
         assert fresh != task_id and fresh > task_id  # ids never repeat across restarts
     finally:
