@@ -138,7 +138,13 @@ def cmd_logs(args: argparse.Namespace, client: DpdClient) -> int:
     for entry in data["data"]["logs"]:
         emit(args, entry, display.log_line(entry))
     if args.follow:
-        events = client.stream_logs(args.task_id, kinds="log", level=args.level, type=args.type)
+        events = client.stream_logs(
+            args.task_id,
+            last_event_id=str(data["data"].get("last_seq", "")) or None,
+            kinds="log",
+            level=args.level,
+            type=args.type,
+        )
         for event in events:
             emit(args, event.data, display.log_line(event.data))
             sys.stdout.flush()

@@ -85,6 +85,20 @@ async def test_a_task_without_output_has_an_empty_log(api: Api) -> None:
     assert data["total_lines"] == 0 and data["logs"] == []
 
 
+async def test_logs_say_which_event_seq_a_follower_streams_from(api: Api) -> None:
+    """``dpd logs -f`` prints the tail, then streams from last_seq: taken before the file
+    is read, it never lies past what the tail covered."""
+    await api.post("/api/v1/training/start", json=await api.parked_job("seq"))
+    store = api.daemon.services.store
+    before = store.last_event_seq("seq")
+    assert before >= 1  # the queued status
+    data = (await api.get("/api/v1/training/seq/logs")).body["data"]
+    assert data["last_seq"] == before
+    store.append_event("seq", "log", {"lines": ["x"], "offset": 2})
+    data = (await api.get("/api/v1/training/seq/logs")).body["data"]
+    assert data["last_seq"] == before + 1
+
+
 async def test_logs_count_against_the_logs_rate_class(api: Api) -> None:
     await logged_task(api, steps=5)
     api.daemon.rate_limiter.set_limits(dataclasses.replace(UNLIMITED, logs=RateLimit(2, 60)))

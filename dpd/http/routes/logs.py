@@ -57,7 +57,10 @@ async def get_logs(request: web.Request) -> web.Response:
     keep = make_filter(query_choice(request, "level", LEVELS), query_choice(request, "type", TYPES))
     tail = query_int(request, "tail", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
     since = parse_time("since", request.query.get("since"))
-    _, task_id, path = _log_file(request)
+    services, task_id, path = _log_file(request)
+    # taken before the file is read: every line of events up to last_seq is in the tail's
+    # file, so a client that streams from last_seq misses nothing (it may see a line twice)
+    last_seq = services.store.last_event_seq(task_id)
     page = await asyncio.to_thread(
         read_tail, path, tail or DEFAULT_LINES, keep, since, request.app[LINE_COUNTER]
     )
@@ -67,6 +70,7 @@ async def get_logs(request: web.Request) -> web.Response:
             "log_file": str(path),
             "total_lines": page.total_lines,
             "returned_lines": len(page.entries),
+            "last_seq": last_seq,
             "logs": page.entries,
         }
     )
