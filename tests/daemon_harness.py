@@ -79,6 +79,10 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> DaemonProcess:
+        low, high = self.config.get("trainer", {}).get("master_port_range", [29500, 29999])
+        while low <= self.port <= high:  # dpd refuses an HTTP port among the master ports
+            self.port = free_port()
+        self.config["http"]["port"] = self.port
         self.config_path.write_text(tomlkit.dumps(self.config))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DPD_", "NOTIFY_"))}
         env.update(self.env)

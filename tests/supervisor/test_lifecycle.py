@@ -56,9 +56,10 @@ _port_counter = [0]
 
 
 def free_base_port() -> int:
-    # distinct ranges per daemon so parallel test runs do not compete for ports
+    # distinct ranges per daemon so parallel test runs do not compete for ports; all below
+    # the kernel's ephemeral range (32768+), where the daemon's own HTTP port is picked
     _port_counter[0] += 1
-    return 30000 + (os.getpid() % 200) * 100 + (_port_counter[0] % 2) * 50
+    return 20000 + (os.getpid() % 120) * 100 + (_port_counter[0] % 2) * 50
 
 
 @pytest.fixture
