@@ -11,14 +11,11 @@ events.jsonl already hold are not written again.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dpd.events import EmitEvent
@@ -212,14 +209,3 @@ class JobFollower:
 
     def silent_for(self) -> float:
         return time.monotonic() - self.facts.last_output
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_bytes())  # type: ignore[no-any-return]
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-async def poll_in_thread(follower: JobFollower, final: bool = False) -> bool:
-    return await asyncio.to_thread(follower.poll, final)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dpd.config import Config
-from dpd.errors import Conflict, NotFound
+from dpd.errors import Conflict
 from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, RESUMABLE, Phase, Status
 from dpd.spool import layout as names
@@ -255,7 +256,7 @@ class Supervisor:
                 resume_run,
             ),
             cwd=self.config.trainer.diffusion_pipe_dir,
-            env=build_trainer_env(_os_environ(), self.config.trainer.env, task_id),
+            env=build_trainer_env(os.environ, self.config.trainer.env, task_id),
             log_path=self.store.layout.job_dir(task_id) / names.TRAIN_LOG,
             job_dir=self.store.layout.job_dir(task_id),
         )
@@ -523,12 +524,6 @@ class Supervisor:
         these callbacks run before the awaiting coroutine resumes."""
         self._loop.call_soon_threadsafe(self.emit, scope, task_id, kind, data)
 
-    def get_running(self, task_id: str) -> Running:
-        job = self.running.get(task_id)
-        if job is None:
-            raise NotFound(f"task {task_id} is not running", {"task_id": task_id})
-        return job
-
 
 def _latest_run(state: dict[str, Any]) -> str | None:
     run_dir = outputs.latest_run_dir(Path(state["output_dir"]))
@@ -540,9 +535,3 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _os_environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
