@@ -2,7 +2,10 @@
 
 The keyword is found with ``bytes.find`` over whole blocks, so the cost per byte is memchr's,
 not Python's; only lines that contain it are decoded and classified. Every match is counted
-(``total_matches``) while only the first ``limit`` are returned, in file order.
+(``total_matches``) while only the first ``limit`` are returned, in file order. Past the
+limit a frequent keyword would cost a Python step per line: there (without a level or type
+filter) one regex pass per block counts the lines that hold it, and only lines with tqdm
+redraws are looked at one by one; line numbers, needed only for results, stop being counted.
 
 A time range becomes a byte range first: the log's DeepSpeed logger lines carry rising
 timestamps, so the first line at or after a time is found by bisecting the file
@@ -71,12 +74,16 @@ def search_log(path: Path, query: SearchQuery) -> SearchPage:
 
 
 class _Scan:
-    """One pass over [start, end): complete lines only, block by block."""
+    """One pass over [start, end): complete lines only, block by block, read into one
+    reused buffer (a fresh 8 MiB object per block costs more in page faults than the
+    search itself)."""
 
     def __init__(self, query: SearchQuery, first_line: int) -> None:
         self.query = query
         self.needle = (query.keyword.lower() if query.ignore_case else query.keyword).encode()
-        self.rest_of_line = re.compile(re.escape(self.needle) + rb"[^\n]*")
+        # One match per line that holds the keyword: the rest of the line goes with the
+        # first hit, and the empty group makes findall list one shared b"" per line.
+        self.line_hits = re.compile(re.escape(self.needle) + rb"()[^\n]*")
         self.line_number = first_line  # number of the line at the start of the next block
         self.page = SearchPage()
         self.last_stamp: str | None = None  # of the last logger line before the next block
@@ -84,62 +91,84 @@ class _Scan:
     def run(self, handle: IO[bytes], start: int, end: int) -> None:
         self.last_stamp = _stamp_before(handle, start)
         handle.seek(start)
-        position, carry = start, b""
+        buffer = bytearray(min(BLOCK, max(1, end - start)))
+        position, filled = start, 0  # filled: bytes of buffer holding data (a carry first)
         while True:
-            chunk = handle.read(min(BLOCK, end - position)) if position < end else b""
-            position += len(chunk)
-            data = carry + chunk
-            final = position >= end or not chunk
-            cut = len(data) if final else data.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a block: keep reading it
-                carry = data
+            got = _read_into(handle, buffer, filled, end - position)
+            position += got
+            filled += got
+            final = position >= end or not got
+            cut = filled if final else buffer.rfind(b"\n", 0, filled) + 1
+            if cut == 0 and not final:  # a line longer than the buffer: make room for it
+                buffer.extend(bytes(len(buffer)))
                 continue
-            self._block(data[:cut])
+            self._block(buffer, cut)
             self.page.bytes_scanned += cut
-            carry = data[cut:]
             if final:
                 return
+            buffer[: filled - cut] = buffer[cut:filled]  # the carry: a line not ended yet
+            filled -= cut
 
-    def _block(self, block: bytes) -> None:
+    def _full(self) -> bool:
+        return len(self.page.results) >= self.query.limit
+
+    def _block(self, block: bytearray, end: int) -> None:
+        """The lines in ``block[:end]``. Until ``limit`` results are in, each hit is looked
+        at (line number, stamp, entry); after that only counted, and line numbers and stamps
+        are no longer followed."""
         haystack = block.lower() if self.query.ignore_case else block
         needle, counted, at = self.needle, 0, 0
-        while (hit := haystack.find(needle, at)) != -1:
-            if self._counting_only():
-                self._count_rest(block, haystack, at)
-                break
+        while not self._full() and (hit := haystack.find(needle, at, end)) != -1:
             line_start = haystack.rfind(b"\n", 0, hit) + 1
-            line_end = haystack.find(b"\n", hit)
-            line_end = len(block) if line_end == -1 else line_end
+            line_end = haystack.find(b"\n", hit, end)
+            line_end = end if line_end == -1 else line_end
             self.line_number += haystack.count(b"\n", counted, line_start)
             counted, at = line_start, line_end + 1
-            self._match(block, line_start, line_end)
-        self.line_number += haystack.count(b"\n", counted)
-        self.last_stamp = _last_stamp_in(block) or self.last_stamp
-
-    def _counting_only(self) -> bool:
-        return (
-            len(self.page.results) >= self.query.limit and self.query.line_filter.keeps_everything
-        )
-
-    def _count_rest(self, block: bytes, haystack: bytes, at: int) -> None:
-        """Count the matching lines of the rest of the block without looking at each in
-        Python: the pattern takes the rest of the line with the first hit, so a line counts
-        once. A hit followed by a "\\r" may sit in an overdrawn tqdm state: checked alone."""
-        has_redraws = b"\r" in block
-        for match in self.rest_of_line.finditer(haystack, at):
-            if has_redraws and haystack.find(b"\r", match.start(), match.end()) != -1:
-                start = haystack.rfind(b"\n", 0, match.start()) + 1
-                self._match(block, start, match.end())
+            self._match(block, line_start, line_end, end)
+        if not self._full():
+            self.line_number += haystack.count(b"\n", counted, end)
+            self.last_stamp = _stamp_in(block, end + 1, end) or self.last_stamp
+        elif at < end:
+            if self.query.line_filter.keeps_everything:
+                self._count_rest(block, haystack, at, end)
             else:
-                self.page.total_matches += 1
+                self._filter_rest(block, haystack, at, end)
 
-    def _match(self, block: bytes, line_start: int, line_end: int) -> None:
-        raw = block[line_start:line_end]
+    def _count_rest(self, block: bytearray, haystack: bytearray, at: int, end: int) -> None:
+        """Count the lines of [at, end) holding the keyword without looking at each in
+        Python. A line with a "\\r" (tqdm redraws) shows only its last state: each is
+        checked alone and uncounted when the keyword sits only in overdrawn states."""
+        found = len(self.line_hits.findall(haystack, at, end))
+        redraw = haystack.find(b"\r", at, end)
+        while redraw != -1:
+            line_start = haystack.rfind(b"\n", at, redraw) + 1 or at
+            line_end = haystack.find(b"\n", redraw, end)
+            line_end = end if line_end == -1 else line_end
+            if haystack.find(self.needle, line_start, line_end) != -1 and not self._visible(
+                block, line_start, line_end
+            ):
+                found -= 1
+            redraw = haystack.find(b"\r", line_end, end)
+        self.page.total_matches += found
+
+    def _filter_rest(self, block: bytearray, haystack: bytearray, at: int, end: int) -> None:
+        """Count the lines of [at, end) holding the keyword that pass the filter: each is
+        classified, but no line numbers are kept."""
+        while (hit := haystack.find(self.needle, at, end)) != -1:
+            line_start = haystack.rfind(b"\n", 0, hit) + 1
+            line_end = haystack.find(b"\n", hit, end)
+            line_end = end if line_end == -1 else line_end
+            at = line_end + 1
+            self._match(block, line_start, line_end, end)
+
+    def _visible(self, block: bytearray, line_start: int, line_end: int) -> bool:
+        text = display_text(bytes(block[line_start:line_end]))
+        return matched_text(text, self.query.keyword, self.query.ignore_case) is not None
+
+    def _match(self, block: bytearray, line_start: int, line_end: int, stop: int) -> None:
+        """Look at one line holding the keyword; ``stop`` ends the block's data."""
+        raw = bytes(block[line_start:line_end])
         query, page = self.query, self.page
-        full = len(page.results) >= query.limit
-        if full and query.line_filter.keeps_everything and b"\r" not in raw:
-            page.total_matches += 1  # counting only: nothing to decode
-            return
         text = display_text(raw)
         matched = matched_text(text, query.keyword, query.ignore_case)
         if matched is None:  # only an overdrawn tqdm state held the keyword
@@ -149,28 +178,33 @@ class _Scan:
             return
         page.total_matches += 1
         if len(page.results) < query.limit:
-            stamp = line.timestamp or _stamp_in(block, line_start) or self.last_stamp
+            stamp = line.timestamp or _stamp_in(block, line_start, stop) or self.last_stamp
             page.results.append(search_hit(line, stamp, self.line_number, matched))
 
 
-def _stamp_in(block: bytes, before: int) -> str | None:
-    """The timestamp of the nearest logger line above ``before`` within the block, looking
-    back at most STAMP_LOOKBACK bytes; None if there is none there."""
+def _read_into(handle: IO[bytes], buffer: bytearray, filled: int, left: int) -> int:
+    """Append up to ``left`` bytes of the file to ``buffer[:filled]``, as room allows."""
+    room = min(len(buffer) - filled, left)
+    if room <= 0:
+        return 0
+    with memoryview(buffer) as view:
+        return handle.readinto(view[filled : filled + room])
+
+
+def _stamp_in(block: bytes | bytearray, before: int, stop: int) -> str | None:
+    """The timestamp of the nearest logger line above ``before`` within ``block[:stop]``,
+    looking back at most STAMP_LOOKBACK bytes; None if there is none there."""
     floor = max(0, before - STAMP_LOOKBACK)
     end = before - 1
     while end > floor:
         start = block.rfind(b"\n", floor, end) + 1
         if start == 0 and floor > 0:
             return None
-        stamp = line_stamp(block[start : start + STAMP_PREFIX_BYTES])
+        stamp = line_stamp(bytes(block[start : min(start + STAMP_PREFIX_BYTES, stop)]))
         if stamp is not None:
             return stamp
         end = start - 1
     return None
-
-
-def _last_stamp_in(block: bytes) -> str | None:
-    return _stamp_in(block, len(block) + 1)
 
 
 def _stamp_before(handle: IO[bytes], offset: int) -> str | None:
@@ -178,7 +212,8 @@ def _stamp_before(handle: IO[bytes], offset: int) -> str | None:
         return None
     begin = max(0, offset - STAMP_LOOKBACK)
     handle.seek(begin)
-    return _stamp_in(handle.read(offset - begin), offset - begin + 1)
+    data = handle.read(offset - begin)
+    return _stamp_in(data, len(data) + 1, len(data))
 
 
 # ------------------------------------------------------------------ time -> byte offset

@@ -3,6 +3,7 @@ numbers, matched text, filters and time ranges (found by bisection)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,53 @@ def test_time_offset_lands_on_a_logger_line(log: Path) -> None:
         line = handle.readline()
     assert line.startswith(b"[2025-02-12 ")
     assert search_log(log, SearchQuery("x", start="2099-01-01T00:00:00.000")).total_matches == 0
+
+
+@pytest.fixture(scope="module")
+def tricky_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Lines that a count without looking at each line could get wrong: several hits in one
+    line, overlapping hits, hits only in overdrawn tqdm states, a line longer than a block,
+    and a last line without its "\\n"."""
+    lines = []
+    for step in range(1, 200):
+        lines += [
+            f"[2025-02-12 07:00:{step % 60:02d},000] [INFO] [x.py:1:f] step={step} loss loss",
+            "loss\rfoo",  # overdrawn: not a match
+            "foo\rloss: 0.1",  # the last state holds it
+            "loss: 0.2\r   \r",  # blank states after it do not hide it
+            "LoSs: 0.3 aaaa aaa",
+            "x\rLOSS\ry",
+            "eval: 10% loss\reval: 100% loss",
+            "[2025-02-12 07:00:00,000] [WARNING] [x.py:1:f] slow loss",
+        ]
+        if step % 50 == 0:
+            lines.append("a" * 300 + " loss " + "b" * 300)
+    path = tmp_path_factory.mktemp("tricky") / "train.log"
+    path.write_text("\n".join(lines) + "\nlast loss")
+    return path
+
+
+@pytest.mark.parametrize("limit", [1, 7, 10_000])
+@pytest.mark.parametrize(
+    ("keyword", "ignore_case", "level"),
+    [("loss", False, None), ("LOSS", True, None), ("aa", False, None), ("loss", False, "WARNING"),
+     ("loss", True, "INFO")],
+)  # fmt: skip
+def test_counting_past_the_limit_agrees_with_the_model(
+    tricky_log: Path, block: int, limit: int, keyword: str, ignore_case: bool, level: str | None
+) -> None:
+    keep = make_filter(level, None)
+    expected = naive_search(tricky_log, keyword, keep, ignore_case=ignore_case)
+    page = search_log(tricky_log, SearchQuery(keyword, keep, limit=limit, ignore_case=ignore_case))
+    assert page.total_matches == len(expected)
+    assert page.results == expected[:limit]
+
+
+@pytest.mark.parametrize("data", [b"loss 1\nloss 2\n", b"loss 1\nloss 2", b"x" * 300 + b" loss"])
+def test_a_file_shorter_than_its_size_ends_the_scan(block: int, data: bytes) -> None:
+    """A log truncated while it is searched: the reads come back short, the scan ends with
+    what it got instead of waiting for bytes that will never come."""
+    scan = search._Scan(SearchQuery("loss", limit=1), first_line=1)
+    scan.run(io.BytesIO(data), 0, len(data) + 1000)
+    assert scan.page.total_matches == data.count(b"loss")
+    assert scan.page.results[0]["line_number"] == 1
