@@ -58,11 +58,13 @@ def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
 def app_operations(app: web.Application) -> set[tuple[str, str]]:
     """(METHOD, path) of every route the app serves, in OpenAPI's path notation. HEAD routes
     that aiohttp adds beside each GET are left out (they mirror the GET)."""
-    found = set()
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource is not None else {}
-        path = info.get("path") or info.get("formatter") or info.get("prefix")
-        if not path or route.method in ("HEAD", "*"):
-            continue
-        found.add((route.method, _REGEX_PART.sub(r"{\1}", path)))
-    return found
+    return {op for route in app.router.routes() if (op := route_operation(route)) is not None}
+
+
+def route_operation(route: web.AbstractRoute) -> tuple[str, str] | None:
+    """(METHOD, path) of one route in OpenAPI's path notation; None for HEAD and catch-all."""
+    info = route.resource.get_info() if route.resource is not None else {}
+    path = info.get("path") or info.get("formatter") or info.get("prefix")
+    if not path or route.method in ("HEAD", "*"):
+        return None
+    return route.method, _REGEX_PART.sub(r"{\1}", path)

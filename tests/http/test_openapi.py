@@ -9,7 +9,10 @@ documented 400.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,7 +23,16 @@ from referencing.jsonschema import DRAFT202012
 
 from dpd import __version__
 from dpd.config import RateLimit
-from dpd.http.openapi import app_operations, documented_operations, load_document
+from dpd.http.auth import WS_PREFIX, Authenticator
+from dpd.http.openapi import (
+    app_operations,
+    documented_operations,
+    load_document,
+    route_operation,
+)
+from dpd.http.routes import logs as logs_routes
+from dpd.http.routes import stream as stream_routes
+from dpd.logs.entries import LEVELS
 from tests.http.conftest import UNLIMITED, Api, Reply
 
 BASE = "urn:dpd-openapi"
@@ -191,3 +203,142 @@ def bad_value(schema: dict[str, Any]) -> str | None:
     if schema.get("type") == "boolean":
         return "maybe"
     return None
+
+
+# ------------------------------------------------------------------ parameters the code reads
+
+QUERY_HELPERS = {"query_int": "integer", "query_bool": "boolean", "query_choice": "string"}
+
+
+@dataclasses.dataclass
+class Reads:
+    """What one function reads of a request: query parameters (name -> the schema its
+    parsing implies) and headers, and the functions of its module it calls."""
+
+    query: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    headers: set[str] = dataclasses.field(default_factory=set)
+    calls: set[str] = dataclasses.field(default_factory=set)
+
+
+def _literal(module: ModuleType, node: ast.expr) -> Any:
+    if isinstance(node, ast.Name):
+        return getattr(module, node.id)
+    return ast.literal_eval(node)
+
+
+def _implied_schema(module: ModuleType, call: ast.Call, helper: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": QUERY_HELPERS[helper]}
+    keywords = {k.arg: k.value for k in call.keywords}
+    if helper == "query_int":
+        for position, bound in ((3, "minimum"), (4, "maximum")):
+            node = keywords.get(bound) or (
+                call.args[position] if len(call.args) > position else None
+            )
+            if node is not None and _literal(module, node) is not None:
+                schema[bound] = _literal(module, node)
+    if helper == "query_choice":
+        schema["enum"] = sorted(_literal(module, keywords.get("choices") or call.args[2]))
+    return schema
+
+
+def _is_request_attribute(node: ast.expr, attribute: str) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == attribute
+
+
+def reads_by_function(module: ModuleType) -> dict[str, Reads]:
+    """Every function (and method) of a module, by name, and what it reads."""
+    found: dict[str, Reads] = {}
+    for function in ast.walk(ast.parse(inspect.getsource(module))):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        reads = found.setdefault(function.name, Reads())
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Subscript)
+                and _is_request_attribute(node.value, "query")
+                and isinstance(node.slice, ast.Constant)
+            ):
+                reads.query.setdefault(node.slice.value, {"type": "string"})
+            if not isinstance(node, ast.Call):
+                continue
+            callee = node.func
+            if isinstance(callee, ast.Name):
+                reads.calls.add(callee.id)
+                if callee.id in QUERY_HELPERS and len(node.args) >= 2:
+                    name = ast.literal_eval(node.args[1])
+                    reads.query[name] = _implied_schema(module, node, callee.id)
+            elif isinstance(callee, ast.Attribute) and callee.attr == "get" and node.args:
+                if not isinstance(node.args[0], ast.Constant):
+                    continue  # e.g. echoing parameters read elsewhere by name
+                if _is_request_attribute(callee.value, "query"):
+                    reads.query.setdefault(node.args[0].value, {"type": "string"})
+                elif _is_request_attribute(callee.value, "headers"):
+                    reads.headers.add(node.args[0].value)
+    return found
+
+
+def handler_reads(handler: Any) -> Reads:
+    """What a route handler reads, with the functions of its module it calls, transitively."""
+    functions = reads_by_function(inspect.getmodule(handler))  # type: ignore[arg-type]
+    total, todo, seen = Reads(), [handler.__name__], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        for parameter, schema in functions[name].query.items():
+            total.query.setdefault(parameter, schema)
+        total.headers |= functions[name].headers
+        todo.extend(functions[name].calls)
+    return total
+
+
+def test_the_reader_finds_what_a_handler_reads() -> None:
+    reads = handler_reads(logs_routes.search_logs)
+    assert reads.query["ignore_case"] == {"type": "boolean"}
+    assert reads.query["limit"] == {"type": "integer", "minimum": 1, "maximum": 10_000}
+    assert reads.query["level"]["enum"] == sorted(LEVELS)
+    assert reads.query["keyword"] == {"type": "string"}
+    assert "Last-Event-ID" in handler_reads(stream_routes.stream_logs).headers
+
+
+async def test_every_parameter_the_code_reads_is_documented_and_no_other(
+    api: Api, document: dict[str, Any]
+) -> None:
+    """Query parameters and headers each handler reads, found in its source (and in the
+    functions of its module it calls; the key of WebSocket routes in the auth middleware),
+    against the operation's parameters; and the bounds and choices the code enforces
+    against the parameter's schema."""
+    middleware_reads = handler_reads(Authenticator.middleware)
+    checked, problems = 0, []
+    for route in api.daemon.app.router.routes():
+        served = route_operation(route)
+        if served is None:
+            continue
+        template = served[1]
+        operation = document["paths"][template][route.method.lower()]
+        parameters = [resolve(document, p) for p in operation.get("parameters", [])]
+        documented = {(p["in"], p["name"]): p for p in parameters}
+        reads = handler_reads(route.handler)
+        query = dict(reads.query)
+        if template.startswith(WS_PREFIX):
+            query.update(middleware_reads.query)
+        wanted = {("query", name) for name in query} | {
+            ("header", name) for name in reads.headers - {"Authorization"}
+        }
+        have = {key for key in documented if key[0] in ("query", "header")}
+        if wanted != have:
+            problems.append((route.method, template, "read, not documented", wanted - have))
+            problems.append((route.method, template, "documented, not read", have - wanted))
+        for name, implied in query.items():
+            if ("query", name) not in documented:
+                continue
+            schema = resolve(document, documented[("query", name)]["schema"])
+            for facet, value in implied.items():
+                written = sorted(schema.get(facet, [])) if facet == "enum" else schema.get(facet)
+                if written != value:
+                    problems.append((route.method, template, name, facet, written, value))
+            checked += 1
+    problems = [p for p in problems if p[-1]]
+    assert not problems, "\n".join(map(str, problems))
+    assert checked >= 25
