@@ -16,6 +16,7 @@ spool's rejection writer turn any ``DpdError`` into the same envelope (``dpd.env
     ├── ValidationFailed      422  well-formed but invalid: data.errors lists every problem
     ├── TooManyRequests       429
     ├── InternalError         500  never carries a traceback to the client
+    ├── BadGateway            502  an upstream service (the model hub) failed or answered badly
     └── InsufficientResources 507  not enough GPUs, disk space
 
 ``ConfigError`` is separate: it stops start-up and never reaches a client.
@@ -104,6 +105,13 @@ class TooManyRequests(DpdError):
 class InternalError(DpdError):
     code = 500
     default_message = "internal error"
+
+
+class BadGateway(DpdError):
+    """Not dpd's fault nor the client's: the service dpd relies on for this request failed."""
+
+    code = 502
+    default_message = "bad gateway"
 
 
 class InsufficientResources(DpdError):
