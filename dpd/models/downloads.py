@@ -17,8 +17,8 @@ Guarantees:
 
 Failures: a network error is retried with ``retry_delays`` (each retry resumes); then, like
 a hash mismatch or an answer from the hub that will not change (401, 404), the download is
-``failed`` with a message free of the token. Cancelling stops the transfer within one chunk
-and removes its partial files.
+``failed`` with a message free of the token. Cancelling closes the connection in flight
+and removes the partial files.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ class DownloadManager:
         for delay in (*self._retry_delays, None):
             run.control.check()
             try:
-                await asyncio.to_thread(self.hub.fetch, remote, partial, run.control)
+                await self.hub.fetch(remote, partial, run.control)
                 break
             except HashMismatch:
                 await asyncio.to_thread(partial.unlink, True)

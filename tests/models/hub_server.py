@@ -12,7 +12,11 @@ dpd's downloads, served by aiohttp on 127.0.0.1, faithful to the real hub's answ
 Test controls: ``ignore_range`` answers 200 with the whole file (as some CDNs do);
 ``cut_once[path] = n`` drops the connection after byte n of the next
 transfer; ``hold_at[path] = n`` stops sending at byte n until ``release()``;
-``wrong_hash`` advertises a false SHA-256 for a path; ``served[path]`` counts bytes sent.
+``wrong_hash`` advertises a false SHA-256 for a path; ``fail[path] = status`` answers every
+resolve request for it with that status, ``fail_body_once[path] = status`` the next body
+request; ``redirect_get`` sends a small file's GET (not its HEAD) to the CDN host, as a
+mirror may; ``served[path]`` counts bytes sent; ``requests`` lists (method, host, path,
+Authorization) of every request.
 """
 
 from __future__ import annotations
@@ -61,11 +65,14 @@ class FakeHub:
     repos: dict[str, HubRepo] = field(default_factory=dict)
     url: str = ""
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    requests: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     cut_once: dict[str, int] = field(default_factory=dict)
     hold_at: dict[str, int] = field(default_factory=dict)
     wrong_hash: set[str] = field(default_factory=set)
     ignore_range: set[str] = field(default_factory=set)  # answer 200 + everything, as some CDNs
+    fail: dict[str, int] = field(default_factory=dict)
+    fail_body_once: dict[str, int] = field(default_factory=dict)
+    redirect_get: set[str] = field(default_factory=set)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     _hashes: dict[str, str] = field(default_factory=dict)
 
@@ -111,10 +118,19 @@ class FakeHub:
 
     # ------------------------------------------------------------- handlers
 
+    def _record(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization")
+        self.requests.append((request.method, request.host, request.path, auth))
+        return auth
+
+    def sent_to_cdn(self) -> list[str | None]:
+        """The Authorization header of every request the CDN host received."""
+        host = self.cdn_url.removeprefix("http://")
+        return [auth for _, on, _, auth in self.requests if on == host]
+
     def _repo(self, request: web.Request) -> tuple[str, HubRepo]:
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
-        auth = request.headers.get("Authorization")
-        self.requests.append((request.method, request.path, auth))
+        auth = self._record(request)
         repo = self.repos.get(repo_id)
         if repo is None:
             raise _hub_error(404, "RepoNotFound", "Repository not found")
@@ -147,6 +163,8 @@ class FakeHub:
         file = repo.files.get(path)
         if file is None:
             raise _hub_error(404, "EntryNotFound", f"{path} does not exist")
+        if path in self.fail:
+            return web.Response(status=self.fail[path], text="upstream trouble")
         headers = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
         if file.size > LFS_THRESHOLD:
             sha = self.sha256(repo_id, path)
@@ -159,15 +177,20 @@ class FakeHub:
             }
             raise web.HTTPFound(headers["Location"], headers=headers)
         headers["ETag"] = f'"{self.git_sha1(repo_id, path)}"'
+        if request.method == "GET" and path in self.redirect_get:
+            sha = self.git_sha1(repo_id, path)
+            raise web.HTTPFound(f"{self.cdn_url}/cdn/{sha}?repo={repo_id}&path={path}")
         if request.method == "HEAD":
             headers["Content-Length"] = str(file.size)
             return web.Response(status=200, headers=headers)
         return await self._send(request, path, file, headers)
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.method, request.path, None))
+        self._record(request)
         repo_id, path = request.query["repo"], request.query["path"]
         file = self.repos[repo_id].files[path]
+        if path in self.fail_body_once:
+            return web.Response(status=self.fail_body_once.pop(path), text="CDN trouble")
         fast = (
             isinstance(file.content, Path)
             and path not in self.cut_once

@@ -52,9 +52,9 @@ async def test_full_download_of_a_multi_component_model(make_manager, hub, tmp_p
 
 
 async def test_interrupted_transfer_resumes_without_fetching_bytes_twice(make_manager, hub):
-    # The connection drops mid-file, at a chunk boundary (bytes received after the last whole
-    # chunk, less than CHUNK_BYTES, are not yet on disk and would be fetched again).
-    hub.cut_once[BIG] = 2 * MIB
+    # The connection drops mid-file, anywhere: every byte received is written before the
+    # transfer resumes from the partial file's size.
+    hub.cut_once[BIG] = 2 * MIB + 12345
     manager = await make_manager()
     started = await manager.submit({"model_id": "flux", "components": ["diffusion_model"]})
 
@@ -62,7 +62,7 @@ async def test_interrupted_transfer_resumes_without_fetching_bytes_twice(make_ma
 
     assert final["status"] == "completed", final["error"]
     assert hub.served[BIG] == len(REPO_FILES[BIG])
-    ranges = [p for m, p, _ in hub.requests if m == "GET" and p.startswith("/cdn/")]
+    ranges = [p for m, _, p, _ in hub.requests if m == "GET" and p.startswith("/cdn/")]
     assert len(ranges) == 2  # the first transfer and one resumed with Range
 
 
@@ -114,7 +114,7 @@ async def test_gated_repo_needs_the_token_which_never_leaks(
 
     assert final["status"] == "completed", final["error"]
     assert (tmp_path / "models/gated/model.safetensors").stat().st_size == MIB + 5
-    assert any(auth == f"Bearer {GATED_TOKEN}" for _, _, auth in hub.requests)
+    assert any(auth == f"Bearer {GATED_TOKEN}" for _, _, _, auth in hub.requests)
     shown = [caplog.text, json.dumps(final), json.dumps(events.items), repr(with_token.hub)]
     shown += [p.read_text() for p in (tmp_path / "state").rglob("*.json")]
     assert not any(GATED_TOKEN in text for text in shown)
