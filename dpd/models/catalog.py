@@ -46,6 +46,11 @@ class Component:
     files: tuple[str, ...] = ()  # exact repo paths
     include: tuple[str, ...] = ()  # glob patterns over the repo's file list
     text_encoder_type: str = ""
+    # False where nobody checked ``repo``/``files`` against the hub (or diffusion-pipe's and
+    # ComfyUI's documentation), and always without a repo: shown to operators, who may
+    # correct it in their catalog
+    verified: bool = True
+    note: str = ""  # where the source comes from, or why there is none
 
     @property
     def downloadable(self) -> bool:
@@ -183,9 +188,11 @@ def _parse_component(raw: Any, where: str, problems: list[str]) -> Component | N
     for key in ("name", "dir", "config_key"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             problems.append(f"{where}.{key}: missing or not a string")
-    for key in ("repo", "revision", "path", "text_encoder_type"):
+    for key in ("repo", "revision", "path", "text_encoder_type", "note"):
         if key in raw and not isinstance(raw[key], str):
             problems.append(f"{where}.{key}: must be a string")
+    if not isinstance(raw.get("verified", True), bool):
+        problems.append(f"{where}.verified: must be true or false")
     for key in ("files", "include"):
         value = raw.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -208,6 +215,8 @@ def _parse_component(raw: Any, where: str, problems: list[str]) -> Component | N
         files=tuple(raw.get("files", [])),
         include=tuple(raw.get("include", [])),
         text_encoder_type=raw.get("text_encoder_type", ""),
+        verified=raw.get("verified", bool(raw.get("repo"))),
+        note=raw.get("note", ""),
     )
 
 

@@ -154,3 +154,35 @@ def test_installed_state(tmp_path):
     assert installed_state(flux, tmp_path)["vae"]["installed"]
     (tmp_path / "flux/tiny/vae/config.json").write_bytes(b"truncated?")
     assert not installed_state(flux, tmp_path)["vae"]["installed"]
+
+
+def test_components_say_whether_their_source_was_checked():
+    catalog = load_catalog()
+    assert catalog.get("sdxl").components[0].verified is True
+    for model_id in ("ernie_image", "ideogram4", "krea2", "minimax_h3"):
+        assert all(not c.repo and not c.verified for c in catalog.get(model_id).components)
+    unchecked = {m.id for m in catalog.models for c in m.components if c.repo and not c.verified}
+    assert {"cosmos", "chroma", "cosmos_predict2", "anima", "auraflow", "hunyuan_video_15"} <= (
+        unchecked
+    )
+    assert {"flux2", "ltx2"} <= unchecked
+    # an unchecked source always says why it is there
+    assert all(c.note for m in catalog.models for c in m.components if c.repo and not c.verified)
+
+
+def test_text_encoder_types_are_the_ones_diffusion_pipe_documents():
+    catalog = load_catalog()
+    types = {m.id: {c.text_encoder_type for c in m.components} - {""} for m in catalog.models}
+    assert types["ernie_image"] == {"flux2"}  # an unknown type silently falls back to SD
+    assert types["minimax_h3"] == {"minimax"}
+    assert types["flux2"] == {"flux2"}
+
+
+def test_verified_must_be_true_or_false():
+    document = copy.deepcopy(CATALOG)
+    document["models"][0]["components"][0]["verified"] = "yes"
+    document["models"][0]["components"][1]["note"] = 3
+    with pytest.raises(ConfigError) as caught:
+        parse_catalog(document)
+    assert "components[0].verified" in str(caught.value)
+    assert "components[1].note" in str(caught.value)

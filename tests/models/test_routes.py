@@ -58,6 +58,10 @@ async def test_list_needs_a_key_and_shows_installed_state(client):
     ):
         assert key in flux
     assert flux["installed"] is False
+    assert all(c["verified"] is True and c["note"] is None for c in flux["components"])
+    broken = next(m for m in body["data"]["models"] if m["id"] == "broken")
+    handmade = next(c for c in broken["components"] if c["name"] == "handmade")
+    assert handmade["verified"] is False and handmade["downloadable"] is False
     assert {c["name"]: c["installed"] for c in flux["components"]} == {
         "diffusion_model": False,
         "vae": False,
@@ -134,3 +138,16 @@ async def test_cancel_over_rest(client, hub):
     reply = await client.post(f"/api/v1/models/download/{download_id}/cancel", headers=headers)
     body = await reply.json()
     assert reply.status == 200 and body["data"]["status"] == "cancelled"
+
+
+async def test_a_failing_hub_is_a_502_envelope(client, hub):
+    hub.fail["vae/diffusion_pytorch_model.safetensors"] = 503
+    reply = await client.post(
+        "/api/v1/models/download",
+        json={"model_id": "flux", "components": ["vae"]},
+        headers=auth("downloader"),
+    )
+    body = await reply.json()
+    assert reply.status == 502 and body["code"] == 502
+    assert body["data"]["hub_status"] == 503
+    assert GATED_TOKEN not in await reply.text()

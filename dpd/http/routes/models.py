@@ -45,6 +45,8 @@ def model_entry(model: CatalogModel, installed: dict[str, dict[str, Any]]) -> di
             "repo": c.repo or None,
             "gated": c.gated,
             "downloadable": c.downloadable,
+            "verified": c.verified,
+            "note": c.note or None,
             "config_key": c.config_key,
             "installed": installed[c.name]["installed"],
             "path": installed[c.name]["path"],
