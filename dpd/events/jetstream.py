@@ -8,6 +8,8 @@ watermark and the task's last seq on disk is (re)published, in seq order, from t
   falls back to the watermark), after an ack timeout or error,
 - after a daemon restart or crash (``sent`` starts at the stored watermark),
 - when the bridge's queue overflowed (the event is on disk; the audit finds the gap).
+Publishes are pipelined (``PublishWindow``: up to ``IN_FLIGHT_LIMIT`` unacked at once, in
+seq order on one connection, so the stream stores each task's events in order).
 Each message carries ``Nats-Msg-Id: <task_id>:<seq>``; a re-send of something the stream
 already holds is dropped by the server (``PubAck.duplicate``), so a durable consumer sees
 every seq exactly once.
@@ -25,29 +27,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from functools import partial
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from dpd.errors import NotFound
 from dpd.events.acks import AckWindow, load_watermarks, save_watermarks
-from dpd.events.subjects import (
-    MSG_ID_HEADER,
-    encode_payload,
-    event_subject,
-    message_id,
-    stream_subjects,
-)
+from dpd.events.publish_window import PublishWindow
+from dpd.events.subjects import encode_payload, job_subject, message_id, stream_subjects
 
 log = logging.getLogger("dpd.nats")
 
 STREAM: Final = "DPD"
 DUPLICATE_WINDOW: Final = 120.0  # seconds; the server's default, stated explicitly
+IN_FLIGHT_LIMIT: Final = 4096  # unacked publishes at once (each is on disk already)
 
 Event = dict[str, Any]
 
@@ -100,12 +96,11 @@ class JetStreamPublisher:
         self.ack_timeout = ack_timeout
         self.max_payload = 0  # the server's limit, set by the bridge once connected
         self.window = AckWindow()
-        self.js: JetStreamContext | None = None
+        self.outgoing = PublishWindow(IN_FLIGHT_LIMIT, ack_timeout, self._acked, self._failed)
+        self._stream_known = False
         self._sent: dict[str, int] = {}
         self._dirty: dict[str, None] = {}  # an ordered set of tasks to catch up from disk
         self._rewind: dict[str, int] = {}  # task -> seq to resend after (a publish failed)
-        self._in_flight: deque[tuple[float, asyncio.Future[Any]]] = deque()
-        self.in_flight = 0
         self.published = 0
         self.acked = 0
         self.duplicates = 0
@@ -124,8 +119,10 @@ class JetStreamPublisher:
         self.window.changed = False
         await asyncio.to_thread(save_watermarks, self.acks_file, self.window.snapshot())
 
-    async def ensure_stream(self, js: JetStreamContext, max_age: int, max_bytes: int) -> None:
+    async def ensure_stream(self, nc: NATS, max_age: int, max_bytes: int) -> None:
+        """Create or update stream DPD, and listen for acks on this connection."""
         wanted = stream_config(self.prefix, max_age, max_bytes)
+        js = nc.jetstream()
         try:
             info = await js.stream_info(STREAM)
         except NotFoundError:
@@ -135,13 +132,18 @@ class JetStreamPublisher:
             if stream_differs(info.config, wanted):
                 await js.update_stream(wanted)
                 log.info("updated JetStream stream %s to %s", STREAM, wanted.subjects)
-        self.js = js
+        await self.outgoing.open(nc)
+        self._stream_known = True
 
     # --------------------------------------------------------------- deciding
 
     @property
     def dirty(self) -> bool:
         return bool(self._dirty)
+
+    @property
+    def in_flight(self) -> int:
+        return self.outgoing.in_flight
 
     def mark_dirty(self, task_id: str) -> None:
         self._dirty[task_id] = None
@@ -203,7 +205,7 @@ class JetStreamPublisher:
         for event in sorted(events, key=lambda e: int(e["seq"])):
             if int(event["seq"]) != expected or task_id in self._rewind:
                 return
-            await self.send(dict(event, scope="jobs"), replay=True)
+            await self.send(event, replay=True)
             expected += 1
 
     def _forget(self, task_id: str) -> None:
@@ -212,53 +214,38 @@ class JetStreamPublisher:
         self.window.forget(task_id)
 
     async def send(self, event: Event, replay: bool = False) -> None:
-        assert self.js is not None, "ensure_stream first"
+        """Publish one job event (its ack arrives later, in ``_acked``/``_failed``)."""
+        assert self._stream_known, "ensure_stream first"
         task_id, seq = event["task_id"], int(event["seq"])
-        future = await self.js.publish_async(
-            event_subject(self.prefix, event),
+        await self.outgoing.publish(
+            job_subject(self.prefix, task_id, event["type"]),
             encode_payload(event, self.max_payload),
-            headers={MSG_ID_HEADER: message_id(event)},
+            message_id(event),
+            (task_id, seq),
         )
         self._sent[task_id] = seq
         self.published += 1
         self.republished += replay
-        self.in_flight += 1
-        self._in_flight.append((time.monotonic() + self.ack_timeout, future))
-        future.add_done_callback(partial(self._settled, task_id, seq))
 
-    def _settled(self, task_id: str, seq: int, future: asyncio.Future[Any]) -> None:
-        self.in_flight -= 1
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled() or error is not None:
-            self.failed += 1
-            # resend from here, in order; later seqs that did land come back as duplicates
-            self._rewind[task_id] = min(self._rewind.get(task_id, seq - 1), seq - 1)
-            self._dirty[task_id] = None
-            if error is not None:
-                log.debug("publish of %s:%s failed: %r", task_id, seq, error)
-            return
+    def _acked(self, key: tuple[str, int], duplicate: bool) -> None:
         self.acked += 1
-        if getattr(future.result(), "duplicate", False):
-            self.duplicates += 1
-        self.window.ack(task_id, seq)
+        self.duplicates += duplicate
+        self.window.ack(*key)
+
+    def _failed(self, key: tuple[str, int]) -> None:
+        task_id, seq = key
+        self.failed += 1
+        # resend from here, in order; later seqs that did land come back as duplicates
+        self._rewind[task_id] = min(self._rewind.get(task_id, seq - 1), seq - 1)
+        self._dirty[task_id] = None
 
     def expire(self, now: float | None = None) -> int:
         """Fail publishes whose ack is overdue; returns how many."""
-        now = time.monotonic() if now is None else now
-        expired = 0
-        while self._in_flight:
-            deadline, future = self._in_flight[0]
-            if not future.done() and deadline > now:
-                break
-            self._in_flight.popleft()
-            if not future.done():
-                future.cancel()
-                expired += 1
-        return expired
+        return self.outgoing.expire(now)
 
     def fail_in_flight(self) -> None:
         """The connection dropped: nothing in flight can be trusted to be acked."""
-        self.expire(now=float("inf"))
+        self.outgoing.fail_all()
 
     async def settled(self, timeout: float) -> bool:
         """Wait until nothing is in flight (shutdown)."""

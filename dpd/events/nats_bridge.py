@@ -48,7 +48,6 @@ Event = dict[str, Any]
 HEADER_ROOM: Final = 1024  # bytes of max_payload kept for subject/headers
 PUBLISH_BATCH: Final = 512  # events sent before the publisher yields to the loop
 MAINTENANCE_SECONDS: Final = 0.1
-MAX_IN_FLIGHT: Final = 8192
 # nats-py errors that mean "not now": the event goes back to the queue
 NOT_CONNECTED: Final = (
     nats_errors.OutboundBufferLimitError,
@@ -248,12 +247,9 @@ class NatsBridge:
 
     async def _ensure_stream(self, nc: NATS, js: JetStreamPublisher) -> None:
         attempt = 0
-        context = nc.jetstream(publish_async_max_pending=MAX_IN_FLIGHT)
         while nc.is_connected:
             try:
-                await js.ensure_stream(
-                    context, self.config.stream_max_age, self.config.stream_max_bytes
-                )
+                await js.ensure_stream(nc, self.config.stream_max_age, self.config.stream_max_bytes)
             except Exception as err:  # JetStream disabled, no permission, timeout
                 self._note_error(err)
                 await asyncio.sleep(reconnect_delay(attempt, 0.5, self.reconnect_max, 0.5))
@@ -340,7 +336,8 @@ class NatsBridge:
             await self._publish_gpus()
         js = self.jetstream
         if js is not None and js.dirty:
-            await js.catch_up()
+            with contextlib.suppress(*NOT_CONNECTED):  # the task stays dirty: after reconnect
+                await js.catch_up()
             return True
         if not self._outbox:
             return False

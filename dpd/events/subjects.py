@@ -26,6 +26,8 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _DOT: Final = "~"
 # one character a subject token cannot carry as is (or that the encoding itself uses)
 _UNSAFE = re.compile(r"[\s*>~%\x00-\x1f\x7f]")
+# one encoder for every payload: json.dumps with options builds a new one per call
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @lru_cache(maxsize=4096)  # the same few ids, thousands of times a second
@@ -50,6 +52,11 @@ def event_subject(prefix: str, event: dict[str, Any]) -> str:
     return f"{prefix}.{scope}.{subject_token(str(event['task_id']))}.{event['type']}"
 
 
+def job_subject(prefix: str, task_id: str, kind: str) -> str:
+    """``event_subject`` of a training job's event, without building the event."""
+    return f"{prefix}.jobs.{subject_token(task_id)}.{kind}"
+
+
 def gpu_subject(prefix: str, node: str) -> str:
     return f"{prefix}.{GPUS}.{subject_token(node)}"
 
@@ -61,15 +68,17 @@ def encode_payload(event: dict[str, Any], max_bytes: int = 0) -> bytes:
     long log lines — keeps its seq but its data becomes ``{"truncated": true, "bytes": n}``
     (plus ``offset`` for logs): the subscriber sees no gap and can read the lines over REST.
     """
-    payload = {key: value for key, value in event.items() if key != "scope"}
-    encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    payload = event
+    if "scope" in event:
+        payload = {key: value for key, value in event.items() if key != "scope"}
+    encoded = _ENCODE(payload).encode()
     if max_bytes <= 0 or len(encoded) <= max_bytes:
         return encoded
     data = payload.get("data") or {}
-    payload["data"] = {"truncated": True, "bytes": len(encoded)}
+    payload = dict(payload, data={"truncated": True, "bytes": len(encoded)})
     if isinstance(data, dict) and "offset" in data:
         payload["data"]["offset"] = data["offset"]
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODE(payload).encode()
 
 
 def message_id(event: dict[str, Any]) -> str:

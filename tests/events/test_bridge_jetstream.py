@@ -166,3 +166,25 @@ async def test_acks_are_saved_in_batches_not_one_write_per_ack(
     await outlet.stop()
     assert writes[-1] == {"t": 2001}
     assert len(writes) < 50  # 2001 acks
+
+
+async def test_a_lost_ack_record_republishes_everything_and_the_stream_drops_it(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
+    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
+    await durable_consumer(nats_server.url)
+    outlet.new_job("t")
+    await emit_steps(outlet, "t", range(1, 2001))  # more than one window of publishes
+    await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0, timeout=30)
+    await outlet.stop()
+    acks_path(tmp_path / "state").unlink()
+    await outlet.crash()
+    await outlet.start()
+    await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0, timeout=30)
+    status = outlet.bridge.status()
+    assert status["republished"] == status["duplicates"] == 4001
+    assert status["failed"] == 0 and status["in_flight"] == 0
+    received = await consume_all(nats_server.url)
+    assert_exactly_once(outlet, received, ["t"])
+    await outlet.stop()

@@ -12,6 +12,7 @@ from dpd.events.subjects import (
     event_subject,
     gpu_subject,
     id_from_token,
+    job_subject,
     message_id,
     subject_token,
 )
@@ -96,3 +97,27 @@ def test_unknown_scope_and_empty_id_are_refused() -> None:
         event_subject("dpd", event(scope="nope"))
     with pytest.raises(ValueError):
         subject_token("")
+
+
+@given(TASK_ID, st.sampled_from(["status", "progress", "metrics", "log"]))
+def test_job_subject_is_the_subject_of_a_job_event(task_id: str, kind: str) -> None:
+    assert job_subject("dpd", task_id, kind) == event_subject(
+        "dpd", event(task_id=task_id, type=kind)
+    )
+
+
+def test_an_event_read_from_disk_encodes_like_one_from_the_bus() -> None:
+    from_bus = event(data={"status": "running", "note": "é"})
+    from_disk = {key: value for key, value in from_bus.items() if key != "scope"}
+    assert encode_payload(from_disk) == encode_payload(from_bus)
+    assert "scope" not in json.loads(encode_payload(from_bus))
+
+
+def test_truncating_a_payload_leaves_the_event_untouched() -> None:
+    for with_scope in (True, False):
+        big = event(type="log", data={"lines": ["x" * 1000] * 20, "offset": 7})
+        if not with_scope:
+            del big["scope"]
+        before = json.dumps(big, sort_keys=True)
+        assert json.loads(encode_payload(big, max_bytes=1000))["data"]["truncated"] is True
+        assert json.dumps(big, sort_keys=True) == before
