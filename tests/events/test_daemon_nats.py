@@ -64,6 +64,19 @@ async def wait_status(daemon: DaemonProcess, task_id: str, wanted: tuple[str, ..
     await asyncio.to_thread(wait_for, lambda: status_of(daemon, task_id) in wanted, 30)
 
 
+async def final_disk_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
+    """events.jsonl once its last event is the terminal status: state.json says terminal a
+    moment before the bus has appended that status event."""
+
+    def ended() -> list[dict[str, Any]] | None:
+        events = disk_events(daemon, task_id)
+        last = events[-1] if events else {}
+        return events if last.get("data", {}).get("status") in TERMINAL else None
+
+    events: list[dict[str, Any]] = await asyncio.to_thread(wait_for, ended, 10)
+    return events
+
+
 async def test_a_training_seen_through_nats_matches_events_jsonl(
     tmp_path: Path, core_nats_server: NatsServer, daemons: list
 ) -> None:
@@ -108,7 +121,7 @@ async def test_daemon_kill9_mid_training_every_seq_once_on_the_durable_consumer(
     daemon.kill9()
     await asyncio.to_thread(daemon.start)
     await wait_status(daemon, "cats", TERMINAL)
-    on_disk = await asyncio.to_thread(disk_events, daemon, "cats")
+    on_disk = await final_disk_events(daemon, "cats")
     received: list[dict[str, Any]] = []
     deliveries: set[int] = set()
 
@@ -140,7 +153,7 @@ async def test_nats_kill9_mid_training_every_seq_once_on_the_durable_consumer(
     assert daemon.healthy()
     nats_server.start()
     await wait_status(daemon, "cats", TERMINAL)
-    on_disk = await asyncio.to_thread(disk_events, daemon, "cats")
+    on_disk = await final_disk_events(daemon, "cats")
     received: list[dict[str, Any]] = []
     deliveries: set[int] = set()
     for _ in range(20):
