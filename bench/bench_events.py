@@ -4,15 +4,21 @@ Pipeline measured: trainer lines appended to train.log -> JobFollower (parser, b
 -> EventBus (numbering, events.jsonl with fsync) -> NatsBridge -> a NATS subscriber.
 A real nats-server (JetStream, file store) runs in a temp dir on 127.0.0.1.
 
-  1. ceiling: raw nats-py core publish (small messages, and 500-line batches), and raw
-     JetStream publish_async with acks.
+  1. ceiling: raw nats-py core publish (small messages, and 500-line batches); raw
+     JetStream with acks two ways: nats-py's publish_async (one Future per message), and
+     a window of publishes with reply inboxes under one wildcard subscription (the client
+     calls the bridge makes, without dpd around them).
   2. lines/s delivered: LINES lines already in train.log, followed back to back and at the
      supervisor's cadence (a poll, then 0.1 s).           target >= 200k lines/s
   3. JetStream acked events/s: EVENTS events on disk republished (the catch-up after an
      outage), and events emitted live through the bus.    target >= 20k events/s
   4. latency line -> subscriber at RATE lines/s for SECONDS s, p50/p99. target p99 <= 200 ms
 
+Acked rates also show CPU per message, of this process (all threads) and of nats-server,
+read from /proc over the timed part: on a shared machine that cost is steadier than rates.
+
     python3 bench/bench_events.py [--lines 400000] [--events 50000] [--rate 1000] [--seconds 5]
+                                  [--only jetstream]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -29,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,43 @@ LINE = "[2025-02-12 07:00:01,123] [WARNING] [engine.py:1234:step] chatter {n} t=
 
 
 # ------------------------------------------------------------------ setup
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Messages per second, and CPU microseconds per message here and in nats-server."""
+
+    per_second: float
+    client_us: float
+    server_us: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.per_second:,.0f}/s, CPU {self.client_us:.1f} us client + "
+            f"{self.server_us:.1f} us nats-server per message"
+        )
+
+
+class CpuClock:
+    """CPU seconds used by this process and by nats-server since ``start``."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self._since = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        server = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+        return time.perf_counter(), time.process_time(), server
+
+    def start(self) -> None:
+        self._since = self._now()
+
+    def rate(self, count: int) -> Rate:
+        wall, client, server = (b - a for a, b in zip(self._since, self._now(), strict=True))
+        return Rate(count / wall, client / count * 1e6, server / count * 1e6)
 
 
 def start_nats(root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -155,21 +199,63 @@ async def raw_core(url: str, count: int, payload: bytes) -> float:
     return count / elapsed
 
 
-async def raw_jetstream(url: str, count: int, payload: bytes) -> float:
-    """Acked messages/s with publish_async (the same client calls the bridge makes)."""
+async def raw_publish_async(url: str, clock: CpuClock, count: int, payload: bytes) -> Rate:
+    """Acked messages/s with nats-py's publish_async (what the bridge used before)."""
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=8192)
     await js.add_stream(name="RAW", subjects=["raw.js.>"])
-    started = time.perf_counter()
+    clock.start()
     futures = [
         await js.publish_async("raw.js.x", payload, headers={"Nats-Msg-Id": f"r:{n}"})
         for n in range(count)
     ]
     await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(count)
     await js.delete_stream("RAW")
     await nc.close()
-    return count / elapsed
+    return rate
+
+
+async def raw_windowed(
+    url: str, clock: CpuClock, count: int, payload: bytes, window: int = 4096
+) -> Rate:
+    """Acked messages/s publishing with reply inboxes, up to ``window`` unacked, acks
+    matched by the inbox's last token: the bridge's client calls, nothing else."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="RAW", subjects=["raw.js.>"])
+    inbox = nc.new_inbox()
+    pending: set[int] = set()
+    acked = [0]
+    room, done = asyncio.Event(), asyncio.Event()
+
+    async def on_ack(msg: Any) -> None:
+        pending.discard(int(msg.subject.rsplit(".", 1)[1]))
+        if b'"seq"' not in msg.data:
+            raise RuntimeError(f"not acked: {msg.data!r}")
+        acked[0] += 1
+        if len(pending) <= window // 2:
+            room.set()
+        if acked[0] == count:
+            done.set()
+
+    await nc.subscribe(f"{inbox}.*", cb=on_ack, pending_msgs_limit=4 * window)
+    clock.start()
+    for n in range(count):
+        while len(pending) >= window:
+            room.clear()
+            await room.wait()
+        pending.add(n)
+        await nc.publish(
+            "raw.js.x", payload, reply=f"{inbox}.{n}", headers={"Nats-Msg-Id": f"r:{n}"}
+        )
+        if n % 256 == 0:
+            await asyncio.sleep(0)
+    await asyncio.wait_for(done.wait(), 120)
+    rate = clock.rate(count)
+    await js.delete_stream("RAW")
+    await nc.close()
+    return rate
 
 
 # ------------------------------------------------------------------ end to end
@@ -211,7 +297,9 @@ async def lines_delivered(root: Path, url: str, lines: int, pause: float) -> tup
     return lines / elapsed, got["messages"]
 
 
-async def jetstream_catch_up(root: Path, url: str, events: int, tasks: int = 10) -> float:
+async def jetstream_catch_up(
+    root: Path, url: str, clock: CpuClock, events: int, tasks: int = 10
+) -> Rate:
     """Acked events/s republishing EVENTS events from events.jsonl (after an outage)."""
     pipeline = Pipeline(root, url, jetstream=True)
     per_task = events // tasks
@@ -229,22 +317,24 @@ async def jetstream_catch_up(root: Path, url: str, events: int, tasks: int = 10)
         with (pipeline.store.layout.job_dir(task_id) / "events.jsonl").open("a") as handle:
             handle.write("\n".join(lines) + "\n")
     pipeline.store.load()
-    started = time.perf_counter()
+    clock.start()
     await pipeline.start()
     await wait_for(lambda: pipeline.bridge.status()["acked_seq_lag"] == 0)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(tasks * (per_task + 1))
     await pipeline.stop()
-    return tasks * (per_task + 1) / elapsed
+    return rate
 
 
-async def jetstream_live(root: Path, url: str, events: int, tasks: int = 8) -> float:
+async def jetstream_live(
+    root: Path, url: str, clock: CpuClock, events: int, tasks: int = 8
+) -> Rate:
     """Acked events/s for events emitted through the bus (each fsynced to events.jsonl)."""
     pipeline = Pipeline(root, url, jetstream=True)
     ids = [f"live{index}" for index in range(tasks)]
     for task_id in ids:
         pipeline.new_job(task_id)
     await pipeline.start()
-    started = time.perf_counter()
+    clock.start()
     for n in range(events // tasks):
         for task_id in ids:
             pipeline.bus.emit("jobs", task_id, "metrics", {"metric": "loss", "step": n})
@@ -253,9 +343,9 @@ async def jetstream_live(root: Path, url: str, events: int, tasks: int = 8) -> f
     await wait_for(
         lambda: pipeline.bridge.status()["acked"] >= (events // tasks) * tasks + tasks, 300
     )
-    elapsed = time.perf_counter() - started
+    rate = clock.rate((events // tasks) * tasks)
     await pipeline.stop()
-    return (events // tasks) * tasks / elapsed
+    return rate
 
 
 async def latency(root: Path, url: str, rate: int, seconds: float) -> list[float]:
@@ -305,34 +395,57 @@ async def run(args: argparse.Namespace) -> None:
         root = Path(tmp)
         server, url = start_nats(root)
         try:
-            await report(root, url, args)
+            await report(root, url, CpuClock(server.pid), args)
         finally:
             server.terminate()
             server.wait()
 
 
-async def report(root: Path, url: str, args: argparse.Namespace) -> None:
+async def report(root: Path, url: str, clock: CpuClock, args: argparse.Namespace) -> None:
     small = json.dumps({"type": "metrics", "seq": 1, "data": {"loss": 0.1}}).encode()
+    step = section
+    if args.only == "all":
+        await core_report(root, url, args, small)
+    js_async = await step(
+        "raw JetStream publish_async+ack", raw_publish_async(url, clock, 50_000, small)
+    )
+    print(f"  {js_async}")
+    raw_js = await step(
+        "raw JetStream windowed publish+ack", raw_windowed(url, clock, 50_000, small)
+    )
+    print(f"  {raw_js}")
+    catch_up = await step(
+        "JetStream catch-up from disk", jetstream_catch_up(root / "cu", url, clock, args.events)
+    )
+    print(f"  acked events {catch_up}")
+    print(f"  (target >= 20,000/s; raw ceiling {raw_js.per_second:,.0f}/s windowed, "
+          f"{js_async.per_second:,.0f}/s with publish_async)")  # fmt: skip
+    live = await step(
+        "JetStream live through the bus", jetstream_live(root / "live", url, clock, 20_000)
+    )
+    print(f"  acked events {live}")
+    print("  (each event fsynced to events.jsonl first)")
+    if args.only == "all":
+        await latency_report(root, url, args)
+
+
+async def core_report(root: Path, url: str, args: argparse.Namespace, small: bytes) -> None:
     batch = json.dumps({"lines": [LINE.format(n=n, t=0.0) for n in range(500)]}).encode()
     step = section
     core_small = await step("raw core publish, small msgs", raw_core(url, 200_000, small))
     core_batch = await step("raw core publish, 500-line batches", raw_core(url, 2_000, batch))
-    raw_js = await step("raw JetStream publish_async+ack", raw_jetstream(url, 50_000, small))
     print(f"  ceiling: {core_small:,.0f} msg/s core, {core_batch * 500:,.0f} lines/s in "
-          f"batches, {raw_js:,.0f} acked msg/s")  # fmt: skip
+          "batches")  # fmt: skip
     for label, pause in (("back to back", 0.0), ("supervisor cadence (0.1 s)", 0.1)):
         rate, messages = await step(
             f"trainer lines -> subscriber, {label}",
             lines_delivered(root / f"lines{pause}", url, args.lines, pause),
         )
         print(f"  {rate:,.0f} lines/s in {messages} messages (target >= 200,000)")
-    catch_up = await step(
-        "JetStream catch-up from disk", jetstream_catch_up(root / "cu", url, args.events)
-    )
-    print(f"  {catch_up:,.0f} acked events/s (target >= 20,000; raw ceiling {raw_js:,.0f})")
-    live = await step("JetStream live through the bus", jetstream_live(root / "live", url, 20_000))
-    print(f"  {live:,.0f} acked events/s (each event fsynced to events.jsonl first)")
-    delays = await step(
+
+
+async def latency_report(root: Path, url: str, args: argparse.Namespace) -> None:
+    delays = await section(
         f"latency at {args.rate} lines/s", latency(root / "lat", url, args.rate, args.seconds)
     )
     quantiles = statistics.quantiles(delays, n=100)
@@ -352,6 +465,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--only", choices=("all", "jetstream"), default="all")
     asyncio.run(run(parser.parse_args()))
 
 
