@@ -9,7 +9,6 @@ validated with ffprobe (422 with the reason) and queued: 202 with ``task_id``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ PREFIX = "/api/v1/preprocess"
 MANAGER: web.AppKey[PreprocessManager] = web.AppKey("dpd.preprocess.manager", PreprocessManager)
 UPLOAD_LIMIT: web.AppKey[int] = web.AppKey("dpd.preprocess.upload_limit", int)
 TEXT_LIMIT = 64 * 1024
-CHUNK = 256 * 1024
+CHUNK = 1 << 20  # upper bound per read; aiohttp hands over what it has buffered
 TEXT_FIELDS = ("prompt", "model_type", "fps", "resolution", "dataset", "frame_buckets")
 HIDDEN = ("version",)
 
@@ -62,8 +61,7 @@ async def upload(request: web.Request) -> web.Response:
         upload_request = _build_request(staged, filename, fields)
     except BaseException:
         if staged is not None:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
+            manager.discard_staged(staged)
         raise
     state = await manager.submit(upload_request)
     return envelope_response(task_view(state), 202, "preprocessing queued")
@@ -95,8 +93,7 @@ async def _read_parts(
         raise PayloadTooLarge(str(err), {"max_upload_mb": err.limit // (1 << 20)}) from err
     except BaseException:
         if staged is not None:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
+            manager.discard_staged(staged)
         raise
     return staged, filename, fields
 
