@@ -37,6 +37,7 @@ log = logging.getLogger("dpd.preprocess")
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one task
+DISCARD_INLINE_BYTES = 16 << 20  # refused uploads up to this size are unlinked at once
 STEP_VALIDATING, STEP_TRANSCODING, STEP_CAPTION, STEP_DONE = (
     "validating",
     "transcoding",
@@ -76,6 +77,7 @@ class PreprocessManager:
         self._cancelled: set[str] = set()
         self._last_progress: dict[str, float] = {}
         self._probed: dict[str, MediaInfo] = {}  # from submit; after a restart, probed again
+        self._cleanups: set[asyncio.Task[None]] = set()  # refused uploads being deleted
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -100,11 +102,28 @@ class PreprocessManager:
         runs = list(self._runs.values())
         for run in runs:
             run.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
+        await asyncio.gather(*runs, *self._cleanups, return_exceptions=True)
 
     def staging_path(self) -> Path:
         """Where a route streams an upload before ``submit`` (same file system)."""
         return self.store.staging_path()
+
+    def discard_staged(self, path: Path) -> None:
+        """Remove an upload that will not become a task without making the answer wait: a
+        big one is renamed aside at once (metadata only) and deleted in a thread, since
+        freeing gigabytes keeps the file system busy for a second, on the event loop too. A
+        crash in between leaves it in the staging directory, which ``start`` clears."""
+        try:
+            if path.stat().st_size < DISCARD_INLINE_BYTES:
+                path.unlink()
+                return
+            aside = path.with_name(f"{path.name}.discarded")
+            path.rename(aside)
+        except FileNotFoundError:
+            return
+        cleanup = asyncio.get_running_loop().create_task(asyncio.to_thread(_unlink, aside))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
 
     # ------------------------------------------------------------------ queries
 
@@ -131,10 +150,10 @@ class PreprocessManager:
                 media, request.model_type, request.fps, request.resolution, request.frame_buckets
             )
         except (UploadRejected, MediaRejected, PlanError) as err:
-            _unlink(request.staged)
+            self.discard_staged(request.staged)
             raise _as_validation(err) from err
         except BaseException:
-            _unlink(request.staged)
+            self.discard_staged(request.staged)
             raise
         task_id, _ = await asyncio.to_thread(self.store.create_task_dir)
         stored = await asyncio.to_thread(

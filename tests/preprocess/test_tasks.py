@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from dpd.errors import Conflict, NotFound, ValidationFailed
+from dpd.preprocess import tasks
 from dpd.preprocess.probe import probe_media
 from dpd.preprocess.tasks import PreprocessManager, UploadRequest
 from tests.preprocess.conftest import Events, make_config, wait_until
@@ -61,6 +62,7 @@ async def test_clip_becomes_a_captioned_dataset_item(
     assert events.statuses(task_id) == ["queued", "processing", "completed"]
     steps = [d["current_step"] for _, t, k, d in events.records if k == "progress"]
     assert "transcoding" in steps and "writing caption" in steps
+    assert steps.index("transcoding") < steps.index("writing caption")  # announced in order
     on_disk = json.loads((manager.store.task_dir(task_id) / "state.json").read_text())
     assert on_disk["status"] == "completed"
     assert not Path(on_disk["upload"]["path"]).exists()  # the stored upload is gone once done
@@ -77,6 +79,20 @@ async def test_bad_upload_is_refused_and_removed(
         await manager.submit(req)
     assert "corrupt" in err.value.message
     assert not req.staged.exists() and manager.all_tasks() == []
+
+
+async def test_a_big_refused_upload_is_renamed_at_once_and_deleted_behind(
+    manager: PreprocessManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "DISCARD_INLINE_BYTES", 1000)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 5000)
+    req = request(manager, junk)
+    with pytest.raises(ValidationFailed):
+        await manager.submit(req)
+    assert not req.staged.exists()  # its name is free the moment the answer goes out
+    await wait_until(lambda: os.listdir(req.staged.parent) == [])
+    assert manager.all_tasks() == []
 
 
 async def test_too_short_for_every_bucket_is_refused(
