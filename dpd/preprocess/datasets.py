@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dpd.preprocess.plan import MODELS, choose_bucket, model_frames, normalize_buckets
+from dpd.preprocess.plan import (
+    MODELS,
+    ModelMedia,
+    choose_bucket,
+    model_frames,
+    normalize_buckets,
+)
 from dpd.preprocess.probe import MediaRejected, probe_media
 from dpd.preprocess.publish import WORK_DIR
 
@@ -69,7 +75,7 @@ def bucket_report(
     kept: dict[str, list[str]] = {str(b): [] for b in buckets}
     dropped: list[dict[str, str]] = []
     for item in items:
-        bucket, reason = _place(item, model.fps, buckets)
+        bucket, reason = _place(item, model, buckets)
         if bucket is None:
             dropped.append({"file": item.file, "reason": reason})
         else:
@@ -83,7 +89,7 @@ def bucket_report(
 
 
 def _place(
-    item: DatasetItem, model_fps: int | None, buckets: tuple[int, ...]
+    item: DatasetItem, model: ModelMedia, buckets: tuple[int, ...]
 ) -> tuple[int | None, str]:
     if item.kind == "unreadable":
         return None, f"diffusion-pipe cannot open it: {item.problem}"
@@ -91,8 +97,11 @@ def _place(
         return None, "no caption (skip_empty_caption is on by default)"
     if item.kind == "image":
         return 1, ""
-    if model_fps is None:
+    if not model.video:
         return None, "video in a dataset for an image-only model"
+    model_fps = model.fps
+    if model_fps is None:
+        return None, "video for a model whose frame rate dpd does not know: bucket unknown"
     frames = model_frames(item.frames, item.fps, model_fps)
     bucket = choose_bucket(frames, buckets)
     if bucket is None:

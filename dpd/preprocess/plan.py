@@ -17,44 +17,49 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from dpd.errors import FieldError
+from dpd.jobs.model_rules import MODEL_RULES, Media, ModelRules
 
 
 @dataclass(frozen=True)
 class ModelMedia:
-    """The media facts of one model type. ``fps is None``: the model trains on images only."""
+    """The media facts of one model type, as preprocessing uses them. ``video``: the model
+    takes videos; ``fps``: the frame rate diffusion-pipe converts them to (``None`` for an
+    image-only model, or a video model whose rate dpd does not know)."""
 
+    video: bool
     fps: int | None
     pixel_multiple: int
     frame_buckets: tuple[int, ...]
 
-    @property
-    def video(self) -> bool:
-        return self.fps is not None
+
+# Default frame buckets are our choice, not diffusion-pipe's: the model's VAE compresses time
+# by 4 (Wan, HunyuanVideo, Cosmos) or 8 (LTX), so every bucket is 4k+1 or 8k+1, from ~2 s up
+# to the length the model was trained on (Wan 81, HunyuanVideo 129, LTX 121, Cosmos-Predict2
+# and Anima 93; Cosmos takes 121-frame videos only). Every other fact comes from
+# dpd.jobs.model_rules, the one place model types are described.
+DEFAULT_FRAME_BUCKETS: dict[str, tuple[int, ...]] = {
+    "wan": (1, 33, 65, 81),
+    "hunyuan-video": (1, 33, 65, 97, 129),
+    "ltx-video": (1, 33, 65, 97, 121),
+    "cosmos": (1, 121),
+    "cosmos_predict2": (1, 33, 65, 93),
+    "anima": (1, 33, 65, 93),
+    "hunyuan_video_15": (1, 33, 65, 97, 121),
+    "ltx2": (1, 33, 65, 97, 121),
+}
 
 
-# Numbers from reference/diffusion-pipe.md §3.2 (model fps, pixels_round_to_multiple).
-# TODO(lead): read these from dpd/jobs/model_rules.py once it exists.
-# Default frame buckets are our choice: the model's VAE compresses time by 4 (Wan, HunyuanVideo,
-# Cosmos-Predict2) or 8 (LTX), so every bucket is 4k+1 or 8k+1, from ~2 s up to the length
-# the model was trained on (Wan 81, HunyuanVideo 129, LTX 121, Cosmos-Predict2 93).
-_IMAGE = ModelMedia(None, 16, (1,))
-_IMAGE_32 = ModelMedia(None, 32, (1,))
-MODELS: dict[str, ModelMedia] = {
-    "wan": ModelMedia(16, 16, (1, 33, 65, 81)),
-    "hunyuan-video": ModelMedia(24, 16, (1, 33, 65, 97, 129)),
-    "ltx-video": ModelMedia(25, 32, (1, 33, 65, 97, 121)),
-    "cosmos_predict2": ModelMedia(16, 16, (1, 33, 65, 93)),
-    "hunyuan_video_15": ModelMedia(24, 16, (1, 33, 65, 97, 121)),
-    "ltx2": ModelMedia(24, 16, (1, 33, 65, 97, 121)),
-    "hunyuan_image": _IMAGE_32,
-    **{
-        name: _IMAGE
-        for name in (
-            "sdxl", "flux", "lumina_2", "chroma", "hidream", "sd3", "anima", "omnigen2",
-            "qwen_image", "auraflow", "z_image", "flux2", "ernie_image", "ideogram4", "krea2",
-        )
-    },
-}  # fmt: skip
+def model_media(rules: ModelRules) -> ModelMedia:
+    """What preprocessing needs of one model type's rules."""
+    video = rules.media is Media.VIDEO
+    fps = rules.native_fps if video else None
+    if fps is not None and fps != int(fps):
+        raise ValueError(f"{rules.model_type}: a fractional frame rate ({fps}) is not supported")
+    buckets = DEFAULT_FRAME_BUCKETS.get(rules.model_type, (1,)) if video else (1,)
+    return ModelMedia(video, None if fps is None else int(fps), rules.pixel_multiple, buckets)
+
+
+MODELS: dict[str, ModelMedia] = {name: model_media(rules) for name, rules in MODEL_RULES.items()}
 
 RESOLUTION_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 MAX_SIDE = 8192
@@ -172,10 +177,16 @@ def plan_clip(
     width, height = target_size((media.width, media.height), resolution, model.pixel_multiple)
     if media.kind == "image":
         return ClipPlan("image", width, height, Fraction(0), 1, 1, IMAGE_SUFFIX)
-    if model.fps is None:
+    if not model.video:
         raise PlanError(
             [FieldError("video", f"{model_type} trains on images only; upload a png, jpg or webp")]
         )
+    if model.fps is None:
+        message = (
+            f"dpd does not know the frame rate {model_type} converts videos to, so it cannot "
+            "cut a clip to a frame bucket; upload images, or a clip prepared by hand"
+        )
+        raise PlanError([FieldError("video", message)])
     return _plan_video(media, model, model.fps, fps, (width, height), frame_buckets)
 
 

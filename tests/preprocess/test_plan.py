@@ -8,7 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dpd.jobs.model_rules import MODEL_RULES, Media
+from dpd.preprocess.datasets import DatasetItem, bucket_report
 from dpd.preprocess.plan import (
+    DEFAULT_FRAME_BUCKETS,
     MODELS,
     MediaInfo,
     PlanError,
@@ -99,6 +102,38 @@ def test_image_models_refuse_video_and_take_images() -> None:
     plan = plan_clip(image, "flux", resolution=(1024, 1024))
     assert (plan.kind, plan.frames, plan.bucket, plan.suffix) == ("image", 1, 1, ".png")
     assert plan_clip(image, "wan").kind == "image"  # image items in a video dataset
+
+
+def test_model_facts_come_from_the_model_rules() -> None:
+    assert set(MODELS) == set(MODEL_RULES)
+    for name, rules in MODEL_RULES.items():
+        model = MODELS[name]
+        assert model.video == (rules.media is Media.VIDEO), name
+        assert model.fps == (rules.native_fps if model.video else None), name
+        assert model.pixel_multiple == rules.pixel_multiple, name
+    # Every video model whose rate is known has default buckets; no image model has any.
+    with_rate = {name for name, model in MODELS.items() if model.fps is not None}
+    assert set(DEFAULT_FRAME_BUCKETS) == with_rate
+
+
+def test_models_of_the_cosmos_class_take_videos_at_their_rate() -> None:
+    anima = plan_clip(video(300, 30), "anima")
+    assert (anima.fps, anima.bucket, anima.frames) == (16, 93, 93)
+    cosmos = plan_clip(video(300, 30), "cosmos")
+    assert (cosmos.fps, cosmos.bucket, cosmos.frames) == (24, 121, 121)
+
+
+def test_a_video_model_of_unknown_rate_takes_images_only() -> None:
+    assert MODELS["minimax_h3"].video and MODELS["minimax_h3"].fps is None
+    with pytest.raises(PlanError) as err:
+        plan_clip(video(300, 30), "minimax_h3")
+    assert err.value.errors[0].field == "video" and "frame rate" in str(err.value)
+    image = MediaInfo("image", 640, 480, 0, 1, 0, "png")
+    assert plan_clip(image, "minimax_h3").kind == "image"
+    clip = DatasetItem("a.mp4", "video", True, frames=300, fps=30.0, width=64, height=64)
+    report = bucket_report([clip], "minimax_h3", None)
+    assert "frame rate" in report["dropped"][0]["reason"]
+    assert "image-only" in bucket_report([clip], "flux", None)["dropped"][0]["reason"]
 
 
 def test_unknown_model_lists_known_ones() -> None:
