@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from dpd.jobs.checker import KEY_RE
 from dpd.jobs.model_rules import MODEL_TYPES
 from dpd.jobs.spec import JobSpec, validate_job
 from dpd.simulation.diffusion_pipe import simconfig
+from dpd.supervisor import dpconfig
 from dpd.supervisor.dpconfig import (
     ConfigRenderError,
     dataset_config,
@@ -256,3 +259,47 @@ def test_validated_jobs_with_arbitrary_strings_render_exactly(
     assert same_values(config, main_config(spec, output_dir=OUT, dataset_toml=DATASET_TOML))
     assert dataset["caption_prefix"] == text
     assert config["optimizer"]["custom_kwarg"] == text
+
+
+# ------------------------------------------------------------------ statement cache
+
+
+def whole_document(data: dict[str, Any]) -> str:
+    """What tomlkit writes for the whole document at once: the reference the cached
+    statements must reproduce byte for byte."""
+    document = tomlkit.document()
+    document.add(tomlkit.comment(dpconfig.HEADER))
+    for key, value in dpconfig._ordered(data).items():
+        document.add(key, tomlkit.item(value))
+    return tomlkit.dumps(document)
+
+
+tables = st.dictionaries(keys, values, min_size=1, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.dictionaries(keys, values | tables | st.lists(tables, min_size=1, max_size=2)))
+def test_cached_statements_add_up_to_what_tomlkit_writes(data: dict[str, Any]) -> None:
+    for _ in range(2):  # cold, then from the cache
+        assert render_toml(data) == whole_document(data)
+
+
+def test_the_cache_tells_apart_values_that_compare_equal() -> None:
+    dpconfig._statements.clear()
+    texts = [
+        render_toml({"x": value})
+        for value in (0.0, -0.0, 1, 1.0, True, [1], [1.0], {"a": 1}, {"a": True})
+    ]
+    assert len(set(texts)) == len(texts)
+    utc = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert utc == paris
+    assert "+01:00" in render_toml({"t": paris}) and "+01:00" not in render_toml({"t": utc})
+
+
+def test_the_cache_stays_bounded() -> None:
+    dpconfig._statements.clear()
+    for index in range(dpconfig.STATEMENT_CACHE_SIZE + 50):
+        render_toml({"output_dir": f"/srv/runs/{index}"})
+    assert len(dpconfig._statements._texts) == dpconfig.STATEMENT_CACHE_SIZE
+    assert render_toml({"output_dir": "/srv/runs/3"}).endswith('output_dir = "/srv/runs/3"\n')
