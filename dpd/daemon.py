@@ -37,7 +37,7 @@ from dpd.models.downloads import DownloadManager
 from dpd.notify import Notifier, status_line
 from dpd.preprocess.tasks import PreprocessManager
 from dpd.services import SERVICES, Services
-from dpd.spool.ingest import IngestResult, Outcome, ingest_file
+from dpd.spool.ingest import IngestResult, Outcome, ingest_files
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore
 from dpd.spool.watcher import SpoolWatcher
@@ -217,17 +217,18 @@ class Daemon:
 
     # -------------------------------------------------------------- intake
 
-    async def _ingest(self, name: str) -> IngestResult:
+    async def _ingest(self, names: Sequence[str]) -> list[IngestResult]:
         services = self.services
-        result = await asyncio.to_thread(
-            ingest_file, services.layout, services.store, name, self.config.daemon.data_roots
+        results = await asyncio.to_thread(
+            ingest_files, services.layout, services.store, names, self.config.daemon.data_roots
         )
-        if result.outcome is Outcome.ACCEPTED and result.task_id is not None:
-            first = await asyncio.to_thread(services.store.read_events, result.task_id)
+        accepted = [r.task_id for r in results if r.outcome is Outcome.ACCEPTED and r.task_id]
+        if accepted:
+            first = await asyncio.to_thread(_first_events, services.store, accepted)
             for event in first:
                 services.bus.announce(event)
             services.supervisor.wake()
-        return result
+        return results
 
     # ------------------------------------------------------------- shutdown
 
@@ -265,6 +266,11 @@ class Daemon:
             log.warning("shutdown: %s took longer than %ss; going on", what, timeout)
         except Exception:
             log.exception("shutdown: %s failed; going on", what)
+
+
+def _first_events(store: JobStore, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The events new jobs were written with, in job order (blocking: reads the files)."""
+    return [event for task_id in task_ids for event in store.read_events(task_id)]
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -5,6 +5,11 @@ descriptor, validate, make the job durable, and only then remove the file. A cra
 the removal leaves the file in incoming/; ingesting it again finds the job it already
 became (same name, content, owner, inode and mtime) and just removes it.
 
+Several files waiting at once are ingested as one batch (``ingest_files``): their jobs are
+made durable together (``JobStore.create_jobs``: one fsync of ``jobs/`` for all), then their
+files removed together (one fsync of ``incoming/``). Nothing of the order above changes: no
+file is removed before its job is durable.
+
 A rejected file goes to ``rejected/<name>`` beside ``<name>.error.json``, which holds the same
 envelope a REST caller would get. The reason is written first, the file moved second, so a
 crash in between only repeats the rejection.
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from dpd.envelope import error_envelope
 from dpd.errors import BadRequest, DpdError, PayloadTooLarge
-from dpd.jobs.spec import parse_job_document, validate_job
+from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.spool.atomic import fsync_dir, write_json_atomic
 from dpd.spool.layout import SpoolLayout, document_format
 from dpd.spool.store import JobStore, Submission
@@ -74,6 +79,55 @@ def ingest_file(
     layout: SpoolLayout, store: JobStore, name: str, data_roots: Sequence[Path]
 ) -> IngestResult:
     """Ingest ``incoming/<name>``. Blocking: run it in a worker thread."""
+    (result,) = ingest_files(layout, store, [name], data_roots)
+    return result
+
+
+def ingest_files(
+    layout: SpoolLayout, store: JobStore, names: Sequence[str], data_roots: Sequence[Path]
+) -> list[IngestResult]:
+    """Ingest several ``incoming/`` files as one batch; one result per name, in order (a
+    name given twice is ingested once). Blocking: run it in a worker thread. A failed write
+    raises for the whole batch; every file it had not yet removed stays in incoming/."""
+    results: dict[str, IngestResult] = {}
+    valid: list[_Valid] = []
+    for name in dict.fromkeys(names):
+        examined = _examine(layout, store, name, data_roots)
+        if isinstance(examined, _Valid):
+            valid.append(examined)
+        else:
+            results[name] = examined
+    created = store.create_jobs([(v.spec, v.submission) for v in valid]) if valid else []
+    for checked, outcome in zip(valid, created, strict=True):
+        if isinstance(outcome, DpdError):
+            results[checked.name] = _reject(layout, checked.name, outcome)
+        else:
+            task_id = outcome["task_id"]
+            results[checked.name] = IngestResult(
+                Outcome.ACCEPTED, checked.name, task_id, state=outcome
+            )
+    done = (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+    _remove_drops(layout, [r.name for r in results.values() if r.outcome in done])
+    for result in results.values():
+        if result.outcome is Outcome.ACCEPTED:
+            log.info("accepted %s as task %s", result.name, result.task_id)
+    return [results[name] for name in names]
+
+
+@dataclass(frozen=True)
+class _Valid:
+    """A file that parsed and validated: what it asks for and where it came from."""
+
+    name: str
+    spec: JobSpec
+    submission: Submission
+
+
+def _examine(
+    layout: SpoolLayout, store: JobStore, name: str, data_roots: Sequence[Path]
+) -> IngestResult | _Valid:
+    """Read and validate one file; a result if that settles it (gone, not ready, already a
+    job, rejected), else the job it asks for."""
     path = layout.incoming / name
     try:
         drop = _read_drop(path)
@@ -93,21 +147,17 @@ def ingest_file(
     )
     existing = store.find_submission(submission)
     if existing is not None:
-        _remove_drop(layout, name)
         return IngestResult(Outcome.ALREADY_ACCEPTED, name, existing)
     try:
         doc = parse_job_document(drop.data, document_format(name))
         spec = validate_job(doc, data_roots=data_roots, source="spool")
-        state = store.create_job(spec, submission)
     except BadRequest as err:
         if _recently_changed(drop.stat):
             return IngestResult(Outcome.DEFERRED, name)
         return _reject(layout, name, err)
     except DpdError as err:
         return _reject(layout, name, err)
-    _remove_drop(layout, name)
-    log.info("accepted %s as task %s", name, state["task_id"])
-    return IngestResult(Outcome.ACCEPTED, name, state["task_id"], state=state)
+    return _Valid(name, spec, submission)
 
 
 def _read_drop(path: Path) -> _Drop:
@@ -166,9 +216,13 @@ def _recently_changed(info: os.stat_result) -> bool:
     return time.time() - info.st_mtime < SETTLE_SECONDS
 
 
-def _remove_drop(layout: SpoolLayout, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(layout.incoming / name)
+def _remove_drops(layout: SpoolLayout, names: Sequence[str]) -> None:
+    """Remove files whose jobs are durable; one fsync of incoming/ for all of them."""
+    if not names:
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.incoming / name)
     fsync_dir(layout.incoming)
 
 

@@ -22,12 +22,10 @@ state.json cannot be read is moved to ``<spool>/quarantine/`` and logged, never 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -35,9 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from dpd.errors import Conflict, NotFound
+from dpd.errors import Conflict, DpdError, NotFound
 from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status, check_transition
 from dpd.spool import layout as names
@@ -46,8 +44,8 @@ from dpd.spool.atomic import (
     fsync_dir,
     read_json_lines,
     write_json_atomic,
-    write_new_file,
 )
+from dpd.spool.jobdir import FileSpec, JobDirBuild
 from dpd.spool.layout import SpoolLayout
 from dpd.supervisor.dpconfig import render_configs
 
@@ -92,6 +90,13 @@ class JobStore:
         self._job_locks: dict[str, threading.Lock] = {}
         self._next_counter = 1
         self._next_submitted_seq = 1
+        self._generation = 0  # bumped under _lock by every change to _states
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a state is added or replaced: readers cache views keyed by it
+        (read it before ``states()``, so a cached view is never older than its key)."""
+        return self._generation
 
     # ----------------------------------------------------------------- loading
 
@@ -112,6 +117,7 @@ class JobStore:
         with self._lock:  # the index iterates in submission order from here on
             ordered = sorted(self._states.items(), key=lambda i: i[1].get("submitted_seq", 0))
             self._states = dict(ordered)
+            self._generation += 1
         fsync_dir(self.layout.jobs)
         return loaded
 
@@ -160,15 +166,89 @@ class JobStore:
     def create_job(self, spec: JobSpec, submission: Submission) -> dict[str, Any]:
         """Make the job durable and return its state. ``Conflict`` if the client's task_id
         is taken (by another submission)."""
-        if spec.task_id is not None:
-            return self._create_with_id(spec, spec.task_id, submission)
+        (result,) = self.create_jobs([(spec, submission)])
+        if isinstance(result, DpdError):
+            raise result
+        return result
+
+    def create_jobs(
+        self, requests: Sequence[tuple[JobSpec, Submission]]
+    ) -> list[dict[str, Any] | DpdError]:
+        """Make several jobs durable at once (group commit: their directories are built and
+        synced, renamed into place, then ``jobs/`` is fsynced once for all of them). One
+        result per request, in order: the job's state, or the DpdError that refused it
+        (``Conflict``: the client's task_id is taken; ``ConfigRenderError``). A failed write
+        raises for the whole batch: none of its jobs is then known to exist."""
+        results: list[dict[str, Any] | DpdError | None] = [None] * len(requests)
+        todo = list(enumerate(requests))
         for _ in range(1000):
-            task_id = self._generate_id()
-            try:
-                return self._create_with_id(spec.with_task_id(task_id), task_id, submission)
-            except Conflict:
-                continue  # a directory by that name appeared; take the next number
+            todo = self._create_batch(todo, results)
+            if not todo:
+                return cast(list[dict[str, Any] | DpdError], results)  # every one settled
         raise RuntimeError("could not find a free task id")
+
+    def _create_batch(
+        self,
+        todo: Sequence[tuple[int, tuple[JobSpec, Submission]]],
+        results: list[dict[str, Any] | DpdError | None],
+    ) -> list[tuple[int, tuple[JobSpec, Submission]]]:
+        """One round of ``create_jobs``; returns the requests whose generated id turned out
+        to be taken by a directory (they go again with the next number)."""
+        retry: list[tuple[int, tuple[JobSpec, Submission]]] = []
+        builds: list[tuple[int, _NewJob]] = []
+        placed: list[tuple[int, _NewJob]] = []
+        try:
+            for index, request in todo:
+                try:
+                    builds.append((index, self._start_job(*request)))
+                except DpdError as err:
+                    results[index] = err
+            JobDirBuild.sync_all([job.build for _, job in builds])
+            for index, job in builds:
+                if job.build.place():
+                    placed.append((index, job))
+                elif job.generated_id:
+                    retry.append((index, (job.requested, job.submission)))
+                else:
+                    results[index] = _taken(job.state["task_id"])
+            if placed:
+                fsync_dir(self.layout.jobs)
+        except BaseException:
+            for _, job in builds:
+                job.build.discard()
+            raise
+        for index, job in placed:
+            self._register(job)
+            results[index] = dict(job.state)
+        return retry
+
+    def _start_job(self, spec: JobSpec, submission: Submission) -> _NewJob:
+        """Claim an id and a submission number, write the job's files under ``.new-*``."""
+        requested = spec
+        generated = spec.task_id is None
+        task_id = self._generate_id() if generated else str(spec.task_id)
+        if generated:
+            spec = spec.with_task_id(task_id)
+        with self._lock:
+            if task_id in self._states:
+                raise _taken(task_id)
+            submitted_seq = self._next_submitted_seq
+            self._next_submitted_seq += 1
+        state = self._initial_state(spec, task_id, self.layout.job_dir(task_id), submitted_seq)
+        event = self._event_record(task_id, 1, "status", {"status": "queued", "previous": None})
+        files = self._job_files(spec, state, submission, event)
+        build = JobDirBuild.start(self.layout.jobs, task_id, files)
+        return _NewJob(requested, spec, submission, state, build, generated)
+
+    def _register(self, job: _NewJob) -> None:
+        task_id = job.state["task_id"]
+        with self._lock:
+            self._states[task_id] = job.state
+            self._generation += 1
+            self._specs[task_id] = job.spec
+            self._event_seq[task_id] = 1
+            if job.submission.key:
+                self._by_submission[job.submission.key] = task_id
 
     def _generate_id(self) -> str:
         with self._lock:
@@ -176,47 +256,15 @@ class JobStore:
             self._next_counter = counter % 999_999 + 1
         return datetime.now(UTC).strftime("train_%Y%m%d_%H") + f"{counter:06d}"
 
-    def _create_with_id(
-        self, spec: JobSpec, task_id: str, submission: Submission
-    ) -> dict[str, Any]:
-        with self._lock:
-            if task_id in self._states:
-                raise Conflict(f"task {task_id} already exists", {"task_id": task_id})
-            submitted_seq = self._next_submitted_seq
-            self._next_submitted_seq += 1
-        final = self.layout.job_dir(task_id)
-        building = self.layout.jobs / f"{names.NEW_JOB_PREFIX}{task_id}-{secrets.token_hex(4)}"
-        state = self._initial_state(spec, task_id, final, submitted_seq)
-        event = self._event_record(task_id, 1, "status", {"status": "queued", "previous": None})
-        try:
-            self._build_job_dir(building, spec, state, submission, event)
-            try:
-                os.rename(building, final)
-            except OSError as err:
-                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise Conflict(f"task {task_id} already exists", {"task_id": task_id}) from err
-                raise
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
-        fsync_dir(self.layout.jobs)
-        with self._lock:
-            self._states[task_id] = state
-            self._specs[task_id] = spec
-            self._event_seq[task_id] = 1
-            if submission.key:
-                self._by_submission[submission.key] = task_id
-        return dict(state)
-
-    def _build_job_dir(
+    def _job_files(
         self,
-        building: Path,
         spec: JobSpec,
         state: dict[str, Any],
         submission: Submission,
         event: dict[str, Any],
-    ) -> None:
-        building.mkdir(mode=0o2750)
+    ) -> list[FileSpec]:
+        """What a new job directory holds (DESIGN §3), rendered before anything is written
+        so that a config that cannot be rendered leaves nothing behind."""
         output_dir = Path(state["output_dir"])
         dataset_toml = self.layout.job_dir(state["task_id"]) / names.DATASET_TOML
         config_text, dataset_text = render_configs(
@@ -229,16 +277,13 @@ class JobStore:
             "submission": asdict(submission),
             "spec": spec.to_dict(),
         }
-        files = (
+        return [
             (names.JOB_FILE, _json_bytes(job), 0o640),
             (names.STATE_FILE, _json_bytes(state), 0o640),
             (names.CONFIG_TOML, config_text.encode(), 0o600),
             (names.DATASET_TOML, dataset_text.encode(), 0o600),
             (names.EVENTS_FILE, json.dumps(event, separators=(",", ":")).encode() + b"\n", 0o640),
-        )
-        for name, data, mode in files:
-            write_new_file(building / name, data, mode)
-        fsync_dir(building)
+        ]
 
     def _initial_state(
         self, spec: JobSpec, task_id: str, job_dir: Path, submitted_seq: int
@@ -338,6 +383,7 @@ class JobStore:
             write_json_atomic(self.layout.job_dir(task_id) / names.STATE_FILE, state, 0o640)
             with self._lock:
                 self._states[task_id] = state
+                self._generation += 1
             return dict(state)
 
     def set_status(self, task_id: str, status: Status, **fields: Any) -> dict[str, Any]:
@@ -417,3 +463,19 @@ def event_record(node: str, task_id: str, seq: int, kind: str, data: dict[str, A
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, indent=1).encode() + b"\n"
+
+
+@dataclass
+class _NewJob:
+    """A job of a ``create_jobs`` batch whose directory is being built."""
+
+    requested: JobSpec  # as submitted: without the generated task_id
+    spec: JobSpec
+    submission: Submission
+    state: dict[str, Any]
+    build: JobDirBuild
+    generated_id: bool
+
+
+def _taken(task_id: str) -> Conflict:
+    return Conflict(f"task {task_id} already exists", {"task_id": task_id})

@@ -3,13 +3,16 @@
 Owns: one inotify instance on incoming/ (IN_CLOSE_WRITE, IN_MOVED_TO), a queue of names,
 ``workers`` ingestion tasks. A writer that renames a finished file in produces IN_MOVED_TO;
 one that writes in place produces IN_CLOSE_WRITE when it closes — nothing is looked at on
-IN_CREATE/IN_MODIFY, so half a file is never read because of an event. A name whose
+IN_CREATE/IN_MODIFY, so half a file is never read because of an event. A worker takes the
+next name and, with it, whatever other names are already waiting (up to ``batch_size``),
+and ingests them as one batch whose jobs share their fsyncs; it never waits for more, so a
+lone file is ingested at once. A name whose
 ingestion is deferred (still being written) is looked at again after ``retry_delay``. The
 scan at start and every ``scan_interval`` seconds catches whatever events missed (queue
 overflow, files present before start).
 
-Errors: an ingestion that raises is logged with its traceback and the name retried on the
-next scan; the watcher itself only stops when cancelled.
+Errors: an ingestion that raises is logged with its traceback and the names of its batch
+retried on the next scan; the watcher itself only stops when cancelled.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from asyncinotify import Inotify, Mask
 
@@ -26,7 +29,9 @@ from dpd.spool.layout import SpoolLayout, is_candidate
 
 log = logging.getLogger("dpd.spool")
 
-Ingest = Callable[[str], Awaitable[IngestResult]]
+Ingest = Callable[[Sequence[str]], Awaitable[Sequence[IngestResult]]]
+# Names one worker takes at once; each holds a few descriptors while its job is built.
+BATCH_SIZE = 32
 
 
 class SpoolWatcher:
@@ -36,12 +41,14 @@ class SpoolWatcher:
         ingest: Ingest,
         *,
         workers: int = 2,
+        batch_size: int = BATCH_SIZE,
         scan_interval: float = 60.0,
         retry_delay: float = 0.5,
     ) -> None:
         self.layout = layout
         self._ingest = ingest
         self._workers = workers
+        self._batch_size = batch_size
         self._scan_interval = scan_interval
         self._retry_delay = retry_delay
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -88,17 +95,23 @@ class SpoolWatcher:
 
     async def _work(self) -> None:
         while True:
-            name = await self._queue.get()
+            names = [await self._queue.get()]
+            while len(names) < self._batch_size and not self._queue.empty():
+                names.append(self._queue.get_nowait())
             try:
-                result = await self._ingest(name)
+                results = await self._ingest(names)
             except Exception:
-                log.exception("ingesting %s failed; it stays in incoming/ for the next scan", name)
-                self._pending.discard(name)
+                log.exception(
+                    "ingesting %s failed; it stays in incoming/ for the next scan", ", ".join(names)
+                )
+                self._pending.difference_update(names)
                 continue
-            if result.outcome is Outcome.DEFERRED and not self._paused:
-                asyncio.get_running_loop().call_later(self._retry_delay, self._retry, name)
-            else:
-                self._pending.discard(name)
+            deferred = {r.name for r in results if r.outcome is Outcome.DEFERRED}
+            for name in names:
+                if name in deferred and not self._paused:
+                    asyncio.get_running_loop().call_later(self._retry_delay, self._retry, name)
+                else:
+                    self._pending.discard(name)
 
     def _retry(self, name: str) -> None:
         if self._paused:

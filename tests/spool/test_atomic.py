@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from dpd.spool import atomic
 from dpd.spool.atomic import (
     DurabilityError,
     append_line,
+    create_file,
+    fsync_all,
     read_json_lines,
     write_atomic,
     write_json_atomic,
+    write_new_file,
 )
 
 
@@ -112,3 +116,49 @@ def test_syscall_order_is_temp_fsync_rename_fsync_dir(tmp_path: Path) -> None:
         match = re.compile(pattern).search(text, position)
         assert match, f"{pattern!r} not found after position {position} in\n{text}"
         position = match.end()
+
+
+def test_create_file_refuses_an_existing_name_and_fsync_all_syncs_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fds = [create_file(tmp_path / f"f{index}", b"data %d" % index, 0o600) for index in range(5)]
+    with pytest.raises(FileExistsError):
+        create_file(tmp_path / "f0", b"again")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    try:
+        fsync_all(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert sorted(synced) == sorted(fds)
+    assert (tmp_path / "f3").read_bytes() == b"data 3"
+    assert (tmp_path / "f3").stat().st_mode & 0o777 == 0o600
+
+
+def test_fsync_all_reports_a_failure_after_trying_every_descriptor_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fds = [create_file(tmp_path / f"f{index}", b"x") for index in range(4)]
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if fd == fds[1]:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        with pytest.raises(DurabilityError):
+            fsync_all(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)  # fsync_all closes nothing: each is still open here
+    assert sorted(calls) == sorted(fds)  # none retried
+
+
+def test_start_writeback_is_only_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic, "_sync_file_range", None)  # not Linux/glibc
+    write_new_file(tmp_path / "a", b"content")
+    assert (tmp_path / "a").read_bytes() == b"content"

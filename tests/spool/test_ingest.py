@@ -98,7 +98,7 @@ def test_crash_between_job_durable_and_file_removed_gives_one_job(
     def crash(*args: object) -> None:
         raise Crash()
 
-    monkeypatch.setattr("dpd.spool.ingest._remove_drop", crash)
+    monkeypatch.setattr("dpd.spool.ingest._remove_drops", crash)
     with pytest.raises(Crash):
         ingest_file(layout, store, "cats.json", [data_root])
     monkeypatch.undo()
