@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -31,7 +31,7 @@ from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
 from dpd.spool.atomic import read_json_lines
-from dpd.spool.store import Submission
+from dpd.spool.store import JobStore, Submission
 from dpd.supervisor.scheduler import QueuedJob, check_feasible, plan
 
 PREFIX = "/api/v1/training"
@@ -41,6 +41,8 @@ STATUSES = tuple(s.value for s in Status)
 def setup(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/start", start_training)
     app.router.add_post(f"{PREFIX}/stop/{{task_id}}", stop_training)
+    app[LIST_PAGES] = ListPages()
+    app[PROGRESS_VIEWS] = ProgressViews()
     app.router.add_get(f"{PREFIX}/list", list_trainings)
     app.router.add_get(f"{PREFIX}/{{task_id}}", get_training)
     app.router.add_get(f"{PREFIX}/{{task_id}}/progress", get_progress)
@@ -167,13 +169,52 @@ async def list_trainings(request: web.Request) -> web.Response:
     gpu_id = query_int(request, "gpu_id", None, minimum=0)
     limit = query_int(request, "limit", 50, minimum=1, maximum=1000) or 50
     offset = query_int(request, "offset", 0, minimum=0) or 0
+    page = request.app[LIST_PAGES].page(_services(request).store, (status, gpu_id, limit, offset))
+    body = page + str(int(time.time())).encode() + b"}"
+    return web.Response(body=body, content_type="application/json")
 
-    def keep(state: dict[str, Any]) -> bool:
-        if status is not None and state["status"] != status:
-            return False
-        return gpu_id is None or gpu_id in (state.get("gpu_ids") or [])
 
-    states = _services(request).store.states(keep if status or gpu_id is not None else None)
+ListKey = tuple[str | None, int | None, int, int]  # status, gpu_id, limit, offset
+
+
+class ListPages:
+    """Encoded ``/training/list`` answers, up to the timestamp, per query; all dropped when
+    the store's generation moves. Polling clients ask the same few pages again and again,
+    and copying 10,000 states per request costs more than the rest of the request."""
+
+    MAX_PAGES: Final = 256  # distinct queries kept for one generation
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.states: list[dict[str, Any]] = []
+        self.pages: dict[ListKey, bytes] = {}
+
+    def page(self, store: JobStore, key: ListKey) -> bytes:
+        generation = store.generation  # read first: what follows is at least this new
+        if generation != self.generation:
+            self.generation, self.states, self.pages = generation, store.states(), {}
+        page = self.pages.get(key)
+        if page is None:
+            if len(self.pages) >= self.MAX_PAGES:
+                self.pages.clear()
+            page = self.pages[key] = _encode_page(self.states, *key)
+        return page
+
+
+LIST_PAGES: web.AppKey[ListPages] = web.AppKey("dpd.training.list_pages", ListPages)
+
+
+def _encode_page(
+    states: list[dict[str, Any]], status: str | None, gpu_id: int | None, limit: int, offset: int
+) -> bytes:
+    """The answer up to its ``"timestamp":`` value (the caller adds it and the final brace)."""
+    if status is not None or gpu_id is not None:
+        states = [
+            s
+            for s in states
+            if (status is None or s["status"] == status)
+            and (gpu_id is None or gpu_id in (s.get("gpu_ids") or []))
+        ]
     newest_first = range(len(states) - 1 - offset, max(-1, len(states) - 1 - offset - limit), -1)
     page = [states[i] for i in newest_first]
     pagination = {
@@ -182,17 +223,13 @@ async def list_trainings(request: web.Request) -> web.Response:
         "offset": offset,
         "has_more": offset + len(page) < len(states),
     }
-    tasks = b",".join(_summary_json(s) for s in page)
-    body = (
+    return (
         b'{"code":200,"message":"success","data":{"tasks":['
-        + tasks
+        + b",".join(_summary_json(s) for s in page)
         + b'],"pagination":'
         + json.dumps(pagination).encode()
         + b'},"timestamp":'
-        + str(int(time.time())).encode()
-        + b"}"
     )
-    return web.Response(body=body, content_type="application/json")
 
 
 # task_id -> (the state dict it was made from, its encoded summary). The store replaces a
@@ -254,8 +291,36 @@ def _step_losses(services: Services, task_id: str, limit: int) -> list[float]:
 
 async def get_progress(request: web.Request) -> web.Response:
     principal(request)
-    state = _services(request).store.get(request.match_info["task_id"])
-    return envelope_response(views.progress_view(state))
+    store, task_id = _services(request).store, request.match_info["task_id"]
+    data = request.app[PROGRESS_VIEWS].encoded(store, task_id)
+    body = b'{"code":200,"message":"success","data":%s,"timestamp":%d}' % (data, time.time())
+    return web.Response(body=body, content_type="application/json")
+
+
+class ProgressViews:
+    """Encoded progress views per task, all dropped when the store's generation moves:
+    dashboards poll every task's progress, most of which has not changed since."""
+
+    MAX_VIEWS: Final = 100_000
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.views: dict[str, bytes] = {}
+
+    def encoded(self, store: JobStore, task_id: str) -> bytes:
+        """404 (``NotFound``) for an unknown task."""
+        generation = store.generation  # read first: what follows is at least this new
+        if generation != self.generation:
+            self.generation, self.views = generation, {}
+        view = self.views.get(task_id)
+        if view is None:
+            view = json.dumps(views.progress_view(store.get(task_id))).encode()
+            if len(self.views) < self.MAX_VIEWS:
+                self.views[task_id] = view
+        return view
+
+
+PROGRESS_VIEWS: web.AppKey[ProgressViews] = web.AppKey("dpd.training.progress", ProgressViews)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
