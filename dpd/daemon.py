@@ -116,6 +116,21 @@ class Daemon:
 
     # -------------------------------------------------------------- startup
 
+    def _announce_recovered_statuses(self) -> None:
+        """A crash between a durable status change and its event would leave subscribers
+        believing the old status forever: announce what state.json says now."""
+        for task_id, announced, state in self.services.store.take_unannounced():
+            log.info(
+                "%s: announcing status %s (the last event said %s)",
+                task_id,
+                state["status"],
+                announced,
+            )
+            data = {"status": state["status"], "previous": announced, "recovered": True}
+            if state.get("error"):
+                data["error"] = state["error"]
+            self.services.bus.emit("jobs", task_id, "status", data)
+
     async def startup(self) -> None:
         config = self.config
         services = self.services
@@ -123,6 +138,7 @@ class Daemon:
         loaded = await asyncio.to_thread(services.store.load)
         log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
         self._spawn(services.bus.run(), "event bus")
+        self._announce_recovered_statuses()
         if self.nats is not None:
             self._spawn(self.nats.run(), "NATS bridge")  # connects in the background
         self._spawn(services.monitor.run(), "GPU monitor")

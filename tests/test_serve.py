@@ -133,6 +133,38 @@ def test_sigterm_stops_cleanly_and_a_restart_keeps_jobs(daemon: DaemonProcess) -
     assert daemon.job_ids() == ["keep"]
 
 
+def status_events(daemon: DaemonProcess, task_id: str) -> list[dict]:
+    path = daemon.spool / "jobs" / task_id / "events.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return [e for e in events if e["type"] == "status"]
+
+
+def test_a_status_the_crash_left_unannounced_is_announced_once_at_start(
+    daemon: DaemonProcess,
+) -> None:
+    """kill -9 between the durable state write and the event's append: the restarted
+    daemon announces the status state.json holds, so subscribers don't wait forever."""
+    daemon.start()
+    daemon.drop("quiet.json", job_document(daemon.data, task_id="quiet"))
+    wait_for(lambda: queued(daemon, "quiet"))
+    daemon.kill9()
+    state_path = daemon.spool / "jobs" / "quiet" / "state.json"
+    state = json.loads(state_path.read_text())
+    state.update(status="stopped", stopped_at=state["updated_at"])
+    state_path.write_text(json.dumps(state))  # what the crash left: state ahead of events
+    assert [e["data"]["status"] for e in status_events(daemon, "quiet")] == ["queued"]
+
+    daemon.start()
+    events = wait_for(
+        lambda: len(status_events(daemon, "quiet")) == 2 and status_events(daemon, "quiet")
+    )
+    assert events[1]["data"] == {"status": "stopped", "previous": "queued", "recovered": True}
+    assert events[1]["seq"] == events[0]["seq"] + 1
+    assert daemon.stop(signal.SIGTERM) == 0
+    daemon.start()  # announced once: a second start finds events and state agreeing
+    assert len(status_events(daemon, "quiet")) == 2
+
+
 def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "dpd.toml"
     config.write_text("[http]\nport = 'x'\n")

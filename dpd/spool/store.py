@@ -91,6 +91,8 @@ class JobStore:
         self._next_counter = 1
         self._next_submitted_seq = 1
         self._generation = 0  # bumped under _lock by every change to _states
+        # (task_id, last status its events.jsonl announced) where state.json moved on since
+        self._unannounced: list[tuple[str, str | None]] = []
 
     @property
     def generation(self) -> int:
@@ -104,6 +106,7 @@ class JobStore:
         """Read every job directory into the index; returns the task ids loaded. Removes
         half-built ``.new-*`` directories and quarantines unreadable ones."""
         self.layout.jobs.mkdir(parents=True, exist_ok=True)
+        self._unannounced = []
         loaded: list[str] = []
         for entry in sorted(os.scandir(self.layout.jobs), key=lambda e: e.name):
             if entry.name.startswith(names.NEW_JOB_PREFIX):
@@ -138,6 +141,9 @@ class JobStore:
             self._specs[task_id] = spec
             self._states[task_id] = state
             self._event_seq[task_id] = max((int(e.get("seq", 0)) for e in events), default=0)
+            announced = _last_announced_status(events)
+            if announced != state["status"]:
+                self._unannounced.append((task_id, announced))
             submission_key = Submission(**job.get("submission", {"source": "?"})).key
             if submission_key:
                 self._by_submission[submission_key] = task_id
@@ -148,6 +154,19 @@ class JobStore:
                 self._next_submitted_seq, int(state.get("submitted_seq", 0)) + 1
             )
         return True
+
+    def take_unannounced(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """Tasks whose state.json holds a status no event announced: a crash came between
+        the durable state write and the event's append. Returns (task_id, the status the
+        events last announced, the state now), once; the caller announces them, so a
+        subscriber never sees a task stuck in a status it has left."""
+        with self._lock:
+            pending, self._unannounced = self._unannounced, []
+            return [
+                (task_id, announced, dict(self._states[task_id]))
+                for task_id, announced in pending
+                if task_id in self._states
+            ]
 
     def _quarantine(self, job_dir: Path, reason: str) -> None:
         self.layout.quarantine.mkdir(parents=True, exist_ok=True)
@@ -459,6 +478,13 @@ def event_record(node: str, task_id: str, seq: int, kind: str, data: dict[str, A
         "timestamp": time.time(),
         "data": data,
     }
+
+
+def _last_announced_status(events: list[dict[str, Any]]) -> str | None:
+    for event in reversed(events):
+        if event.get("type") == "status" and isinstance(event.get("data"), dict):
+            return event["data"].get("status")
+    return None
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -133,3 +133,23 @@ def test_listing_is_in_submission_order_and_filterable(store: JobStore, data_roo
     assert [s["task_id"] for s in store.states()] == ids
     assert [s["task_id"] for s in store.states(lambda s: s["status"] == "running")] == [ids[1]]
     assert store.count_by_status()["queued"] == 3
+
+
+def test_a_status_change_without_its_event_is_reported_once_after_load(
+    layout: SpoolLayout, data_root: Path, tmp_path: Path
+) -> None:
+    store = JobStore(layout, tmp_path / "outputs", "n")
+    store.load()
+    quiet = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
+    told = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
+    store.set_status(quiet, Status.STOPPED)  # a crash before its event was appended
+    store.set_status(told, Status.STOPPED)
+    store.append_events(told, [("status", {"status": "stopped", "previous": "queued"})])
+    assert store.take_unannounced() == []  # only what load finds is reported
+
+    reloaded = JobStore(layout, tmp_path / "outputs", "n")
+    reloaded.load()
+    pending = reloaded.take_unannounced()
+    assert [(task_id, announced) for task_id, announced, _ in pending] == [(quiet, "queued")]
+    assert pending[0][2]["status"] == "stopped"
+    assert reloaded.take_unannounced() == []
