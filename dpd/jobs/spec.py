@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,7 +73,10 @@ class JobSpec:
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The fields as job.json stores them. Shallow: ``dataset`` and ``config`` are the
+        spec's own dicts (it is encoded at once; asdict's deep copy was a tenth of the CPU
+        of ingesting a job)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["gpu_ids"] = list(self.gpu_ids) if self.gpu_ids is not None else None
         return data
 

@@ -42,6 +42,7 @@ from dpd.spool import layout as names
 from dpd.spool.atomic import (
     append_line,
     fsync_dir,
+    json_bytes,
     read_json_lines,
     write_json_atomic,
 )
@@ -297,8 +298,8 @@ class JobStore:
             "spec": spec.to_dict(),
         }
         return [
-            (names.JOB_FILE, _json_bytes(job), 0o640),
-            (names.STATE_FILE, _json_bytes(state), 0o640),
+            (names.JOB_FILE, json_bytes(job), 0o640),
+            (names.STATE_FILE, json_bytes(state), 0o640),
             (names.CONFIG_TOML, config_text.encode(), 0o600),
             (names.DATASET_TOML, dataset_text.encode(), 0o600),
             (names.EVENTS_FILE, json.dumps(event, separators=(",", ":")).encode() + b"\n", 0o640),
@@ -485,10 +486,6 @@ def _last_announced_status(events: list[dict[str, Any]]) -> str | None:
         if event.get("type") == "status" and isinstance(event.get("data"), dict):
             return event["data"].get("status")
     return None
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, indent=1).encode() + b"\n"
 
 
 @dataclass
