@@ -101,7 +101,7 @@ def measure(setup: Setup, drops: int, burst: int) -> tuple[list[float], float, f
     # A file leaves incoming/ only once its job is durable; then check every state.json once.
     # Listing 1000 names costs the watcher CPU, so look once a millisecond (error < 0.1%).
     wait_until(
-        lambda: not [n for n in os.listdir(setup.layout.incoming) if n[0] != "."], poll=0.001
+        lambda: not [n for n in os.listdir(setup.layout.incoming) if n[0] != "."], poll=0.005
     )
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert all(setup.queued(t) for t in ids)
