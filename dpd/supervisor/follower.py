@@ -5,8 +5,17 @@ Exactly-once across daemon restarts: ``state.json`` records ``log_offset`` (the 
 the tracked progress stands). A restarted daemon replays train.log up to that offset
 through a fresh parser without emitting anything (rebuilding parser state), restores the
 progress tracker from state.json, and continues from the offset. Metric points and log
-events carry the offset of their last line; those at or below what metrics.jsonl and
-events.jsonl already hold are not written again.
+events carry the offset of the read they came from; those at or below what metrics.jsonl and
+events.jsonl already hold are not written again. Since state.json trails those files (it
+is written at most every ``STATE_WRITE_SECONDS``), the first reads after a restart stop
+exactly at the offsets they recorded, so a read never straddles one: no point or line is
+written twice, and none is skipped.
+
+state.json is written at most every ``STATE_WRITE_SECONDS``, and while training only once
+``STATE_WRITE_STEPS`` new steps are in (or ``STATE_WRITE_MAX_SECONDS`` have passed): with
+slow steps it is the costliest thing the daemon does per step (a full JSON rewrite and two
+fsyncs), and live progress goes out as events anyway. A phase change and the end of a run
+are written at once.
 """
 
 from __future__ import annotations
@@ -31,8 +40,10 @@ from dpd.supervisor.progress import ProgressTracker
 
 log = logging.getLogger("dpd.supervisor")
 
-POLL_SECONDS = 0.1
-STATE_WRITE_SECONDS = 1.0
+STATE_WRITE_SECONDS = 1.0  # state.json at most this often...
+STATE_WRITE_STEPS = 2  # ...while training, once this many new steps are in...
+STATE_WRITE_MAX_SECONDS = 3.0  # ...or this long after the last write
+READ_BYTES = 1 << 20
 LOG_BATCH_LINES = 500
 LAST_LINES_KEPT = 40
 
@@ -48,6 +59,27 @@ class FollowState:
     run_dir: str | None = None
     last_output: float = field(default_factory=time.monotonic)
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES_KEPT))
+
+
+class PendingEvents:
+    """Events a follower produced in a worker thread, handed to the bus on the loop in one go
+    once the thread's work is done: one loop wake-up per read rather than one per event
+    (``call_soon_threadsafe`` each), in the same order. Only one thread fills it at a time
+    (a job's reads never overlap), and only the loop empties it, between reads."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def __call__(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> None:
+        self._items.append((scope, task_id, kind, data))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def flush(self, emit: EmitEvent) -> None:
+        items, self._items = self._items, []
+        for item in items:
+            emit(*item)
 
 
 class JobFollower:
@@ -74,7 +106,10 @@ class JobFollower:
         self._on_observation = on_observation
         self._metrics_done = 0  # highest log offset already in metrics.jsonl
         self._log_done = 0  # highest log offset already sent as a log event
+        self._replay_bounds: list[int] = []  # offsets the first reads after restore stop at
         self._state_written = 0.0
+        self._steps_written = 0  # current_step at the last state.json write
+        self._phase_written: str | None = None
 
     # ----------------------------------------------------------- re-attach
 
@@ -101,13 +136,25 @@ class JobFollower:
             (int(e["data"].get("offset", 0)) for e in events if e.get("type") == "log"),
             default=0,
         )
+        # reads after the saved offset ended there before the restart: end there again
+        self._replay_bounds = sorted(
+            {b for b in (self._metrics_done, self._log_done) if b > offset}
+        )
+        self._steps_written = self.tracker.current_step or 0
+        self._phase_written = self.facts.phase
 
     # ---------------------------------------------------------------- poll
 
     def poll(self, final: bool = False) -> bool:
-        """Read what is new (blocking: call in a thread). Returns True if anything was read.
+        """Read what is new, up to ``READ_BYTES`` (blocking: call in a thread). Returns True
+        if anything was read; ``self.follower.at_eof`` says whether that was all.
         ``final`` also takes an unterminated last line (the writer has exited)."""
-        lines, offset = self.follower.read_new(final=final)
+        limit = READ_BYTES
+        if self._replay_bounds:
+            limit = min(limit, self._replay_bounds[0] - self.follower.offset)
+        lines, offset = self.follower.read_new(max_bytes=limit, final=final)
+        while self._replay_bounds and self._replay_bounds[0] <= offset:
+            self._replay_bounds.pop(0)
         if not lines:
             return False
         now = time.time()
@@ -136,32 +183,51 @@ class JobFollower:
             end = offset if start + LOG_BATCH_LINES >= len(lines) else 0
             self.emit("jobs", self.task_id, "log", {"lines": batch, "offset": end})
 
+    def drain(self) -> bool:
+        """The writer has exited: read everything left, the unterminated last line too
+        (blocking: call in a thread). Returns True if anything was read."""
+        read = False
+        while self.poll(final=True):
+            read = True
+        return read
+
     def _write_progress(self, offset: int, force: bool) -> None:
-        now = time.monotonic()
         progress = dict(self.tracker.progress(), phase=self.facts.phase)
         progress["current_loss"] = self.tracker.metrics().get("current_loss")
         self.emit("jobs", self.task_id, "progress", progress)
-        if not force and now - self._state_written < STATE_WRITE_SECONDS:
-            return
-        self.write_state(offset)
+        if force or self._state_due():
+            self.write_state(offset)
+
+    def _state_due(self) -> bool:
+        if self.facts.phase != self._phase_written:
+            return True
+        since = time.monotonic() - self._state_written
+        if since < STATE_WRITE_SECONDS:
+            return False
+        if self.facts.phase != Phase.TRAINING.value or since >= STATE_WRITE_MAX_SECONDS:
+            return True
+        return (self.tracker.current_step or 0) - self._steps_written >= STATE_WRITE_STEPS
 
     def write_state(self, offset: int | None = None) -> None:
+        """Record the progress in state.json (blocking: call in a thread)."""
+        fields = self.state_fields(offset)
+        self.store.update_state(self.task_id, fields)
+
+    def state_fields(self, offset: int | None = None) -> dict[str, Any]:
+        """The state.json fields the follower owns, as of ``offset`` (default: all read);
+        the caller writes them, and they count as written."""
         self._state_written = time.monotonic()
-        offset = self.follower.offset if offset is None else offset
-        progress = dict(self.tracker.progress(), phase=self.facts.phase)
-        metrics = self.tracker.metrics()
-        progress_state = self.tracker.to_state()
-        run_dir = self.facts.run_dir
-
-        def change(state: dict[str, Any]) -> None:
-            state["progress"] = progress
-            state["metrics"] = metrics
-            state["progress_state"] = progress_state
-            state["log_offset"] = offset
-            if run_dir:
-                state["run_dir"] = run_dir
-
-        self.store.update_state(self.task_id, change)
+        self._steps_written = self.tracker.current_step or 0
+        self._phase_written = self.facts.phase
+        fields: dict[str, Any] = {
+            "progress": dict(self.tracker.progress(), phase=self.facts.phase),
+            "metrics": self.tracker.metrics(),
+            "progress_state": self.tracker.to_state(),
+            "log_offset": self.follower.offset if offset is None else offset,
+        }
+        if self.facts.run_dir:
+            fields["run_dir"] = self.facts.run_dir
+        return fields
 
     def _note(self, observation: Any, replaying: bool) -> None:
         facts = self.facts

@@ -291,6 +291,21 @@ def kill_marked(task_id: str) -> list[int]:
     return found
 
 
+def open_shim_pidfd(info: ShimInfo) -> int | None:
+    """A pidfd of the recorded shim, readable once it has ended (so its end is noticed at
+    once, without polling), or None: the shim is gone already, the pid now names another
+    process, or pidfds are unavailable. The caller closes it. Blocking (/proc read)."""
+    try:
+        pidfd = os.pidfd_open(info.shim_pid)
+    except OSError:
+        return None
+    # checked after opening: the pidfd pins the process, whatever happens to the pid
+    if not is_alive(info):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
 def _job_alive(info: ShimInfo) -> bool:
     return is_alive(info) or bool(job_processes(info.task_id))
 
@@ -597,6 +612,10 @@ class ShimLauncher:
 
     def is_alive(self, info: ShimInfo) -> bool:
         return is_alive(info)
+
+    def open_pidfd(self, info: ShimInfo) -> int | None:
+        """See ``open_shim_pidfd`` (blocking: call it in a thread)."""
+        return open_shim_pidfd(info)
 
     async def sweep(self, task_id: str) -> list[int]:
         """Kill every process left with the job's marker (e.g. after its shim was lost)."""

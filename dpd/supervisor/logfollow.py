@@ -6,11 +6,30 @@ of tqdm "\\r" redraws comes back as its last state, not as thousands of lines. A
 does not exist yet reads as empty; one that grows while read is read up to what was there.
 
 Blocking file I/O: call it from a thread (``asyncio.to_thread``), never on the event loop.
+
+``LogChanges`` says *when* to read: one inotify instance for every followed train.log, whose
+``IN_MODIFY`` wakes that job's watcher, so an idle or slow trainer costs the daemon nothing
+between its writes. Events are hints only: the watcher still reads from its offset (an
+event never carries data), and reads now and then without one (a lost event, a queue
+overflow, a file replaced under its watch).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
+
+from asyncinotify import Inotify, Mask, Watch
+
+log = logging.getLogger("dpd.supervisor")
+
+EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
+READ_SIZE = 64 * 1024
 
 
 class LogFollower:
@@ -19,6 +38,7 @@ class LogFollower:
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = path
         self.offset = offset
+        self.at_eof = True  # the last read reached the end of the file (nothing left)
 
     def read_new(self, max_bytes: int = 1 << 20, final: bool = False) -> tuple[list[str], int]:
         """Complete lines since the offset (at most ``max_bytes`` read) and the new offset.
@@ -32,8 +52,9 @@ class LogFollower:
                 handle.seek(start - back)
                 data = handle.read(max_bytes + back)
         except FileNotFoundError:
+            self.at_eof = True
             return [], start
-        at_eof = len(data) < max_bytes + back
+        at_eof = self.at_eof = len(data) < max_bytes + back
         if back:
             previous, data = data[:1], data[1:]
             if previous == b"\r" and data[:1] == b"\n":
@@ -73,3 +94,91 @@ def split_lines(text: str) -> list[str]:
         if states:
             lines.append(states[-1])
     return lines
+
+
+class LogChanges:
+    """One inotify instance shared by all followed logs: ``watch`` a path with an
+    ``asyncio.Event`` to set after each write to it. Lives on the loop that first watches."""
+
+    def __init__(self) -> None:
+        self._inotify: Inotify | None = None
+        self._watchers: dict[int, set[asyncio.Event]] = {}
+
+    def watch(self, path: Path, changed: asyncio.Event) -> LogWatch | None:
+        """Set ``changed`` after each write to ``path`` (which must exist) from now on;
+        None when inotify cannot watch it (the caller then polls)."""
+        try:
+            inotify = self._open()
+            watch = inotify.add_watch(path, Mask.MODIFY)
+        except OSError as err:
+            log.warning("cannot watch %s (%s); polling it instead", path, err)
+            return None
+        handle = LogWatch(watch, changed)
+        self._watchers.setdefault(watch.wd, set()).add(changed)
+        return handle
+
+    def unwatch(self, handle: LogWatch | None) -> None:
+        if handle is None or self._inotify is None:
+            return
+        wd = handle.watch.wd
+        watchers = self._watchers.get(wd, set())
+        watchers.discard(handle.changed)
+        if not watchers:
+            self._watchers.pop(wd, None)
+            # fails harmlessly if the kernel dropped the watch already (file deleted)
+            with contextlib.suppress(OSError):
+                self._inotify.rm_watch(handle.watch)
+        if not self._watchers:
+            # also drops asyncinotify's record of removed watches, which it prunes only
+            # when it parses the IN_IGNORED events itself (_drain reads them raw)
+            self.close()
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fd)
+            self._inotify.close()
+            self._inotify = None
+        self._watchers.clear()
+
+    def _open(self) -> Inotify:
+        if self._inotify is None:
+            inotify = Inotify()
+            # asyncinotify 4.x's InitFlags.NONBLOCK is O_CLOEXEC: without this, _drain's
+            # last read would block the loop
+            os.set_blocking(inotify.fd, False)
+            asyncio.get_running_loop().add_reader(inotify.fd, self._drain)
+            self._inotify = inotify
+        return self._inotify
+
+    def _drain(self) -> None:
+        """Readable: read the queued events (non-blocking; what does not fit in one read
+        keeps the descriptor readable, so the loop calls again) and wake their watchers.
+        Only each event's watch descriptor matters, so the raw records are walked here
+        rather than built into objects: this runs about once per trainer write."""
+        inotify = self._inotify
+        if inotify is None:
+            return
+        try:
+            data = os.read(inotify.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        woken: set[int] = set()
+        position = 0
+        while position + EVENT_HEADER.size <= len(data):
+            wd, mask, _cookie, name_length = EVENT_HEADER.unpack_from(data, position)
+            position += EVENT_HEADER.size + name_length
+            if mask & Mask.Q_OVERFLOW:  # events were lost: every watcher looks
+                woken.update(self._watchers)
+            else:
+                woken.add(wd)
+        for wd in woken:
+            for changed in self._watchers.get(wd, ()):
+                changed.set()
+
+
+@dataclass(frozen=True)
+class LogWatch:
+    """A watched log: ``changed`` is set after a write (its watcher clears it)."""
+
+    watch: Watch
+    changed: asyncio.Event

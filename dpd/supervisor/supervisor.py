@@ -3,6 +3,11 @@
 Owns: the scheduling loop (wakes on a new job, a finished job, a GPU snapshot, and every
 second), one follower task per running job, the master-port and GPU assignments.
 
+A follower task sleeps until something happens: a write to train.log (inotify, shared by
+all jobs), the end of the shim (a pidfd), or a slow fallback period (lost events, the
+inactivity timeout). Each wake-up is one thread hop that reads what is new; its events
+reach the bus in one go afterwards. Without inotify or pidfds it polls, as it used to.
+
 Never launches a job twice: before the shim is spawned, state.json says ``running`` with
 the run number; a restarted daemon that finds such a job adopts its live shim, reads its
 exit status if it already ended, waits a grace period for a shim that was starting, and
@@ -30,7 +35,7 @@ from dpd.jobs.states import ACTIVE, RESUMABLE, Phase, Status
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, utc_now
 from dpd.supervisor import outputs
-from dpd.supervisor.follower import JobFollower
+from dpd.supervisor.follower import JobFollower, PendingEvents
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import gpu_status
 from dpd.supervisor.launcher import (
@@ -41,6 +46,7 @@ from dpd.supervisor.launcher import (
     build_trainer_command,
     build_trainer_env,
 )
+from dpd.supervisor.logfollow import LogChanges
 from dpd.supervisor.outcome import judge_run
 from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.progress import ProgressTracker
@@ -55,8 +61,12 @@ from dpd.supervisor.scheduler import (
 log = logging.getLogger("dpd.supervisor")
 
 SCHEDULE_PERIOD = 1.0
-WATCH_PERIOD = 0.1  # between reads of a job's output while it prints
-WATCH_IDLE_PERIOD = 0.25  # after a pass that found nothing new
+# At least this between reads of a job's output while it prints: a chatty trainer's lines
+# are read in batches (each read costs a thread hop, events, an fsync or two), so the
+# daemon does not compete with the trainer for the CPU; a backlog is read without pause.
+WATCH_PERIOD = 0.25
+WATCH_IDLE_PERIOD = 0.25  # polling, where inotify or a pidfd is not to be had
+WATCH_FALLBACK_PERIOD = 5.0  # a full look even without any event (a lost event)
 
 
 @dataclass
@@ -65,6 +75,7 @@ class Running:
     gpu_ids: tuple[int, ...]
     port: int
     follower: JobFollower
+    pending: PendingEvents
     shim: ShimInfo | None = None
     stop_requested: str | None = None
     failure_reason: str | None = None
@@ -95,11 +106,11 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._waiting_for_port: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._log_changes = LogChanges()
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         for state in self.store.states(lambda s: Status(s["status"]) in ACTIVE):
             await self._reattach(state)
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
@@ -131,7 +142,8 @@ class Supervisor:
     async def _schedule_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SCHEDULE_PERIOD)
+                async with asyncio.timeout(SCHEDULE_PERIOD):  # no task per wait, as wait_for
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.schedule_once()
@@ -218,10 +230,10 @@ class Supervisor:
         state = self.store.get(task_id)
         port = self.ports.allocate(task_id)
         spec = self.store.spec(task_id)
-        follower = self._make_follower(task_id)
+        follower, pending = self._make_follower(task_id)
         if state.get("progress_state"):  # a resumed task continues its numbers
             follower.tracker = ProgressTracker.from_state(state["progress_state"])
-        job = Running(task_id, gpu_ids, port, follower)
+        job = Running(task_id, gpu_ids, port, follower, pending)
         self.running[task_id] = job
         run = int(state.get("run", 0)) + 1
         gpu_names = {g.gpu_id: g.name for g in self.monitor.latest}
@@ -236,7 +248,7 @@ class Supervisor:
             master_port=port,
             started_at=state.get("started_at") or utc_now(),
             run_started_at=utc_now(),
-            log_offset=await asyncio.to_thread(_file_size, follower.follower.path),
+            log_offset=await asyncio.to_thread(_create_log, follower.follower.path),
             progress=dict(state.get("progress") or {}, phase=Phase.STARTING.value),
             error=None,
             ended_at=None,
@@ -278,15 +290,17 @@ class Supervisor:
             return run_dir.name if run_dir else None
         return None
 
-    def _make_follower(self, task_id: str) -> JobFollower:
+    def _make_follower(self, task_id: str) -> tuple[JobFollower, PendingEvents]:
         config = self.store.spec(task_id).config
-        return JobFollower(
+        pending = PendingEvents()
+        follower = JobFollower(
             self.store,
-            self._emit_from_thread,
+            pending,
             task_id,
             epochs=config.get("epochs"),
             max_steps=config.get("max_steps"),
         )
+        return follower, pending
 
     # -------------------------------------------------------------- follow
 
@@ -305,28 +319,66 @@ class Supervisor:
         """Follow the output until the shim records the end of this run."""
         inactivity = self.config.trainer.inactivity_timeout
         job_dir = self.store.layout.job_dir(job.task_id)
-        while True:
-            # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
-            read, status, alive = await asyncio.to_thread(self._observe, job, job_dir)
-            if job.shim is None:
-                await asyncio.to_thread(job.follower.poll, True)
-                return job.exit_status
-            if status is not None and status.run == job.shim.run:
-                await asyncio.to_thread(job.follower.poll, True)
-                return status
-            if job.stop_requested is None:
-                await self._check_health(job, inactivity, alive)
-            elif not alive:
-                await self._lost(job)
-            await asyncio.sleep(WATCH_PERIOD if read else WATCH_IDLE_PERIOD)
+        wake = _Wakeups()
+        output = None
+        if job.shim is not None:
+            output = self._log_changes.watch(job.follower.follower.path, wake.event)
+        pidfd = await asyncio.to_thread(self.launcher.open_pidfd, job.shim) if job.shim else None
+        if pidfd is not None:
+            asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
+        try:
+            look_for_exit = True
+            while True:
+                wake.event.clear()
+                # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
+                read, status, alive = await asyncio.to_thread(
+                    self._observe, job, job_dir, look_for_exit
+                )
+                job.pending.flush(self.emit)
+                if job.shim is None:
+                    await self._final_read(job)
+                    return job.exit_status
+                if status is not None and status.run == job.shim.run:
+                    await self._final_read(job)
+                    return status
+                if job.stop_requested is None:
+                    await self._check_health(job, inactivity, alive)
+                elif not alive:
+                    await self._lost(job)
+                watched = output is not None and pidfd is not None
+                more = read and not job.follower.follower.at_eof
+                due = self._health_due(job, inactivity)
+                look_for_exit = await wake.wait(read, more, watched, due)
+        finally:
+            if pidfd is not None:
+                asyncio.get_running_loop().remove_reader(pidfd)
+                os.close(pidfd)
+            self._log_changes.unwatch(output)
 
-    def _observe(self, job: Running, job_dir: Path) -> tuple[bool, ExitStatus | None, bool]:
-        """(new output read, the recorded exit, the shim alive) — blocking, in a thread."""
+    async def _final_read(self, job: Running) -> None:
+        """The writer has ended: take everything, the unterminated last line too."""
+        await asyncio.to_thread(job.follower.drain)
+        job.pending.flush(self.emit)
+
+    def _observe(
+        self, job: Running, job_dir: Path, look_for_exit: bool
+    ) -> tuple[bool, ExitStatus | None, bool]:
+        """(new output read, the recorded exit, the shim alive) — blocking, in a thread.
+        Without ``look_for_exit`` the shim is known to run (its pidfd has not fired)."""
         read = job.follower.poll()
         if job.shim is None:
             return read, None, False
+        if not look_for_exit:
+            return read, None, True
         status = self.launcher.read_exit(job_dir)
         return read, status, status is not None or self.launcher.is_alive(job.shim)
+
+    def _health_due(self, job: Running, inactivity: float) -> float:
+        """Seconds until the inactivity timeout could strike (a wake-up is due by then)."""
+        follower = job.follower
+        if job.stop_requested is not None or follower.facts.phase == Phase.TRAINING.value:
+            return WATCH_FALLBACK_PERIOD
+        return max(0.0, inactivity - follower.silent_for()) + 0.05
 
     async def _check_health(self, job: Running, inactivity: float, alive: bool) -> None:
         follower = job.follower
@@ -365,19 +417,24 @@ class Supervisor:
 
     async def _finish(self, job: Running, exit_status: Any) -> None:
         follower = job.follower
+        job.pending.flush(self.emit)
         facts = follower.run_facts(job.stop_requested, exit_status, job.failure_reason)
         outcome = judge_run(facts)
-        state = self.store.get(job.task_id)
-        fields = self._final_fields(state, outcome.error, job)
-        await asyncio.to_thread(follower.write_state)
-        await asyncio.to_thread(self.store.set_status, job.task_id, outcome.status, **fields)
-        self._emit_status(job.task_id, outcome.status, Status(state["status"]), error=outcome.error)
+        previous = Status(self.store.get(job.task_id)["status"])
+        await asyncio.to_thread(self._record_outcome, job, outcome.status, outcome.error)
+        self._emit_status(job.task_id, outcome.status, previous, error=outcome.error)
         self.ports.release(job.task_id)
         self.running.pop(job.task_id, None)
         job.done.set()
         log.info("%s %s", job.task_id, outcome.status.value)
         await self.monitor.poll_now()  # the old trainer's pids must not make the GPU look busy
         self.wake()
+
+    def _record_outcome(self, job: Running, status: Status, error: dict[str, Any] | None) -> None:
+        """The final progress and the outcome in one state.json write (blocking: a thread)."""
+        state = self.store.get(job.task_id)
+        fields = {**job.follower.state_fields(), **self._final_fields(state, error, job)}
+        self.store.set_status(job.task_id, status, **fields)
 
     def _final_fields(
         self, state: dict[str, Any], error: dict[str, Any] | None, job: Running
@@ -483,10 +540,10 @@ class Supervisor:
     async def _reattach(self, state: dict[str, Any]) -> None:
         """Pick up a job that was running when the daemon stopped; never launch it again."""
         task_id = state["task_id"]
-        follower = self._make_follower(task_id)
+        follower, pending = self._make_follower(task_id)
         await asyncio.to_thread(follower.restore, state)
         gpu_ids = tuple(state.get("gpu_ids") or ())
-        job = Running(task_id, gpu_ids, int(state.get("master_port") or 0), follower)
+        job = Running(task_id, gpu_ids, int(state.get("master_port") or 0), follower, pending)
         if state["status"] == Status.STOPPING.value:
             job.stop_requested = "graceful"
         found = await self.launcher.reattach(self.store.layout.job_dir(task_id))
@@ -519,19 +576,67 @@ class Supervisor:
             {"status": status.value, "previous": previous.value, **extra},
         )
 
-    def _emit_from_thread(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        """Followers parse in worker threads; the bus lives on the loop. FIFO order holds:
-        these callbacks run before the awaiting coroutine resumes."""
-        self._loop.call_soon_threadsafe(self.emit, scope, task_id, kind, data)
-
 
 def _latest_run(state: dict[str, Any]) -> str | None:
     run_dir = outputs.latest_run_dir(Path(state["output_dir"]))
     return str(run_dir) if run_dir else None
 
 
-def _file_size(path: Path) -> int:
+def _create_log(path: Path) -> int:
+    """train.log's size, creating it empty if need be: it exists before the trainer starts,
+    so it can be watched from the first byte (the shim appends to it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+class _Wakeups:
+    """Why a follower task wakes: its log changed (inotify), its shim ended (a pidfd), or
+    time passed. One event for all of them, so waiting costs no task of its own."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._last_pass = 0.0
+
+    def shim_ended(self, pidfd: int) -> None:
+        """The pidfd is readable: the shim has ended (level-triggered, so say it once)."""
+        asyncio.get_running_loop().remove_reader(pidfd)
+        self.ended.set()
+        self.event.set()
+
+    async def wait(self, read: bool, more: bool, watched: bool, health_due: float) -> bool:
+        """Sleep until the next pass is due; True when that pass must look for the run's
+        end (the shim ended, a fallback pass, or polling). ``more``: the last read stopped
+        short of the end of the log; ``watched``: the log has an inotify watch and the shim
+        a pidfd, so nothing needs polling; ``health_due``: seconds until a health check is
+        due at the latest."""
+        if not watched:
+            await asyncio.sleep(WATCH_PERIOD if read else WATCH_IDLE_PERIOD)
+            return True
+        if more and not self.ended.is_set():  # a backlog: no write may come to say so
+            await asyncio.sleep(0)
+            self._last_pass = time.monotonic()
+            return False
+        timed_out = not await _wait_event(self.event, min(WATCH_FALLBACK_PERIOD, health_due))
+        if not timed_out and not self.ended.is_set():
+            # output: read it in a batch, at most one per WATCH_PERIOD, unless the run ends
+            await _wait_event(self.ended, self._last_pass + WATCH_PERIOD - time.monotonic())
+        self._last_pass = time.monotonic()
+        return timed_out or self.ended.is_set()
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """True if ``event`` is set within ``timeout`` seconds (no task, unlike wait_for)."""
+    if event.is_set():
+        return True
+    if timeout <= 0:
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

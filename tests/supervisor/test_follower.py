@@ -1,0 +1,177 @@
+"""JobFollower in-process, on a real JobStore: what it records when a daemon dies between
+two state.json writes, and how it batches its events for the loop."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpd.jobs.spec import parse_job_document, validate_job
+from dpd.jobs.states import Status
+from dpd.spool.layout import SpoolLayout
+from dpd.spool.store import JobStore, Submission
+from dpd.supervisor import follower as follower_module
+from dpd.supervisor.follower import JobFollower, PendingEvents
+from tests.jobfiles import job_document, make_data_root
+
+TASK = "f"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    data = make_data_root(tmp_path / "data")
+    layout = SpoolLayout(tmp_path / "spool")
+    layout.ensure()
+    store = JobStore(layout, data / "training_runs", "test")
+    store.load()
+    body = json.dumps(job_document(data, task_id=TASK)).encode()
+    spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
+    store.create_job(spec, Submission("cli", "test"))
+    store.set_status(TASK, Status.RUNNING)
+    return store
+
+
+class Daemon:
+    """The follower's side of one daemon life: events go to events.jsonl as the bus would."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.pending = PendingEvents()
+        self.follower = JobFollower(store, self.pending, TASK, epochs=1, max_steps=None)
+
+    def poll(self, write_state: bool) -> None:
+        if not write_state:  # as if the last state.json write were just now
+            self.follower._state_written = follower_module.time.monotonic()
+            self.follower._steps_written = self.follower.tracker.current_step
+        else:
+            self.follower._state_written = 0.0
+        self.follower.poll()
+        self.persist()
+
+    def persist(self) -> None:
+        recorded: list[tuple[str, dict[str, Any]]] = []
+        self.pending.flush(lambda scope, task, kind, data: recorded.append((kind, data)))
+        if recorded:
+            self.store.append_events(TASK, recorded)
+
+
+def step_line(step: int) -> str:
+    return f"steps: {step} loss: 0.{step}000 iter time (s): 1.000 samples/sec: 2.667\n"
+
+
+def write(store: JobStore, *lines: str) -> None:
+    with (store.layout.job_dir(TASK) / "train.log").open("a") as handle:
+        handle.write("".join(lines))
+
+
+def metric_steps(store: JobStore) -> list[int]:
+    path = store.layout.job_dir(TASK) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["step"] for r in records if r["type"] == "step" and r["metric"] == "loss"]
+
+
+def logged_steps(store: JobStore) -> list[str]:
+    events = store.read_events(TASK)
+    lines = [line for e in events if e["type"] == "log" for line in e["data"]["lines"]]
+    return [line for line in lines if line.startswith("steps: ")]
+
+
+def test_a_restart_after_reads_past_the_saved_offset_repeats_and_loses_nothing(
+    store: JobStore,
+) -> None:
+    first = Daemon(store)
+    write(store, step_line(1), step_line(2))
+    first.poll(write_state=True)
+    saved = store.get(TASK)["log_offset"]
+    write(store, step_line(3))
+    first.poll(write_state=False)
+    write(store, step_line(4), "a line without a metric\n")
+    first.poll(write_state=False)
+    assert store.get(TASK)["log_offset"] == saved  # state.json lags: the daemon dies here
+
+    write(store, step_line(5), step_line(6))  # the trainer goes on meanwhile
+    second = Daemon(store)
+    second.follower.restore(store.get(TASK))
+    second.poll(write_state=False)
+    second.poll(write_state=False)
+    write(store, step_line(7))
+    second.poll(write_state=True)
+
+    assert metric_steps(store) == [1, 2, 3, 4, 5, 6, 7]
+    assert Counter(logged_steps(store)) == Counter(step_line(s)[:-1] for s in range(1, 8))
+    assert second.follower.tracker.current_step == 7
+    assert (
+        store.get(TASK)["log_offset"] == (store.layout.job_dir(TASK) / "train.log").stat().st_size
+    )
+
+
+def test_pending_events_are_handed_over_in_order_once(store: JobStore) -> None:
+    pending = PendingEvents()
+    follower = JobFollower(store, pending, TASK, epochs=1, max_steps=None)
+    write(store, step_line(1), step_line(2))
+    follower.poll()
+    kinds: list[str] = []
+    pending.flush(lambda scope, task, kind, data: kinds.append(kind))
+    assert kinds == ["metrics", "metrics", "log", "progress"]  # a loss per step, in order
+    assert len(pending) == 0
+    pending.flush(lambda *event: kinds.append("again"))
+    assert "again" not in kinds
+
+
+def test_the_final_drain_reads_past_the_per_read_limit(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(follower_module, "READ_BYTES", 64)
+    daemon = Daemon(store)
+    write(store, *(step_line(s) for s in range(1, 9)), "TRAINING COMPLETE!")  # no newline
+    assert daemon.follower.drain()
+    daemon.persist()
+    assert metric_steps(store) == list(range(1, 9))
+    assert daemon.follower.facts.completed
+    assert daemon.follower.follower.at_eof
+
+
+def test_state_json_waits_for_two_new_steps_or_three_seconds_while_training(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(follower_module.time, "monotonic", lambda: clock[0])
+    daemon = Daemon(store)
+    follower = daemon.follower
+    follower.facts.phase = "training"
+    write(store, step_line(1))
+    follower.poll()  # the first write: nothing was written yet, and the phase is new
+    assert store.get(TASK)["progress"]["current_step"] == 1
+    clock[0] += 1.5
+    write(store, step_line(2))
+    follower.poll()  # one new step only
+    assert store.get(TASK)["progress"]["current_step"] == 1
+    clock[0] += 0.5
+    write(store, step_line(3))
+    follower.poll()  # two new steps, a second after the last write
+    assert store.get(TASK)["progress"]["current_step"] == 3
+    clock[0] += 0.5
+    write(store, step_line(4), step_line(5))
+    follower.poll()  # two new steps, but within a second of the last write
+    assert store.get(TASK)["progress"]["current_step"] == 3
+    clock[0] += 2.6
+    write(store, "a line\n")
+    follower.poll()  # three seconds: written whatever the steps
+    assert store.get(TASK)["progress"]["current_step"] == 5
+    assert store.get(TASK)["log_offset"] == follower.follower.offset
+
+
+def test_a_phase_change_is_written_at_once(store: JobStore) -> None:
+    daemon = Daemon(store)
+    follower = daemon.follower
+    write(store, "hello\n")
+    follower.poll()
+    assert follower.facts.phase == store.get(TASK)["progress"]["phase"]
+    follower.facts.phase = "caching"  # as the parser would set it
+    write(store, "more\n")
+    follower.poll()
+    assert store.get(TASK)["progress"]["phase"] == "caching"
