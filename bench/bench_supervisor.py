@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 
+from dpd.config import Config
 from dpd.simulation import simulation_paths
 from dpd.supervisor.launcher import build_trainer_command, build_trainer_env
 from tests.daemon_harness import DaemonProcess, free_port
@@ -63,6 +64,8 @@ def start_daemon(root: Path, gpus: int, sim_env: dict[str, str]) -> DaemonProces
             "daemon": {"log_level": "INFO"},
             "gpus": {
                 "backend": "static",
+                # dpd's default; the test harness polls ten times as often to be quick
+                "monitor_interval": Config().gpus.monitor_interval,
                 "static": [{"name": f"Simulated GPU {i}", "memory_mb": 24576} for i in range(gpus)],
             },
             "trainer": {
