@@ -32,13 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dpd.daemon import INGEST_WORKERS
 from dpd.spool.ingest import ingest_file, ingest_files
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore
 from dpd.spool.watcher import SpoolWatcher
 from tests.jobfiles import job_document, make_data_root
 
-WORKERS = 4  # as dpd serve runs it
+WORKERS = INGEST_WORKERS  # as dpd serve runs it
 
 
 class Setup:
