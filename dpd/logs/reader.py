@@ -3,7 +3,9 @@
 A tail costs what it returns, not what the file holds: blocks are read from the end until
 enough lines matched. ``total_lines`` would need a count of the whole file; ``LineCounter``
 keeps one per file (device, inode) and counts only what was appended since, so only the first
-answer about a large file pays for a full pass (newline counting at memory speed).
+answer about a large file pays for a full pass (newline counting at memory speed). The
+supervisor's followers tell it what they counted (``learn``), so a live job's log never
+needs that pass.
 
 Line numbers are physical: "\\n"-ended lines, the first is 1, a last line without its "\\n"
 (the trainer is writing it) counts. Blank lines are numbered but never returned.
@@ -47,6 +49,19 @@ class LineCounter:
 
     _known: dict[str, _Counted] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def learn(self, path: Path, device: int, inode: int, offset: int, newlines: int) -> None:
+        """Take a count made elsewhere (the supervisor's follower reads every byte of a live
+        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode). Kept
+        unless a count of that file reaching further is known already."""
+        with self._lock:
+            known = self._known.get(str(path))
+            if (
+                known is None
+                or (known.device, known.inode) != (device, inode)
+                or (known.offset < offset)
+            ):
+                self._known[str(path)] = _Counted(device, inode, offset, newlines)
 
     def total_lines(self, handle: IO[bytes], path: Path, size: int) -> int:
         """Lines in the first ``size`` bytes of the open file ``handle``."""

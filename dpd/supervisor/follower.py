@@ -29,6 +29,7 @@ from typing import Any
 
 from dpd.events import EmitEvent
 from dpd.jobs.states import Phase
+from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.atomic import read_json_lines
 from dpd.spool.store import JobStore
@@ -94,8 +95,10 @@ class JobFollower:
         epochs: int | None,
         max_steps: int | None,
         on_observation: Callable[[str, Any], None] | None = None,
+        line_counts: LineCounter | None = None,
     ) -> None:
         self.store = store
+        self.line_counts = line_counts  # told how many lines were read, for the logs API
         self.emit = emit
         self.task_id = task_id
         self.job_dir = store.layout.job_dir(task_id)
@@ -126,7 +129,10 @@ class JobFollower:
                     self._note(observation, replaying=True)
         if state.get("progress_state"):
             self.tracker = ProgressTracker.from_state(state["progress_state"])
-        self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, offset)
+        known = replay.newlines if replay.offset == offset else None
+        self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, offset, known)
+        self.follower.identity = replay.identity
+        self._tell_line_count()
         self._metrics_done = max(
             (int(r.get("offset", 0)) for r in read_json_lines(self.job_dir / names.METRICS_FILE)),
             default=0,
@@ -143,6 +149,13 @@ class JobFollower:
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase
 
+    def _tell_line_count(self) -> None:
+        follower = self.follower
+        if self.line_counts is None or follower.newlines is None or follower.identity is None:
+            return
+        device, inode = follower.identity
+        self.line_counts.learn(follower.path, device, inode, follower.offset, follower.newlines)
+
     # ---------------------------------------------------------------- poll
 
     def poll(self, final: bool = False) -> bool:
@@ -155,6 +168,7 @@ class JobFollower:
         lines, offset = self.follower.read_new(max_bytes=limit, final=final)
         while self._replay_bounds and self._replay_bounds[0] <= offset:
             self._replay_bounds.pop(0)
+        self._tell_line_count()
         if not lines:
             return False
         now = time.time()

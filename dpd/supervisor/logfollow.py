@@ -35,10 +35,18 @@ READ_SIZE = 64 * 1024
 class LogFollower:
     """Tails one log file by offset; ``offset`` is public so state.json can carry it."""
 
-    def __init__(self, path: Path, offset: int = 0) -> None:
+    def __init__(self, path: Path, offset: int = 0, newlines: int | None = None) -> None:
         self.path = path
         self.offset = offset
+        # "\n" bytes before ``offset`` (None: not known), for the logs API's line numbers
+        self.newlines = 0 if offset == 0 else newlines
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file read
         self.at_eof = True  # the last read reached the end of the file (nothing left)
+
+    def seek(self, offset: int) -> None:
+        """Continue from ``offset`` (a new run appends to the log): the count is lost."""
+        self.offset = offset
+        self.newlines = 0 if offset == 0 else None
 
     def read_new(self, max_bytes: int = 1 << 20, final: bool = False) -> tuple[list[str], int]:
         """Complete lines since the offset (at most ``max_bytes`` read) and the new offset.
@@ -49,18 +57,26 @@ class LogFollower:
         back = 1 if start > 0 else 0  # one byte back: a "\\r\\n" split across reads is one end
         try:
             with self.path.open("rb") as handle:
+                info = os.fstat(handle.fileno())
                 handle.seek(start - back)
                 data = handle.read(max_bytes + back)
         except FileNotFoundError:
             self.at_eof = True
             return [], start
         at_eof = self.at_eof = len(data) < max_bytes + back
+        if self.identity != (info.st_dev, info.st_ino):
+            if self.identity is not None:
+                self.newlines = None  # another file under the same name
+            self.identity = (info.st_dev, info.st_ino)
+        skipped = 0
         if back:
             previous, data = data[:1], data[1:]
             if previous == b"\r" and data[:1] == b"\n":
-                data, start = data[1:], start + 1
+                data, start, skipped = data[1:], start + 1, 1
         end = _complete_end(data, at_eof, final)
         self.offset = start + end
+        if self.newlines is not None:
+            self.newlines += skipped + data.count(b"\n", 0, end)
         if end == 0:
             return [], self.offset
         return split_lines(data[:end].decode("utf-8", errors="replace")), self.offset

@@ -32,6 +32,7 @@ from dpd.config import Config
 from dpd.errors import Conflict
 from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, RESUMABLE, Phase, Status
+from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, utc_now
 from dpd.supervisor import outputs
@@ -98,6 +99,7 @@ class Supervisor:
         self.config = config
         self.store = store
         self.emit = emit
+        self.line_counts = LineCounter()  # what followers counted; the logs API reads it
         self.monitor = monitor
         self.launcher = launcher
         low, high = config.trainer.master_port_range
@@ -253,7 +255,7 @@ class Supervisor:
             error=None,
             ended_at=None,
         )
-        follower.follower.offset = self.store.get(task_id)["log_offset"]
+        follower.follower.seek(self.store.get(task_id)["log_offset"])
         self._emit_status(task_id, Status.RUNNING, Status.QUEUED, gpu_ids=list(gpu_ids))
         resume_run = self._resume_run_name(state, spec.resume_from_checkpoint)
         launch = LaunchSpec(
@@ -299,6 +301,7 @@ class Supervisor:
             task_id,
             epochs=config.get("epochs"),
             max_steps=config.get("max_steps"),
+            line_counts=self.line_counts,
         )
         return follower, pending
 

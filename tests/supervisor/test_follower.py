@@ -12,6 +12,8 @@ import pytest
 
 from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.states import Status
+from dpd.logs import reader as reader_module
+from dpd.logs.reader import LineCounter
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
 from dpd.supervisor import follower as follower_module
@@ -175,3 +177,41 @@ def test_a_phase_change_is_written_at_once(store: JobStore) -> None:
     write(store, "more\n")
     follower.poll()
     assert store.get(TASK)["progress"]["phase"] == "caching"
+
+
+def test_the_logs_api_learns_line_counts_from_the_follower_live_and_after_a_restart(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tail of a live job's log must not count the whole file: the follower read every
+    byte already and tells the shared LineCounter, also after re-attaching."""
+    log = store.layout.job_dir(TASK) / "train.log"
+    counted: list[tuple[int, int]] = []
+    real_count = reader_module.count_newlines
+
+    def spy(handle: Any, start: int, end: int) -> int:
+        counted.append((start, end))
+        return real_count(handle, start, end)
+
+    monkeypatch.setattr(reader_module, "count_newlines", spy)
+    counts = LineCounter()
+    follower = JobFollower(store, PendingEvents(), TASK, epochs=1, max_steps=None,
+                           line_counts=counts)  # fmt: skip
+    write(store, "starting\n", "\n", "progress\r", "progress 2\r\n", step_line(1), step_line(2))
+    follower.poll()
+    follower.write_state()
+    size = log.stat().st_size
+    with log.open("rb") as handle:
+        assert counts.total_lines(handle, log, size) == 5
+    assert counted == [(size, size)]  # nothing left to count
+
+    write(store, step_line(3))  # after the last state write: re-read after the restart
+    restarted_counts = LineCounter()
+    restarted = JobFollower(store, PendingEvents(), TASK, epochs=1, max_steps=None,
+                            line_counts=restarted_counts)  # fmt: skip
+    restarted.restore(store.get(TASK))
+    restarted.poll()
+    counted.clear()
+    size = log.stat().st_size
+    with log.open("rb") as handle:
+        assert restarted_counts.total_lines(handle, log, size) == 6
+    assert counted == [(size, size)]

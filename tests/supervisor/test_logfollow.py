@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +164,45 @@ def test_no_line_lost_or_repeated_whatever_the_write_and_read_boundaries(
             got.extend(new)
     assert got == lines
     assert follower.offset == len(data)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"\r\n", b" "]), max_size=60),
+    read_size=st.integers(min_value=1, max_value=16),
+)
+def test_newlines_before_the_offset_are_counted_exactly(
+    tmp_path_factory: pytest.TempPathFactory, data: list[bytes], read_size: int
+) -> None:
+    """The count the logs API takes for line numbers: every "\\n" before the offset, also
+    when a "\\r\\n" is split across two reads."""
+    log = tmp_path_factory.mktemp("count") / "train.log"
+    content = b"".join(data)
+    follower = LogFollower(log)
+    for start in range(0, len(content), 3):
+        append(log, content[start : start + 3])
+        follower.read_new(max_bytes=read_size)
+        assert follower.newlines == content[: follower.offset].count(b"\n")
+    while follower.read_new(max_bytes=read_size, final=True)[1] < len(content):
+        assert follower.newlines == content[: follower.offset].count(b"\n")
+    assert follower.offset == len(content)
+    assert follower.newlines == content.count(b"\n")
+
+
+def test_a_count_is_unknown_after_seeking_and_after_the_file_is_replaced(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    append(log, b"one\ntwo\n")
+    follower = LogFollower(log)
+    follower.read_new()
+    assert follower.newlines == 2
+    follower.seek(4)
+    assert follower.newlines is None
+    follower.seek(0)
+    follower.read_new()
+    assert follower.newlines == 2
+    log.rename(tmp_path / "train.log.1")  # kept, so its inode is not reused at once
+    append(log, b"three\nfour\nfive\n")  # a new file (inode) under the same name
+    follower.read_new()
+    assert follower.newlines is None

@@ -26,7 +26,7 @@ from dpd.http.common import (
     rate_limit,
 )
 from dpd.logs.entries import LEVELS, TYPES, make_filter, parse_time
-from dpd.logs.reader import LineCounter, read_tail
+from dpd.logs.reader import read_tail
 from dpd.logs.search import SearchQuery, search_log
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
@@ -34,11 +34,9 @@ from dpd.spool import layout as names
 PREFIX = "/api/v1/training"
 DEFAULT_LINES: Final = 100
 MAX_LINES: Final = 10_000
-LINE_COUNTER: web.AppKey[LineCounter] = web.AppKey("dpd.logs.line_counter", LineCounter)
 
 
 def setup(app: web.Application) -> None:
-    app[LINE_COUNTER] = LineCounter()
     app.router.add_get(f"{PREFIX}/{{task_id}}/logs", get_logs)
     app.router.add_get(f"{PREFIX}/{{task_id}}/logs/search", search_logs)
 
@@ -62,7 +60,7 @@ async def get_logs(request: web.Request) -> web.Response:
     # file, so a client that streams from last_seq misses nothing (it may see a line twice)
     last_seq = services.store.last_event_seq(task_id)
     page = await asyncio.to_thread(
-        read_tail, path, tail or DEFAULT_LINES, keep, since, request.app[LINE_COUNTER]
+        read_tail, path, tail or DEFAULT_LINES, keep, since, services.supervisor.line_counts
     )
     return envelope_response(
         {
