@@ -13,10 +13,11 @@ Line numbers are physical: "\\n"-ended lines, the first is 1, a last line withou
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -41,6 +42,9 @@ class _Counted:
     inode: int
     offset: int  # bytes counted
     newlines: int
+    # where level hints lie before ``hinted_until`` (the follower's record); None: not known
+    hinted: HintRanges | None = None
+    hinted_until: int = 0
 
 
 @dataclass
@@ -50,18 +54,44 @@ class LineCounter:
     _known: dict[str, _Counted] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def learn(self, path: Path, device: int, inode: int, offset: int, newlines: int) -> None:
+    def learn(
+        self,
+        path: Path,
+        device: int,
+        inode: int,
+        offset: int,
+        newlines: int,
+        hinted: HintRanges | None = None,
+    ) -> None:
         """Take a count made elsewhere (the supervisor's follower reads every byte of a live
-        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode). Kept
-        unless a count of that file reaching further is known already."""
+        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode), and
+        the ranges of them holding a level hint (the follower's list, appended to as it
+        reads; only what lies before ``offset`` is used). Kept unless a count of that file
+        reaching further is known already."""
         with self._lock:
             known = self._known.get(str(path))
             if (
                 known is None
                 or (known.device, known.inode) != (device, inode)
-                or (known.offset < offset)
+                or known.offset < offset
             ):
-                self._known[str(path)] = _Counted(device, inode, offset, newlines)
+                self._known[str(path)] = _Counted(device, inode, offset, newlines, hinted, offset)
+            elif known.hinted_until < offset or hinted is None:  # a tail counted further
+                self._known[str(path)] = replace(known, hinted=hinted, hinted_until=offset)
+
+    def hint_index(self, handle: IO[bytes], path: Path, min_level: str) -> HintIndex | None:
+        """What is known of where hints of ``min_level`` and above lie in the open file."""
+        info = os.fstat(handle.fileno())
+        with self._lock:
+            known = self._known.get(str(path))
+        if known is None or known.hinted is None:
+            return None
+        if (known.device, known.inode) != (info.st_dev, info.st_ino):
+            return None
+        ranges = known.hinted
+        if LEVEL_RANK[min_level] <= LEVEL_RANK["WARNING"]:
+            return HintIndex(known.hinted_until, (ranges.error, ranges.warning))
+        return HintIndex(known.hinted_until, (ranges.error,))
 
     def total_lines(self, handle: IO[bytes], path: Path, size: int) -> int:
         """Lines in the first ``size`` bytes of the open file ``handle``."""
@@ -74,8 +104,39 @@ class LineCounter:
             known = _Counted(info.st_dev, info.st_ino, 0, 0)
         newlines = known.newlines + count_newlines(handle, known.offset, size)
         with self._lock:
-            self._known[str(path)] = _Counted(info.st_dev, info.st_ino, size, newlines)
+            self._known[str(path)] = _Counted(
+                info.st_dev, info.st_ino, size, newlines, known.hinted, known.hinted_until
+            )
         return newlines + (1 if size and not _ends_with_newline(handle, size) else 0)
+
+
+@dataclass
+class HintRanges:
+    """Byte ranges of a log that hold a level hint, per class, sorted and disjoint: every
+    occurrence of an ``_ERROR_HINTS`` string lies inside an ``error`` range, of a
+    ``_WARNING_HINTS`` string inside a ``warning`` range. Kept by the supervisor's follower
+    as it reads (appended to from its thread; a reader only looks before its offset)."""
+
+    error: list[tuple[int, int]] = field(default_factory=list)
+    warning: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HintIndex:
+    """Bytes before ``covered`` hold a wanted level hint only inside these ranges."""
+
+    covered: int
+    ranges: tuple[list[tuple[int, int]], ...]
+
+    def clean(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are known to hold no wanted level hint."""
+        if end > self.covered:
+            return False
+        for ranges in self.ranges:
+            index = bisect.bisect_left(ranges, (end,))  # first range starting at or after end
+            if index and ranges[index - 1][1] > start:
+                return False
+        return True
 
 
 def count_newlines(handle: IO[bytes], start: int, end: int) -> int:
@@ -97,14 +158,15 @@ def _ends_with_newline(handle: IO[bytes], size: int) -> bool:
 
 def backward_lines(handle: IO[bytes], end: int, block: int | None = None) -> Iterator[bytes]:
     """Physical lines ending at or before byte ``end``, last first, without their "\\n"."""
-    for _, lines in backward_blocks(handle, end, block):
-        yield from lines
+    for data, _ in backward_blocks(handle, end, block):
+        yield from data.split(b"\n")[::-1]
 
 
 def backward_blocks(
     handle: IO[bytes], end: int, block: int | None = None
-) -> Iterator[tuple[bytes, list[bytes]]]:
-    """Blocks of whole lines from the end: (the block's bytes, its lines last first)."""
+) -> Iterator[tuple[bytes, int]]:
+    """Blocks of whole lines from the end: (the block's bytes, the offset of its first
+    byte). Its lines are ``data.split(b"\\n")``; the last block has no final "\\n"."""
     block = block or BLOCK
     position = end
     carry = b""
@@ -120,9 +182,9 @@ def backward_blocks(
             carry = data
             continue
         carry, whole = data[:cut], data[cut + 1 :]
-        yield whole, whole.split(b"\n")[::-1]
+        yield whole, start + cut + 1
     if end:
-        yield carry, [carry]
+        yield carry, 0
 
 
 @dataclass
@@ -147,16 +209,21 @@ def read_tail(
     with handle:
         size = os.fstat(handle.fileno()).st_size
         total = (counter or LineCounter()).total_lines(handle, path, size)
-        found = _collect(backward_blocks(handle, size), total, count, line_filter, since)
+        index = None
+        if counter is not None and line_filter.min_level is not None:
+            index = counter.hint_index(handle, path, line_filter.min_level)
+        blocks = backward_blocks(handle, size)
+        found = _collect(blocks, total, count, line_filter, since, index)
     return TailPage(total, found)
 
 
 def _collect(
-    blocks: Iterator[tuple[bytes, list[bytes]]],
+    blocks: Iterator[tuple[bytes, int]],
     total: int,
     count: int,
     keep: LineFilter,
     since: str | None,
+    index: HintIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Walk lines newest first. Lines without a time of their own wait in ``pending`` until
     an earlier timestamped line dates them (or, with ``since``, rules them out). A block
@@ -165,7 +232,8 @@ def _collect(
     pending: list[tuple[int, Any]] = []
     number, looked_back = total + 1, 0
     hints = level_hints(keep.min_level)
-    for raw in _lines_worth_reading(blocks, hints, lambda: bool(pending) or since is not None):
+    must_read = lambda: bool(pending) or since is not None  # noqa: E731
+    for raw in _lines_worth_reading(blocks, hints, must_read, index):
         if isinstance(raw, int):
             number -= raw  # a skipped block's lines
             continue
@@ -218,16 +286,28 @@ _WARNING_HINTS: Final[tuple[bytes, ...]] = (b"WARNING", b"Warning", b"[W")
 
 
 def _lines_worth_reading(
-    blocks: Iterator[tuple[bytes, list[bytes]]],
+    blocks: Iterator[tuple[bytes, int]],
     hints: tuple[bytes, ...] | None,
     must_read: Callable[[], bool],
+    index: HintIndex | None = None,
 ) -> Iterator[bytes | int]:
-    """The lines of each block, or the number of lines of a block skipped whole."""
-    for block, lines in blocks:
-        if hints is not None and not must_read() and not any(h in block for h in hints):
-            yield len(lines)
-            continue
-        yield from lines
+    """The lines of each block, or the number of lines of a block skipped whole. A block the
+    follower already found free of hints (``index``) is skipped without being searched."""
+    for block, start in blocks:
+        if hints is not None and not must_read():
+            if index is not None and index.clean(start, start + len(block)):
+                yield block.count(b"\n") + 1
+                continue
+            if not any(h in block for h in hints):
+                yield block.count(b"\n") + 1
+                continue
+        yield from block.split(b"\n")[::-1]
+
+
+# What the supervisor's follower looks for as it reads: every level hint there is.
+FOLLOWED_HINTS: Final = _ERROR_HINTS + _WARNING_HINTS
+ERROR_HINTS: Final = _ERROR_HINTS
+WARNING_HINTS: Final = _WARNING_HINTS
 
 
 def _oldest_first(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

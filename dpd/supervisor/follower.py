@@ -132,6 +132,8 @@ class JobFollower:
         known = replay.newlines if replay.offset == offset else None
         self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, offset, known)
         self.follower.identity = replay.identity
+        if known is not None:
+            self.follower.hinted = replay.hinted
         self._tell_line_count()
         self._metrics_done = max(
             (int(r.get("offset", 0)) for r in read_json_lines(self.job_dir / names.METRICS_FILE)),
@@ -154,7 +156,9 @@ class JobFollower:
         if self.line_counts is None or follower.newlines is None or follower.identity is None:
             return
         device, inode = follower.identity
-        self.line_counts.learn(follower.path, device, inode, follower.offset, follower.newlines)
+        self.line_counts.learn(
+            follower.path, device, inode, follower.offset, follower.newlines, follower.hinted
+        )
 
     # ---------------------------------------------------------------- poll
 

@@ -26,10 +26,13 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask, Watch
 
+from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS, HintRanges
+
 log = logging.getLogger("dpd.supervisor")
 
 EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
 READ_SIZE = 64 * 1024
+MAX_HINTED_RANGES = 100_000
 
 
 class LogFollower:
@@ -40,6 +43,9 @@ class LogFollower:
         self.offset = offset
         # "\n" bytes before ``offset`` (None: not known), for the logs API's line numbers
         self.newlines = 0 if offset == 0 else newlines
+        # byte ranges before ``offset`` holding a level hint, for filtered tails (with
+        # ``newlines``: known only when followed from the start of this file)
+        self.hinted: HintRanges | None = HintRanges() if offset == 0 else None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the file read
         self.at_eof = True  # the last read reached the end of the file (nothing left)
 
@@ -47,6 +53,7 @@ class LogFollower:
         """Continue from ``offset`` (a new run appends to the log): the count is lost."""
         self.offset = offset
         self.newlines = 0 if offset == 0 else None
+        self.hinted = HintRanges() if offset == 0 else None
 
     def read_new(self, max_bytes: int = 1 << 20, final: bool = False) -> tuple[list[str], int]:
         """Complete lines since the offset (at most ``max_bytes`` read) and the new offset.
@@ -66,7 +73,7 @@ class LogFollower:
         at_eof = self.at_eof = len(data) < max_bytes + back
         if self.identity != (info.st_dev, info.st_ino):
             if self.identity is not None:
-                self.newlines = None  # another file under the same name
+                self.newlines = self.hinted = None  # another file under the same name
             self.identity = (info.st_dev, info.st_ino)
         skipped = 0
         if back:
@@ -77,9 +84,54 @@ class LogFollower:
         self.offset = start + end
         if self.newlines is not None:
             self.newlines += skipped + data.count(b"\n", 0, end)
+        if self.hinted is not None and end:
+            self._note_hints(data[:end], start)
         if end == 0:
             return [], self.offset
         return split_lines(data[:end].decode("utf-8", errors="replace")), self.offset
+
+    def _note_hints(self, chunk: bytes, start: int) -> None:
+        """Record the lines of ``chunk`` (at ``start``) that hold a level hint, and its last
+        line if the chunk ends inside it (a hint could straddle the cut). Too many ranges:
+        stop keeping them."""
+        assert self.hinted is not None
+        partial = chunk[-1:] not in (b"\n", b"\r")
+        tail = (chunk.rfind(b"\n") + 1, len(chunk)) if partial else None
+        for hints, ranges in (
+            (ERROR_HINTS, self.hinted.error),
+            (WARNING_HINTS, self.hinted.warning),
+        ):
+            for low, high in _lines_holding(chunk, hints, tail):
+                if ranges and ranges[-1][1] >= start + low:
+                    ranges[-1] = (ranges[-1][0], max(ranges[-1][1], start + high))
+                else:
+                    ranges.append((start + low, start + high))
+            if len(ranges) > MAX_HINTED_RANGES:
+                self.hinted = None
+                return
+
+
+def _lines_holding(
+    chunk: bytes, hints: tuple[bytes, ...], extra: tuple[int, int] | None
+) -> list[tuple[int, int]]:
+    """Sorted, merged byte ranges of the lines of ``chunk`` holding one of ``hints``."""
+    spans = [extra] if extra is not None else []
+    for hint in hints:
+        found = chunk.find(hint)
+        while found != -1:
+            low = chunk.rfind(b"\n", 0, found) + 1
+            high = chunk.find(b"\n", found)
+            high = len(chunk) if high == -1 else high + 1
+            spans.append((low, high))
+            found = chunk.find(hint, high)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for low, high in spans:
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def _complete_end(data: bytes, at_eof: bool, final: bool) -> int:

@@ -10,6 +10,7 @@ import pytest
 from dpd.logs import reader
 from dpd.logs.entries import LineFilter, classify, display_text, make_filter, parse_time
 from dpd.logs.reader import LineCounter, backward_lines, read_tail
+from dpd.supervisor.logfollow import LogFollower
 from tests.logs.logfactory import make_log, naive_lines, naive_tail
 
 
@@ -95,3 +96,52 @@ def test_the_line_counter_counts_only_what_was_appended(tmp_path: Path) -> None:
     os.truncate(log, 0)
     log.write_bytes(b"fresh\n")
     assert read_tail(log, 1, LineFilter(), counter=counter).total_lines == 1
+
+
+def followed_counter(log: Path, read_size: int) -> LineCounter:
+    """The counter as the daemon holds it for a live job: told by a follower that read the
+    log in pieces of ``read_size`` bytes."""
+    follower = LogFollower(log)
+    while follower.read_new(max_bytes=read_size)[1] < log.stat().st_size:
+        pass
+    assert follower.identity is not None and follower.newlines is not None
+    counter = LineCounter()
+    counter.learn(log, *follower.identity, follower.offset, follower.newlines, follower.hinted)
+    return counter
+
+
+@pytest.mark.parametrize("read_size", [300, 4096, 1 << 20])
+@pytest.mark.parametrize("level", ["WARNING", "ERROR", "CRITICAL"])
+def test_a_tail_filtered_by_level_on_a_followed_log_matches_the_model(
+    log: Path, level: str, read_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reader, "BLOCK", 2048)
+    counter = followed_counter(log, read_size)
+    keep = make_filter(level, None)
+    for count in (1, 30, 10_000):
+        page = read_tail(log, count, keep, None, counter)
+        assert page.entries == naive_tail(log, count, keep)
+        assert page.total_lines == len(naive_lines(log))
+
+
+def test_the_followers_index_is_what_lets_a_filtered_tail_skip_blocks(log: Path) -> None:
+    """Told (falsely) that no byte holds a hint, the tail skips every block unsearched: so a
+    followed log is never searched where the follower found nothing."""
+    follower_counter = followed_counter(log, 4096)
+    keep = make_filter("ERROR", None)
+    assert read_tail(log, 10, keep, None, follower_counter).entries  # the log has errors
+    with log.open("rb") as handle:
+        index = follower_counter.hint_index(handle, log, "ERROR")
+    assert index is not None and index.covered == log.stat().st_size
+    assert len(index.ranges) == 1 and index.ranges[0]  # errors only, and there are some
+    lying = LineCounter()
+    info = log.stat()
+    lying.learn(log, info.st_dev, info.st_ino, index.covered, 0, reader.HintRanges())
+    assert read_tail(log, 10, keep, None, lying).entries == []
+
+
+def test_hint_index_ranges(tmp_path: Path) -> None:
+    index = reader.HintIndex(100, ([(10, 20)], [(50, 60)]))
+    assert index.clean(0, 10) and index.clean(20, 50) and index.clean(60, 100)
+    assert not index.clean(0, 11) and not index.clean(19, 30) and not index.clean(45, 55)
+    assert not index.clean(60, 101)  # past what the follower read

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS
 from dpd.supervisor.logfollow import LogFollower, split_lines
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -206,3 +207,36 @@ def test_a_count_is_unknown_after_seeking_and_after_the_file_is_replaced(tmp_pat
     append(log, b"three\nfour\nfive\n")  # a new file (inode) under the same name
     follower.read_new()
     assert follower.newlines is None
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.lists(
+        st.sampled_from([b"ok ", b"ERROR", b"RROR", b"[W", b"Traceback", b"\n", b"\r", b"x"]),
+        max_size=80,
+    ),
+    read_size=st.integers(min_value=1, max_value=24),
+)
+def test_bytes_outside_the_hinted_ranges_hold_no_level_hint(
+    tmp_path_factory: pytest.TempPathFactory, data: list[bytes], read_size: int
+) -> None:
+    """What lets a filtered tail skip a followed log's blocks unsearched: every hint lies
+    inside a recorded range, also one cut in two by a read."""
+    log = tmp_path_factory.mktemp("hints") / "train.log"
+    content = b"".join(data)
+    append(log, content)
+    follower = LogFollower(log)
+    while follower.read_new(max_bytes=read_size, final=True)[1] < len(content):
+        pass
+    assert follower.hinted is not None
+    for ranges, hints in ((follower.hinted.error, ERROR_HINTS),
+                          (follower.hinted.warning, WARNING_HINTS)):  # fmt: skip
+        gaps, position = [], 0
+        for start, end in ranges:
+            assert position <= start < end
+            gaps.append(content[position:start])
+            position = end
+        gaps.append(content[position:])
+        assert not any(h in gap for gap in gaps for h in hints)
