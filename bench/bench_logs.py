@@ -119,8 +119,7 @@ def followed_counter(path: Path) -> LineCounter:
     while follower.read_new(max_bytes=READ_BYTES)[1] < path.stat().st_size:
         pass
     counter = LineCounter()
-    assert follower.newlines is not None and follower.identity is not None
-    counter.learn(path, *follower.identity, follower.offset, follower.newlines, follower.hinted)
+    assert follower.tell(counter)
     return counter
 
 

@@ -152,13 +152,8 @@ class JobFollower:
         self._phase_written = self.facts.phase
 
     def _tell_line_count(self) -> None:
-        follower = self.follower
-        if self.line_counts is None or follower.newlines is None or follower.identity is None:
-            return
-        device, inode = follower.identity
-        self.line_counts.learn(
-            follower.path, device, inode, follower.offset, follower.newlines, follower.hinted
-        )
+        if self.line_counts is not None:
+            self.follower.tell(self.line_counts)
 
     # ---------------------------------------------------------------- poll
 

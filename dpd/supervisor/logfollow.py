@@ -26,7 +26,7 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask, Watch
 
-from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS, HintRanges
+from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS, HintRanges, LineCounter
 
 log = logging.getLogger("dpd.supervisor")
 
@@ -89,6 +89,15 @@ class LogFollower:
         if end == 0:
             return [], self.offset
         return split_lines(data[:end].decode("utf-8", errors="replace")), self.offset
+
+    def tell(self, counts: LineCounter) -> bool:
+        """Give ``counts`` what this follower knows of the file (its newlines and hint
+        ranges before the offset); False when it knows nothing (it did not read from 0)."""
+        if self.newlines is None or self.identity is None:
+            return False
+        device, inode = self.identity
+        counts.learn(self.path, device, inode, self.offset, self.newlines, self.hinted)
+        return True
 
     def _note_hints(self, chunk: bytes, start: int) -> None:
         """Record the lines of ``chunk`` (at ``start``) that hold a level hint, and its last

@@ -104,9 +104,8 @@ def followed_counter(log: Path, read_size: int) -> LineCounter:
     follower = LogFollower(log)
     while follower.read_new(max_bytes=read_size)[1] < log.stat().st_size:
         pass
-    assert follower.identity is not None and follower.newlines is not None
     counter = LineCounter()
-    counter.learn(log, *follower.identity, follower.offset, follower.newlines, follower.hinted)
+    assert follower.tell(counter)
     return counter
 
 
