@@ -48,6 +48,15 @@ async def emit_steps(outlet: Outlet, task_id: str, steps: range, pause: float = 
             await asyncio.sleep(pause)
 
 
+async def ready_outlet(tmp_path: Path, url: str, consumer: bool = True) -> Outlet:
+    """A JetStream outlet whose stream exists, with the durable consumer unless told not to."""
+    outlet = await Outlet(tmp_path, nats_config(url, jetstream=True)).start()
+    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
+    if consumer:
+        await durable_consumer(url)
+    return outlet
+
+
 async def test_stream_is_created_and_messages_carry_their_id(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -80,9 +89,7 @@ async def test_stream_is_created_and_messages_carry_their_id(
 async def test_nats_killed_mid_stream_every_seq_arrives_exactly_once(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
-    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
-    await durable_consumer(nats_server.url)
+    outlet = await ready_outlet(tmp_path, nats_server.url)
     for task_id in ("one", "two"):
         outlet.new_job(task_id)
     producer = asyncio.gather(
@@ -106,9 +113,7 @@ async def test_nats_killed_mid_stream_every_seq_arrives_exactly_once(
 async def test_daemon_crash_republishes_what_was_not_acked(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
-    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
-    await durable_consumer(nats_server.url)
+    outlet = await ready_outlet(tmp_path, nats_server.url)
     outlet.new_job("t")
     await emit_steps(outlet, "t", range(1, 301))
     await wait_until(lambda: outlet.bridge.status()["acked"] > 50)
@@ -127,9 +132,7 @@ async def test_daemon_crash_republishes_what_was_not_acked(
 async def test_daemon_starting_while_nats_is_down_catches_up_later(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
-    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
-    await durable_consumer(nats_server.url)
+    outlet = await ready_outlet(tmp_path, nats_server.url)
     outlet.new_job("t")
     await outlet.stop()
     nats_server.kill()
@@ -158,8 +161,7 @@ async def test_acks_are_saved_in_batches_not_one_write_per_ack(
         real_save(path, marks)
 
     monkeypatch.setattr(jetstream, "save_watermarks", counting_save)
-    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
-    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
+    outlet = await ready_outlet(tmp_path, nats_server.url, consumer=False)
     outlet.new_job("t")
     await emit_steps(outlet, "t", range(1, 1001))
     await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0)
@@ -171,9 +173,7 @@ async def test_acks_are_saved_in_batches_not_one_write_per_ack(
 async def test_a_lost_ack_record_republishes_everything_and_the_stream_drops_it(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    outlet = await Outlet(tmp_path, nats_config(nats_server.url, jetstream=True)).start()
-    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
-    await durable_consumer(nats_server.url)
+    outlet = await ready_outlet(tmp_path, nats_server.url)
     outlet.new_job("t")
     await emit_steps(outlet, "t", range(1, 2001))  # more than one window of publishes
     await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0, timeout=30)

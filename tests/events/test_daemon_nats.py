@@ -77,6 +77,17 @@ async def final_disk_events(daemon: DaemonProcess, task_id: str) -> list[dict[st
     return events
 
 
+async def receive_at_least(url: str, count: int) -> list[dict[str, Any]]:
+    """What the durable consumer delivers, pulled until ``count`` events came (or 20 pulls)."""
+    received: list[dict[str, Any]] = []
+    deliveries: set[int] = set()
+    for _ in range(20):
+        received.extend(await consume_all(url, deliveries=deliveries))
+        if len(received) >= count:
+            break
+    return received
+
+
 async def test_a_training_seen_through_nats_matches_events_jsonl(
     tmp_path: Path, core_nats_server: NatsServer, daemons: list
 ) -> None:
@@ -122,16 +133,7 @@ async def test_daemon_kill9_mid_training_every_seq_once_on_the_durable_consumer(
     await asyncio.to_thread(daemon.start)
     await wait_status(daemon, "cats", TERMINAL)
     on_disk = await final_disk_events(daemon, "cats")
-    received: list[dict[str, Any]] = []
-    deliveries: set[int] = set()
-
-    async def everything_arrived() -> bool:
-        received.extend(await consume_all(nats_server.url, deliveries=deliveries))
-        return len(received) >= len(on_disk)
-
-    for _ in range(20):
-        if await everything_arrived():
-            break
+    received = await receive_at_least(nats_server.url, len(on_disk))
     assert sorted(e["seq"] for e in received) == [e["seq"] for e in on_disk]
     assert {e["seq"]: e for e in received} == {e["seq"]: e for e in on_disk}
     assert on_disk[-1]["data"]["status"] == "completed"
@@ -154,11 +156,6 @@ async def test_nats_kill9_mid_training_every_seq_once_on_the_durable_consumer(
     nats_server.start()
     await wait_status(daemon, "cats", TERMINAL)
     on_disk = await final_disk_events(daemon, "cats")
-    received: list[dict[str, Any]] = []
-    deliveries: set[int] = set()
-    for _ in range(20):
-        received.extend(await consume_all(nats_server.url, deliveries=deliveries))
-        if len(received) >= len(on_disk):
-            break
+    received = await receive_at_least(nats_server.url, len(on_disk))
     assert sorted(e["seq"] for e in received) == [e["seq"] for e in on_disk]
     assert on_disk[-1]["data"]["status"] == "completed"
