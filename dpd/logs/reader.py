@@ -113,8 +113,8 @@ class LineCounter:
 @dataclass
 class HintRanges:
     """Byte ranges of a log that hold a level hint, per class, sorted and disjoint: every
-    occurrence of an ``_ERROR_HINTS`` string lies inside an ``error`` range, of a
-    ``_WARNING_HINTS`` string inside a ``warning`` range. Kept by the supervisor's follower
+    occurrence of an ``ERROR_HINTS`` string lies inside an ``error`` range, of a
+    ``WARNING_HINTS`` string inside a ``warning`` range. Kept by the supervisor's follower
     as it reads (appended to from its thread; a reader only looks before its offset)."""
 
     error: list[tuple[int, int]] = field(default_factory=list)
@@ -274,15 +274,15 @@ def level_hints(min_level: str | None) -> tuple[bytes, ...] | None:
     if min_level is None or LEVEL_RANK[min_level] <= LEVEL_RANK["INFO"]:
         return None
     if LEVEL_RANK[min_level] <= LEVEL_RANK["WARNING"]:
-        return _ERROR_HINTS + _WARNING_HINTS
-    return _ERROR_HINTS
+        return ERROR_HINTS + WARNING_HINTS
+    return ERROR_HINTS
 
 
-_ERROR_HINTS: Final[tuple[bytes, ...]] = (
+ERROR_HINTS: Final[tuple[bytes, ...]] = (
     b"ERROR", b"CRITICAL", b"Traceback", b'File "', b"out of memory", b"OutOfMemory",
     b"Error", b"Exception", b"Interrupt", b"Exit", b"error: ", b"[E", b"[F",
 )  # fmt: skip
-_WARNING_HINTS: Final[tuple[bytes, ...]] = (b"WARNING", b"Warning", b"[W")
+WARNING_HINTS: Final[tuple[bytes, ...]] = (b"WARNING", b"Warning", b"[W")
 
 
 def _lines_worth_reading(
@@ -302,12 +302,6 @@ def _lines_worth_reading(
                 yield block.count(b"\n") + 1
                 continue
         yield from block.split(b"\n")[::-1]
-
-
-# What the supervisor's follower looks for as it reads: every level hint there is.
-FOLLOWED_HINTS: Final = _ERROR_HINTS + _WARNING_HINTS
-ERROR_HINTS: Final = _ERROR_HINTS
-WARNING_HINTS: Final = _WARNING_HINTS
 
 
 def _oldest_first(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
