@@ -2,16 +2,21 @@
 
 What it guarantees: the TOML is built with tomlkit from typed values, never by formatting
 text, so a caption prefix or a pass-through string holding quotes, newlines, ``]`` or ``=``
-stays one string value and cannot add keys. Every rendering is parsed back with tomllib and
-compared, types included, to the intended dict; any difference raises ``ConfigRenderError``
-(a 500: a bug here, never the user's input) instead of handing train.py a config it would
-read differently. Pure: returns text, writes nothing (the spool store writes the files).
+stays one string value and cannot add keys. Every piece of text is parsed back with tomllib
+and compared, types included, to the values it was made from; any difference raises
+``ConfigRenderError`` (a 500: a bug here, never the user's input) instead of handing
+train.py a config it would read differently. Pure: returns text, writes nothing (the spool
+store writes the files).
 
 Speed: tomlkit costs about a millisecond per document, and jobs mostly repeat the same
 values. Each top-level statement (``key = value``, a ``[table]`` with everything under it, or
-an array of tables) is rendered by tomlkit on its own and remembered, keyed by its key and
-its typed value; a document is those statements in order. The read-back check still runs on
-every whole document, so a cached piece can never yield a config that reads differently.
+an array of tables) is rendered by tomlkit on its own, parsed back on its own, and
+remembered, keyed by its key and its typed value; a document is those statements in order.
+Joining verified statements cannot change what they mean: every plain ``key = value`` comes
+before the first table header (``_ordered``; TOML would put a later one into that table),
+each statement ends with a newline, and each table statement opens with its own header, so
+what it defines cannot run into the next. The keys are a dict's, so none repeats. Parsing
+every whole document again cost a fifth of a spool ingestion's CPU and found nothing more.
 """
 
 from __future__ import annotations
@@ -60,14 +65,7 @@ def dataset_config(spec: JobSpec) -> dict[str, Any]:
 def render_toml(data: Mapping[str, Any]) -> str:
     """TOML text for ``data``; ConfigRenderError unless it parses back identical."""
     ordered = _ordered(data)
-    text = _HEADER_TEXT + "".join(_statement(key, value) for key, value in ordered.items())
-    try:
-        parsed = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigRenderError(f"rendered TOML does not parse: {err}") from err
-    if not same_values(parsed, data):
-        raise ConfigRenderError("rendered TOML does not read back as the intended values")
-    return text
+    return _HEADER_TEXT + "".join(_statement(key, value) for key, value in ordered.items())
 
 
 def _render_document(items: Mapping[str, Any], header: bool) -> str:
@@ -124,10 +122,22 @@ def _statement(key: str, value: Any) -> str:
     text = _statements.get(cache_key)
     if text is None:
         text = _render_document({key: value}, header=False)
+        _check_reads_back(text, {key: value})
         if _is_table_like(value):
             text = "\n" + text
         _statements.put(cache_key, text)
     return text
+
+
+def _check_reads_back(text: str, intended: Mapping[str, Any]) -> None:
+    if not text.endswith("\n"):
+        raise ConfigRenderError("a rendered TOML statement does not end its line")
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigRenderError(f"rendered TOML does not parse: {err}") from err
+    if not same_values(parsed, intended):
+        raise ConfigRenderError("rendered TOML does not read back as the intended values")
 
 
 def _typed(value: Any) -> Hashable:

@@ -281,7 +281,19 @@ tables = st.dictionaries(keys, values, min_size=1, max_size=3)
 @given(data=st.dictionaries(keys, values | tables | st.lists(tables, min_size=1, max_size=2)))
 def test_cached_statements_add_up_to_what_tomlkit_writes(data: dict[str, Any]) -> None:
     for _ in range(2):  # cold, then from the cache
-        assert render_toml(data) == whole_document(data)
+        text = render_toml(data)
+        assert text == whole_document(data)
+        # statements are checked one by one; joined, they must still read back whole
+        assert same_values(tomllib.loads(text), data)
+
+
+def test_a_statement_is_checked_before_it_is_cached() -> None:
+    dpconfig._statements.clear()
+    with pytest.raises(ConfigRenderError):
+        render_toml({"ok": 1, "lr": float("nan")})
+    assert len(dpconfig._statements._texts) == 1  # "ok" only: nothing unchecked is kept
+    with pytest.raises(ConfigRenderError):
+        render_toml({"ok": 1, "lr": float("nan")})
 
 
 def test_the_cache_tells_apart_values_that_compare_equal() -> None:
