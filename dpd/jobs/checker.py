@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from dpd.errors import FieldError
 from dpd.jobs import model_rules as mr
-from dpd.jobs.paths import PathKind, PathRefused, check_path
+from dpd.jobs.paths import DataRoots, PathKind, PathRefused, check_path
 
 KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INT64_MIN: Final = -(2**63)
@@ -45,7 +45,7 @@ class Checker:
     BAD: Final = _Bad()
 
     def __init__(self, data_roots: Sequence[Path]) -> None:
-        self.data_roots = list(data_roots)
+        self.data_roots = DataRoots.of(data_roots)
         self.errors: list[FieldError] = []
         self.origin: dict[str, str] = {}  # flattened config key -> field the user wrote
 

@@ -146,32 +146,36 @@ def check_structure(doc: Any) -> None:
         raise BadRequest("the job document must be a mapping (an object) at the top level")
     stack: list[tuple[Any, int]] = [(doc, 1)]
     visited = 0
-    while stack:
-        node, depth = stack.pop()
-        visited += 1
-        if visited > MAX_NODES or depth > MAX_DEPTH:
-            raise BadRequest("the job document is too large or nested too deeply")
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if not isinstance(key, str):
-                    raise BadRequest(f"keys must be strings, got {key!r}")
-                _check_text(key)
-                stack.append((value, depth + 1))
-        elif isinstance(node, list):
-            stack.extend((item, depth + 1) for item in node)
-        elif isinstance(node, str):
-            _check_text(node)
-        elif node is not None and not isinstance(node, bool | int | float):
-            raise BadRequest(
-                f"unsupported value of type {type(node).__name__} (quote dates and times)"
-            )
-
-
-def _check_text(text: str) -> None:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
+        while stack:
+            node, depth = stack.pop()
+            visited += 1
+            if visited > MAX_NODES or depth > MAX_DEPTH:
+                raise BadRequest("the job document is too large or nested too deeply")
+            kind = type(node)  # exact types first: isinstance against an ABC is slow
+            if kind is str:
+                node.encode()
+            elif kind in _SCALARS or node is None:
+                continue
+            elif kind is dict or isinstance(node, Mapping):
+                for key, value in node.items():
+                    if type(key) is not str and not isinstance(key, str):
+                        raise BadRequest(f"keys must be strings, got {key!r}")
+                    key.encode()
+                    stack.append((value, depth + 1))
+            elif isinstance(node, list):
+                stack.extend((item, depth + 1) for item in node)
+            elif isinstance(node, str):
+                node.encode()
+            elif not isinstance(node, bool | int | float):
+                raise BadRequest(
+                    f"unsupported value of type {type(node).__name__} (quote dates and times)"
+                )
+    except UnicodeEncodeError as err:  # a lone surrogate: the only str UTF-8 cannot encode
         raise BadRequest("the job document holds a string that is not valid Unicode") from err
+
+
+_SCALARS: Final = frozenset({bool, int, float})
 
 
 # ------------------------------------------------------------------ validation (422)

@@ -132,3 +132,44 @@ def test_safetensors_count(tree: dict[str, Path]) -> None:
     assert safetensors_count(str(root / "model.safetensors")) is None
     os.mkdir(root / "dir.safetensors")  # directories do not count
     assert safetensors_count(str(root)) == 1
+
+
+def test_without_proc_the_walk_in_python_gives_the_same_answers(
+    tree: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tree["root"]
+    (root / "alias").symlink_to(root / "sets" / "a")
+    (root / "weights").symlink_to("model.safetensors")  # relative target
+    (root / "escape").symlink_to(tree["outside"] / "key")
+    cases = [
+        (root / "alias", PathKind.DIR),
+        (root / "weights", PathKind.FILE),
+        (root / "alias" / ".." / "a", PathKind.DIR),
+        (root / "sets" / "a", PathKind.FILE),
+        (root / "escape", PathKind.ANY),
+        (root / "missing", PathKind.ANY),
+    ]
+
+    def answers() -> list[str]:
+        out = []
+        for path, kind in cases:
+            try:
+                out.append(check_path(str(path), [root], kind))
+            except PathRefused as err:
+                out.append(f"refused: {err}")
+        return out
+
+    with_proc = answers()
+    assert with_proc[:3] == [os.path.realpath(path, strict=True) for path, _ in cases[:3]]
+    assert "not a regular file" in with_proc[3] and "outside every data root" in with_proc[4]
+    assert "does not exist" in with_proc[5]
+
+    readlink = os.readlink
+
+    def no_proc(path: str) -> str:
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return readlink(path)
+
+    monkeypatch.setattr("dpd.jobs.paths.os.readlink", no_proc)
+    assert answers() == with_proc
