@@ -123,19 +123,27 @@ _sync_pool_lock = threading.Lock()
 def fsync_all(fds: Sequence[int]) -> None:
     """fsync every descriptor (files or directories), several at a time; returns once all
     are done. ``DurabilityError`` if any failed (none is retried). Closes nothing."""
-    # One descriptor is synced here: a thread hand-off would only add latency.
-    errors = map(_fsync_error, fds) if len(fds) < 2 else _pool().map(_fsync_error, fds)
-    failed = next((err for err in list(errors) if err is not None), None)
-    if failed is not None:
+    # One descriptor is synced here: a thread hand-off would only add latency. Otherwise
+    # each thread takes a share: handing every descriptor to the pool on its own cost more
+    # CPU (under the GIL) than the fsyncs, whose later ones find their commit already done.
+    if len(fds) < 2:
+        errors = _fsync_errors(fds)
+    else:
+        shares = [fds[start::SYNC_THREADS] for start in range(min(SYNC_THREADS, len(fds)))]
+        errors = [err for found in _pool().map(_fsync_errors, shares) for err in found]
+    if errors:
+        failed = errors[0]
         raise DurabilityError(failed.errno, f"fsync failed: {failed.strerror}") from failed
 
 
-def _fsync_error(fd: int) -> OSError | None:
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        return err
-    return None
+def _fsync_errors(fds: Sequence[int]) -> list[OSError]:
+    errors = []
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            errors.append(err)
+    return errors
 
 
 def _pool() -> ThreadPoolExecutor:

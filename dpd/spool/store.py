@@ -254,7 +254,9 @@ class JobStore:
                 raise _taken(task_id)
             submitted_seq = self._next_submitted_seq
             self._next_submitted_seq += 1
-        state = self._initial_state(spec, task_id, self.layout.job_dir(task_id), submitted_seq)
+        state = self._initial_state(
+            spec, task_id, os.path.join(self.layout.jobs, task_id), submitted_seq
+        )
         event = self._event_record(task_id, 1, "status", {"status": "queued", "previous": None})
         files = self._job_files(spec, state, submission, event)
         build = JobDirBuild.start(self.layout.jobs, task_id, files)
@@ -285,10 +287,8 @@ class JobStore:
     ) -> list[FileSpec]:
         """What a new job directory holds (DESIGN §3), rendered before anything is written
         so that a config that cannot be rendered leaves nothing behind."""
-        output_dir = Path(state["output_dir"])
-        dataset_toml = self.layout.job_dir(state["task_id"]) / names.DATASET_TOML
         config_text, dataset_text = render_configs(
-            spec, output_dir=output_dir, dataset_toml=dataset_toml
+            spec, output_dir=state["output_dir"], dataset_toml=state["config"]["dataset"]
         )
         job = {
             "schema_version": SCHEMA_VERSION,
@@ -306,13 +306,13 @@ class JobStore:
         ]
 
     def _initial_state(
-        self, spec: JobSpec, task_id: str, job_dir: Path, submitted_seq: int
+        self, spec: JobSpec, task_id: str, job_dir: str, submitted_seq: int
     ) -> dict[str, Any]:
         now = utc_now()
-        output_dir = self.output_root / task_id
+        output_dir = os.path.join(self.output_root, task_id)
         config = dict(spec.config)
-        config["output_dir"] = str(output_dir)
-        config["dataset"] = str(job_dir / names.DATASET_TOML)
+        config["output_dir"] = output_dir
+        config["dataset"] = os.path.join(job_dir, names.DATASET_TOML)
         return {
             "schema_version": SCHEMA_VERSION,
             "task_id": task_id,
@@ -327,8 +327,8 @@ class JobStore:
             "gpu_name": None,
             "config": config,
             "dataset": spec.dataset,
-            "output_dir": str(output_dir),
-            "logs_path": str(job_dir / names.TRAIN_LOG),
+            "output_dir": output_dir,
+            "logs_path": os.path.join(job_dir, names.TRAIN_LOG),
             "created_at": now,
             "updated_at": now,
             "started_at": None,

@@ -41,7 +41,9 @@ class ConfigRenderError(InternalError):
     """The rendered TOML does not read back as the intended values."""
 
 
-def render_configs(spec: JobSpec, *, output_dir: Path, dataset_toml: Path) -> tuple[str, str]:
+def render_configs(
+    spec: JobSpec, *, output_dir: Path | str, dataset_toml: Path | str
+) -> tuple[str, str]:
     """(config.toml text, dataset.toml text) built with tomlkit from typed values, never by
     string formatting; verified by parsing back with tomllib and comparing to the intended
     dict (raise on mismatch)."""
@@ -49,7 +51,9 @@ def render_configs(spec: JobSpec, *, output_dir: Path, dataset_toml: Path) -> tu
     return render_toml(main), render_toml(dataset_config(spec))
 
 
-def main_config(spec: JobSpec, *, output_dir: Path, dataset_toml: Path) -> dict[str, Any]:
+def main_config(
+    spec: JobSpec, *, output_dir: Path | str, dataset_toml: Path | str
+) -> dict[str, Any]:
     """The main config as train.py will read it: the daemon's output_dir and dataset first."""
     config = {key: value for key, value in spec.config.items() if key not in OWNED_KEYS}
     return {"output_dir": str(output_dir), "dataset": str(dataset_toml), **config}
