@@ -121,7 +121,8 @@ def test_default_paths_and_model_table():
             "type": "lumina2",
         }
     ]
-    assert default_model_table("auraflow", root)["max_sequence_length"] == 768
+    # diffusion-pipe docs: 768 is for Pony-V7, base AuraFlow is 256
+    assert default_model_table("auraflow", root)["max_sequence_length"] == 256
     with pytest.raises(KeyError):
         default_paths("nosuch", root)
 
@@ -156,18 +157,57 @@ def test_installed_state(tmp_path):
     assert not installed_state(flux, tmp_path)["vae"]["installed"]
 
 
+# The models whose sources were checked for issue #8: each component now names a repo,
+# is marked verified and says in its note where it was confirmed.
+CHECKED_FOR_ISSUE_8 = (
+    "cosmos",
+    "chroma",
+    "cosmos_predict2",
+    "anima",
+    "hunyuan_video_15",
+    "flux2",
+    "ltx2",
+    "auraflow",
+    "ernie_image",
+    "ideogram4",
+    "krea2",
+    "minimax_h3",
+)
+
+
 def test_components_say_whether_their_source_was_checked():
     catalog = load_catalog()
     assert catalog.get("sdxl").components[0].verified is True
-    for model_id in ("ernie_image", "ideogram4", "krea2", "minimax_h3"):
-        assert all(not c.repo and not c.verified for c in catalog.get(model_id).components)
-    unchecked = {m.id for m in catalog.models for c in m.components if c.repo and not c.verified}
-    assert {"cosmos", "chroma", "cosmos_predict2", "anima", "auraflow", "hunyuan_video_15"} <= (
-        unchecked
-    )
-    assert {"flux2", "ltx2"} <= unchecked
+    for model_id in CHECKED_FOR_ISSUE_8:
+        for component in catalog.get(model_id).components:
+            assert component.repo and component.downloadable, (model_id, component.name)
+            assert component.verified and component.note, (model_id, component.name)
     # an unchecked source always says why it is there
     assert all(c.note for m in catalog.models for c in m.components if c.repo and not c.verified)
+    # without a repo a component is never verified unless the catalog says so
+    handmade = parse_catalog(CATALOG).get("broken").component("handmade")
+    assert handmade is not None and not handmade.verified
+
+
+def test_default_tables_follow_diffusion_pipes_documented_files():
+    root = Path("/m")
+    # one text_encoders entry with both paths, as diffusion-pipe's HunyuanVideo-1.5 example
+    folder = root / "hunyuan_video_15/split_files/text_encoders"
+    assert default_model_table("hunyuan_video_15", root)["text_encoders"] == [
+        {
+            "paths": [
+                str(folder / "qwen_2.5_vl_7b.safetensors"),
+                str(folder / "byt5_small_glyphxl_fp16.safetensors"),
+            ],
+            "type": "hunyuan_video_15",
+        }
+    ]
+    # single files, not the Diffusers folders that hold fp32 and fp16 twins
+    auraflow = default_model_table("auraflow", root)
+    assert auraflow["text_encoder_path"].endswith("text_encoder/model.fp16.safetensors")
+    assert auraflow["vae_path"].endswith("vae/diffusion_pytorch_model.safetensors")
+    minimax = default_model_table("minimax_h3", root)
+    assert set(minimax) >= {"diffusion_model", "vae", "audio_vae", "text_encoders"}
 
 
 def test_text_encoder_types_are_the_ones_diffusion_pipe_documents():
