@@ -32,12 +32,12 @@ class Principal:
 
 
 # Set by the auth middleware on every authenticated /api/v1 request.
-PRINCIPAL = "dpd.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("dpd.principal", Principal)
 # A coroutine ``(request, route_class) -> None`` that raises TooManyRequests past the limit
 # and records the X-RateLimit-* headers in request[RATE_HEADERS]; absent means unlimited.
 RateLimitCheck = Callable[[web.Request, str], Awaitable[None]]
 RATE_LIMITER: web.AppKey[RateLimitCheck] = web.AppKey("dpd.rate_limiter", RateLimitCheck)
-RATE_HEADERS = "dpd.rate_headers"
+RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("dpd.rate_headers", dict)
 
 
 def envelope_response(
@@ -50,7 +50,7 @@ def principal(request: web.Request) -> Principal:
     who = request.get(PRINCIPAL)
     if who is None:
         raise Unauthorized()
-    return who  # type: ignore[no-any-return]
+    return who
 
 
 def require_permission(request: web.Request, permission: str) -> Principal:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from dpd.envelope import make_envelope
 from dpd.errors import DpdError
+from dpd.http.common import RATE_HEADERS
 
 log = logging.getLogger("dpd.http")
 
@@ -56,5 +57,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _error_response(code: int, message: str, data: object, request: web.Request) -> web.Response:
-    headers = request.get("dpd.rate_headers")
+    headers = request.get(RATE_HEADERS)
     return web.json_response(make_envelope(code, message, data), status=code, headers=headers)
