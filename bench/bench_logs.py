@@ -8,10 +8,15 @@ the same run on the same file:
     on a live job's log (the supervisor's follower told the counter what it read), and warm
     (the line counter only looks at what was appended), against a streaming full pass
     (``collections.deque(file, 100)``, what a naive tail does);
-  - tail=100 with since= (the last minute) and level=ERROR;
-  - search: a rare keyword, a frequent keyword, a frequent one with ignore_case, and a
-    one-minute time range (bisection), in MB/s, against a Python ``for line in file`` loop;
-    and against ``grep -c`` when grep is installed.
+  - tail=100 with since= (the last minute);
+  - tail=100&level=ERROR (few such lines: the whole log is looked through) on a followed log
+    (the follower built its line index as it read), and on a log without an index: the first
+    request (it builds and saves train.log.idx), the next one in a new process (it loads
+    it) and the next in the same process, against the same streaming full pass;
+  - search: a rare keyword, a frequent keyword, a frequent one with ignore_case, and
+    one-minute time ranges (bisection) early and late in the log, the late one with and
+    without the line index, in MB/s, against a Python ``for line in file`` loop; and against
+    ``grep -c`` when grep is installed.
 Figures are with the file in the page cache (it was just written), the usual case for a log
 being written.
 
@@ -37,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dpd.logs.entries import LineFilter, make_filter, parse_time
+from dpd.logs.lineindex import SUFFIX
 from dpd.logs.reader import LineCounter, read_tail
 from dpd.logs.search import SearchQuery, search_log
 from dpd.supervisor.follower import READ_BYTES
@@ -112,18 +118,25 @@ def python_line_loop(path: Path, keyword: bytes) -> int:
         return sum(1 for line in handle if keyword in line)
 
 
+def index_of(path: Path) -> Path:
+    return path.with_name(path.name + SUFFIX)
+
+
 def followed_counter(path: Path) -> LineCounter:
     """A LineCounter as the daemon holds it for a live job: told its count by the follower
-    that read the log as it was written (done here beforehand, untimed)."""
-    follower = LogFollower(path)
+    that read the log as it was written, holding the line index the follower built as it
+    read (done here beforehand, untimed)."""
+    index_of(path).unlink(missing_ok=True)
+    counter = LineCounter()
+    follower = LogFollower(path, index=counter.index(path))
     while follower.read_new(max_bytes=READ_BYTES)[1] < path.stat().st_size:
         pass
-    counter = LineCounter()
     assert follower.tell(counter)
     return counter
 
 
 def tail_figures(path: Path, last_step: int) -> None:
+    index_of(path).unlink(missing_ok=True)
     counter = LineCounter()
     cold, page = timed(lambda: read_tail(path, 100, LineFilter(), None, counter), 1)
     learned = followed_counter(path)
@@ -134,13 +147,6 @@ def tail_figures(path: Path, last_step: int) -> None:
     end = START + timedelta(seconds=last_step / 4)
     since = parse_time("since", (end - timedelta(minutes=1)).astimezone().isoformat())
     since_time, _ = timed(lambda: read_tail(path, 100, LineFilter(), since, counter), 20)
-    errors, found = timed(
-        lambda: read_tail(path, 100, make_filter("ERROR", None), None, counter), 1
-    )
-    live_errors, live_found = timed(
-        lambda: read_tail(path, 100, make_filter("ERROR", None), None, learned), 1
-    )
-    assert live_found.entries == found.entries
     print(f"total_lines {page.total_lines:,}")
     verdict = "OK" if warm * 1000 <= TAIL_TARGET_MS else "MISSED"
     print(
@@ -151,14 +157,35 @@ def tail_figures(path: Path, last_step: int) -> None:
     print(f"tail=100 first, live   {live * 1000:9.2f} ms   target <= {TAIL_TARGET_MS} ms  {verdict}"
           "  (a followed job: the count comes from the supervisor)")  # fmt: skip
     print(f"tail=100 since=1 min   {since_time * 1000:9.2f} ms")
-    print(f"tail=100 level=ERROR   {errors * 1000:9.2f} ms   ({len(found.entries)} lines; "
-          "a rare level walks the whole file)")  # fmt: skip
-    print(f"tail=100 level=ERROR, live {live_errors * 1000:5.2f} ms   (a followed job: blocks "
-          "the follower found free of level hints are skipped unsearched)")  # fmt: skip
     print(f"baseline deque(file)   {naive * 1000:9.2f} ms   (streaming full pass)")
+    level_figures(path, learned, naive)
 
 
-def search_figures(path: Path, size: int, repeat: int) -> None:
+def level_figures(path: Path, learned: LineCounter, naive: float) -> None:
+    """tail=100&level=ERROR: few such lines, so the whole log is looked through."""
+    errors = make_filter("ERROR", None)
+    followed, found = timed(lambda: read_tail(path, 100, errors, None, learned), 5)
+    warnings = make_filter("WARNING", None)
+    frequent, _ = timed(lambda: read_tail(path, 100, warnings, None, learned), 5)
+    index_of(path).unlink(missing_ok=True)
+    fresh = LineCounter()  # a daemon that never followed this log: no index yet
+    first, first_found = timed(lambda: read_tail(path, 100, errors, None, fresh), 1)
+    again, again_found = timed(lambda: read_tail(path, 100, errors, None, LineCounter()), 1)
+    warm, _ = timed(lambda: read_tail(path, 100, errors, None, fresh), 5)
+    assert first_found.entries == again_found.entries == found.entries
+    print(f"tail=100 level=ERROR ({len(found.entries)} lines in the whole log):")
+    print(f"  followed log           {followed * 1000:9.2f} ms   (the follower's line index)")
+    print(f"  same, level=WARNING    {frequent * 1000:9.2f} ms   (a hint in every record)")
+    print(
+        f"  no index, first        {first * 1000:9.2f} ms   (counts the lines, then builds "
+        f"and saves {index_of(path).name}: {index_of(path).stat().st_size:,} bytes)"
+    )
+    print(f"  no index, next         {again * 1000:9.2f} ms   (a new process: loads the index)")
+    print(f"  no index, warm         {warm * 1000:9.2f} ms   (the same process)")
+    print(f"  baseline deque(file)   {naive * 1000:9.2f} ms   (streaming full pass)")
+
+
+def search_figures(path: Path, size: int, repeat: int, last_step: int) -> None:
     mib = size / (1024 * 1024)
     cases = [
         ("rare keyword 'CUDA out of memory'", SearchQuery("CUDA out of memory")),
@@ -181,6 +208,7 @@ def search_figures(path: Path, size: int, repeat: int) -> None:
     seconds, page = timed(lambda: search_log(path, SearchQuery("loss", start=start, end=end)), 5)
     print(f"search 'loss' in a 1-minute range (bisection) {seconds * 1000:8.2f} ms  "
           f"{page.total_matches:,} matches")  # fmt: skip
+    late_range(path, last_step)
     seconds, cpu, _ = timed_cpu(lambda: python_line_loop(path, b"CUDA out of memory"), 1)
     print(f"baseline python 'for line in file'           {mib / seconds:8.0f} MiB/s  "
           f"(CPU: {mib / cpu:.0f} MiB/s)")  # fmt: skip
@@ -188,6 +216,25 @@ def search_figures(path: Path, size: int, repeat: int) -> None:
         seconds, _ = timed(lambda: subprocess.run(["grep", "-c", "CUDA out of memory", str(path)],
                                                   capture_output=True), 1)  # fmt: skip
         print(f"baseline grep -c (rare keyword)              {mib / seconds:8.0f} MiB/s")
+
+
+def late_range(path: Path, last_step: int) -> None:
+    """A one-minute range two minutes before the end: its first line number is the lines
+    before it, counted from the start or taken from the line index."""
+    last = START + timedelta(seconds=last_step / 4)
+    start = parse_time("start_time", (last - timedelta(minutes=2)).astimezone().isoformat())
+    end = parse_time("end_time", (last - timedelta(minutes=1)).astimezone().isoformat())
+    query = SearchQuery("loss", start=start, end=end)
+    counter = LineCounter()  # as the daemon's: the index is loaded once
+    with_index, page = timed(lambda: search_log(path, query, counter), 5)
+    saved = index_of(path).read_bytes()
+    index_of(path).unlink()
+    without, plain = timed(lambda: search_log(path, query, LineCounter()), 5)
+    index_of(path).write_bytes(saved)
+    assert plain.results == page.results
+    print(f"search 'loss' in a late 1-minute range        {with_index * 1000:8.2f} ms  "
+          f"{page.total_matches:,} matches (numbered from the line index; "
+          f"{without * 1000:.2f} ms counting from the start)")  # fmt: skip
 
 
 def main() -> None:
@@ -209,8 +256,9 @@ def main() -> None:
         size = path.stat().st_size
         print(f"log: {size / 2**20:.0f} MiB, made in {time.perf_counter() - began:.1f} s: {path}")
         tail_figures(path, last_step)
-        search_figures(path, size, args.repeat)
+        search_figures(path, size, args.repeat, last_step)
     finally:
+        index_of(path).unlink(missing_ok=True)
         if not args.keep:
             path.unlink(missing_ok=True)
             if folder:

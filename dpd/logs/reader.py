@@ -5,7 +5,13 @@ enough lines matched. ``total_lines`` would need a count of the whole file; ``Li
 keeps one per file (device, inode) and counts only what was appended since, so only the first
 answer about a large file pays for a full pass (newline counting at memory speed). The
 supervisor's followers tell it what they counted (``learn``), so a live job's log never
-needs that pass.
+needs that pass, and a log with a line index (``dpd.logs.lineindex``) needs it only past
+what the index covers.
+
+A tail filtered by level (without ``since``) looks only at lines holding a level hint
+(``dpd.logs.leveltail``): past the line index by searching each block, below it in the
+records whose hints the index lists. A log without an index gets one when such a tail
+searches far enough, built once in the calling thread and saved beside it.
 
 Line numbers are physical: "\\n"-ended lines, the first is 1, a last line without its "\\n"
 (the trainer is writing it) counts. Blank lines are numbered but never returned.
@@ -13,27 +19,20 @@ Line numbers are physical: "\\n"-ended lines, the first is 1, a last line withou
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from dpd.logs.entries import (
-    LEVEL_RANK,
-    LineFilter,
-    classify,
-    display_text,
-    entry,
-    line_stamp,
-)
+from dpd.logs.entries import LineFilter, classify, display_text, entry, line_stamp
+from dpd.logs.hints import LEVEL_PROBES, HintProbes, hint_level
+from dpd.logs.leveltail import STAMP_LOOKBACK, level_tail
+from dpd.logs.lineindex import LineIndex
 
 BLOCK: Final = 256 * 1024
 COUNT_BLOCK: Final = 8 * 1024 * 1024
-# How far back a tail looks for the timestamp of lines that have none of their own.
-STAMP_LOOKBACK: Final = 64 * 1024
 
 
 @dataclass
@@ -42,32 +41,21 @@ class _Counted:
     inode: int
     offset: int  # bytes counted
     newlines: int
-    # where level hints lie before ``hinted_until`` (the follower's record); None: not known
-    hinted: HintRanges | None = None
-    hinted_until: int = 0
 
 
 @dataclass
 class LineCounter:
-    """Newline counts of files, kept across calls and extended incrementally."""
+    """Newline counts of files, kept across calls and extended incrementally, and the line
+    index of each file asked about (one object per file, shared with its follower)."""
 
     _known: dict[str, _Counted] = field(default_factory=dict)
+    _indexes: dict[str, LineIndex] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def learn(
-        self,
-        path: Path,
-        device: int,
-        inode: int,
-        offset: int,
-        newlines: int,
-        hinted: HintRanges | None = None,
-    ) -> None:
+    def learn(self, path: Path, device: int, inode: int, offset: int, newlines: int) -> None:
         """Take a count made elsewhere (the supervisor's follower reads every byte of a live
-        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode), and
-        the ranges of them holding a level hint (the follower's list, appended to as it
-        reads; only what lies before ``offset`` is used). Kept unless a count of that file
-        reaching further is known already."""
+        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode). Kept
+        unless a count of that file reaching further is known already."""
         with self._lock:
             known = self._known.get(str(path))
             if (
@@ -75,26 +63,18 @@ class LineCounter:
                 or (known.device, known.inode) != (device, inode)
                 or known.offset < offset
             ):
-                self._known[str(path)] = _Counted(device, inode, offset, newlines, hinted, offset)
-            elif known.hinted_until < offset or hinted is None:  # a tail counted further
-                self._known[str(path)] = replace(known, hinted=hinted, hinted_until=offset)
+                self._known[str(path)] = _Counted(device, inode, offset, newlines)
 
-    def hint_index(self, handle: IO[bytes], path: Path, min_level: str) -> HintIndex | None:
-        """What is known of where hints of ``min_level`` and above lie in the open file."""
-        info = os.fstat(handle.fileno())
+    def index(self, path: Path) -> LineIndex:
+        """The line index of ``path`` (made on first ask; reads nothing yet)."""
         with self._lock:
-            known = self._known.get(str(path))
-        if known is None or known.hinted is None:
-            return None
-        if (known.device, known.inode) != (info.st_dev, info.st_ino):
-            return None
-        ranges = known.hinted
-        if LEVEL_RANK[min_level] <= LEVEL_RANK["WARNING"]:
-            return HintIndex(known.hinted_until, (ranges.error, ranges.warning))
-        return HintIndex(known.hinted_until, (ranges.error,))
+            index = self._indexes.get(str(path))
+            if index is None:
+                index = self._indexes[str(path)] = LineIndex(path)
+            return index
 
-    def total_lines(self, handle: IO[bytes], path: Path, size: int) -> int:
-        """Lines in the first ``size`` bytes of the open file ``handle``."""
+    def newlines(self, handle: IO[bytes], path: Path, size: int) -> int:
+        """The newlines in the first ``size`` bytes of the open file ``handle``."""
         info = os.fstat(handle.fileno())
         with self._lock:
             known = self._known.get(str(path))
@@ -102,41 +82,28 @@ class LineCounter:
             known = _Counted(info.st_dev, info.st_ino, 0, 0)
         if known.offset > size:  # truncated or rewritten: count again
             known = _Counted(info.st_dev, info.st_ino, 0, 0)
+        if known.offset < size:
+            view = self.index(path).view(handle)
+            if known.offset < view.covered <= size:
+                indexed = view.newlines_before(view.count)
+                known = _Counted(info.st_dev, info.st_ino, view.covered, indexed)
         newlines = known.newlines + count_newlines(handle, known.offset, size)
         with self._lock:
-            self._known[str(path)] = _Counted(
-                info.st_dev, info.st_ino, size, newlines, known.hinted, known.hinted_until
-            )
+            self._known[str(path)] = _Counted(info.st_dev, info.st_ino, size, newlines)
+        return newlines
+
+    def total_lines(self, handle: IO[bytes], path: Path, size: int) -> int:
+        """Lines in the first ``size`` bytes of the open file ``handle``."""
+        newlines = self.newlines(handle, path, size)
         return newlines + (1 if size and not _ends_with_newline(handle, size) else 0)
 
-
-@dataclass
-class HintRanges:
-    """Byte ranges of a log that hold a level hint, per class, sorted and disjoint: every
-    occurrence of an ``ERROR_HINTS`` string lies inside an ``error`` range, of a
-    ``WARNING_HINTS`` string inside a ``warning`` range. Kept by the supervisor's follower
-    as it reads (appended to from its thread; a reader only looks before its offset)."""
-
-    error: list[tuple[int, int]] = field(default_factory=list)
-    warning: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HintIndex:
-    """Bytes before ``covered`` hold a wanted level hint only inside these ranges."""
-
-    covered: int
-    ranges: tuple[list[tuple[int, int]], ...]
-
-    def clean(self, start: int, end: int) -> bool:
-        """Whether bytes [start, end) are known to hold no wanted level hint."""
-        if end > self.covered:
-            return False
-        for ranges in self.ranges:
-            index = bisect.bisect_left(ranges, (end,))  # first range starting at or after end
-            if index and ranges[index - 1][1] > start:
-                return False
-        return True
+    def newlines_before(self, handle: IO[bytes], path: Path, offset: int) -> int:
+        """The newlines before byte ``offset``: counted from the last index record ending
+        there (near the start, where a count costs less than a look at the index, from 0)."""
+        start = newlines = 0
+        if offset > COUNT_BLOCK:
+            start, newlines = self.index(path).view(handle).counted_below(offset)
+        return newlines + count_newlines(handle, start, offset)
 
 
 def count_newlines(handle: IO[bytes], start: int, end: int) -> int:
@@ -206,14 +173,17 @@ def read_tail(
         handle = path.open("rb")
     except FileNotFoundError:
         return TailPage(0, [])
+    counter = counter or LineCounter()
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        total = (counter or LineCounter()).total_lines(handle, path, size)
-        index = None
-        if counter is not None and line_filter.min_level is not None:
-            index = counter.hint_index(handle, path, line_filter.min_level)
-        blocks = backward_blocks(handle, size)
-        found = _collect(blocks, total, count, line_filter, since, index)
+        newlines = counter.newlines(handle, path, size)
+        total = newlines + (1 if size and not _ends_with_newline(handle, size) else 0)
+        level = hint_level(line_filter.min_level)
+        if level is not None and since is None:
+            found = level_tail(handle, size, newlines, count, line_filter, counter.index(path))
+        else:
+            blocks = backward_blocks(handle, size)
+            found = _collect(blocks, total, count, line_filter, since)
     return TailPage(total, found)
 
 
@@ -223,17 +193,17 @@ def _collect(
     count: int,
     keep: LineFilter,
     since: str | None,
-    index: HintIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Walk lines newest first. Lines without a time of their own wait in ``pending`` until
     an earlier timestamped line dates them (or, with ``since``, rules them out). A block
-    that cannot hold a line of the wanted level is skipped whole (``level_hints``)."""
+    that cannot hold a line of the wanted level is skipped whole (``dpd.logs.hints``)."""
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, Any]] = []
     number, looked_back = total + 1, 0
-    hints = level_hints(keep.min_level)
+    level = hint_level(keep.min_level)
+    probes = None if level is None else LEVEL_PROBES[level]
     must_read = lambda: bool(pending) or since is not None  # noqa: E731
-    for raw in _lines_worth_reading(blocks, hints, must_read, index):
+    for raw in _lines_worth_reading(blocks, probes, must_read):
         if isinstance(raw, int):
             number -= raw  # a skipped block's lines
             continue
@@ -267,40 +237,16 @@ def _collect(
     return _oldest_first(results)
 
 
-def level_hints(min_level: str | None) -> tuple[bytes, ...] | None:
-    """Byte strings of which a line must hold one to be classified at ``min_level`` or
-    above (see dpd.supervisor.loglines): a block holding none of them has no such line.
-    None when every line may qualify."""
-    if min_level is None or LEVEL_RANK[min_level] <= LEVEL_RANK["INFO"]:
-        return None
-    if LEVEL_RANK[min_level] <= LEVEL_RANK["WARNING"]:
-        return ERROR_HINTS + WARNING_HINTS
-    return ERROR_HINTS
-
-
-ERROR_HINTS: Final[tuple[bytes, ...]] = (
-    b"ERROR", b"CRITICAL", b"Traceback", b'File "', b"out of memory", b"OutOfMemory",
-    b"Error", b"Exception", b"Interrupt", b"Exit", b"error: ", b"[E", b"[F",
-)  # fmt: skip
-WARNING_HINTS: Final[tuple[bytes, ...]] = (b"WARNING", b"Warning", b"[W")
-
-
 def _lines_worth_reading(
     blocks: Iterator[tuple[bytes, int]],
-    hints: tuple[bytes, ...] | None,
+    probes: HintProbes | None,
     must_read: Callable[[], bool],
-    index: HintIndex | None = None,
 ) -> Iterator[bytes | int]:
-    """The lines of each block, or the number of lines of a block skipped whole. A block the
-    follower already found free of hints (``index``) is skipped without being searched."""
-    for block, start in blocks:
-        if hints is not None and not must_read():
-            if index is not None and index.clean(start, start + len(block)):
-                yield block.count(b"\n") + 1
-                continue
-            if not any(h in block for h in hints):
-                yield block.count(b"\n") + 1
-                continue
+    """The lines of each block, or the number of lines of a block skipped whole."""
+    for block, _ in blocks:
+        if probes is not None and not must_read() and not probes.found_in(block):
+            yield block.count(b"\n") + 1
+            continue
         yield from block.split(b"\n")[::-1]
 
 

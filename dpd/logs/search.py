@@ -10,8 +10,11 @@ redraws are looked at one by one; line numbers, needed only for results, stop be
 A time range becomes a byte range first: the log's DeepSpeed logger lines carry rising
 timestamps, so the first line at or after a time is found by bisecting the file
 (``time_offset``), and lines without a timestamp belong to the logger line before them
-(``dpd.logs.entries``). Weakness: timestamps from several processes may interleave slightly
-out of order; a bisection then places the boundary at one of the candidate lines.
+(``dpd.logs.entries``). Lines are numbered from the start of the range on: the newlines
+before it are taken from the log's line index where it has one (``LineCounter``), so a range
+late in a big log costs no count from the start. Weakness: timestamps from several
+processes may interleave slightly out of order; a bisection then places the boundary at one
+of the candidate lines.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from dpd.logs.entries import (
     matched_text,
     search_hit,
 )
-from dpd.logs.reader import STAMP_LOOKBACK, count_newlines
+from dpd.logs.leveltail import STAMP_LOOKBACK
+from dpd.logs.reader import LineCounter
 
 BLOCK: Final = 8 * 1024 * 1024
 STAMP_BLOCK: Final = 64 * 1024
@@ -56,7 +60,7 @@ class SearchPage:
     bytes_scanned: int = 0
 
 
-def search_log(path: Path, query: SearchQuery) -> SearchPage:
+def search_log(path: Path, query: SearchQuery, counter: LineCounter | None = None) -> SearchPage:
     """Every line containing the keyword within the time range and filters."""
     try:
         handle = path.open("rb")
@@ -68,7 +72,8 @@ def search_log(path: Path, query: SearchQuery) -> SearchPage:
         end = time_offset(handle, size, query.end, strict=True) if query.end else size
         if start >= end:
             return SearchPage()
-        scan = _Scan(query, first_line=count_newlines(handle, 0, start) + 1)
+        before = (counter or LineCounter()).newlines_before(handle, path, start) if start else 0
+        scan = _Scan(query, first_line=before + 1)
         scan.run(handle, start, end)
     return scan.page
 

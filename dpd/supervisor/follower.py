@@ -29,6 +29,7 @@ from typing import Any
 
 from dpd.events import EmitEvent
 from dpd.jobs.states import Phase
+from dpd.logs.lineindex import LineIndex
 from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.atomic import read_json_lines
@@ -104,7 +105,7 @@ class JobFollower:
         self.job_dir = store.layout.job_dir(task_id)
         self.parser = OutputParser(epochs=epochs, max_steps=max_steps)
         self.tracker = ProgressTracker(epochs=epochs, max_steps=max_steps)
-        self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, 0)
+        self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, 0, index=self._line_index())
         self.facts = FollowState()
         self._on_observation = on_observation
         self._metrics_done = 0  # highest log offset already in metrics.jsonl
@@ -119,7 +120,9 @@ class JobFollower:
     def restore(self, state: dict[str, Any]) -> None:
         """Rebuild from disk after a daemon restart (blocking: call in a thread)."""
         offset = int(state.get("log_offset") or 0)
-        replay = LogFollower(self.job_dir / names.TRAIN_LOG, 0)
+        # the replay goes through the line index too: it passes over what the saved index
+        # holds and indexes the rest, so the follower goes on from the offset
+        replay = LogFollower(self.job_dir / names.TRAIN_LOG, 0, index=self._line_index())
         while replay.offset < offset:
             lines, _ = replay.read_new(max_bytes=min(1 << 20, offset - replay.offset))
             if not lines:
@@ -130,10 +133,10 @@ class JobFollower:
         if state.get("progress_state"):
             self.tracker = ProgressTracker.from_state(state["progress_state"])
         known = replay.newlines if replay.offset == offset else None
-        self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, offset, known)
+        self.follower = LogFollower(
+            self.job_dir / names.TRAIN_LOG, offset, known, index=self._line_index()
+        )
         self.follower.identity = replay.identity
-        if known is not None:
-            self.follower.hinted = replay.hinted
         self._tell_line_count()
         self._metrics_done = max(
             (int(r.get("offset", 0)) for r in read_json_lines(self.job_dir / names.METRICS_FILE)),
@@ -150,6 +153,12 @@ class JobFollower:
         )
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase
+
+    def _line_index(self) -> LineIndex | None:
+        """train.log's line index, shared with the logs API through ``line_counts``."""
+        if self.line_counts is None:
+            return None
+        return self.line_counts.index(self.job_dir / names.TRAIN_LOG)
 
     def _tell_line_count(self) -> None:
         if self.line_counts is not None:
@@ -228,7 +237,10 @@ class JobFollower:
 
     def state_fields(self, offset: int | None = None) -> dict[str, Any]:
         """The state.json fields the follower owns, as of ``offset`` (default: all read);
-        the caller writes them, and they count as written."""
+        the caller writes them, and they count as written. The line index is saved with
+        them: a cache, it needs no more than their cadence."""
+        if self.follower.index is not None:
+            self.follower.index.save()
         self._state_written = time.monotonic()
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase

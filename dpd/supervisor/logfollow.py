@@ -26,34 +26,39 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask, Watch
 
-from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS, HintRanges, LineCounter
+from dpd.logs.lineindex import LineIndex
+from dpd.logs.reader import LineCounter
 
 log = logging.getLogger("dpd.supervisor")
 
 EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (+ name)
 READ_SIZE = 64 * 1024
-MAX_HINTED_RANGES = 100_000
 
 
 class LogFollower:
-    """Tails one log file by offset; ``offset`` is public so state.json can carry it."""
+    """Tails one log file by offset; ``offset`` is public so state.json can carry it. Every
+    byte it passes goes into ``index`` too, the log's line index, when it has one."""
 
-    def __init__(self, path: Path, offset: int = 0, newlines: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        offset: int = 0,
+        newlines: int | None = None,
+        index: LineIndex | None = None,
+    ) -> None:
         self.path = path
         self.offset = offset
         # "\n" bytes before ``offset`` (None: not known), for the logs API's line numbers
         self.newlines = 0 if offset == 0 else newlines
-        # byte ranges before ``offset`` holding a level hint, for filtered tails (with
-        # ``newlines``: known only when followed from the start of this file)
-        self.hinted: HintRanges | None = HintRanges() if offset == 0 else None
+        self.index = index
         self.identity: tuple[int, int] | None = None  # (device, inode) of the file read
         self.at_eof = True  # the last read reached the end of the file (nothing left)
 
     def seek(self, offset: int) -> None:
-        """Continue from ``offset`` (a new run appends to the log): the count is lost."""
+        """Continue from ``offset`` (a new run appends to the log): the count is lost (the
+        index fills what it lacks from the file at the next read)."""
         self.offset = offset
         self.newlines = 0 if offset == 0 else None
-        self.hinted = HintRanges() if offset == 0 else None
 
     def read_new(self, max_bytes: int = 1 << 20, final: bool = False) -> tuple[list[str], int]:
         """Complete lines since the offset (at most ``max_bytes`` read) and the new offset.
@@ -67,15 +72,28 @@ class LogFollower:
                 info = os.fstat(handle.fileno())
                 handle.seek(start - back)
                 data = handle.read(max_bytes + back)
+                at_eof = self.at_eof = len(data) < max_bytes + back
+                complete = self._advance(data, back, (info.st_dev, info.st_ino), at_eof, final)
+                if self.index is not None and self.offset > start:
+                    passed = data[back : back + self.offset - start]
+                    self.index.follow(handle, (info.st_dev, info.st_ino), passed, start)
         except FileNotFoundError:
             self.at_eof = True
             return [], start
-        at_eof = self.at_eof = len(data) < max_bytes + back
-        if self.identity != (info.st_dev, info.st_ino):
+        if not complete:
+            return [], self.offset
+        return split_lines(complete.decode("utf-8", errors="replace")), self.offset
+
+    def _advance(
+        self, data: bytes, back: int, identity: tuple[int, int], at_eof: bool, final: bool
+    ) -> bytes:
+        """Move the offset past the complete lines of ``data`` (read from ``back`` bytes
+        before the offset) and return them."""
+        if self.identity != identity:
             if self.identity is not None:
-                self.newlines = self.hinted = None  # another file under the same name
-            self.identity = (info.st_dev, info.st_ino)
-        skipped = 0
+                self.newlines = None  # another file under the same name
+            self.identity = identity
+        start, skipped = self.offset, 0
         if back:
             previous, data = data[:1], data[1:]
             if previous == b"\r" and data[:1] == b"\n":
@@ -84,63 +102,16 @@ class LogFollower:
         self.offset = start + end
         if self.newlines is not None:
             self.newlines += skipped + data.count(b"\n", 0, end)
-        if self.hinted is not None and end:
-            self._note_hints(data[:end], start)
-        if end == 0:
-            return [], self.offset
-        return split_lines(data[:end].decode("utf-8", errors="replace")), self.offset
+        return data[:end]
 
     def tell(self, counts: LineCounter) -> bool:
-        """Give ``counts`` what this follower knows of the file (its newlines and hint
-        ranges before the offset); False when it knows nothing (it did not read from 0)."""
+        """Give ``counts`` what this follower knows of the file (its newlines before the
+        offset); False when it knows nothing (it did not read from 0)."""
         if self.newlines is None or self.identity is None:
             return False
         device, inode = self.identity
-        counts.learn(self.path, device, inode, self.offset, self.newlines, self.hinted)
+        counts.learn(self.path, device, inode, self.offset, self.newlines)
         return True
-
-    def _note_hints(self, chunk: bytes, start: int) -> None:
-        """Record the lines of ``chunk`` (at ``start``) that hold a level hint, and its last
-        line if the chunk ends inside it (a hint could straddle the cut). Too many ranges:
-        stop keeping them."""
-        assert self.hinted is not None
-        partial = chunk[-1:] not in (b"\n", b"\r")
-        tail = (chunk.rfind(b"\n") + 1, len(chunk)) if partial else None
-        for hints, ranges in (
-            (ERROR_HINTS, self.hinted.error),
-            (WARNING_HINTS, self.hinted.warning),
-        ):
-            for low, high in _lines_holding(chunk, hints, tail):
-                if ranges and ranges[-1][1] >= start + low:
-                    ranges[-1] = (ranges[-1][0], max(ranges[-1][1], start + high))
-                else:
-                    ranges.append((start + low, start + high))
-            if len(ranges) > MAX_HINTED_RANGES:
-                self.hinted = None
-                return
-
-
-def _lines_holding(
-    chunk: bytes, hints: tuple[bytes, ...], extra: tuple[int, int] | None
-) -> list[tuple[int, int]]:
-    """Sorted, merged byte ranges of the lines of ``chunk`` holding one of ``hints``."""
-    spans = [extra] if extra is not None else []
-    for hint in hints:
-        found = chunk.find(hint)
-        while found != -1:
-            low = chunk.rfind(b"\n", 0, found) + 1
-            high = chunk.find(b"\n", found)
-            high = len(chunk) if high == -1 else high + 1
-            spans.append((low, high))
-            found = chunk.find(hint, high)
-    spans.sort()
-    merged: list[tuple[int, int]] = []
-    for low, high in spans:
-        if merged and low <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
-        else:
-            merged.append((low, high))
-    return merged
 
 
 def _complete_end(data: bytes, at_eof: bool, final: bool) -> int:

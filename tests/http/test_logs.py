@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import quote
 
+import pytest
+
 from dpd.config import RateLimit
+from dpd.logs import leveltail, lineindex
 from dpd.logs.entries import LineFilter, make_filter, parse_time
+from dpd.logs.reader import _collect, backward_blocks
 from dpd.spool import layout as names
 from tests.http.conftest import UNLIMITED, Api
-from tests.logs.logfactory import make_log, naive_lines, naive_search, naive_tail
+from tests.logs.logfactory import make_hinted_log, make_log, naive_lines, naive_search, naive_tail
 
 BASE = "/api/v1/training/logged"
 
@@ -107,3 +111,28 @@ async def test_logs_count_against_the_logs_rate_class(api: Api) -> None:
     assert (await api.get(f"{BASE}/logs/search?keyword=x", key=key)).status == 200
     refused = await api.get(f"{BASE}/logs", key=key)
     assert refused.status == 429 and refused.body["data"]["retry_after"] > 0
+
+
+async def test_a_level_filtered_tail_answers_the_same_through_the_line_index(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first filtered tail of a log without an index builds one (records of 2 KiB here)
+    and saves it; that answer and the next, read through it, are what the line-by-line walk
+    gives. A search late in the log is numbered from it too."""
+    monkeypatch.setattr(lineindex, "RECORD_SPAN", 2048)
+    monkeypatch.setattr(leveltail, "BUILD_AFTER", 16 * 1024)
+    await api.post("/api/v1/training/start", json=await api.parked_job("logged"))
+    path = make_hinted_log(log_path(api), steps=1500)
+    keep = make_filter("ERROR", None)
+    with path.open("rb") as handle:
+        walked = _collect(backward_blocks(handle, path.stat().st_size),
+                          len(naive_lines(path)), 100, keep, None)  # fmt: skip
+    for _ in range(2):
+        data = (await api.get(f"{BASE}/logs?tail=100&level=ERROR")).body["data"]
+        assert data["logs"] == walked and data["returned_lines"] == len(walked) > 50
+        assert data["total_lines"] == len(naive_lines(path))
+        assert path.with_name("train.log.idx").exists()
+    start = "2025-02-12T07:20:00Z"
+    found = (await api.get(f"{BASE}/logs/search?keyword=step&start_time={start}&limit=5")).body
+    expected = naive_search(path, "step", LineFilter(), parse_time("s", start))
+    assert found["data"]["results"] == expected[:5]

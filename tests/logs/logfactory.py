@@ -92,3 +92,35 @@ def naive_search(
             hit["matched_text"] = matched
             hits.append(hit)
     return hits
+
+
+def make_hinted_log(path: Path, steps: int, seed: int = 0) -> Path:
+    """A log in which level hints lie everywhere a reader could trip: errors with and without
+    a logger timestamp (tracebacks, rank prefixes, torch's native "[E" lines), warnings, hints
+    only in an overdrawn tqdm state, "\\r\\n" endings, blank lines, runs of untimed lines
+    longer than a tail's timestamp look-back before an error, a line longer than an index
+    record, an error on the first line and an unfinished last line."""
+    lines = ["Traceback (most recent call last):", "caching latents: /data/cats"]
+    for step in range(1, steps + 1):
+        at = START + timedelta(seconds=step + seed)
+        logged = f"[{stamp(at)}] [INFO] [logging.py:123:log_dist] [Rank 0] step={step}"
+        lines += [logged, f"steps: {step} loss: {0.5 / step:0.4f} iter time (s): 0.200"]
+        if (step + seed) % 37 == 0:
+            lines.append(f"[{stamp(at)}] [WARNING] [engine.py:1:step] slow step {step}\r")
+        if (step + seed) % 53 == 0:
+            lines.append(f"[{stamp(at)}] [ERROR] [engine.py:2:step] step {step} failed")
+        if (step + seed) % 101 == 0:
+            lines += ["Traceback (most recent call last):", '  File "train.py", line 1, in f']
+            lines += ["RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", ""]
+        if (step + seed) % 97 == 0:
+            lines.append("Error while loading\rloading: 100%|##| 2/2 [00:01<00:00]")
+        if (step + seed) % 151 == 0:
+            lines += [f"[rank1]: [E socket.cpp:1] connection lost at {step}", "[W] retrying"]
+        if (step + seed) % 211 == 0:
+            lines += [f"plain print {n} " + "x" * 90 for n in range(800)]  # about 80 KiB
+            lines.append("ValueError: bad batch")
+        if (step + seed) % 499 == 0:
+            lines.append("y" * 9000 + " Exception: in a long line " + "z" * 9000)
+    text = "\n".join(lines) + "\nKeyboardInterrupt"
+    path.write_bytes(text.encode())
+    return path

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dpd.logs import reader
+from dpd.logs import leveltail, lineindex, reader
 from dpd.logs.entries import LineFilter, classify, display_text, make_filter, parse_time
+from dpd.logs.hints import level_hints
 from dpd.logs.reader import LineCounter, backward_lines, read_tail
 from dpd.supervisor.logfollow import LogFollower
 from tests.logs.logfactory import make_log, naive_lines, naive_tail
@@ -48,7 +49,7 @@ def test_level_hints_cover_every_line_of_that_level(log: Path) -> None:
     for path in recorded.glob("*.log"):
         raws += path.read_bytes().split(b"\n")
     for level in ("WARNING", "ERROR"):
-        hints = reader.level_hints(level)
+        hints = level_hints(level)
         assert hints is not None
         keep = make_filter(level, None)
         qualifying = [raw for raw in raws if keep.keeps(classify(display_text(raw)))]
@@ -100,11 +101,11 @@ def test_the_line_counter_counts_only_what_was_appended(tmp_path: Path) -> None:
 
 def followed_counter(log: Path, read_size: int) -> LineCounter:
     """The counter as the daemon holds it for a live job: told by a follower that read the
-    log in pieces of ``read_size`` bytes."""
-    follower = LogFollower(log)
+    log in pieces of ``read_size`` bytes, and holding the line index it built."""
+    counter = LineCounter()
+    follower = LogFollower(log, index=counter.index(log))
     while follower.read_new(max_bytes=read_size)[1] < log.stat().st_size:
         pass
-    counter = LineCounter()
     assert follower.tell(counter)
     return counter
 
@@ -114,7 +115,8 @@ def followed_counter(log: Path, read_size: int) -> LineCounter:
 def test_a_tail_filtered_by_level_on_a_followed_log_matches_the_model(
     log: Path, level: str, read_size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reader, "BLOCK", 2048)
+    monkeypatch.setattr(lineindex, "RECORD_SPAN", 2048)
+    monkeypatch.setattr(leveltail, "BLOCK", 2048)
     counter = followed_counter(log, read_size)
     keep = make_filter(level, None)
     for count in (1, 30, 10_000):
@@ -123,24 +125,22 @@ def test_a_tail_filtered_by_level_on_a_followed_log_matches_the_model(
         assert page.total_lines == len(naive_lines(log))
 
 
-def test_the_followers_index_is_what_lets_a_filtered_tail_skip_blocks(log: Path) -> None:
-    """Told (falsely) that no byte holds a hint, the tail skips every block unsearched: so a
-    followed log is never searched where the follower found nothing."""
-    follower_counter = followed_counter(log, 4096)
+def test_the_followers_index_is_what_lets_a_filtered_tail_skip_records(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told (falsely) that no record holds a hint, the tail finds only what lies past the
+    index: so a followed log is read only where the follower found hints."""
+    monkeypatch.setattr(lineindex, "RECORD_SPAN", 2048)
+    counter = followed_counter(log, 4096)
     keep = make_filter("ERROR", None)
-    assert read_tail(log, 10, keep, None, follower_counter).entries  # the log has errors
+    truth = read_tail(log, 10_000, keep, None, counter).entries
+    assert len(truth) > 10
+    index = counter.index(log)
     with log.open("rb") as handle:
-        index = follower_counter.hint_index(handle, log, "ERROR")
-    assert index is not None and index.covered == log.stat().st_size
-    assert len(index.ranges) == 1 and index.ranges[0]  # errors only, and there are some
-    lying = LineCounter()
-    info = log.stat()
-    lying.learn(log, info.st_dev, info.st_ino, index.covered, 0, reader.HintRanges())
-    assert read_tail(log, 10, keep, None, lying).entries == []
-
-
-def test_hint_index_ranges(tmp_path: Path) -> None:
-    index = reader.HintIndex(100, ([(10, 20)], [(50, 60)]))
-    assert index.clean(0, 10) and index.clean(20, 50) and index.clean(60, 100)
-    assert not index.clean(0, 11) and not index.clean(19, 30) and not index.clean(45, 55)
-    assert not index.clean(60, 101)  # past what the follower read
+        covered = index.view(handle).covered
+    assert covered > log.stat().st_size - 4096
+    for numbers in index._hinted:
+        del numbers[:]
+    lines_past = len(log.read_bytes()[:covered].split(b"\n"))
+    found = read_tail(log, 10_000, keep, None, counter).entries
+    assert found == [e for e in truth if e["line_number"] >= lines_past]

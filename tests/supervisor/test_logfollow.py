@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpd.logs.reader import ERROR_HINTS, WARNING_HINTS
+from dpd.logs import lineindex
+from dpd.logs.hints import ERROR_HINTS, WARNING_HINTS
 from dpd.supervisor.logfollow import LogFollower, split_lines
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -219,24 +220,36 @@ def test_a_count_is_unknown_after_seeking_and_after_the_file_is_replaced(tmp_pat
     ),
     read_size=st.integers(min_value=1, max_value=24),
 )
-def test_bytes_outside_the_hinted_ranges_hold_no_level_hint(
-    tmp_path_factory: pytest.TempPathFactory, data: list[bytes], read_size: int
+def test_the_line_index_notes_every_level_hint_also_one_cut_by_a_read(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    data: list[bytes],
+    read_size: int,
 ) -> None:
-    """What lets a filtered tail skip a followed log's blocks unsearched: every hint lies
-    inside a recorded range, also one cut in two by a read."""
+    """What lets a filtered tail skip a followed log's records unread: a hint lies only in a
+    record marked for it, between its first and its last hint, also one cut in two by a
+    read; and the records are those a build in one pass cuts."""
+    monkeypatch.setattr(lineindex, "RECORD_SPAN", 8)
     log = tmp_path_factory.mktemp("hints") / "train.log"
     content = b"".join(data)
     append(log, content)
-    follower = LogFollower(log)
+    follower = LogFollower(log, index=lineindex.LineIndex(log))
     while follower.read_new(max_bytes=read_size, final=True)[1] < len(content):
         pass
-    assert follower.hinted is not None
-    for ranges, hints in ((follower.hinted.error, ERROR_HINTS),
-                          (follower.hinted.warning, WARNING_HINTS)):  # fmt: skip
-        gaps, position = [], 0
-        for start, end in ranges:
-            assert position <= start < end
-            gaps.append(content[position:start])
-            position = end
-        gaps.append(content[position:])
-        assert not any(h in gap for gap in gaps for h in hints)
+    assert follower.index is not None
+    with log.open("rb") as handle:
+        view = follower.index.view(handle)
+        once = lineindex.LineIndex(log).extend(handle, len(content))
+    assert view.packed[: view.count * lineindex.RECORD.size] == once.packed
+    for number in range(view.count):
+        record, start = view.record(number), view.start(number)
+        chunk = content[start : record.end]
+        for hints, flag, first, last in (
+            (ERROR_HINTS, lineindex.ERROR_HINTED, record.error_first, record.error_last),
+            (WARNING_HINTS, lineindex.WARNING_HINTED, record.warning_first, record.warning_last),
+        ):
+            found = [h for h in hints if h in chunk]
+            assert bool(found) == bool(record.flags & flag)
+            if found:
+                assert chunk.rfind(b"\n", 0, first) + 1 <= min(chunk.find(h) for h in found)
+                assert max(chunk.rfind(h) + len(h) for h in found) <= last

@@ -1,7 +1,8 @@
 """Log routes (api.md §5.1, §5.3): the last lines of train.log and a keyword search.
 
-Both read the file in a worker thread and never load it whole (``dpd.logs``). Reading needs
-any valid key; each call counts against the ``logs`` rate class.
+Both read the file in a worker thread and never load it whole (``dpd.logs``), with the
+supervisor's ``LineCounter``: what its followers counted, and each log's line index. Reading
+needs any valid key; each call counts against the ``logs`` rate class.
 
 ``tail`` defaults to 100 lines (at most 10,000); ``since`` keeps lines at or after a time;
 ``level`` is a minimum severity. A search returns the first ``limit`` matches in file order
@@ -88,11 +89,11 @@ async def search_logs(request: web.Request) -> web.Response:
         raise BadRequest("query parameter 'keyword' is required")
     if "\n" in keyword or "\r" in keyword:
         raise BadRequest("query parameter 'keyword' must be on one line")
-    _, task_id, path = _log_file(request)
+    services, task_id, path = _log_file(request)
     query = SearchQuery(
         keyword, make_filter(level, type_), start, end, limit or DEFAULT_LINES, ignore_case
     )
-    page = await asyncio.to_thread(search_log, path, query)
+    page = await asyncio.to_thread(search_log, path, query, services.supervisor.line_counts)
     echoed = {
         name: request.query[name]
         for name in ("keyword", "type", "level", "start_time", "end_time")
