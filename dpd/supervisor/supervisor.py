@@ -31,7 +31,7 @@ from typing import Any
 from dpd.config import Config
 from dpd.errors import Conflict
 from dpd.events import EmitEvent
-from dpd.jobs.states import ACTIVE, RESUMABLE, Phase, Status
+from dpd.jobs.states import ACTIVE, RESUMABLE, TERMINAL, Phase, Status
 from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, utc_now
@@ -480,7 +480,9 @@ class Supervisor:
             self._emit_status(task_id, Status.STOPPED, status)
             return self.store.get(task_id)
         job = self.running.get(task_id)
-        if job is None:
+        # An ended run stays in ``running`` while its follower finishes: it is over all the
+        # same (a stop would signal a shim that has gone).
+        if job is None or status in TERMINAL:
             raise Conflict(
                 f"task {task_id} is {status.value}, not running",
                 {"task_id": task_id, "status": status.value},
