@@ -1,5 +1,5 @@
-"""What to make of one uploaded clip or image: target frame rate, size, frame bucket and the
-exact ffmpeg command. Pure: no I/O, no ffmpeg; tested without either.
+"""What to make of one uploaded clip or image: target frame rate, size, frame bucket, the
+ffmpeg command and the filter chain it reads. Pure: no I/O, no ffmpeg; tested without either.
 
 The aim is a file diffusion-pipe takes as it is (reference/diffusion-pipe.md §3): it converts
 a video to the model's frame rate with ``frames = int(source_frames * model_fps /
@@ -65,6 +65,7 @@ RESOLUTION_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 MAX_SIDE = 8192
 VIDEO_SUFFIX = ".mp4"
 IMAGE_SUFFIX = ".png"
+FILTERS_FROM_STDIN = "pipe:0"  # ffmpeg's name for its standard input
 
 
 class PlanError(Exception):
@@ -222,8 +223,29 @@ def _fraction_text(value: Fraction) -> str:
     )
 
 
+def expected_kind(model_type: str, image: bool) -> str | None:
+    """The kind of output an upload will get, as far as its name tells before probing
+    (``image``: named as a still image): lets the transcode start while the probes run.
+    ``None`` where the plan may refuse it (unknown model, a video for an image-only model or
+    one whose frame rate dpd does not know). A video file holding a single image frame is
+    planned as an image after all; the caller checks ``ClipPlan.kind``."""
+    model = MODELS.get(model_type)
+    if model is None:
+        return None
+    if image:
+        return "image"
+    return "video" if model.video and model.fps is not None else None
+
+
+def output_suffix(kind: str) -> str:
+    return IMAGE_SUFFIX if kind == "image" else VIDEO_SUFFIX
+
+
 def filter_chain(plan: ClipPlan) -> str:
-    """Resample (videos), scale to cover the target and crop its centre; square pixels."""
+    """Resample (videos), scale to cover the target and crop its centre; square pixels; then
+    keep the planned number of frames. The cut is a filter (``trim``), not ``-frames:v``, so
+    that the command line depends on the kind of output only (``ffmpeg_command``); ffmpeg
+    stops reading once the chain has ended, and writes the same file as with -frames:v."""
     w, h = plan.width, plan.height
     cover = (
         f"scale=w='if(gt(iw*{h}\\,ih*{w})\\,ceil(iw*{h}/ih)\\,{w})'"
@@ -234,15 +256,19 @@ def filter_chain(plan: ClipPlan) -> str:
         steps = [f"fps={_fraction_text(plan.fps)}", *steps, "format=yuv420p"]
     else:
         steps.append("format=rgb24")
+    steps.append(f"trim=end_frame={plan.frames}")
     return ",".join(steps)
 
 
-def ffmpeg_command(ffmpeg: str, source: str, output: str, plan: ClipPlan) -> list[str]:
-    """The whole command line; progress as key=value blocks on stdout, errors on stderr."""
+def ffmpeg_command(ffmpeg: str, source: str, output: str, kind: str) -> list[str]:
+    """The whole command line for a ``kind`` of output ("video" | "image"); progress as
+    key=value blocks on stdout, errors on stderr. The filter chain (``filter_chain``) is read
+    from stdin (``-filter_script:v pipe:0``): ffmpeg reads it after it has started and
+    opened the input, and before it opens the output, so it can be started before the
+    upload is planned. It waits for the end of stdin, and fails on an empty chain."""
     head = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", source]
-    body = ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", filter_chain(plan)]
-    body += ["-frames:v", str(plan.frames)]
-    if plan.kind == "video":
+    body = ["-map", "0:v:0", "-an", "-sn", "-dn", "-filter_script:v", FILTERS_FROM_STDIN]
+    if kind == "video":
         body += ["-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p"]
         body += ["-movflags", "+faststart", "-f", "mp4"]
     else:

@@ -36,6 +36,12 @@ def remove_work_dir(preprocessed_root: Path, task_id: str) -> None:
     shutil.rmtree(work_dir(preprocessed_root, task_id), ignore_errors=True)
 
 
+def clear_work_dirs(preprocessed_root: Path) -> None:
+    """Remove every work directory: at start, when no ffmpeg runs, what is there is partial
+    output of interrupted runs (re-run from scratch) or of submits that never answered."""
+    shutil.rmtree(preprocessed_root / WORK_DIR, ignore_errors=True)
+
+
 def publish(made: Path, dataset_dir: Path, stem: str, prompt: str) -> tuple[Path, Path]:
     """Caption then media into ``dataset_dir``; returns (media path, caption path)."""
     dataset_dir.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,19 @@
 
 Owns: one asyncio task per unfinished preprocessing task, the ffmpeg processes they start
 (killed on cancel and on close), the work files under ``<preprocessed_root>/.dpd-work``
-(removed when a run ends or is interrupted). Statuses: ``queued`` -> ``processing`` ->
-``completed`` | ``failed`` | ``stopped`` (cancelled). Every status or step change is written
-to state.json before it is announced; progress is announced (at most ~4/s per task) but
-not written, since an interrupted task starts over anyway. ``close`` leaves unfinished
-tasks as they are on disk; ``start`` re-runs them from their stored upload.
+(removed when a run ends or is interrupted, and at start). Statuses: ``queued`` ->
+``processing`` -> ``completed`` | ``failed`` | ``stopped`` (cancelled). Every status or
+step change is written to state.json before it is announced; progress is announced (at
+most ~4/s per task) but not written, since an interrupted task starts over anyway.
+``close`` leaves unfinished tasks as they are on disk; ``start`` re-runs them from their
+stored upload.
+While a slot is free, submit starts ffmpeg before it probes the upload, so that ffmpeg's
+start (exec, linking, opening the input: tens of milliseconds) overlaps the probes: the
+task directory is created and the upload moved in first, ffmpeg waits for its filter chain
+(the only part that depends on the plan) on stdin, and a refused upload is undone whole
+(ffmpeg killed, then its work directory, the task directory and the upload removed).
+Otherwise (no slot free, or the kind of output not known from the name) submit probes
+first and the run starts ffmpeg once it has a slot, as after a restart.
 Errors: ``submit`` raises ValidationFailed (422) for unusable media and for parameters that
 do not fit the model, NotFound/Conflict come from ``get``/``cancel``; a failing run never
 raises out of the manager, it ends as ``failed`` with the reason.
@@ -19,6 +27,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +36,19 @@ from dpd.config import Config
 from dpd.errors import Conflict, FieldError, NotFound, ValidationFailed
 from dpd.events import EmitEvent
 from dpd.preprocess import publish
-from dpd.preprocess.plan import ClipPlan, MediaInfo, PlanError, ffmpeg_command, plan_clip
+from dpd.preprocess.plan import (
+    ClipPlan,
+    MediaInfo,
+    PlanError,
+    expected_kind,
+    ffmpeg_command,
+    filter_chain,
+    output_suffix,
+    plan_clip,
+)
 from dpd.preprocess.probe import MediaRejected, probe_media
 from dpd.preprocess.taskstore import TaskStore, utc_now
-from dpd.preprocess.transcode import TranscodeFailed, run_ffmpeg
+from dpd.preprocess.transcode import Transcode, TranscodeFailed, start_transcode
 from dpd.preprocess.uploads import UploadRejected, is_image_name, split_name
 
 log = logging.getLogger("dpd.preprocess")
@@ -60,6 +78,25 @@ class UploadRequest:
     frame_buckets: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Started:
+    """A running ffmpeg, the plan its filter chain came from and the file it writes."""
+
+    transcode: Transcode
+    plan: ClipPlan
+    made: Path
+
+
+@dataclass
+class _Undo:
+    """What a submit that started ffmpeg has made so far, for ``_abandon``."""
+
+    staged: Path
+    task_id: str | None = None
+    stored: Path | None = None
+    transcode: Transcode | None = None
+
+
 def concurrency(config: Config) -> int:
     configured = config.preprocess.max_concurrent
     return configured if configured > 0 else max(1, (os.cpu_count() or 2) // 2)
@@ -78,6 +115,7 @@ class PreprocessManager:
         self._last_progress: dict[str, float] = {}
         self._probed: dict[str, MediaInfo] = {}  # from submit; after a restart, probed again
         self._cleanups: set[asyncio.Task[None]] = set()  # refused uploads being deleted
+        self._handed: dict[str, Started] = {}  # ffmpeg started at submit, its run not begun
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,6 +124,7 @@ class PreprocessManager:
         """Load every task; re-run the unfinished ones from their stored upload."""
         self._states = await asyncio.to_thread(self.store.load_all)
         await asyncio.to_thread(self.store.clear_staging)
+        await asyncio.to_thread(publish.clear_work_dirs, self.root)
         for task_id, state in sorted(self._states.items()):
             if state.get("status") in TERMINAL:
                 continue
@@ -103,6 +142,8 @@ class PreprocessManager:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, *self._cleanups, return_exceptions=True)
+        for task_id in list(self._handed):
+            await self._reclaim_unbegun(task_id)
 
     def staging_path(self) -> Path:
         """Where a route streams an upload before ``submit`` (same file system)."""
@@ -140,16 +181,29 @@ class PreprocessManager:
 
     async def submit(self, request: UploadRequest) -> dict[str, Any]:
         """Validate the upload with ffprobe, then queue it. The staged file is owned by the
-        manager from here on (removed when it is refused)."""
+        manager from here on (removed when it is refused). With a slot free and the kind of
+        output known from the name, ffmpeg starts alongside the probes."""
         try:
             stem, extension = split_name(request.filename)
+        except UploadRejected as err:
+            self.discard_staged(request.staged)
+            raise _as_validation(err) from err
+        kind = expected_kind(request.model_type, is_image_name(extension))
+        if kind is None or self._slots.locked():
+            return await self._submit_then_start(request, stem, extension)
+        await self._slots.acquire()  # free: taken at once, and handed to the run
+        return await self._submit_started(request, stem, extension, kind)
+
+    async def _submit_then_start(
+        self, request: UploadRequest, stem: str, extension: str
+    ) -> dict[str, Any]:
+        """Probe and plan, then create the task; its run starts ffmpeg once a slot frees."""
+        try:
             media = await probe_media(
                 self.config.preprocess.ffprobe, request.staged, is_image_name(extension)
             )
-            plan = plan_clip(
-                media, request.model_type, request.fps, request.resolution, request.frame_buckets
-            )
-        except (UploadRejected, MediaRejected, PlanError) as err:
+            plan = self._plan(media, request)
+        except (MediaRejected, PlanError) as err:
             self.discard_staged(request.staged)
             raise _as_validation(err) from err
         except BaseException:
@@ -159,13 +213,108 @@ class PreprocessManager:
         stored = await asyncio.to_thread(
             self.store.adopt_upload, request.staged, task_id, extension
         )
-        state = self._initial_state(task_id, request, stem, stored, plan)
-        self._states[task_id] = state
+        state = await self._record(task_id, request, stem, stored, plan)
         self._probed[task_id] = media
-        await asyncio.to_thread(self.store.write_state, state)
         self._announce_status(task_id, None)
         self._launch(task_id)
         return dict(state)
+
+    async def _submit_started(
+        self, request: UploadRequest, stem: str, extension: str, kind: str
+    ) -> dict[str, Any]:
+        """Create the task, start ffmpeg on its upload, probe and plan meanwhile, then hand
+        ffmpeg its filter chain. Holds a slot on entry; any failure undoes it all."""
+        made_so_far = _Undo(request.staged)
+        try:
+            task_id, stored, work = await asyncio.to_thread(
+                self._create_started_task, request.staged, extension
+            )
+            made_so_far.task_id, made_so_far.stored = task_id, stored
+            made = work / f"{_output_stem(stem, task_id)}{output_suffix(kind)}"
+            transcode = made_so_far.transcode = await self._start_ffmpeg(stored, made, kind)
+            media = await self._probe_and_sync(task_id, stored, is_image_name(extension))
+            plan = self._plan(media, request)
+            if plan.kind != kind:  # a video file holding a single image: started wrong
+                await transcode.stop()
+                made = made.with_suffix(plan.suffix)
+                transcode = made_so_far.transcode = await self._start_ffmpeg(
+                    stored, made, plan.kind
+                )
+            transcode.send_filters(filter_chain(plan))
+            state = await self._record(task_id, request, stem, stored, plan)
+        except BaseException as err:
+            await self._abandon(made_so_far)
+            if isinstance(err, MediaRejected | PlanError):
+                raise _as_validation(err) from err
+            raise
+        self._announce_status(task_id, None)
+        self._launch(task_id, Started(transcode, plan, made))
+        return dict(state)
+
+    async def _probe_and_sync(self, task_id: str, stored: Path, image: bool) -> MediaInfo:
+        """Probe the stored upload while its task directory is fsynced: the fsyncs wait for
+        the disk, the probes for the CPU. Both end before this returns or raises (the probe's
+        refusal first)."""
+        media, synced = await asyncio.gather(
+            probe_media(self.config.preprocess.ffprobe, stored, image),
+            asyncio.to_thread(self.store.sync_task_dir, task_id),
+            return_exceptions=True,
+        )
+        if isinstance(media, BaseException):
+            raise media
+        if isinstance(synced, BaseException):
+            raise synced
+        return media
+
+    def _create_started_task(self, staged: Path, extension: str) -> tuple[str, Path, Path]:
+        """(id, stored upload, work directory) of a new task that has no state yet, not
+        fsynced (blocking). The upload moves first, so that ffmpeg and the probes open it
+        where it stays."""
+        task_id, _ = self.store.create_task_dir(sync=False)
+        stored: Path | None = None
+        try:
+            stored = self.store.adopt_upload(staged, task_id, extension, sync=False)
+            return task_id, stored, publish.fresh_work_dir(self.root, task_id)
+        except BaseException:
+            self.store.abandon_task(task_id, stored, staged)
+            raise
+
+    async def _abandon(self, made_so_far: _Undo) -> None:
+        """Undo ``_submit_started``: ffmpeg killed first, then its output and the task
+        directory removed, the upload discarded, the slot given back. Interrupted, it leaves
+        files that ``start`` clears."""
+        task_id, staged = made_so_far.task_id, made_so_far.staged
+        try:
+            if made_so_far.transcode is not None:
+                await made_so_far.transcode.stop()
+            if task_id is not None:
+                self._states.pop(task_id, None)
+                await asyncio.to_thread(self._remove_task, task_id, made_so_far.stored, staged)
+        finally:
+            self._slots.release()
+            self.discard_staged(staged)
+
+    def _remove_task(self, task_id: str, stored: Path | None, staged: Path) -> None:
+        publish.remove_work_dir(self.root, task_id)
+        self.store.abandon_task(task_id, stored, staged)
+
+    def _plan(self, media: MediaInfo, request: UploadRequest) -> ClipPlan:
+        return plan_clip(
+            media, request.model_type, request.fps, request.resolution, request.frame_buckets
+        )
+
+    async def _record(
+        self, task_id: str, request: UploadRequest, stem: str, stored: Path, plan: ClipPlan
+    ) -> dict[str, Any]:
+        """Write the new task's first state: from here on it exists."""
+        state = self._initial_state(task_id, request, stem, stored, plan)
+        self._states[task_id] = state
+        await asyncio.to_thread(self.store.write_state, state)
+        return state
+
+    async def _start_ffmpeg(self, source: Path, made: Path, kind: str) -> Transcode:
+        command = ffmpeg_command(self.config.preprocess.ffmpeg, str(source), str(made), kind)
+        return await start_transcode(command)
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
         """Stop a queued or processing task: ffmpeg killed, partial output removed."""
@@ -177,6 +326,10 @@ class PreprocessManager:
         if run is not None:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
+            await self._reclaim_unbegun(task_id)
+        if self._states[task_id]["status"] not in TERMINAL:  # the run never began
+            self._runs.pop(task_id, None)
+            await self._interrupted(task_id)
         return self.get(task_id)
 
     # ------------------------------------------------------------------ running
@@ -202,7 +355,7 @@ class PreprocessManager:
                 "frame_buckets": list(request.frame_buckets) if request.frame_buckets else None,
             },
             "upload": {"filename": request.filename, "path": str(stored), "stem": stem},
-            "output_stem": f"{stem}_{task_id.removeprefix('preprocess_')}",
+            "output_stem": _output_stem(stem, task_id),
             "plan": _plan_view(plan),
             "result": None,
             "error": None,
@@ -212,13 +365,30 @@ class PreprocessManager:
             "version": 1,
         }
 
-    def _launch(self, task_id: str) -> None:
-        self._runs[task_id] = asyncio.create_task(self._run(task_id), name=f"preprocess-{task_id}")
+    def _launch(self, task_id: str, started: Started | None = None) -> None:
+        """Run the task; ``started``: its ffmpeg runs already, in a slot taken for it. It is
+        handed over through ``_handed``: a task cancelled before its first step never runs
+        its coroutine, and then ``_reclaim_unbegun`` stops that ffmpeg."""
+        if started is not None:
+            self._handed[task_id] = started
+        run = self._run(task_id)
+        self._runs[task_id] = asyncio.create_task(run, name=f"preprocess-{task_id}")
+
+    async def _reclaim_unbegun(self, task_id: str) -> None:
+        """After a run was cancelled: if it never began, kill its ffmpeg, free its slot."""
+        started = self._handed.pop(task_id, None)
+        if started is not None:
+            self._runs.pop(task_id, None)
+            try:
+                await started.transcode.stop()
+            finally:
+                self._slots.release()
 
     async def _run(self, task_id: str) -> None:
+        started = self._handed.pop(task_id, None)
         try:
-            async with self._slots:
-                await self._process(task_id)
+            async with self._slot(taken=started is not None):
+                await self._process(task_id, started)
         except asyncio.CancelledError:
             await self._interrupted(task_id)
         except (MediaRejected, PlanError, TranscodeFailed, OSError) as err:
@@ -230,9 +400,54 @@ class PreprocessManager:
             self._runs.pop(task_id, None)
             self._last_progress.pop(task_id, None)
 
-    async def _process(self, task_id: str) -> None:
-        started = time.monotonic()
+    @contextlib.asynccontextmanager
+    async def _slot(self, taken: bool) -> AsyncIterator[None]:
+        """One of the N ffmpeg slots, for one run; ``taken``: submit took it already."""
+        if not taken:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def _process(self, task_id: str, started: Started | None) -> None:
+        begun = time.monotonic()
         state = self._states[task_id]
+        try:
+            if started is None:
+                started = await self._start(task_id, state)
+            else:
+                await self._set(
+                    task_id, status="processing", current_step=STEP_TRANSCODING, progress=5
+                )
+            plan, clock = started.plan, time.monotonic()
+            written = await started.transcode.finish(
+                lambda frames: self._on_frames(task_id, frames, plan, clock)
+            )
+        finally:
+            if started is not None:  # ffmpeg is killed whatever interrupted the run
+                await started.transcode.stop()
+        if written < plan.frames:  # the bucket would not be filled: diffusion-pipe drops it
+            raise TranscodeFailed(f"ffmpeg wrote {written} frames, {plan.frames} expected")
+        await self._set(task_id, current_step=STEP_CAPTION, progress=95, eta_seconds=0)
+        media_path, caption_path = await asyncio.to_thread(
+            publish.publish,
+            started.made,
+            Path(state["dataset_dir"]),
+            state["output_stem"],
+            state["prompt"],
+        )
+        await asyncio.to_thread(publish.remove_work_dir, self.root, task_id)
+        result = _result(state, media_path, caption_path, written, plan)
+        elapsed = round(time.monotonic() - begun, 3)
+        await self._set(
+            task_id, status="completed", current_step=STEP_DONE, progress=100,
+            result=result, output=result, processing_time=elapsed,
+        )  # fmt: skip
+        await asyncio.to_thread(self.store.remove_upload, state)
+
+    async def _start(self, task_id: str, state: dict[str, Any]) -> Started:
+        """Probe (again after a restart) and plan, then start ffmpeg with its chain."""
         await self._set(task_id, status="processing", current_step=STEP_VALIDATING, progress=0)
         upload = Path(state["upload"]["path"])
         media = self._probed.pop(task_id, None) or await probe_media(
@@ -249,25 +464,9 @@ class PreprocessManager:
         work = await asyncio.to_thread(publish.fresh_work_dir, self.root, task_id)
         made = work / f"{state['output_stem']}{plan.suffix}"
         await self._set(task_id, current_step=STEP_TRANSCODING, progress=5)
-        command = ffmpeg_command(self.config.preprocess.ffmpeg, str(upload), str(made), plan)
-        clock = time.monotonic()
-        written = await run_ffmpeg(
-            command, lambda frames: self._on_frames(task_id, frames, plan, clock)
-        )
-        if written < plan.frames:  # the bucket would not be filled: diffusion-pipe drops it
-            raise TranscodeFailed(f"ffmpeg wrote {written} frames, {plan.frames} expected")
-        await self._set(task_id, current_step=STEP_CAPTION, progress=95, eta_seconds=0)
-        media_path, caption_path = await asyncio.to_thread(
-            publish.publish, made, Path(state["dataset_dir"]), state["output_stem"], state["prompt"]
-        )
-        await asyncio.to_thread(publish.remove_work_dir, self.root, task_id)
-        result = _result(state, media_path, caption_path, written, plan)
-        elapsed = round(time.monotonic() - started, 3)
-        await self._set(
-            task_id, status="completed", current_step=STEP_DONE, progress=100,
-            result=result, output=result, processing_time=elapsed,
-        )  # fmt: skip
-        await asyncio.to_thread(self.store.remove_upload, state)
+        transcode = await self._start_ffmpeg(upload, made, plan.kind)
+        transcode.send_filters(filter_chain(plan))
+        return Started(transcode, plan, made)
 
     def _on_frames(self, task_id: str, frames: int, plan: ClipPlan, clock: float) -> None:
         fraction = min(1.0, frames / max(1, plan.frames))
@@ -320,6 +519,10 @@ class PreprocessManager:
         state = self._states[task_id]
         data = {k: state.get(k) for k in ("progress", "current_step", "eta_seconds", "frames_done")}
         self.emit("preprocess", task_id, "progress", data)
+
+
+def _output_stem(stem: str, task_id: str) -> str:
+    return f"{stem}_{task_id.removeprefix('preprocess_')}"
 
 
 def _plan_view(plan: ClipPlan) -> dict[str, Any]:

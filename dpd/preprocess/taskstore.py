@@ -6,7 +6,11 @@
 
 Guarantees: a task id is never reused, across restarts too (the directory is created with
 O_EXCL semantics and the counter resumes after the highest id on disk); state.json is the
-old or the new state, never a mix. All methods block: call them through asyncio.to_thread.
+old or the new state, never a mix. A task exists once its state.json does: a directory
+without one is a submit that never answered (refused, or the daemon stopped while probing);
+``abandon_task`` removes it at once, ``load_all`` after a crash. Such an id was never
+given out, so its reuse after a restart is harmless. All methods block: call them through
+asyncio.to_thread.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ class TaskStore:
         return self.root / task_id
 
     def load_all(self) -> dict[str, dict[str, Any]]:
-        """Every readable task state; unreadable ones are logged and left alone."""
+        """Every readable task state; unreadable ones are logged and left alone, directories
+        of submits that never answered are removed."""
         self.root.mkdir(parents=True, exist_ok=True)
         states: dict[str, dict[str, Any]] = {}
         for entry in sorted(self.root.iterdir()):
@@ -55,14 +60,19 @@ class TaskStore:
             if not match or not entry.is_dir():
                 continue
             self._next = max(self._next, int(match[1]) + 1)
+            if not (entry / STATE_FILE).exists():
+                log.info("removing %s: its submit never answered", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
             try:
                 states[entry.name] = json.loads((entry / STATE_FILE).read_bytes())
             except (OSError, ValueError) as err:
                 log.error("preprocess task %s has no readable state (%s); ignored", entry.name, err)
         return states
 
-    def create_task_dir(self) -> tuple[str, Path]:
-        """A fresh id and its (new, empty) directory."""
+    def create_task_dir(self, sync: bool = True) -> tuple[str, Path]:
+        """A fresh id and its (new, empty) directory; ``sync=False`` leaves the fsync to a
+        later ``sync_task_dir``."""
         self.root.mkdir(parents=True, exist_ok=True)
         while True:
             with self._lock:
@@ -74,7 +84,8 @@ class TaskStore:
                 path.mkdir()
             except FileExistsError:
                 continue
-            fsync_dir(self.root)
+            if sync:
+                fsync_dir(self.root)
             return task_id, path
 
     def write_state(self, state: dict[str, Any]) -> None:
@@ -95,12 +106,27 @@ class TaskStore:
     def clear_staging(self) -> None:
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)
 
-    def adopt_upload(self, staged: Path, task_id: str, extension: str) -> Path:
-        """Move a fully received upload into its task directory (same file system)."""
+    def adopt_upload(self, staged: Path, task_id: str, extension: str, sync: bool = True) -> Path:
+        """Move a fully received upload into its task directory (same file system);
+        ``sync=False`` leaves the fsync to a later ``sync_task_dir``."""
         target = self.task_dir(task_id) / f"upload{extension}"
         staged.rename(target)
-        fsync_dir(target.parent)
+        if sync:
+            fsync_dir(target.parent)
         return target
+
+    def sync_task_dir(self, task_id: str) -> None:
+        """The fsyncs ``create_task_dir`` and ``adopt_upload`` were told to leave."""
+        fsync_dir(self.root)
+        fsync_dir(self.task_dir(task_id))
+
+    def abandon_task(self, task_id: str, stored: Path | None, staged: Path) -> None:
+        """Undo ``create_task_dir`` (+ ``adopt_upload``) for an upload refused after all: the
+        upload goes back to ``staged``, the directory (never given a state) is removed."""
+        if stored is not None:
+            with contextlib.suppress(FileNotFoundError):
+                stored.rename(staged)
+        shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
 
     def remove_upload(self, state: dict[str, Any]) -> None:
         upload = state.get("upload", {}).get("path")

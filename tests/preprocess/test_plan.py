@@ -16,7 +16,9 @@ from dpd.preprocess.plan import (
     MediaInfo,
     PlanError,
     choose_bucket,
+    expected_kind,
     ffmpeg_command,
+    filter_chain,
     model_frames,
     parse_frame_buckets,
     parse_resolution,
@@ -142,16 +144,32 @@ def test_unknown_model_lists_known_ones() -> None:
     assert err.value.errors[0].field == "model_type" and "wan" in str(err.value)
 
 
-def test_ffmpeg_command() -> None:
-    plan = plan_clip(video(300, 30), "wan", resolution=(512, 288))
-    cmd = ffmpeg_command("ffmpeg", "/in.mov", "/out.mp4", plan)
+def test_ffmpeg_command_depends_on_the_kind_only() -> None:
+    cmd = ffmpeg_command("ffmpeg", "/in.mov", "/out.mp4", "video")
     assert cmd[0] == "ffmpeg" and cmd[-1] == "/out.mp4"
     joined = " ".join(cmd)
-    assert "-i /in.mov" in joined and "-frames:v 81" in joined
-    assert "-progress pipe:1 -nostats" in joined
+    assert "-i /in.mov" in joined and "-filter_script:v pipe:0" in joined
+    assert "-progress pipe:1 -nostats" in joined and "-frames:v" not in joined
     assert "libx264" in cmd and "yuv420p" in cmd and "-an" in cmd
-    chain = cmd[cmd.index("-vf") + 1]
+    image = ffmpeg_command("ffmpeg", "/in.png", "/out.png", "image")
+    assert "png" in image and "libx264" not in image
+
+
+def test_filter_chain_ends_with_the_cut() -> None:
+    plan = plan_clip(video(300, 30), "wan", resolution=(512, 288))
+    chain = filter_chain(plan)
     assert chain.startswith("fps=16,") and "crop=512:288" in chain
+    assert chain.endswith(",format=yuv420p,trim=end_frame=81")
+    still = plan_clip(MediaInfo("image", 640, 480, 0, 1, 0, "png"), "wan")
+    assert filter_chain(still).endswith(",format=rgb24,trim=end_frame=1")
+
+
+def test_expected_kind_from_the_name() -> None:
+    assert expected_kind("wan", image=False) == "video"
+    assert expected_kind("wan", image=True) == "image"
+    assert expected_kind("flux", image=False) is None  # images only: the plan refuses it
+    assert expected_kind("flux", image=True) == "image"
+    assert expected_kind("nope", image=True) is None
 
 
 def test_default_buckets_fit_the_vae() -> None:
