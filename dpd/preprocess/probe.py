@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dpd.preprocess.plan import MediaInfo
+from dpd.preprocess.transcode import die_with_parent
 
 IMAGE_CODECS = frozenset({"png", "mjpeg", "webp", "jpegls", "bmp", "tiff"})
 PROBE_TIMEOUT = 120.0
@@ -104,6 +105,7 @@ async def _run(args: list[str]) -> tuple[int, bytes, bytes]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent,  # a probe of a submit nobody waits for any more ends too
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT)

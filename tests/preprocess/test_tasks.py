@@ -315,7 +315,8 @@ async def test_a_daemon_killed_while_probing_leaves_no_ffmpeg_and_no_task(
     tmp_path: Path, clip: Callable[..., Path]
 ) -> None:
     """ffprobe hangs (a stand-in that sleeps), so the daemon dies with ffmpeg started and
-    the task half made: ffmpeg dies with it, and the next start clears the task."""
+    the task half made: ffmpeg and the probes die with it, and the next start clears the
+    task."""
     stuck = tmp_path / "bin" / "ffprobe"
     stuck.parent.mkdir()
     stuck.write_text("#!/bin/sh\nexec sleep 60\n")
@@ -332,13 +333,13 @@ async def test_a_daemon_killed_while_probing_leaves_no_ffmpeg_and_no_task(
     try:
         await wait_until(lambda: {"ffmpeg", "sleep"} <= names(parent), timeout=30)
         children = parent.children(recursive=True)
-        started = [p for p in children if p.name() == "ffmpeg"]
+        assert sorted(p.name() for p in children) == ["ffmpeg", "sleep", "sleep"]
         daemon.kill()
         daemon.wait()
-        await wait_until(lambda: all(gone(p) for p in started))
+        await wait_until(lambda: all(gone(p) for p in children))
     finally:
         daemon.kill()
-        for child in children:  # the stand-in ffprobes (sleep) outlive the daemon
+        for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
     assert any(ID_RE.match(p.name) for p in manager.store.root.iterdir())  # half made
