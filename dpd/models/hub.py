@@ -5,9 +5,10 @@ The library is good at the hub's API (listings, revisions, redirects to resolve,
 file, its error codes); its calls block, so callers run ``matching_files`` and ``metadata``
 in a thread. It is slow at bodies: pure Python reading 64 KiB at a time (0.39x curl in
 bench/bench_download.py), and since 1.x ``hf_hub_download`` deletes its temporary file on
-any failure, so nothing resumes. ``fetch`` therefore streams the body itself, on the event
-loop, into dpd's own partial file (``partial.py``: written, hashed and flushed in threads),
-resuming it with ``Range`` and starting over when a server ignores that.
+any failure, so nothing resumes. ``fetch`` therefore receives the body itself, on the event
+loop, into dpd's own partial file (``body.py`` reads the socket straight into its buffers;
+``partial.py`` writes, hashes and flushes them in threads), resuming it with ``Range`` and
+starting over when a server ignores that.
 
 Redirects (the hub's resolve URL answers 302 to a CDN) are followed here, at most
 ``MAX_REDIRECTS``; the token goes only to the configured endpoint's origin, never to a CDN
@@ -45,6 +46,7 @@ from huggingface_hub.utils import build_hf_headers
 from yarl import URL
 
 from dpd.errors import BadGateway, DpdError, Forbidden, NotFound
+from dpd.models.body import receive_body
 from dpd.models.partial import (
     HashMismatch,
     PartialFile,
@@ -66,8 +68,9 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT: Final = "https://huggingface.co"
-# aiohttp's read buffer: the socket is read until this much waits for us (then TCP pushes
-# back). Large, so that one event-loop wake-up moves megabytes, not 64 KiB.
+# aiohttp's read buffer, for a body of unknown length (``body.py`` takes the others over):
+# the socket is read until this much waits for us (then TCP pushes back). Large, so that
+# one event-loop wake-up moves megabytes, not 64 KiB.
 READ_BUFFER: Final = 4 * 1024 * 1024
 MAX_REDIRECTS: Final = 10
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
@@ -234,14 +237,12 @@ async def _receive(
     control: TransferControl,
     where: dict[str, str],
 ) -> None:
-    """Hand every piece the socket delivers to the partial file, checking stop and size."""
+    """Receive the body into the partial file, checking stop and size."""
     size = sink.remote.size
-    async for piece in response.content.iter_any():
-        control.check()
-        if sink.size + len(piece) > size:
-            raise HashMismatch(f"{where['repo']}/{where['file']}: more bytes than {size}")
-        control.transferred += len(piece)
-        await sink.feed(piece)
+    if not await receive_body(response, sink, constants.HF_HUB_DOWNLOAD_TIMEOUT):
+        async for piece in response.content.iter_any():  # length unknown: aiohttp reads
+            control.check()
+            await sink.feed(piece)
     control.check()
     if sink.size != size:
         raise TransientHubError(f"the connection ended after {sink.size} of {size} bytes", where)

@@ -15,8 +15,9 @@ transfer; ``hold_at[path] = n`` stops sending at byte n until ``release()``;
 ``wrong_hash`` advertises a false SHA-256 for a path; ``fail[path] = status`` answers every
 resolve request for it with that status, ``fail_body_once[path] = status`` the next body
 request; ``redirect_get`` sends a small file's GET (not its HEAD) to the CDN host, as a
-mirror may; ``served[path]`` counts bytes sent; ``requests`` lists (method, host, path,
-Authorization) of every request.
+mirror may; ``chunked`` sends a body without Content-Length (chunked encoding);
+``served[path]`` counts bytes sent; ``requests`` lists (method, host, path, Authorization)
+of every request. ``serve_hub(hub, ssl_context)`` serves HTTPS.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,6 +75,7 @@ class FakeHub:
     fail: dict[str, int] = field(default_factory=dict)
     fail_body_once: dict[str, int] = field(default_factory=dict)
     redirect_get: set[str] = field(default_factory=set)
+    chunked: set[str] = field(default_factory=set)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     _hashes: dict[str, str] = field(default_factory=dict)
 
@@ -211,7 +214,8 @@ class FakeHub:
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
         response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = end - start
+        if path not in self.chunked:
+            response.content_length = end - start
         await response.prepare(request)
         if request.method == "HEAD":
             return response
@@ -268,14 +272,17 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int]:
 
 
 @asynccontextmanager
-async def serve_hub(hub: FakeHub) -> AsyncIterator[FakeHub]:
-    """Run the hub on a free port of 127.0.0.1 until the block ends."""
+async def serve_hub(
+    hub: FakeHub, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[FakeHub]:
+    """Run the hub on a free port of 127.0.0.1 (HTTPS with ``ssl_context``) until the block
+    ends."""
     runner = web.AppRunner(hub.app(), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hub.url = f"http://127.0.0.1:{port}"
+    hub.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     try:
         yield hub
     finally:

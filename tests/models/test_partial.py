@@ -7,6 +7,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from dpd.models.partial import (
     TransferControl,
     TransferStopped,
 )
-from tests.models.conftest import MIB, pseudo_random
+from tests.models.conftest import MIB, pseudo_random, wait_for
 
 DATA = pseudo_random(3 * MIB + 5, 7)
 PIECE = 256 * 1024
@@ -110,18 +111,21 @@ async def test_restart_empties_the_file_and_the_hash(tmp_path):
 
 
 async def test_a_failed_write_stops_every_later_write(tmp_path, monkeypatch):
-    """The fake writes one buffer per call (short writes, as the kernel may) and fails once a
-    MiB is on disk: nothing may be written after the failure, so no gap can follow it."""
-    calls: list[int] = []
-    real_writev = os.writev
+    """Buffers of 256 KiB, each write taking at most half of a write's size (short writes,
+    as the kernel may); the disk fails once a MiB is on it: nothing may be written after the
+    failure (so no gap can follow it), although later buffers were received and queued."""
+    step = partial_module.WRITE_SIZE // 2
+    offsets: list[int] = []
+    real_pwrite = os.pwrite
 
-    def writev(fd: int, buffers: list[memoryview]) -> int:
-        calls.append(sum(len(b) for b in buffers))
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        offsets.append(offset)
         if os.fstat(fd).st_size >= MIB:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_writev(fd, buffers[:1])
+        return real_pwrite(fd, data[:step], offset)
 
-    monkeypatch.setattr(partial_module.os, "writev", writev)
+    monkeypatch.setattr(partial_module, "BLOCK_SIZE", PIECE)
+    monkeypatch.setattr(partial_module.os, "pwrite", pwrite)
     path = tmp_path / "p"
 
     with pytest.raises(OSError) as caught:
@@ -129,7 +133,7 @@ async def test_a_failed_write_stops_every_later_write(tmp_path, monkeypatch):
 
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == DATA[:MIB]
-    assert len(calls) == MIB // PIECE + 1  # the failing call was the last one
+    assert offsets == list(range(0, MIB + 1, step))  # in order, the last one failed
 
 
 async def test_a_failed_write_back_is_not_retried_and_fails_the_file(tmp_path, monkeypatch):
@@ -161,3 +165,82 @@ def test_stop_calls_the_interrupts_registered_at_that_time():
     assert called == ["first", "late"]
     with pytest.raises(TransferStopped, match="again"):
         control.check()
+
+
+async def test_a_stalled_transfer_writes_out_what_it_received(tmp_path, monkeypatch):
+    """Less than a buffer arrived and nothing follows: the bytes reach the disk (and the
+    progress) anyway, without waiting for the buffer to fill or the transfer to end."""
+    monkeypatch.setattr(partial_module, "IDLE_FLUSH", 0.05)
+    control = TransferControl()
+    path = tmp_path / "p"
+    sink = await asyncio.to_thread(PartialFile.open, path, remote_for(DATA), control)
+    try:
+        sink.start()
+        await sink.feed(DATA[:MIB])
+
+        await wait_for(lambda: control.file_bytes == MIB)
+        assert path.read_bytes() == DATA[:MIB]
+
+        await sink.feed(DATA[MIB:])
+        await sink.finish()
+    finally:
+        await sink.close()
+    assert path.read_bytes() == DATA
+
+
+async def test_close_writes_out_the_bytes_received_so_far(tmp_path):
+    """A stop (or a failed connection) keeps every byte received: the resume starts after."""
+    control = TransferControl()
+    path = tmp_path / "p"
+    sink = await asyncio.to_thread(PartialFile.open, path, remote_for(DATA), control)
+    sink.start()
+    await sink.feed(DATA[: MIB + 5])
+    await sink.close()
+
+    assert path.read_bytes() == DATA[: MIB + 5] and control.file_bytes == MIB + 5
+    await fill(path, DATA, TransferControl(), DATA[MIB + 5 :])
+    assert path.read_bytes() == DATA
+
+
+async def test_more_bytes_than_the_file_are_a_mismatch(tmp_path):
+    with pytest.raises(HashMismatch, match="more bytes than"):
+        await fill(tmp_path / "p", DATA, TransferControl(), DATA + b"x")
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+async def test_the_receiving_waits_while_every_buffer_is_busy(tmp_path, monkeypatch, blocks):
+    """Few small buffers and a slow disk: memory stays bounded and the bytes stay in order."""
+    real_pwrite = os.pwrite
+    written: list[int] = []
+
+    def slow_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        time.sleep(0.002)
+        written.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(partial_module, "BLOCK_SIZE", 64 * 1024)
+    monkeypatch.setattr(partial_module, "BLOCKS", blocks)
+    monkeypatch.setattr(partial_module.os, "pwrite", slow_pwrite)
+    path = tmp_path / "p"
+
+    sink = await fill(path, DATA, TransferControl(), DATA)
+
+    assert path.read_bytes() == DATA
+    assert sink._blocks == blocks and max(written) <= 64 * 1024
+
+
+async def test_writes_stay_small_enough_for_the_page_cache_lists(tmp_path, monkeypatch):
+    """Large writes make the kernel allocate large page-cache folios, costly on a VM that
+    returns free memory to its host: every write is at most WRITE_SIZE bytes."""
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(partial_module.os, "pwrite", pwrite)
+
+    await fill(tmp_path / "p", DATA, TransferControl(), DATA)
+
+    assert max(sizes) == partial_module.WRITE_SIZE and sum(sizes) == len(DATA)
