@@ -76,6 +76,12 @@ MAX_REDIRECTS: Final = 10
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE: Final = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
+# huggingface_hub's telemetry opt-out (HF_HUB_DISABLE_TELEMETRY), set for the process: with
+# it on, building request headers fetches an "agent harnesses" list from the public hub once
+# a day, whatever endpoint dpd is configured with. A box set up to use a mirror, or none,
+# must not talk to the public hub behind the operator's back.
+constants.HF_HUB_DISABLE_TELEMETRY = True
+
 
 class TransientHubError(BadGateway):
     """The hub could not be reached or failed (5xx, 408, 429, timeout): worth trying again;

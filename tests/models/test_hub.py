@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from huggingface_hub.utils import _detect_agent
+
 from dpd.models.hub import resolve_endpoint, resolve_token, scrub
 from tests.models.conftest import MIB, REPO_FILES
 
@@ -39,3 +42,19 @@ async def test_a_server_ignoring_range_restarts_the_file_and_its_hash(make_manag
 
     assert final["status"] == "completed", final["error"]
     assert hub.served[BIG] == 2 * MIB + len(REPO_FILES[BIG])  # the library started over
+
+
+async def test_nothing_is_fetched_from_the_public_hub_behind_the_configured_endpoint(
+    make_manager, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # huggingface_hub builds its headers with a list it fetches from huggingface.co unless
+    # telemetry is off: pretend no copy is cached and record any attempt
+    fetches: list[str] = []
+    monkeypatch.setattr(_detect_agent, "_registry", None)
+    monkeypatch.setattr(_detect_agent, "_read_cached_registry", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_detect_agent, "_fetch_registry", lambda: fetches.append("fetch"))
+    manager = await make_manager()
+    started = await manager.submit({"model_id": "flux", "components": ["vae"]})
+    final = await manager.wait(started["download_id"])
+    assert final["status"] == "completed", final["error"]
+    assert fetches == []
