@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+from dpd.jobs.spec import parse_job_document, validate_job
+from dpd.spool.layout import SpoolLayout
+from dpd.spool.store import JobStore, Submission
 
 
 def make_data_root(root: Path, images: int = 4) -> Path:
@@ -41,3 +46,20 @@ def job_document(data_root: Path, **overrides: Any) -> dict[str, Any]:
     }
     doc.update(overrides)
     return doc
+
+
+def new_store(root: Path) -> tuple[JobStore, Path]:
+    """An empty, loaded job store under ``root``, and the data root its jobs may name."""
+    data = make_data_root(root / "data")
+    layout = SpoolLayout(root / "spool")
+    layout.ensure()
+    store = JobStore(layout, data / "training_runs", "test")
+    store.load()
+    return store, data
+
+
+def add_job(store: JobStore, data: Path, task_id: str) -> None:
+    """Submit the standard job document as ``task_id``, as the CLI would."""
+    body = json.dumps(job_document(data, task_id=task_id)).encode()
+    spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
+    store.create_job(spec, Submission("cli", "test"))

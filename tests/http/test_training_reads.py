@@ -14,34 +14,22 @@ import pytest
 from dpd.errors import NotFound
 from dpd.http import views
 from dpd.http.routes.training import ListPages, ProgressViews
-from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.states import Status
-from dpd.spool.layout import SpoolLayout
-from dpd.spool.store import JobStore, Submission
+from dpd.spool.store import JobStore
 from tests.http.conftest import Api
-from tests.jobfiles import job_document, make_data_root
+from tests.jobfiles import add_job, new_store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> JobStore:
     """Seven jobs t0..t6 submitted in order; t1 and t4 completed on GPU 1."""
-    data = make_data_root(tmp_path / "data")
-    layout = SpoolLayout(tmp_path / "spool")
-    layout.ensure()
-    store = JobStore(layout, data / "training_runs", "test")
-    store.load()
+    store, data = new_store(tmp_path)
     for index in range(7):
         add_job(store, data, f"t{index}")
     for task_id in ("t1", "t4"):
         store.set_status(task_id, Status.RUNNING, gpu_id=1, gpu_ids=[1])
         store.set_status(task_id, Status.COMPLETED)
     return store
-
-
-def add_job(store: JobStore, data: Path, task_id: str) -> None:
-    body = json.dumps(job_document(data, task_id=task_id)).encode()
-    spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
-    store.create_job(spec, Submission("cli", "test"))
 
 
 def answer(pages: ListPages, store: JobStore, *key: Any) -> dict[str, Any]:

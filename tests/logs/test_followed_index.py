@@ -3,22 +3,19 @@ when a restarted daemon re-attaches, and carried on by the next run of the job."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.logs import lineindex
 from dpd.logs.entries import make_filter
 from dpd.logs.lineindex import LineIndex
 from dpd.logs.reader import LineCounter, read_tail
-from dpd.spool.layout import SpoolLayout
-from dpd.spool.store import JobStore, Submission
+from dpd.spool.store import JobStore
 from dpd.supervisor.follower import JobFollower, PendingEvents
-from tests.jobfiles import job_document, make_data_root
+from tests.jobfiles import add_job, new_store
 from tests.logs.logfactory import make_hinted_log, naive_lines, naive_tail
 
 TASK = "indexed"
@@ -27,14 +24,8 @@ TASK = "indexed"
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JobStore:
     monkeypatch.setattr(lineindex, "RECORD_SPAN", 2048)
-    data = make_data_root(tmp_path / "data")
-    layout = SpoolLayout(tmp_path / "spool")
-    layout.ensure()
-    store = JobStore(layout, data / "training_runs", "test")
-    store.load()
-    body = json.dumps(job_document(data, task_id=TASK)).encode()
-    spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
-    store.create_job(spec, Submission("cli", "test"))
+    store, data = new_store(tmp_path)
+    add_job(store, data, TASK)
     store.set_status(TASK, Status.RUNNING)
     return store
 

@@ -10,29 +10,21 @@ from typing import Any
 
 import pytest
 
-from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.logs import reader as reader_module
 from dpd.logs.reader import LineCounter
-from dpd.spool.layout import SpoolLayout
-from dpd.spool.store import JobStore, Submission
+from dpd.spool.store import JobStore
 from dpd.supervisor import follower as follower_module
 from dpd.supervisor.follower import JobFollower, PendingEvents
-from tests.jobfiles import job_document, make_data_root
+from tests.jobfiles import add_job, new_store
 
 TASK = "f"
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> JobStore:
-    data = make_data_root(tmp_path / "data")
-    layout = SpoolLayout(tmp_path / "spool")
-    layout.ensure()
-    store = JobStore(layout, data / "training_runs", "test")
-    store.load()
-    body = json.dumps(job_document(data, task_id=TASK)).encode()
-    spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
-    store.create_job(spec, Submission("cli", "test"))
+    store, data = new_store(tmp_path)
+    add_job(store, data, TASK)
     store.set_status(TASK, Status.RUNNING)
     return store
 
