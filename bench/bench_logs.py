@@ -46,7 +46,7 @@ from dpd.logs.lineindex import SUFFIX
 from dpd.logs.reader import LineCounter, read_tail
 from dpd.logs.search import SearchQuery, search_log
 from dpd.supervisor.follower import READ_BYTES
-from dpd.supervisor.logfollow import LogFollower
+from tests.logs.logfactory import followed_counter as follow
 
 TAIL_TARGET_MS = 10.0
 SEARCH_TARGET_MBS = 300.0
@@ -127,12 +127,7 @@ def followed_counter(path: Path) -> LineCounter:
     that read the log as it was written, holding the line index the follower built as it
     read (done here beforehand, untimed)."""
     index_of(path).unlink(missing_ok=True)
-    counter = LineCounter()
-    follower = LogFollower(path, index=counter.index(path))
-    while follower.read_new(max_bytes=READ_BYTES)[1] < path.stat().st_size:
-        pass
-    assert follower.tell(counter)
-    return counter
+    return follow(path, READ_BYTES)
 
 
 def tail_figures(path: Path, last_step: int) -> None:

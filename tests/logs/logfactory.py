@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dpd.logs.entries import LineFilter, classify, display_text, entry, line_stamp, matched_text
+from dpd.logs.reader import LineCounter
+from dpd.supervisor.logfollow import LogFollower
 
 START = datetime(2025, 2, 12, 7, 0, 0)
 
@@ -124,3 +126,14 @@ def make_hinted_log(path: Path, steps: int, seed: int = 0) -> Path:
     text = "\n".join(lines) + "\nKeyboardInterrupt"
     path.write_bytes(text.encode())
     return path
+
+
+def followed_counter(log: Path, read_size: int) -> LineCounter:
+    """The counter as the daemon holds it for a live job: told by a follower that read the
+    log in pieces of ``read_size`` bytes, and holding the line index it built."""
+    counter = LineCounter()
+    follower = LogFollower(log, index=counter.index(log))
+    while follower.read_new(max_bytes=read_size)[1] < log.stat().st_size:
+        pass
+    assert follower.tell(counter)
+    return counter

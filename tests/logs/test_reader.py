@@ -11,8 +11,7 @@ from dpd.logs import leveltail, lineindex, reader
 from dpd.logs.entries import LineFilter, classify, display_text, make_filter, parse_time
 from dpd.logs.hints import level_hints
 from dpd.logs.reader import LineCounter, backward_lines, read_tail
-from dpd.supervisor.logfollow import LogFollower
-from tests.logs.logfactory import make_log, naive_lines, naive_tail
+from tests.logs.logfactory import followed_counter, make_log, naive_lines, naive_tail
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +96,6 @@ def test_the_line_counter_counts_only_what_was_appended(tmp_path: Path) -> None:
     os.truncate(log, 0)
     log.write_bytes(b"fresh\n")
     assert read_tail(log, 1, LineFilter(), counter=counter).total_lines == 1
-
-
-def followed_counter(log: Path, read_size: int) -> LineCounter:
-    """The counter as the daemon holds it for a live job: told by a follower that read the
-    log in pieces of ``read_size`` bytes, and holding the line index it built."""
-    counter = LineCounter()
-    follower = LogFollower(log, index=counter.index(log))
-    while follower.read_new(max_bytes=read_size)[1] < log.stat().st_size:
-        pass
-    assert follower.tell(counter)
-    return counter
 
 
 @pytest.mark.parametrize("read_size", [300, 4096, 1 << 20])
