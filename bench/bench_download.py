@@ -7,21 +7,31 @@ the full path (metadata, Range-capable transfer, SHA-256 while writing, fsync, r
 The daemon is timed from submit to completed (its start-up is not: imports, manager.start
 and a first hub request, which builds the HTTP client a running daemon already has); curl's
 time includes its process start. The parent samples the daemon's RSS with psutil. Runs
-alternate curl / dpd ROUNDS times; the best of each is compared (target: dpd >= 0.9x curl).
+alternate ROUNDS times; the best of each is compared.
 
-curl stops when its bytes are in the page cache; dpd's download is done only once the file
-is hashed and fsynced (a model marked installed must survive a power cut). So a second
-baseline, curl followed by fsync of its file, shows what a durable copy costs on this disk,
-and CPU seconds per GiB (curl's from getrusage, the daemon's own process time) show the work,
+Both land their file on two storages in turn:
+
+- memory (a tmpfs, /dev/shm unless --memory-dir says otherwise): storing costs both the
+  same and the fsync nothing, so this compares the download paths themselves. The target
+  (dpd >= 0.9x curl) is judged here.
+- disk (--dir, the temporary directory by default): curl stops when its bytes are in the
+  page cache; dpd's download is done only once the file is hashed and fsynced (a model
+  marked installed must survive a power cut). When the disk cannot make data durable as
+  fast as the network delivers it, that is what dpd waits for, so two more baselines
+  show what durability costs on this disk: curl followed by an fsync of its file, and
+  `dd conv=fdatasync` copying the file (already in the page cache) to the disk.
+
+CPU seconds per GiB (curl's from getrusage, the daemon's own process time) show the work,
 which a shared machine's load does not distort the way it distorts wall-clock figures.
 
-    python3 bench/bench_download.py [--size-mb 2048] [--rounds 2]
+    python3 bench/bench_download.py [--size-mb 2048] [--rounds 2] [--dir D] [--memory-dir M]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -30,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -120,6 +131,18 @@ def measure_curl(url: str, target: Path) -> tuple[float, float, float]:
     return elapsed, durable, cpu
 
 
+def measure_dd(source: Path, target: Path) -> float:
+    """Seconds for dd to copy ``source`` (in the page cache) to ``target`` durably."""
+    started = time.perf_counter()
+    subprocess.run(
+        ["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fdatasync", "status=none"],
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
 def sync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -151,10 +174,21 @@ def measure_dpd(hub_url: str, work: Path) -> tuple[float, float, float]:
     return result["seconds"], result["cpu"], peak_rss / 2**20
 
 
+@dataclass
+class Storage:
+    name: str  # memory or disk
+    path: Path
+    curl: list[tuple[float, float, float]] = field(default_factory=list)
+    dd: list[float] = field(default_factory=list)
+    dpd: list[tuple[float, float, float]] = field(default_factory=list)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--memory-dir", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--role", choices=("main", "hub", "daemon"), default="main")
     parser.add_argument("--hub")
     parser.add_argument("--work", type=Path)
@@ -165,13 +199,39 @@ def main() -> None:
     elif args.role == "daemon":
         asyncio.run(run_daemon(args.hub, args.work))
     else:
-        orchestrate(args.size_mb, args.rounds)
+        orchestrate(args.size_mb, args.rounds, args.dir, args.memory_dir)
 
 
-def orchestrate(size_mb: int, rounds: int) -> None:
+def filesystem(path: Path) -> str:
+    """The type of the file system ``path`` is on (the longest mount point above it)."""
+    best, kind = "", "?"
+    resolved = str(path.resolve())
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, point, fstype = line.split()[:3]
+            inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def orchestrate(size_mb: int, rounds: int, disk_dir: Path, memory_dir: Path) -> None:
     size = size_mb * 2**20
-    with tempfile.TemporaryDirectory(prefix="dpd-bench-dl-") as tmp:
-        source = write_file(Path(tmp) / "hub" / FILE, size)
+    with contextlib.ExitStack() as stack:
+        disk = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(dir=disk_dir, prefix="dpd-bench-dl-"))
+        )
+        storages = [Storage("disk", disk)]
+        if filesystem(memory_dir) != "tmpfs":
+            print(f"memory: skipped, {memory_dir} is not a tmpfs")
+        elif shutil.disk_usage(memory_dir).free < 2 * size:
+            print(f"memory: skipped, {memory_dir} has less than {2 * size_mb} MiB free")
+        else:
+            memory = stack.enter_context(
+                tempfile.TemporaryDirectory(dir=memory_dir, prefix="dpd-bench-dl-")
+            )
+            storages.insert(0, Storage("memory", Path(memory)))
+        source = write_file(disk / "hub" / FILE, size)
         sync_file(source)  # else its write-back lands in the middle of the runs
         hub = subprocess.Popen(
             [sys.executable, __file__, "--role", "hub", "--source", str(source)],
@@ -180,43 +240,52 @@ def orchestrate(size_mb: int, rounds: int) -> None:
         )
         try:
             urls = json.loads(hub.stdout.readline() if hub.stdout else "{}")
-            curl_runs, dpd_runs = [], []
             for _ in range(rounds):
-                curl_runs.append(measure_curl(urls["cdn"], Path(tmp) / "curl.out"))
-                dpd_runs.append(measure_dpd(urls["url"], Path(tmp) / "dpd"))
-                shutil.rmtree(Path(tmp) / "dpd", ignore_errors=True)
+                for storage in storages:
+                    storage.curl.append(measure_curl(urls["cdn"], storage.path / "curl.out"))
+                    if storage.name == "disk":
+                        storage.dd.append(measure_dd(source, storage.path / "dd.out"))
+                    storage.dpd.append(measure_dpd(urls["url"], storage.path / "dpd"))
+                    shutil.rmtree(storage.path / "dpd", ignore_errors=True)
         finally:
             hub.terminate()
             hub.wait()
-    report(size, curl_runs, dpd_runs)
+    print(f"file: {size_mb} MiB from a local hub on 127.0.0.1 (rounds: {rounds})")
+    for storage in storages:
+        report(size, storage)
 
 
-def report(
-    size: int,
-    curl_runs: list[tuple[float, float, float]],
-    dpd_runs: list[tuple[float, float, float]],
-) -> None:
+def report(size: int, storage: Storage) -> None:
     mib = size / 2**20
     gib = size / 2**30
-    best_curl = min(run[0] for run in curl_runs)
-    best_durable = min(run[1] for run in curl_runs)
-    best_dpd = min(dpd_runs)
-    print(f"file: {mib:.0f} MiB from a local hub on 127.0.0.1 (rounds: {len(curl_runs)})")
-    print(f"curl (baseline):  {mib / best_curl:8.0f} MiB/s  ({best_curl:.2f} s)")
-    print(f"curl + fsync:     {mib / best_durable:8.0f} MiB/s  ({best_durable:.2f} s)")
-    print(
-        f"dpd download:     {mib / best_dpd[0]:8.0f} MiB/s  ({best_dpd[0]:.2f} s, incl. metadata, "
-        "SHA-256, fsync, rename)"
-    )
-    print(f"ratio dpd/curl:   {best_curl / best_dpd[0]:8.2f}x  (target >= 0.9x)")
-    print(f"ratio dpd/(curl + fsync): {best_durable / best_dpd[0]:.2f}x")
-    for seconds, durable, cpu in curl_runs:
+
+    def line(label: str, seconds: float, detail: str = "") -> None:
+        print(f"  {label:18s} {mib / seconds:6.0f} MiB/s  ({seconds:.2f} s{detail})")
+
+    best_curl = min(run[0] for run in storage.curl)
+    best_dpd = min(run[0] for run in storage.dpd)
+    print(f"{storage.name}: {storage.path.parent} ({filesystem(storage.path)})")
+    line("curl:", best_curl, ", page cache" if storage.name == "disk" else "")
+    if storage.dd:
+        best_durable = min(run[1] for run in storage.curl)
+        best_dd = min(storage.dd)
+        line("curl + fsync:", best_durable)
+        line("dd conv=fdatasync:", best_dd, ", a copy of the cached file")
+    line("dpd download:", best_dpd, ", metadata, SHA-256, fsync, rename")
+    ratio = best_curl / best_dpd
+    if storage.name == "memory":
+        verdict = "met" if ratio >= 0.9 else "MISSED"
+        print(f"  dpd / curl:         {ratio:6.2f}x  (target >= 0.9x: {verdict})")
+    else:
+        print(f"  dpd / curl:         {ratio:6.2f}x  (curl's file is not yet durable)")
+        print(f"  dpd / curl + fsync: {best_durable / best_dpd:6.2f}x")
+        print(f"  dpd / dd:           {best_dd / best_dpd:6.2f}x  (dd only copies, then syncs once)")
+    for seconds, durable, cpu in storage.curl:
+        extra = f" ({durable:.2f} s with fsync)" if storage.name == "disk" else ""
+        print(f"  curl run:   {seconds:6.2f} s{extra}, CPU {cpu / gib:.2f} s/GiB")
+    for seconds, cpu, rss in storage.dpd:
         print(
-            f"curl run:   {seconds:6.2f} s ({durable:.2f} s with fsync), CPU {cpu / gib:.2f} s/GiB"
-        )
-    for seconds, cpu, rss in dpd_runs:
-        print(
-            f"daemon run: {seconds:6.2f} s, CPU {100 * cpu / seconds:5.0f}% of one core "
+            f"  daemon run: {seconds:6.2f} s, CPU {100 * cpu / seconds:5.0f}% of one core "
             f"({cpu / gib:.2f} s/GiB), peak RSS {rss:6.0f} MiB"
         )
 
