@@ -10,7 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 INTERNAL_FIELDS = frozenset(
-    {"progress_state", "log_offset", "schema_version", "submitted_seq", "resume_run"}
+    {
+        "progress_state",
+        "output_state",
+        "log_offset",
+        "run_log_start",
+        "schema_version",
+        "submitted_seq",
+        "resume_run",
+    }
 )
 
 EMPTY_PROGRESS: dict[str, Any] = {

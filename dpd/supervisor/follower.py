@@ -2,9 +2,13 @@
 when the shim reports the end, an outcome.
 
 Exactly-once across daemon restarts: ``state.json`` records ``log_offset`` (the byte where
-the tracked progress stands). A restarted daemon replays train.log up to that offset
-through a fresh parser without emitting anything (rebuilding parser state), restores the
-progress tracker from state.json, and continues from the offset. Metric points and log
+the tracked progress stands) and, as of that byte, the parser's and the follower's state
+(``output_state``) and the progress tracker's (``progress_state``). A restarted daemon takes
+all three back and continues from the offset: it does not read the output again, which on a
+multi-GB log would take minutes of CPU per job before dpd is back. (A state.json without
+``output_state`` is replayed through a fresh parser, emitting nothing, from where the
+current run's output starts: ``run_log_start``, since a resumed run appends to the log and
+the runs before it must not count.) Metric points and log
 events carry the offset of the read they came from; those at or below what metrics.jsonl and
 events.jsonl already hold are not written again. Since state.json trails those files (it
 is written at most every ``STATE_WRITE_SECONDS``), the first reads after a restart stop
@@ -21,6 +25,7 @@ are written at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +66,32 @@ class FollowState:
     run_dir: str | None = None
     last_output: float = field(default_factory=time.monotonic)
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES_KEPT))
+
+    def to_state(self) -> dict[str, Any]:
+        """What decides the run's outcome, JSON-safe (``last_lines`` are not kept)."""
+        failure = self.failure
+        return {
+            "phase": self.phase,
+            "completed": self.completed,
+            "manual_quit": self.manual_quit,
+            "run_dir": self.run_dir,
+            "failure": None
+            if failure is None
+            else [failure.cause, failure.message, list(failure.lines), failure.phase.value],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FollowState:
+        failure = state["failure"]
+        return cls(
+            phase=state["phase"],
+            completed=state["completed"],
+            manual_quit=state["manual_quit"],
+            run_dir=state["run_dir"],
+            failure=None
+            if failure is None
+            else obs.Failure(failure[0], failure[1], tuple(failure[2]), Phase(failure[3])),
+        )
 
 
 class PendingEvents:
@@ -120,23 +151,20 @@ class JobFollower:
     def restore(self, state: dict[str, Any]) -> None:
         """Rebuild from disk after a daemon restart (blocking: call in a thread)."""
         offset = int(state.get("log_offset") or 0)
-        # the replay goes through the line index too: it passes over what the saved index
-        # holds and indexes the rest, so the follower goes on from the offset
-        replay = LogFollower(self.job_dir / names.TRAIN_LOG, 0, index=self._line_index())
-        while replay.offset < offset:
-            lines, _ = replay.read_new(max_bytes=min(1 << 20, offset - replay.offset))
-            if not lines:
-                break
-            for line in lines:
-                for observation in self.parser.feed(line, time.time()):
-                    self._note(observation, replaying=True)
+        path = self.job_dir / names.TRAIN_LOG
+        if self._take_output_state(state.get("output_state")):
+            known: int | None = state["output_state"]["newlines"]
+            try:
+                info = os.stat(path)
+                identity: tuple[int, int] | None = (info.st_dev, info.st_ino)
+            except FileNotFoundError:
+                identity = None
+        else:
+            known, identity = self._replay(int(state.get("run_log_start") or 0), offset)
         if state.get("progress_state"):
             self.tracker = ProgressTracker.from_state(state["progress_state"])
-        known = replay.newlines if replay.offset == offset else None
-        self.follower = LogFollower(
-            self.job_dir / names.TRAIN_LOG, offset, known, index=self._line_index()
-        )
-        self.follower.identity = replay.identity
+        self.follower = LogFollower(path, offset, known, index=self._line_index())
+        self.follower.identity = identity
         self._tell_line_count()
         self._metrics_done = max(
             (int(r.get("offset", 0)) for r in read_json_lines(self.job_dir / names.METRICS_FILE)),
@@ -153,6 +181,33 @@ class JobFollower:
         )
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase
+
+    def _take_output_state(self, saved: dict[str, Any] | None) -> bool:
+        """The parser and facts as state.json recorded them; False if it holds none (or of
+        another version)."""
+        if not saved:
+            return False
+        parser = OutputParser.from_state(saved["parser"], self.parser.epochs, self.parser.max_steps)
+        if parser is None:
+            return False
+        self.parser = parser
+        self.facts = FollowState.from_state(saved["facts"])
+        return True
+
+    def _replay(self, start: int, offset: int) -> tuple[int | None, tuple[int, int] | None]:
+        """Feed the current run's output up to ``offset`` to the parser, emitting nothing;
+        the "\\n" count at ``offset`` (None if not known) and the identity of the file read.
+        The replay goes through the line index too: it passes over what the saved index
+        holds and indexes the rest, so the follower goes on from the offset."""
+        replay = LogFollower(self.job_dir / names.TRAIN_LOG, start, index=self._line_index())
+        while replay.offset < offset:
+            lines, _ = replay.read_new(max_bytes=min(1 << 20, offset - replay.offset))
+            if not lines:
+                break
+            for line in lines:
+                for observation in self.parser.feed(line, time.time()):
+                    self._note(observation, replaying=True)
+        return (replay.newlines if replay.offset == offset else None), replay.identity
 
     def _line_index(self) -> LineIndex | None:
         """train.log's line index, shared with the logs API through ``line_counts``."""
@@ -250,6 +305,16 @@ class JobFollower:
             "progress_state": self.tracker.to_state(),
             "log_offset": self.follower.offset if offset is None else offset,
         }
+        # as of the offset, every line before which was parsed (else none: a restart replays)
+        fields["output_state"] = (
+            {
+                "parser": self.parser.to_state(),
+                "facts": self.facts.to_state(),
+                "newlines": self.follower.newlines,
+            }
+            if fields["log_offset"] == self.follower.offset
+            else None
+        )
         if self.facts.run_dir:
             fields["run_dir"] = self.facts.run_dir
         return fields

@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from dpd.jobs.states import Phase
 from dpd.supervisor.loglines import logger_parts, split_rank
 
 MESSAGE_LIMIT: Final = 1000
 FAILURE_LINES_KEPT: Final = 30
+STATE_VERSION: Final = 1  # of ``OutputParser.to_state``
 
 # ---------------------------------------------------------------- observations
 
@@ -269,7 +270,8 @@ class OutputParser:
         self.manual_quit = False
         self.misread_lines = 0  # lines that raised inside the parser: a bug, never expected
         self._lr_step = -1
-        self._epoch_losses: list[float] = []
+        self._loss_sum = 0.0  # of the current epoch's finite step losses...
+        self._loss_count = 0  # ...and how many there are
         self._ended_epoch = 0
         self._checkpoints: set[str] = set()
         self._tracebacks: dict[int | None, _Traceback] = {}
@@ -437,7 +439,8 @@ class OutputParser:
         self._set_phase(Phase.TRAINING, out)
         self.step = step
         if math.isfinite(loss):
-            self._epoch_losses.append(loss)
+            self._loss_sum += loss
+            self._loss_count += 1
         out.append(StepDone(step, loss, iter_time, samples, self.lr, grad_norm, self.epoch))
 
     def _new_epoch(self, epoch: int, out: list[Observation]) -> None:
@@ -458,9 +461,9 @@ class OutputParser:
     def _end_epoch(self, epoch: int, out: list[Observation]) -> None:
         if epoch < 1 or epoch <= self._ended_epoch:
             return
-        losses = self._epoch_losses
-        mean = round(sum(losses) / len(losses), 6) if losses else None
-        self._epoch_losses = []
+        count = self._loss_count
+        mean = round(self._loss_sum / count, 6) if count else None
+        self._loss_sum, self._loss_count = 0.0, 0
         self._ended_epoch = epoch
         out.append(EpochEnded(epoch, mean, self.step))
 
@@ -483,7 +486,7 @@ class OutputParser:
         self.epoch, first_step = int(match.group(1)), int(match.group(2))
         self.step = first_step - 1
         self._ended_epoch = self.epoch - 1
-        self._epoch_losses = []
+        self._loss_sum, self._loss_count = 0.0, 0
         out.append(Resumed(self.epoch, first_step))
 
     # -------------------------------------------------------------- tracebacks
@@ -514,6 +517,59 @@ class OutputParser:
         message = message[:MESSAGE_LIMIT]
         out.append(Failure(cause, message, lines, self.phase))
 
+    # ------------------------------------------------------------ persistence
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-safe; ``from_state`` gives back a parser that goes on exactly as this one
+        would, so a restarted daemon need not read the run's output again."""
+        return {
+            "version": STATE_VERSION,
+            "phase": self.phase.value,
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "global_batch": self.global_batch,
+            "total": self.total,
+            "steps_per_epoch": self.steps_per_epoch,
+            "completed": self.completed,
+            "manual_quit": self.manual_quit,
+            "misread_lines": self.misread_lines,
+            "lr_step": self._lr_step,
+            "epoch_loss": [self._loss_sum, self._loss_count],
+            "ended_epoch": self._ended_epoch,
+            "checkpoints": sorted(self._checkpoints),
+            "tracebacks": [[rank, t.lines, t.ignored] for rank, t in self._tracebacks.items()],
+            "failures": sorted(self._failures),
+            "missing_latest": self._missing_latest,
+            "ignore_next_traceback": self._ignore_next_traceback,
+            "started": self._started,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], epochs: int | None, max_steps: int | None
+    ) -> OutputParser | None:
+        """The parser ``to_state`` described; None if ``state`` is of another version."""
+        if state.get("version") != STATE_VERSION:
+            return None
+        parser = cls(epochs, max_steps, state["steps_per_epoch"])
+        parser.phase = Phase(state["phase"])
+        for name in _STATE_FIELDS:
+            setattr(parser, name, state[name])
+        parser._lr_step = state["lr_step"]
+        parser._loss_sum, parser._loss_count = state["epoch_loss"]
+        parser._ended_epoch = state["ended_epoch"]
+        parser._checkpoints = set(state["checkpoints"])
+        parser._tracebacks = {
+            rank: _Traceback(list(lines), ignored) for rank, lines, ignored in state["tracebacks"]
+        }
+        parser._failures = set(state["failures"])
+        parser._missing_latest = state["missing_latest"]
+        parser._ignore_next_traceback = state["ignore_next_traceback"]
+        parser._started = state["started"]
+        return parser
+
     # ------------------------------------------------------------------ state
 
     def _set_phase(self, phase: Phase, out: list[Observation]) -> None:
@@ -526,6 +582,19 @@ class OutputParser:
         if total is not None and total != self.total:
             self.total = total
             out.append(TotalSteps(total, self.steps_per_epoch))
+
+
+_STATE_FIELDS: Final = (
+    "epoch",
+    "step",
+    "lr",
+    "grad_norm",
+    "global_batch",
+    "total",
+    "completed",
+    "manual_quit",
+    "misread_lines",
+)
 
 
 def _step_fields(line: str) -> tuple[int, float, float, float, str] | None:

@@ -239,6 +239,7 @@ class Supervisor:
         self.running[task_id] = job
         run = int(state.get("run", 0)) + 1
         gpu_names = {g.gpu_id: g.name for g in self.monitor.latest}
+        log_start = await asyncio.to_thread(_create_log, follower.follower.path)
         await asyncio.to_thread(
             self.store.set_status,
             task_id,
@@ -250,12 +251,14 @@ class Supervisor:
             master_port=port,
             started_at=state.get("started_at") or utc_now(),
             run_started_at=utc_now(),
-            log_offset=await asyncio.to_thread(_create_log, follower.follower.path),
+            log_offset=log_start,
+            run_log_start=log_start,  # a resumed run appends: the runs before it don't count
+            output_state=None,
             progress=dict(state.get("progress") or {}, phase=Phase.STARTING.value),
             error=None,
             ended_at=None,
         )
-        follower.follower.seek(self.store.get(task_id)["log_offset"])
+        follower.follower.seek(log_start)
         self._emit_status(task_id, Status.RUNNING, Status.QUEUED, gpu_ids=list(gpu_ids))
         resume_run = self._resume_run_name(state, spec.resume_from_checkpoint)
         launch = LaunchSpec(

@@ -16,6 +16,7 @@ from dpd.logs.reader import LineCounter
 from dpd.spool.store import JobStore
 from dpd.supervisor import follower as follower_module
 from dpd.supervisor.follower import JobFollower, PendingEvents
+from dpd.supervisor.output_parser import OutputParser
 from tests.jobfiles import add_job, new_store
 
 TASK = "f"
@@ -207,3 +208,50 @@ def test_the_logs_api_learns_line_counts_from_the_follower_live_and_after_a_rest
     with log.open("rb") as handle:
         assert restarted_counts.total_lines(handle, log, size) == 6
     assert counted == [(size, size)]
+
+
+def test_a_restart_takes_the_saved_parser_state_and_reads_nothing_again(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Daemon(store)
+    write(store, "caching latents: 1%\n", "Global batch size = 1\n", step_line(1), step_line(2))
+    first.poll(write_state=True)
+    fed: list[str] = []
+    feed = OutputParser.feed
+
+    def counting(parser: OutputParser, line: str, now: float) -> list[Any]:
+        fed.append(line)
+        return feed(parser, line, now)
+
+    monkeypatch.setattr(OutputParser, "feed", counting)
+    second = Daemon(store)
+    second.follower.restore(store.get(TASK))
+    assert fed == []
+    assert second.follower.parser.to_state() == first.follower.parser.to_state()
+    assert second.follower.facts.to_state() == first.follower.facts.to_state()
+    assert second.follower.follower.newlines == 4
+    write(store, step_line(3))
+    second.poll(write_state=True)
+    assert fed == [step_line(3)[:-1]]
+    assert metric_steps(store) == [1, 2, 3]
+
+
+def test_without_a_saved_parser_state_only_the_current_run_is_replayed(store: JobStore) -> None:
+    """A resumed run appends to train.log: what the runs before it printed (a traceback, a
+    manual quit) must not decide this one."""
+    write(
+        store,
+        "Traceback (most recent call last):\n",
+        '  File "train.py", line 1, in <module>\n',
+        "torch.OutOfMemoryError: CUDA out of memory.\n",
+        "Manually quitting\n",
+    )
+    run_start = (store.layout.job_dir(TASK) / "train.log").stat().st_size
+    write(store, "caching latents: 5%\n")
+    size = (store.layout.job_dir(TASK) / "train.log").stat().st_size
+    state = dict(store.get(TASK), log_offset=size, run_log_start=run_start, output_state=None)
+    follower = Daemon(store).follower
+    follower.restore(state)
+    assert follower.facts.phase == "caching"
+    assert follower.facts.failure is None and not follower.facts.manual_quit
+    assert not follower.caching_failed()

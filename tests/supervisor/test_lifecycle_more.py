@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.jobfiles import job_document
@@ -56,28 +57,32 @@ def loss_steps(daemon: DaemonProcess, task_id: str) -> list[int]:
     ]
 
 
-def command_lines(task_id: str) -> list[list[str]]:
-    found = []
+def command_lines(task_id: str) -> dict[int, list[str]]:
+    found = {}
     for pid in job_processes(task_id):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-            found.append(psutil.Process(pid).cmdline())
+            found[pid] = psutil.Process(pid).cmdline()
+    return found
+
+
+def trainer_worker(task_id: str) -> tuple[int, list[str]]:
+    """The worker's pid and command line (train.py with --local_rank), once it exists."""
+
+    def find() -> tuple[int, list[str]] | None:
+        for pid, cmdline in command_lines(task_id).items():
+            if any(a.endswith("train.py") for a in cmdline) and any(
+                a.startswith("--local_rank") for a in cmdline
+            ):
+                return pid, cmdline
+        return None
+
+    found = wait_for(find)
+    assert isinstance(found, tuple)
     return found
 
 
 def trainer_command(task_id: str) -> list[str]:
-    """The worker's command line (train.py with --local_rank), once it exists."""
-
-    def find() -> list[str] | None:
-        for cmdline in command_lines(task_id):
-            if any(a.endswith("train.py") for a in cmdline) and any(
-                a.startswith("--local_rank") for a in cmdline
-            ):
-                return cmdline
-        return None
-
-    found = wait_for(find)
-    assert isinstance(found, list)
-    return found
+    return trainer_worker(task_id)[1]
 
 
 def resume_argument(cmdline: list[str]) -> str | None:
@@ -151,6 +156,36 @@ def test_resume_after_a_graceful_stop_continues_the_step_numbers(
     code, body = resume(daemon, "r")
     assert code == 409, body
     assert daemon.job_state("r")["status"] == "completed"
+
+
+@pytest.mark.crash
+def test_a_resumed_run_is_judged_alone_after_a_daemon_restart(
+    tmp_path: Path, cleanup: list
+) -> None:
+    """The first run's "Manually quitting" stays in train.log; the re-attached daemon must
+    not count it for the second run, whose killed worker is then a failure of its own."""
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("r.json", long_job(daemon, "r", epochs=50))
+    wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
+    code, body = stop(daemon, "r")
+    assert code == 200 and body["data"]["status"] == "stopped", body
+    steps_before = current_step(daemon, "r")
+    code, body = resume(daemon, "r")
+    assert code == 200, body
+    wait_for(lambda: current_step(daemon, "r") >= steps_before + 2, timeout=20)
+
+    daemon.kill9()
+    daemon.start()
+    wait_for(lambda: "re-attached r" in daemon.log(), timeout=10)
+    worker, _ = trainer_worker("r")
+    os.kill(worker, signal.SIGKILL)
+    state = wait_status(daemon, "r", TERMINAL, timeout=30)
+    assert state["status"] == "failed", state
+    assert state["error"]["cause"] == "worker_killed", state["error"]
+    assert state["error"]["exit_code"] == 247
+    no_process_left("r")
 
 
 def test_a_resumed_job_is_not_pinned_to_the_gpu_of_its_last_run(

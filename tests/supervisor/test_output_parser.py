@@ -3,6 +3,7 @@ from reference/diffusion-pipe.md §4.2-4.4 and §6.4) and on single lines."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -330,32 +331,34 @@ def test_worker_killed_by_a_signal() -> None:
     assert parser.feed(line, 0.0) == []
 
 
+SHUTDOWN_TRACEBACK = [
+    "Exception ignored in atexit callback: <function _exit_function>",
+    "Traceback (most recent call last):",
+    '  File "/usr/lib/python3.12/multiprocessing/util.py", line 360, in _exit_function',
+    "    _run_finalizers()",
+    "KeyboardInterrupt: ",
+]
+CHAINED_TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "a.py", line 1, in f',
+    "[2025-02-12 07:00:00,000] [INFO] [launch.py:1:main] unrelated logger line",
+    "    g()",
+    "",
+    "During handling of the above exception, another exception occurred:",
+    "",
+    "Traceback (most recent call last):",
+    '  File "b.py", line 2, in h',
+    "    raise RuntimeError('CUDA error: an illegal memory access was encountered')",
+    "RuntimeError: CUDA error: an illegal memory access was encountered",
+]
+
+
 def test_tracebacks_at_shutdown_after_exception_ignored_are_not_failures() -> None:
-    lines = [
-        "Exception ignored in atexit callback: <function _exit_function>",
-        "Traceback (most recent call last):",
-        '  File "/usr/lib/python3.12/multiprocessing/util.py", line 360, in _exit_function',
-        "    _run_finalizers()",
-        "KeyboardInterrupt: ",
-    ]
-    assert parse(lines) == []
+    assert parse(SHUTDOWN_TRACEBACK) == []
 
 
 def test_chained_tracebacks_and_foreign_lines_inside_a_traceback() -> None:
-    lines = [
-        "Traceback (most recent call last):",
-        '  File "a.py", line 1, in f',
-        "[2025-02-12 07:00:00,000] [INFO] [launch.py:1:main] unrelated logger line",
-        "    g()",
-        "",
-        "During handling of the above exception, another exception occurred:",
-        "",
-        "Traceback (most recent call last):",
-        '  File "b.py", line 2, in h',
-        "    raise RuntimeError('CUDA error: an illegal memory access was encountered')",
-        "RuntimeError: CUDA error: an illegal memory access was encountered",
-    ]
-    (failure,) = failures(parse(lines))
+    (failure,) = failures(parse(CHAINED_TRACEBACK))
     assert failure.cause == "cuda_error"
     assert "unrelated" not in " ".join(failure.lines)
 
@@ -417,3 +420,34 @@ def test_known_prefixes_with_garbage_never_raise(pairs: list[tuple[str, str]]) -
     for prefix, rest in pairs:
         assert isinstance(parser.feed(prefix + rest, 0.0), list)
     assert parser.misread_lines == 0
+
+
+# ------------------------------------------------------------------ saved state
+
+
+def test_a_parser_rebuilt_from_its_saved_state_goes_on_exactly_as_the_original() -> None:
+    """Cut every recorded run at every line (inside tracebacks, between a step and its
+    epoch's end, after the completion line...): a parser saved there, written as JSON and
+    read back sees the rest exactly as one that read everything. (Compared as text: a
+    trainer may print a nan loss, and nan is not equal to itself.)"""
+    runs = {name: recorded(name) for name in sorted(p.name for p in RECORDED.iterdir())}
+    runs["shutdown"] = recorded("success_2epochs.log") + SHUTDOWN_TRACEBACK
+    runs["chained"] = CHAINED_TRACEBACK
+    for name, lines in runs.items():
+        for cut in range(len(lines) + 1):
+            whole = OutputParser(epochs=2, max_steps=None)
+            parse(lines[:cut], whole)
+            saved = json.loads(json.dumps(whole.to_state()))
+            rebuilt = OutputParser.from_state(saved, epochs=2, max_steps=None)
+            assert rebuilt is not None
+            assert json.dumps(rebuilt.to_state()) == json.dumps(whole.to_state()), (name, cut)
+            rest = [(i, line) for i, line in enumerate(lines) if i >= cut]
+            for index, line in rest:
+                expected = repr(whole.feed(line, 1000.0 + index))
+                assert repr(rebuilt.feed(line, 1000.0 + index)) == expected, (name, cut, line)
+            assert json.dumps(rebuilt.to_state()) == json.dumps(whole.to_state()), (name, cut)
+
+
+def test_a_saved_state_of_another_version_is_not_taken() -> None:
+    state = OutputParser(epochs=1, max_steps=None).to_state()
+    assert OutputParser.from_state(dict(state, version=0), epochs=1, max_steps=None) is None
