@@ -47,6 +47,7 @@ from dpd.spool.atomic import (
     write_json_atomic,
 )
 from dpd.spool.jobdir import FileSpec, JobDirBuild
+from dpd.spool.jsontail import json_lines_backwards
 from dpd.spool.layout import SpoolLayout
 from dpd.supervisor.dpconfig import render_configs
 
@@ -137,12 +138,11 @@ class JobStore:
         except (OSError, ValueError, KeyError, TypeError) as err:
             self._quarantine(job_dir, f"{type(err).__name__}: {err}")
             return False
-        events = read_json_lines(job_dir / names.EVENTS_FILE)
+        last_seq, announced = _events_end(job_dir / names.EVENTS_FILE)
         with self._lock:
             self._specs[task_id] = spec
             self._states[task_id] = state
-            self._event_seq[task_id] = max((int(e.get("seq", 0)) for e in events), default=0)
-            announced = _last_announced_status(events)
+            self._event_seq[task_id] = last_seq
             if announced != state["status"]:
                 self._unannounced.append((task_id, announced))
             submission_key = Submission(**job.get("submission", {"source": "?"})).key
@@ -481,11 +481,17 @@ def event_record(node: str, task_id: str, seq: int, kind: str, data: dict[str, A
     }
 
 
-def _last_announced_status(events: list[dict[str, Any]]) -> str | None:
-    for event in reversed(events):
-        if event.get("type") == "status" and isinstance(event.get("data"), dict):
-            return event["data"].get("status")
-    return None
+def _events_end(path: Path) -> tuple[int, str | None]:
+    """The last event's seq and the status the last status event announced, read from the
+    end of events.jsonl (which holds every log line of the job's runs)."""
+    last = next(json_lines_backwards(path), None)
+    seq = int(last.get("seq", 0)) if isinstance(last, dict) else 0
+    for event in json_lines_backwards(path, contains=b'"type":"status"'):
+        if isinstance(event, dict) and event.get("type") == "status":
+            data = event.get("data")
+            if isinstance(data, dict):
+                return seq, data.get("status")
+    return seq, None
 
 
 @dataclass

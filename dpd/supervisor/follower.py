@@ -37,7 +37,7 @@ from dpd.jobs.states import Phase
 from dpd.logs.lineindex import LineIndex
 from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
-from dpd.spool.atomic import read_json_lines
+from dpd.spool.jsontail import json_lines_backwards
 from dpd.spool.store import JobStore
 from dpd.supervisor import output_parser as obs
 from dpd.supervisor.logfollow import LogFollower
@@ -166,14 +166,18 @@ class JobFollower:
         self.follower = LogFollower(path, offset, known, index=self._line_index())
         self.follower.identity = identity
         self._tell_line_count()
-        self._metrics_done = max(
-            (int(r.get("offset", 0)) for r in read_json_lines(self.job_dir / names.METRICS_FILE)),
-            default=0,
-        )
-        events = read_json_lines(self.job_dir / names.EVENTS_FILE)
-        self._log_done = max(
-            (int(e["data"].get("offset", 0)) for e in events if e.get("type") == "log"),
-            default=0,
+        # records are appended in offset order: the newest one that has an offset holds the
+        # highest (log events but the last of a read carry offset 0)
+        last_metric = next(json_lines_backwards(self.job_dir / names.METRICS_FILE), None)
+        self._metrics_done = int(last_metric.get("offset", 0)) if last_metric else 0
+        logged = json_lines_backwards(self.job_dir / names.EVENTS_FILE, contains=b'"type":"log"')
+        self._log_done = next(
+            (
+                int(e["data"]["offset"])
+                for e in logged
+                if e.get("type") == "log" and e["data"].get("offset")
+            ),
+            0,
         )
         # reads after the saved offset ended there before the restart: end there again
         self._replay_bounds = sorted(
