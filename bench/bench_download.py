@@ -279,7 +279,9 @@ def report(size: int, storage: Storage) -> None:
     else:
         print(f"  dpd / curl:         {ratio:6.2f}x  (curl's file is not yet durable)")
         print(f"  dpd / curl + fsync: {best_durable / best_dpd:6.2f}x")
-        print(f"  dpd / dd:           {best_dd / best_dpd:6.2f}x  (dd only copies, then syncs once)")
+        print(
+            f"  dpd / dd:           {best_dd / best_dpd:6.2f}x  (dd only copies, then syncs once)"
+        )
     for seconds, durable, cpu in storage.curl:
         extra = f" ({durable:.2f} s with fsync)" if storage.name == "disk" else ""
         print(f"  curl run:   {seconds:6.2f} s{extra}, CPU {cpu / gib:.2f} s/GiB")

@@ -21,6 +21,7 @@ it TimeoutStartSec=120 to do so.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -34,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_parser import block
 
 from dpd.jobs.states import Status
-from dpd.spool.atomic import read_json_lines
 from dpd.spool.store import JobStore
 from dpd.supervisor.follower import JobFollower, PendingEvents
 from tests.jobfiles import add_job, new_store
@@ -53,6 +53,11 @@ def write_log(path: Path, size: int) -> int:
                 chunk.extend(text + end for text, end in block(step))
             handle.write("".join(chunk))
     return step
+
+
+def read_whole(path: Path) -> list[Any]:
+    """What start-up and re-attach did before, for each running job."""
+    return [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1] if line.strip()]
 
 
 def seconds(action: Callable[[], object]) -> float:
@@ -95,8 +100,8 @@ def measure(root: Path, mib: int) -> None:
     assert replay.tracker.current_step == first.tracker.current_step == steps
     whole = seconds(
         lambda: (
-            read_json_lines(job_dir / "events.jsonl"),
-            read_json_lines(job_dir / "metrics.jsonl"),
+            read_whole(job_dir / "events.jsonl"),
+            read_whole(job_dir / "metrics.jsonl"),
         )
     )
     sizes = sum((job_dir / name).stat().st_size for name in ("events.jsonl", "metrics.jsonl"))

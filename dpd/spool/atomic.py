@@ -192,24 +192,6 @@ def append_line(path: str | os.PathLike[str], line: bytes, sync: bool = True) ->
         os.close(fd)
 
 
-def read_json_lines(path: str | os.PathLike[str]) -> list[Any]:
-    """Every complete JSON line of an append-only file; a torn or garbled tail is dropped."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    records: list[Any] = []
-    # The last piece is empty after a final newline, or a torn tail: either way, drop it.
-    for chunk in raw.split(b"\n")[:-1]:
-        if not chunk.strip():
-            continue
-        try:
-            records.append(json.loads(chunk))
-        except ValueError:
-            continue
-    return records
-
-
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

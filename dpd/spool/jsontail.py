@@ -7,8 +7,8 @@ whole took about 5 s per GiB of history per start. Read from the end in blocks, 
 records cost what they weigh; lines that cannot hold what is looked for (``contains``) are
 passed over without being parsed.
 
-Same rules as ``atomic.read_json_lines``: the piece after the last newline (a torn write) is
-not a record, and a garbled line is skipped.
+The piece after the last newline is not a record (``atomic.append_line`` writes a line and
+its newline at once: a crash mid-write leaves a torn tail), and a garbled line is skipped.
 """
 
 from __future__ import annotations

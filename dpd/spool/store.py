@@ -43,7 +43,6 @@ from dpd.spool.atomic import (
     append_line,
     fsync_dir,
     json_bytes,
-    read_json_lines,
     write_json_atomic,
 )
 from dpd.spool.jobdir import FileSpec, JobDirBuild
@@ -454,9 +453,16 @@ class JobStore:
             return self._event_seq.get(task_id, 0)
 
     def read_events(self, task_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        """The events after ``after_seq``, oldest first: read from the end of events.jsonl
+        (seqs grow down the file), so catching up costs what was missed."""
         self.get(task_id)
-        events = read_json_lines(self.layout.job_dir(task_id) / names.EVENTS_FILE)
-        return [e for e in events if int(e.get("seq", 0)) > after_seq]
+        newer: list[dict[str, Any]] = []
+        for event in json_lines_backwards(self.layout.job_dir(task_id) / names.EVENTS_FILE):
+            if int(event.get("seq", 0)) <= after_seq:
+                break
+            newer.append(event)
+        newer.reverse()
+        return newer
 
     def append_metrics(self, task_id: str, records: Iterable[dict[str, Any]]) -> None:
         lines = [json.dumps(r, separators=(",", ":")).encode() for r in records]

@@ -16,11 +16,11 @@ from dpd.spool.atomic import (
     append_line,
     create_file,
     fsync_all,
-    read_json_lines,
     write_atomic,
     write_json_atomic,
     write_new_file,
 )
+from dpd.spool.jsontail import json_lines_backwards
 
 
 def test_write_atomic_replaces_content_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -57,14 +57,13 @@ def test_append_line_and_torn_tail_is_dropped(tmp_path: Path) -> None:
     append_line(path, b'{"seq": 2}')
     with path.open("ab") as f:
         f.write(b'{"seq": 3, "da')  # a crash in the middle of a write
-    assert read_json_lines(path) == [{"seq": 1}, {"seq": 2}]
-    assert read_json_lines(tmp_path / "absent.jsonl") == []
+    assert list(json_lines_backwards(path)) == [{"seq": 2}, {"seq": 1}]
 
 
 def test_garbled_line_in_the_middle_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"a": 1}\nnot json\n{"a": 2}\n')
-    assert read_json_lines(path) == [{"a": 1}, {"a": 2}]
+    assert list(json_lines_backwards(path)) == [{"a": 2}, {"a": 1}]
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")

@@ -30,7 +30,7 @@ from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
-from dpd.spool.atomic import read_json_lines
+from dpd.spool.jsontail import json_lines_backwards
 from dpd.spool.store import JobStore, Submission
 from dpd.supervisor.scheduler import QueuedJob, check_feasible, plan
 
@@ -284,9 +284,24 @@ def _system_stats(services: Services, state: dict[str, Any]) -> dict[str, Any] |
 
 
 def _step_losses(services: Services, task_id: str, limit: int) -> list[float]:
-    points = read_json_lines(services.layout.job_dir(task_id) / names.METRICS_FILE)
-    losses = [p["value"] for p in points if p.get("type") == "step" and p.get("metric") == "loss"]
-    return losses[-limit:]
+    return [p["value"] for p in _newest_points(services, task_id, "loss", "step", limit)]
+
+
+def _newest_points(
+    services: Services, task_id: str, metric: str, kind: str, limit: int | None
+) -> list[dict[str, Any]]:
+    """The last ``limit`` (None: all) points of ``metric`` and ``kind``, oldest first, read
+    from the end of metrics.jsonl: a long run's is hundreds of MiB."""
+    needle = b'"metric":' + json.dumps(metric).encode()
+    found: list[dict[str, Any]] = []
+    path = services.layout.job_dir(task_id) / names.METRICS_FILE
+    for point in json_lines_backwards(path, contains=needle):
+        if point.get("metric") == metric and point.get("type") == kind:
+            found.append(point)
+            if len(found) == limit:
+                break
+    found.reverse()
+    return found
 
 
 async def get_progress(request: web.Request) -> web.Response:
@@ -331,14 +346,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     metric = request.query.get("metric") or "loss"
     kind = query_choice(request, "type", ("step", "epoch", "eval"), "step")
     limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
-    points = await asyncio.to_thread(
-        read_json_lines, services.layout.job_dir(task_id) / names.METRICS_FILE
-    )
-    selected = [
-        _metric_view(p, kind) for p in points if p.get("metric") == metric and p.get("type") == kind
-    ]
-    if limit is not None:
-        selected = selected[-limit:]
+    points = await asyncio.to_thread(_newest_points, services, task_id, metric, kind, limit)
+    selected = [_metric_view(p, kind) for p in points]
     return envelope_response({"task_id": task_id, "metric": metric, "type": kind, "data": selected})
 
 
