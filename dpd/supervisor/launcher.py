@@ -47,9 +47,9 @@ from dpd.supervisor.shim import (
     EXIT_FILE,
     LAUNCH_FILE,
     LOCK_FILE,
-    MARKER,
     SHIM_FILE,
     SHIM_LOG,
+    JobMark,
 )
 
 # Inherited from systemd by the daemon; a trainer that saw them could talk to systemd as dpd.
@@ -117,17 +117,17 @@ def _dropped(name: str) -> bool:
 
 
 def build_trainer_env(
-    base: Mapping[str, str], trainer_env: Mapping[str, str], task_id: str
+    base: Mapping[str, str], trainer_env: Mapping[str, str], mark: JobMark
 ) -> dict[str, str]:
     """The daemon's environment minus systemd's sockets, dpd's own settings and secrets and
     CUDA_VISIBLE_DEVICES (the GPU choice is --include), plus trainer.env, the PCI bus order
-    and the job's marker, which every descendant inherits."""
+    and the job's markers, which every descendant inherits."""
     env = {name: value for name, value in base.items() if not _dropped(name)}
     env.update(
         (name, value) for name, value in trainer_env.items() if name not in DROPPED_ENV_NAMES
     )
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env[MARKER] = task_id
+    env.update(mark.env())
     return env
 
 
@@ -166,6 +166,10 @@ class ShimInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def mark(self) -> JobMark:
+        return JobMark.of(self.task_id, self.job_dir)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShimInfo:
@@ -266,25 +270,20 @@ def is_alive(info: ShimInfo) -> bool:
     )
 
 
-def job_processes(task_id: str) -> list[int]:
-    """Every live process carrying the job's marker (blocking /proc scan)."""
-    return proctree.processes_with_env(MARKER, task_id)
-
-
-def signal_group(pgid: int, task_id: str, signum: int) -> bool:
+def signal_group(pgid: int, mark: JobMark, signum: int) -> bool:
     """killpg only if the group still holds a process of this job: a group id whose members
     are all gone could name someone else's group after pid reuse."""
     members = proctree.group_members(pgid)
-    if not any(proctree.has_env(pid, MARKER, task_id) for pid in members):
+    if not any(mark.carried_by(pid) for pid in members):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
     return True
 
 
-def kill_marked(task_id: str) -> list[int]:
-    """SIGKILL every process carrying the job's marker; returns those signalled."""
-    found = job_processes(task_id)
+def kill_marked(mark: JobMark) -> list[int]:
+    """SIGKILL every process carrying the job's markers; returns those signalled."""
+    found = mark.processes()
     for pid in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -307,7 +306,7 @@ def open_shim_pidfd(info: ShimInfo) -> int | None:
 
 
 def _job_alive(info: ShimInfo) -> bool:
-    return is_alive(info) or bool(job_processes(info.task_id))
+    return is_alive(info) or bool(info.mark.processes())
 
 
 def _touch(path: Path) -> None:
@@ -462,7 +461,7 @@ class ShimLauncher:
         if proctree.is_same_process(shim_pid, shim_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim_pid, signal.SIGKILL)
-        kill_marked(spec.task_id)
+        kill_marked(JobMark.of(spec.task_id, spec.job_dir))
 
     # -- adopt and wait ----------------------------------------------------------------------
 
@@ -493,7 +492,7 @@ class ShimLauncher:
             reason = "the machine rebooted while the job ran; its processes are gone"
         else:
             reason = "the job's shim vanished without recording how the trainer ended"
-        killed = await self._sweep(info.task_id)
+        killed = await self._sweep(info.mark)
         return Reattach("lost", info, _lost_status(info.run, reason, len(killed)))
 
     async def _reattach_unstarted(self, job_dir: Path) -> Reattach:
@@ -504,7 +503,7 @@ class ShimLauncher:
                 await asyncio.sleep(self.poll_interval)
                 if await asyncio.to_thread(read_shim_info, job_dir) is not None:
                     return await self.reattach(job_dir)
-        await self._sweep(str(launch.get("task_id", job_dir.name)))
+        await self._sweep(JobMark.of(str(launch.get("task_id", job_dir.name)), job_dir))
         return Reattach("never_started")
 
     async def wait_exit(self, info: ShimInfo, timeout: float | None = None) -> ExitStatus:
@@ -560,9 +559,7 @@ class ShimLauncher:
                 if await self._wait_job_gone(info, timeout):
                     return await self._final_status(info)
             if graceful:
-                await asyncio.to_thread(
-                    signal_group, info.trainer_pgid, info.task_id, signal.SIGTERM
-                )
+                await asyncio.to_thread(signal_group, info.trainer_pgid, info.mark, signal.SIGTERM)
                 if await self._wait_job_gone(info, self.term_timeout):
                     return await self._final_status(info)
             await self._kill_everything(info)
@@ -573,9 +570,9 @@ class ShimLauncher:
                 await asyncio.to_thread(_unlink_quietly, save_quit)
 
     async def _kill_everything(self, info: ShimInfo) -> None:
-        await asyncio.to_thread(signal_group, info.trainer_pgid, info.task_id, signal.SIGKILL)
-        survivors = await self._sweep(info.task_id)
-        if await asyncio.to_thread(job_processes, info.task_id):
+        await asyncio.to_thread(signal_group, info.trainer_pgid, info.mark, signal.SIGKILL)
+        survivors = await self._sweep(info.mark)
+        if await asyncio.to_thread(info.mark.processes):
             raise StopFailed(f"job {info.task_id}: processes {survivors} survived SIGKILL")
         # The shim now only has to reap and record; bound it in case it hangs.
         shim_budget = self.orphan_grace + self.shim_term_grace + self.kill_timeout
@@ -586,12 +583,12 @@ class ShimLauncher:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(info.shim_pid, signal.SIGKILL)
 
-    async def _sweep(self, task_id: str) -> list[int]:
+    async def _sweep(self, mark: JobMark) -> list[int]:
         """SIGKILL marked processes until none is left or ``kill_timeout`` passes."""
         killed: set[int] = set()
         deadline = time.monotonic() + self.kill_timeout
         while True:
-            found = await asyncio.to_thread(kill_marked, task_id)
+            found = await asyncio.to_thread(kill_marked, mark)
             killed.update(found)
             if not found or time.monotonic() >= deadline:
                 return sorted(killed)
@@ -606,17 +603,9 @@ class ShimLauncher:
             await asyncio.sleep(self.poll_interval)
         return True
 
-    def job_processes(self, task_id: str) -> list[int]:
-        """Live processes of the job (blocking /proc scan: call it in a thread)."""
-        return job_processes(task_id)
-
     def is_alive(self, info: ShimInfo) -> bool:
         return is_alive(info)
 
     def open_pidfd(self, info: ShimInfo) -> int | None:
         """See ``open_shim_pidfd`` (blocking: call it in a thread)."""
         return open_shim_pidfd(info)
-
-    async def sweep(self, task_id: str) -> list[int]:
-        """Kill every process left with the job's marker (e.g. after its shim was lost)."""
-        return await self._sweep(task_id)

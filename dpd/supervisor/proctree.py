@@ -125,15 +125,18 @@ def descendants(root: int, table: dict[int, ProcStat] | None = None) -> list[int
     return sorted(found)
 
 
-def has_env(pid: int, name: str, value: str) -> bool:
-    """True if ``pid`` was started with ``name=value`` in its environment (exact entry)."""
-    wanted = f"{name}={value}".encode()
+def environ(pid: int) -> list[bytes]:
+    """The ``name=value`` entries ``pid`` was started with; none if it cannot be read."""
     try:
         with open(f"{PROC}/{pid}/environ", "rb") as handle:
-            raw = handle.read()
+            return handle.read().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    return wanted in raw.split(b"\0")
+        return []
+
+
+def has_env(pid: int, name: str, value: str) -> bool:
+    """True if ``pid`` was started with ``name=value`` in its environment (exact entry)."""
+    return f"{name}={value}".encode() in environ(pid)
 
 
 def processes_with_env(name: str, value: str, pids: Iterable[int] | None = None) -> list[int]:

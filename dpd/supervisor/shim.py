@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ SHIM_FILE = "shim.json"
 EXIT_FILE = "exit.json"
 LOCK_FILE = "shim.lock"
 SHIM_LOG = "shim.log"
-MARKER = "DPD_TASK_ID"
+MARKER = "DPD_TASK_ID"  # the job's task id, for people looking at a process
+JOB_MARKER = "DPD_JOB_DIR"  # its job directory: what dpd recognises the job's processes by
 
 EXIT_USAGE = 2
 EXIT_ALREADY_RUNNING = 3
@@ -95,6 +96,48 @@ class Launch:
         if not launch.command or not launch.task_id:
             raise ValueError("launch.json needs a command and a task_id")
         return launch
+
+    @property
+    def mark(self) -> JobMark:
+        """The markers the trainer is started with (launch.json's environment)."""
+        return JobMark(self.task_id, self.env.get(JOB_MARKER, ""))
+
+
+@dataclass(frozen=True)
+class JobMark:
+    """How the processes of one job are known on this machine: the trainer's environment
+    carries both markers and every descendant inherits them (setsid'ed strays included).
+    The job directory is unique on the machine; a task id is not (another dpd, a demo or a
+    test may run the same id at the same time), so it counts alone only for a process
+    without a directory marker (started by an older dpd)."""
+
+    task_id: str
+    job_dir: str  # as the trainer's environment has it ("" if it has none)
+
+    @classmethod
+    def of(cls, task_id: str, job_dir: str | os.PathLike[str]) -> JobMark:
+        return cls(task_id, os.path.realpath(job_dir))
+
+    def env(self) -> dict[str, str]:
+        return {MARKER: self.task_id, JOB_MARKER: self.job_dir}
+
+    def carried_by(self, pid: int) -> bool:
+        entries = proctree.environ(pid)
+        prefix = f"{JOB_MARKER}=".encode()
+        marked = next((entry for entry in entries if entry.startswith(prefix)), None)
+        if marked is not None:
+            return bool(self.job_dir) and marked == prefix + self.job_dir.encode()
+        return f"{MARKER}={self.task_id}".encode() in entries
+
+    def processes(self, pids: Iterable[int] | None = None) -> list[int]:
+        """Live processes of the job (the calling process excluded)."""
+        me = os.getpid()
+        candidates = proctree.all_pids() if pids is None else pids
+        return sorted(
+            pid
+            for pid in candidates
+            if pid != me and self.carried_by(pid) and proctree.start_time(pid) is not None
+        )
 
 
 def log(message: str) -> None:
@@ -221,7 +264,7 @@ def find_leftovers(launch: Launch, pgid: int) -> list[int]:
     table = proctree.snapshot()
     found = set(proctree.descendants(os.getpid(), table))
     found.update(proctree.group_members(pgid, table))
-    found.update(proctree.processes_with_env(MARKER, launch.task_id, table.keys()))
+    found.update(launch.mark.processes(table.keys()))
     found.discard(os.getpid())
     return sorted(found)
 

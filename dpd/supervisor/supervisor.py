@@ -58,6 +58,7 @@ from dpd.supervisor.scheduler import (
     plan,
     queue_positions,
 )
+from dpd.supervisor.shim import JobMark
 
 log = logging.getLogger("dpd.supervisor")
 
@@ -273,7 +274,11 @@ class Supervisor:
                 resume_run,
             ),
             cwd=self.config.trainer.diffusion_pipe_dir,
-            env=build_trainer_env(os.environ, self.config.trainer.env, task_id),
+            env=build_trainer_env(
+                os.environ,
+                self.config.trainer.env,
+                JobMark.of(task_id, self.store.layout.job_dir(task_id)),
+            ),
             log_path=self.store.layout.job_dir(task_id) / names.TRAIN_LOG,
             job_dir=self.store.layout.job_dir(task_id),
         )

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -27,10 +28,16 @@ from dpd.supervisor.launcher import (
     ShimLauncher,
     build_trainer_command,
     build_trainer_env,
-    job_processes,
+    kill_marked,
 )
+from dpd.supervisor.shim import MARKER, JobMark
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def job_processes(task_id: str) -> list[int]:
+    """Processes carrying the task id (unique per test), whatever their job directory."""
+    return proctree.processes_with_env(MARKER, task_id)
 
 
 def py(code: str) -> list[str]:
@@ -70,7 +77,7 @@ def launcher() -> ShimLauncher:
 
 
 def make_spec(task_id: str, job_dir: Path, command: list[str], run: int = 1) -> LaunchSpec:
-    env = build_trainer_env(os.environ, {"NCCL_P2P_DISABLE": "1"}, task_id)
+    env = build_trainer_env(os.environ, {"NCCL_P2P_DISABLE": "1"}, JobMark.of(task_id, job_dir))
     return LaunchSpec(task_id, run, command, job_dir, env, job_dir / "train.log", job_dir)
 
 
@@ -139,12 +146,14 @@ def test_env_drops_systemd_and_daemon_variables() -> None:
         "DPD_API_KEY": "secret",
         "API_SECRET_KEY": "secret",
     }
-    env = build_trainer_env(base, {"NCCL_IB_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "5"}, "t-1")
+    mark = JobMark("t-1", "/var/spool/dpd/jobs/t-1")
+    env = build_trainer_env(base, {"NCCL_IB_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "5"}, mark)
     assert env == {
         "PATH": "/usr/bin",
         "NCCL_IB_DISABLE": "1",
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "DPD_TASK_ID": "t-1",
+        "DPD_JOB_DIR": "/var/spool/dpd/jobs/t-1",
     }
 
 
@@ -248,11 +257,12 @@ DAEMON = """
 import asyncio, json, os, sys
 from pathlib import Path
 from dpd.supervisor.launcher import LaunchSpec, ShimLauncher, build_trainer_env
+from dpd.supervisor.shim import JobMark
 
 async def main() -> None:
     job_dir, task_id, go = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     script = f"import os, time\\nwhile not os.path.exists({go!r}): time.sleep(0.02)\\nprint('done')"
-    env = build_trainer_env(os.environ, {}, task_id)
+    env = build_trainer_env(os.environ, {}, JobMark.of(task_id, job_dir))
     spec = LaunchSpec(task_id, 1, [sys.executable, "-c", script], job_dir, env,
                       job_dir / "train.log", job_dir)
     info = await ShimLauncher().spawn(spec)
@@ -426,6 +436,43 @@ async def test_stop_finds_a_setsid_grandchild_through_the_marker(
     assert await asyncio.to_thread(job_processes, task_id) == []
 
 
+@pytest.fixture
+def neighbours(task_id: str, tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Processes with the same task id as the test's job but not of it: one of another job
+    directory (another dpd, a demo), one with the task id alone (an older dpd's trainer)."""
+    other = {MARKER: task_id, "DPD_JOB_DIR": str(tmp_path / "other" / "jobs" / task_id)}
+    started = {
+        "elsewhere": subprocess.Popen(["sleep", "60"], env={**os.environ, **other}),
+        "legacy": subprocess.Popen(["sleep", "60"], env={**os.environ, MARKER: task_id}),
+    }
+    yield started
+    for process in started.values():
+        process.kill()
+        process.wait()
+
+
+async def test_only_processes_of_this_job_directory_are_killed(
+    launcher: ShimLauncher, task_id: str, job_dir: Path, neighbours: dict
+) -> None:
+    info = await launcher.spawn(make_spec(task_id, job_dir, ["sleep", "60"]))
+    status = await launcher.stop(info, graceful=False, run_dir=None, training=False, timeout=5)
+    assert status.signal == signal.SIGKILL
+    assert neighbours["elsewhere"].poll() is None  # same task id, another job directory
+    assert neighbours["legacy"].poll() == -signal.SIGKILL  # no directory marker: the task id
+    assert kill_marked(JobMark.of(task_id, job_dir)) == []
+    assert neighbours["elsewhere"].poll() is None
+
+
+async def test_the_shim_leaves_a_job_of_the_same_task_id_elsewhere_alone(
+    launcher: ShimLauncher, task_id: str, job_dir: Path, neighbours: dict
+) -> None:
+    info = await launcher.spawn(make_spec(task_id, job_dir, ["true"]))
+    status = await launcher.wait_exit(info, timeout=8)
+    assert status.returncode == 0
+    assert status.leftovers_killed == 1  # the legacy one
+    assert neighbours["elsewhere"].poll() is None
+
+
 ORPHANING_RUNNER = """
 import subprocess, sys
 worker = subprocess.Popen([sys.executable, "-c",
@@ -514,7 +561,7 @@ def stand_in_spec(task_id: str, job_dir: Path, tmp_path: Path, **knobs: str) -> 
     deepspeed = f"{sys.executable} {SIMULATION / 'deepspeed.py'}"
     command = build_trainer_command(deepspeed, dp_dir, [0, 1], port, job_dir / "config.toml", None)
     sim_env = {"DPD_SIM_STEP_SECONDS": "0.1", "DPD_SIM_CACHE_SECONDS": "0", **knobs}
-    env = build_trainer_env(os.environ, sim_env, task_id)
+    env = build_trainer_env(os.environ, sim_env, JobMark.of(task_id, job_dir))
     return LaunchSpec(task_id, 1, command, dp_dir, env, job_dir / "train.log", job_dir)
 
 
