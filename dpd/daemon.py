@@ -51,6 +51,7 @@ log = logging.getLogger("dpd.daemon")
 SHUTDOWN_STEP_TIMEOUT = 10.0
 NATS_DRAIN_TIMEOUT = 5.0  # JetStream: what is not acked by then is republished at next start
 STATUS_PERIOD = 5.0
+EXIT_FAILED = 1  # a component failed and the daemon stopped: systemd starts it again
 # Batches in flight: one is built while the other waits on its fsyncs. Each batch already
 # shares its fsyncs; more workers only fight over the GIL (burst of 1000 on a fresh ext4,
 # 2 cores: 1 or 2 workers 530-550 jobs/s, 4 workers 450-470).
@@ -96,6 +97,7 @@ class Daemon:
         self.port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.failure: BaseException | None = None  # what stopped it, if not a request
 
     # ------------------------------------------------------------------ run
 
@@ -146,6 +148,7 @@ class Daemon:
         self._spawn(services.monitor.run(), "GPU monitor")
         await services.monitor.poll_now()
         await services.supervisor.start()
+        self._spawn(services.supervisor.failure(), "job supervision")
         await self.preprocess.start()
         await self.downloads.start()
         self._spawn(self.watcher.run(), "spool watcher")
@@ -184,6 +187,7 @@ class Daemon:
         error = task.exception()
         if error is not None:
             log.critical("%s stopped: %r; shutting down", task.get_name(), error, exc_info=error)
+            self.failure = self.failure or error
             self.request_stop()
 
     # ------------------------------------------------------- status, reload
@@ -257,7 +261,8 @@ class Daemon:
         await self._step("finish in-flight ingestions", self.watcher.drain())
         if self.runner is not None:
             await self._step("stop the HTTP server", self.runner.cleanup())
-        stop_jobs = self.config.daemon.stop_jobs_on_shutdown
+        # after a failure systemd starts dpd again: the trainings go on meanwhile
+        stop_jobs = self.config.daemon.stop_jobs_on_shutdown and self.failure is None
         if stop_jobs and self.services.supervisor.running:
             self.notifier.extend_timeout(self.config.trainer.stop_timeout + 60)
         await self._step(
@@ -298,6 +303,10 @@ def _bound_port(runner: web.AppRunner) -> int | None:
     return None
 
 
-def serve(config: Config, config_path: str | None = None) -> None:
+def serve(config: Config, config_path: str | None = None) -> int:
+    """The exit status: non-zero when a component failed (systemd's Restart=on-failure
+    then starts dpd again)."""
+    daemon = Daemon(config, config_path)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Daemon(config, config_path).run())
+        asyncio.run(daemon.run())
+    return EXIT_FAILED if daemon.failure is not None else 0

@@ -28,5 +28,4 @@ def run(args: argparse.Namespace) -> int:
     from dpd.logsetup import setup_logging
 
     setup_logging(config.daemon.log_level, config.daemon.log_file)
-    serve(config, args.config)
-    return 0
+    return serve(config, args.config)

@@ -34,6 +34,7 @@ from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, RESUMABLE, TERMINAL, Phase, Status
 from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
+from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import JobStore, utc_now
 from dpd.supervisor import outputs
 from dpd.supervisor.follower import JobFollower, PendingEvents
@@ -110,13 +111,29 @@ class Supervisor:
         self._waiting_for_port: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._log_changes = LogChanges()
+        self._fatal: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._fatal = asyncio.get_running_loop().create_future()
         for state in self.store.states(lambda s: Status(s["status"]) in ACTIVE):
             await self._reattach(state)
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
+
+    async def failure(self) -> None:
+        """Never returns: raises the first error supervision cannot go on after, a job's
+        state that could not be made durable (``DurabilityError``; reliability.md AF5). The
+        daemon then stops, leaving the trainings to their shims, and exits non-zero for
+        systemd to start it again, which re-reads what is on disk. Recording the job as
+        failed instead would free its GPU while its trainer runs on."""
+        assert self._fatal is not None, "start() first"
+        await self._fatal
+
+    def _give_up(self, err: DurabilityError) -> None:
+        log.critical("%s: supervision cannot go on", err)
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(err)
 
     async def close(self, stop_jobs: bool) -> None:
         """Stop scheduling; leave trainings running (their shims own them) unless told."""
@@ -134,6 +151,8 @@ class Supervisor:
         await asyncio.gather(
             *(j.task for j in self.running.values() if j.task), return_exceptions=True
         )
+        if self._fatal is not None and self._fatal.done():
+            return  # a follower may be past what reached the disk: the restart reads again
         for job in list(self.running.values()):
             await asyncio.to_thread(job.follower.write_state)
 
@@ -150,6 +169,9 @@ class Supervisor:
             self._wake.clear()
             try:
                 await self.schedule_once()
+            except DurabilityError as err:
+                self._give_up(err)
+                return
             except Exception:
                 log.exception("scheduling pass failed; trying again")
 
@@ -317,14 +339,17 @@ class Supervisor:
 
     async def _follow(self, job: Running) -> None:
         try:
-            exit_status = await self._watch(job)
-            await self._finish(job, exit_status)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.exception("following %s failed", job.task_id)
-            job.failure_reason = f"internal error while supervising: {err}"
-            await self._finish(job, None)
+            try:
+                exit_status = await self._watch(job)
+                await self._finish(job, exit_status)
+            except (asyncio.CancelledError, DurabilityError):
+                raise
+            except Exception as err:
+                log.exception("following %s failed", job.task_id)
+                job.failure_reason = f"internal error while supervising: {err}"
+                await self._finish(job, None)
+        except DurabilityError as err:
+            self._give_up(err)  # the job stays as state.json has it: a restart re-attaches
 
     async def _watch(self, job: Running) -> ExitStatus | None:
         """Follow the output until the shim records the end of this run."""

@@ -426,6 +426,47 @@ def test_sigterm_of_the_daemon_leaves_the_training_to_a_restarted_daemon(
     assert job_processes("t") == []
 
 
+@pytest.mark.crash
+def test_a_state_write_failing_stops_the_daemon_and_the_restart_resumes_supervision(
+    tmp_path: Path, cleanup: list
+) -> None:
+    """metrics.jsonl becomes /dev/full, whose writes fail with ENOSPC like a full disk's:
+    the daemon must not record the job failed (its trainer runs on, its GPU is not free) but
+    exit non-zero, and the daemon systemd starts again must pick the training up."""
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    daemon.config["daemon"]["stop_jobs_on_shutdown"] = True  # not after a failure
+    cleanup.append(daemon)
+    daemon.start()
+    daemon.drop("d.json", long_job(daemon, "d", epochs=5))
+    wait_for(lambda: current_step(daemon, "d") >= 3, timeout=20)
+    metrics_file = daemon.spool / "jobs" / "d" / "metrics.jsonl"
+    kept = metrics_file.with_name("metrics.kept")
+    os.replace(metrics_file, kept)
+    metrics_file.symlink_to("/dev/full")
+
+    assert daemon.process is not None
+    assert daemon.process.wait(timeout=20) == 1
+    assert "supervision cannot go on" in daemon.log()
+    assert status(daemon, "d") == "running"
+    assert job_processes("d"), "the training died with the daemon"
+    os.replace(kept, metrics_file)
+    daemon.start()
+    state = wait_status(daemon, "d", TERMINAL, timeout=30)
+    assert state["status"] == "completed", state.get("error")
+    assert loss_steps(daemon, "d") == list(range(1, 41))  # none lost, none twice
+    seqs = [e["seq"] for e in events(daemon, "d")]
+    assert seqs == list(range(1, len(seqs) + 1))
+    logged = [
+        line for e in events(daemon, "d") if e["type"] == "log" for line in e["data"]["lines"]
+    ]
+    assert sorted(line for line in logged if line.startswith("steps: ")) == sorted(
+        line
+        for line in (daemon.spool / "jobs" / "d" / "train.log").read_text().splitlines()
+        if line.startswith("steps: ")
+    )
+    assert daemon.log().count("started d on GPU") == 1
+
+
 def test_stop_jobs_on_shutdown_stops_the_training_gracefully_first(
     tmp_path: Path, cleanup: list
 ) -> None:
