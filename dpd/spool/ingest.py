@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from dpd.envelope import error_envelope
-from dpd.errors import BadRequest, DpdError, PayloadTooLarge
+from dpd.errors import BadRequest, DpdError, InsufficientResources, PayloadTooLarge
 from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.spool.atomic import fsync_dir, write_json_atomic
 from dpd.spool.layout import SpoolLayout, document_format
@@ -53,6 +53,7 @@ class Outcome(StrEnum):
     ALREADY_ACCEPTED = "already_accepted"  # re-ingested after a crash: same drop, same job
     REJECTED = "rejected"
     DEFERRED = "deferred"  # not ready (still being written, linked twice): try again later
+    NO_ROOM = "no_room"  # the spool's file system is short of room: left for a later scan
     GONE = "gone"  # vanished before we read it
 
 
@@ -97,7 +98,13 @@ def ingest_files(
             valid.append(examined)
         else:
             results[name] = examined
-    created = store.create_jobs([(v.spec, v.submission) for v in valid]) if valid else []
+    try:
+        created = store.create_jobs([(v.spec, v.submission) for v in valid]) if valid else []
+    except InsufficientResources as err:
+        log.warning("%s; %s stay in incoming/", err.message, ", ".join(v.name for v in valid))
+        results.update((v.name, IngestResult(Outcome.NO_ROOM, v.name)) for v in valid)
+        created = []
+        valid = []
     for checked, outcome in zip(valid, created, strict=True):
         if isinstance(outcome, DpdError):
             results[checked.name] = _reject(layout, checked.name, outcome)

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from dpd.errors import Conflict, DpdError, NotFound
+from dpd.errors import Conflict, DpdError, InsufficientResources, NotFound
 from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status, check_transition
 from dpd.spool import layout as names
@@ -51,6 +51,10 @@ from dpd.spool.layout import SpoolLayout
 from dpd.supervisor.dpconfig import render_configs
 
 log = logging.getLogger("dpd.store")
+# New jobs are refused while the spool's file system has less free: the running jobs' logs,
+# events and state need the room, and a state file that cannot be written stops dpd
+# (reliability.md AF5).
+SPOOL_MIN_FREE: Final = 256 * 1024 * 1024
 
 SCHEMA_VERSION = 1
 GENERATED_ID_RE = re.compile(r"^train_\d{8}_\d{2}(\d{6})$")
@@ -79,10 +83,13 @@ class Submission:
 
 
 class JobStore:
-    def __init__(self, layout: SpoolLayout, output_root: Path, node: str) -> None:
+    def __init__(
+        self, layout: SpoolLayout, output_root: Path, node: str, min_free: int = SPOOL_MIN_FREE
+    ) -> None:
         self.layout = layout
         self.node = node
         self.output_root = output_root
+        self.min_free = min_free
         self._states: dict[str, dict[str, Any]] = {}
         self._specs: dict[str, JobSpec] = {}
         self._by_submission: dict[str, str] = {}
@@ -190,6 +197,22 @@ class JobStore:
             raise result
         return result
 
+    def check_room(self) -> None:
+        """``InsufficientResources`` (507) while the spool's file system has less than
+        ``min_free`` bytes free (for unprivileged users: root's reserve does not count)."""
+        free = shutil.disk_usage(self.layout.root).free
+        if free < self.min_free:
+            raise InsufficientResources(
+                f"the spool's file system has {free // 2**20} MiB free; dpd keeps "
+                f"{self.min_free // 2**20} MiB for the jobs it runs and takes no new one",
+                {
+                    "path": str(self.layout.root),
+                    "free_bytes": free,
+                    "required_free_bytes": self.min_free,
+                    "recommended_action": "free space on the spool's file system",
+                },
+            )
+
     def create_jobs(
         self, requests: Sequence[tuple[JobSpec, Submission]]
     ) -> list[dict[str, Any] | DpdError]:
@@ -197,7 +220,9 @@ class JobStore:
         synced, renamed into place, then ``jobs/`` is fsynced once for all of them). One
         result per request, in order: the job's state, or the DpdError that refused it
         (``Conflict``: the client's task_id is taken; ``ConfigRenderError``). A failed write
-        raises for the whole batch: none of its jobs is then known to exist."""
+        raises for the whole batch: none of its jobs is then known to exist; so does
+        ``check_room``'s refusal, before anything is written."""
+        self.check_room()
         results: list[dict[str, Any] | DpdError | None] = [None] * len(requests)
         todo = list(enumerate(requests))
         for _ in range(1000):

@@ -6,6 +6,7 @@ in the log)."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 import pytest
@@ -102,6 +103,22 @@ async def test_409_busy_gpu_and_507_missing_gpus(api: Api) -> None:
     missing = await api.post("/api/v1/training/start", json=api.job(gpu_ids=[0, 1, 2, 3]))
     assert missing.status == 507
     assert_envelope(missing.body, 507)
+
+
+async def test_507_when_the_spool_is_short_of_room_and_nothing_is_created(api: Api) -> None:
+    store = api.daemon.services.store
+    free = shutil.disk_usage(store.layout.root).free
+    store.min_free = free + 2**40  # the real free space, measured on the spool's file system
+    refused = await api.post("/api/v1/training/start", json=api.job(task_id="full"))
+    assert refused.status == 507, refused.body
+    assert_envelope(refused.body, 507)
+    assert "free space on the spool" in refused.body["data"]["recommended_action"]
+    assert refused.body["data"]["free_bytes"] <= free + 2**30
+    assert not store.exists("full")
+    assert not (store.layout.jobs / "full").exists()
+    store.min_free = 0
+    accepted = await api.post("/api/v1/training/start", json=api.job(task_id="full"))
+    assert accepted.status == 201, accepted.body
 
 
 async def test_500_exploding_handler(make_api: MakeApi, caplog: pytest.LogCaptureFixture) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,20 @@ def test_valid_json_becomes_a_job_and_leaves_incoming(
     job_dir = layout.job_dir(result.task_id)
     assert json.loads((job_dir / "state.json").read_text())["status"] == "queued"
     assert json.loads((job_dir / "job.json").read_text())["submission"]["name"] == "cats.json"
+
+
+def test_a_drop_waits_in_incoming_while_the_spool_is_short_of_room(
+    layout: SpoolLayout, store: JobStore, data_root: Path
+) -> None:
+    drop(layout, "cats.json", json.dumps(job_document(data_root, task_id="cats")))
+    store.min_free = shutil.disk_usage(layout.root).free + 2**40
+    result = ingest_file(layout, store, "cats.json", [data_root])
+    assert result.outcome is Outcome.NO_ROOM
+    assert os.listdir(layout.incoming) == ["cats.json"]
+    assert os.listdir(layout.rejected) == [] and store.task_ids() == []
+    store.min_free = 0  # room again: the next scan takes it
+    assert ingest_file(layout, store, "cats.json", [data_root]).outcome is Outcome.ACCEPTED
+    assert os.listdir(layout.incoming) == [] and store.task_ids() == ["cats"]
 
 
 def test_valid_yaml_becomes_a_job(layout: SpoolLayout, store: JobStore, data_root: Path) -> None:
