@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_harness import DaemonProcess, kill_daemons
 from tests.events.nats_server import NatsServer
 
 
@@ -36,3 +37,11 @@ def core_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path, jetstream=False).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """The daemons a test starts, killed at its end with every process of their jobs."""
+    started: list[DaemonProcess] = []
+    yield started
+    kill_daemons(started)

@@ -6,6 +6,7 @@ subprocess, waits until /healthz answers, and stops it (SIGTERM, or SIGKILL for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomlkit
 
 
@@ -157,3 +159,25 @@ class DaemonProcess:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
+
+
+def job_processes(task_id: str) -> list[int]:
+    """Live processes whose environment names the task (the trainer's marker)."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("DPD_TASK_ID") == task_id:
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_daemons(daemons: list[DaemonProcess]) -> None:
+    """SIGKILL the daemons, then whatever their jobs left running (trainings outlive dpd)."""
+    for daemon in daemons:
+        daemon.stop(signal.SIGKILL)
+    for task_id in {t for d in daemons for t in d.job_ids()}:
+        for pid in job_processes(task_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

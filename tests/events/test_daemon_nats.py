@@ -5,36 +5,18 @@ consumer gets every seq exactly once through a daemon kill -9 and a nats-server 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from dpd.supervisor.logfollow import split_lines
 from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.events.harness import collecting, consume_all, durable_consumer, wait_until
 from tests.events.nats_server import NatsServer
 from tests.jobfiles import job_document
-from tests.supervisor.test_lifecycle import job_processes, make_daemon
+from tests.supervisor.test_lifecycle import make_daemon
 
 TERMINAL = ("completed", "failed", "stopped")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop(signal.SIGKILL)
-    for task_id in {t for d in started for t in d.job_ids()}:
-        for pid in job_processes(task_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def nats_daemon(root: Path, url: str, jetstream: bool, step_seconds: float) -> DaemonProcess:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.daemon_harness import DaemonProcess, wait_for
@@ -24,14 +21,6 @@ from tests.models.conftest import CATALOG, GATED_TOKEN, MIB, REPO_FILES
 from tests.models.hub_server import FakeHub
 
 BIG = "transformer/diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop(signal.SIGKILL)
 
 
 def models_daemon(root: Path, hub: FakeHub, nats_url: str | None = None) -> DaemonProcess:

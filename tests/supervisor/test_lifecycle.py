@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from dpd.simulation import simulation_paths
-from tests.daemon_harness import DaemonProcess, wait_for
+from tests.daemon_harness import DaemonProcess, job_processes, wait_for
 from tests.jobfiles import job_document, make_data_root
 
 TERMINAL = ("completed", "failed", "stopped")
@@ -62,29 +61,6 @@ def free_base_port() -> int:
     return 20000 + (os.getpid() % 120) * 100 + (_port_counter[0] % 2) * 50
 
 
-@pytest.fixture
-def cleanup():
-    daemons: list[DaemonProcess] = []
-    yield daemons
-    for daemon in daemons:
-        daemon.stop(signal.SIGKILL)
-    for task_id in {t for d in daemons for t in d.job_ids()}:
-        for pid in job_processes(task_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def job_processes(task_id: str) -> list[int]:
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get("DPD_TASK_ID") == task_id:
-                found.append(process.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 def status(daemon: DaemonProcess, task_id: str) -> str | None:
     state = daemon.job_state(task_id)
     return state["status"] if state else None
@@ -121,9 +97,9 @@ def metrics(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_full_lifecycle_of_a_job(tmp_path: Path, cleanup: list) -> None:
+def test_full_lifecycle_of_a_job(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("cats.json", job_document(daemon.data, task_id="cats"))
     state = wait_status(daemon, "cats", TERMINAL)
@@ -147,10 +123,10 @@ def test_full_lifecycle_of_a_job(tmp_path: Path, cleanup: list) -> None:
 
 
 def test_two_jobs_run_at_once_on_two_gpus_with_their_own_ports(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, gpus=2, step_seconds=0.2)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("a.json", job_document(daemon.data, task_id="a"))
     daemon.drop("b.json", job_document(daemon.data, task_id="b"))
@@ -171,10 +147,10 @@ def test_two_jobs_run_at_once_on_two_gpus_with_their_own_ports(
 
 
 def test_a_queued_job_starts_when_its_gpu_frees_and_priority_wins(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, gpus=1, step_seconds=0.05)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("first.json", job_document(daemon.data, task_id="first"))
     wait_status(daemon, "first", ("running",))
@@ -190,9 +166,9 @@ def test_a_queued_job_starts_when_its_gpu_frees_and_priority_wins(
     assert wait_status(daemon, "low", TERMINAL, timeout=60)["status"] == "completed"
 
 
-def test_multi_gpu_job_gets_all_its_gpus_at_once(tmp_path: Path, cleanup: list) -> None:
+def test_multi_gpu_job_gets_all_its_gpus_at_once(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, gpus=2, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     document = job_document(daemon.data, task_id="wide", gpu_ids=[0, 1])
     daemon.drop("wide.json", document)
@@ -204,9 +180,9 @@ def test_multi_gpu_job_gets_all_its_gpus_at_once(tmp_path: Path, cleanup: list) 
     assert wait_status(daemon, "wide", TERMINAL, timeout=60)["status"] == "completed"
 
 
-def test_graceful_stop_checkpoints_and_leaves_no_process(tmp_path: Path, cleanup: list) -> None:
+def test_graceful_stop_checkpoints_and_leaves_no_process(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.2)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop(
         "long.json",
@@ -232,11 +208,11 @@ def test_graceful_stop_checkpoints_and_leaves_no_process(tmp_path: Path, cleanup
     assert job_processes("long") == []
 
 
-def test_forced_stop_kills_the_whole_tree_at_once(tmp_path: Path, cleanup: list) -> None:
+def test_forced_stop_kills_the_whole_tree_at_once(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(
         tmp_path, step_seconds=0.2, DPD_SIM_IGNORE_SIGTERM="1", DPD_SIM_GRANDCHILD="1"
     )
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop(
         "f.json",
@@ -253,9 +229,9 @@ def test_forced_stop_kills_the_whole_tree_at_once(tmp_path: Path, cleanup: list)
     assert job_processes("f") == []
 
 
-def test_cuda_oom_fails_the_job_with_its_cause(tmp_path: Path, cleanup: list) -> None:
+def test_cuda_oom_fails_the_job_with_its_cause(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, DPD_SIM_FAIL="oom:3")
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("oom.json", job_document(daemon.data, task_id="oom"))
     state = wait_status(daemon, "oom", TERMINAL)
@@ -268,10 +244,10 @@ def test_cuda_oom_fails_the_job_with_its_cause(tmp_path: Path, cleanup: list) ->
 
 @pytest.mark.crash
 def test_kill_9_of_the_daemon_mid_training_loses_and_repeats_nothing(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("k.json", job_document(daemon.data, task_id="k"))
     wait_for(
@@ -304,10 +280,10 @@ def test_kill_9_of_the_daemon_mid_training_loses_and_repeats_nothing(
 
 @pytest.mark.crash
 def test_training_that_ends_while_the_daemon_is_dead_is_picked_up(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.05)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("e.json", job_document(daemon.data, task_id="e"))
     wait_for(lambda: (daemon.spool / "jobs" / "e" / "shim.json").exists())

@@ -21,13 +21,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.daemon_harness import DaemonProcess, free_port, wait_for
+from tests.daemon_harness import DaemonProcess, free_port, job_processes, wait_for
 from tests.jobfiles import job_document
-from tests.supervisor import test_lifecycle
 from tests.supervisor.test_lifecycle import (
     TERMINAL,
     events,
-    job_processes,
     make_daemon,
     metrics,
     status,
@@ -37,7 +35,6 @@ from tests.supervisor.test_lifecycle import (
 )
 
 RUN_NAME_LENGTH = len("20250212_07-00-00")
-cleanup = test_lifecycle.cleanup  # the fixture that kills what a test left behind
 
 
 def long_job(daemon: DaemonProcess, task_id: str, epochs: int = 50) -> dict[str, Any]:
@@ -112,10 +109,10 @@ def no_process_left(task_id: str) -> None:
 
 
 def test_resume_after_a_graceful_stop_continues_the_step_numbers(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("r.json", long_job(daemon, "r", epochs=4))
     wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
@@ -160,12 +157,12 @@ def test_resume_after_a_graceful_stop_continues_the_step_numbers(
 
 @pytest.mark.crash
 def test_a_resumed_run_is_judged_alone_after_a_daemon_restart(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     """The first run's "Manually quitting" stays in train.log; the re-attached daemon must
     not count it for the second run, whose killed worker is then a failure of its own."""
     daemon = make_daemon(tmp_path, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("r.json", long_job(daemon, "r", epochs=50))
     wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
@@ -189,10 +186,10 @@ def test_a_resumed_run_is_judged_alone_after_a_daemon_restart(
 
 
 def test_a_resumed_job_is_not_pinned_to_the_gpu_of_its_last_run(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, gpus=2, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("free.json", long_job(daemon, "free"))
     first_gpu = wait_status(daemon, "free", ("running",))["gpu_id"]
@@ -212,10 +209,10 @@ def test_a_resumed_job_is_not_pinned_to_the_gpu_of_its_last_run(
 
 
 def test_resume_from_checkpoint_in_the_job_document_names_the_run(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("src.json", long_job(daemon, "src", epochs=4))
     wait_for(lambda: current_step(daemon, "src") >= 3, timeout=20)
@@ -242,9 +239,9 @@ def test_resume_from_checkpoint_in_the_job_document_names_the_run(
 # --------------------------------------------------------------------- failures detected
 
 
-def test_a_traceback_during_caching_fails_the_job(tmp_path: Path, cleanup: list) -> None:
+def test_a_traceback_during_caching_fails_the_job(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, DPD_SIM_FAIL="caching_crash")
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("cc.json", job_document(daemon.data, task_id="cc"))
     state = wait_status(daemon, "cc", TERMINAL, timeout=10)
@@ -258,11 +255,11 @@ def test_a_traceback_during_caching_fails_the_job(tmp_path: Path, cleanup: list)
 
 
 def test_a_caching_hang_after_a_traceback_is_killed_without_waiting_for_inactivity(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, DPD_SIM_FAIL="caching_hang")
     daemon.config["trainer"]["inactivity_timeout"] = 600
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("ch.json", job_document(daemon.data, task_id="ch"))
     wait_status(daemon, "ch", ("running",))
@@ -277,11 +274,11 @@ def test_a_caching_hang_after_a_traceback_is_killed_without_waiting_for_inactivi
 
 
 def test_silence_outside_training_steps_hits_the_inactivity_timeout(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, DPD_SIM_STARTUP_SECONDS="120")
     daemon.config["trainer"]["inactivity_timeout"] = 2
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("quiet.json", job_document(daemon.data, task_id="quiet"))
     wait_status(daemon, "quiet", ("running",))
@@ -294,12 +291,12 @@ def test_silence_outside_training_steps_hits_the_inactivity_timeout(
 
 
 def test_a_vanished_shim_fails_the_job_and_frees_its_gpu_and_port(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
     port = free_port()
     daemon.config["trainer"]["master_port_range"] = [port, port]  # the only port there is
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("gone.json", long_job(daemon, "gone"))
     wait_status(daemon, "gone", ("running",))
@@ -321,9 +318,9 @@ def test_a_vanished_shim_fails_the_job_and_frees_its_gpu_and_port(
     assert job_processes("gone") == [] and job_processes("next") == []
 
 
-def test_exit_zero_without_training_complete_is_a_failure(tmp_path: Path, cleanup: list) -> None:
+def test_exit_zero_without_training_complete_is_a_failure(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, DPD_SIM_FAIL="exit_zero_early")
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("z.json", job_document(daemon.data, task_id="z"))
     state = wait_status(daemon, "z", TERMINAL)
@@ -338,9 +335,9 @@ def test_exit_zero_without_training_complete_is_a_failure(tmp_path: Path, cleanu
 # ------------------------------------------------------------------------------- stops
 
 
-def test_stop_answers_for_queued_finished_and_unknown_tasks(tmp_path: Path, cleanup: list) -> None:
+def test_stop_answers_for_queued_finished_and_unknown_tasks(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.05)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("short.json", long_job(daemon, "short", epochs=1))
     assert wait_status(daemon, "short", TERMINAL)["status"] == "completed"
@@ -374,11 +371,11 @@ def test_stop_answers_for_queued_finished_and_unknown_tasks(tmp_path: Path, clea
 # ------------------------------------------------------------------------------- ports
 
 
-def test_a_job_waits_for_its_master_port_instead_of_failing(tmp_path: Path, cleanup: list) -> None:
+def test_a_job_waits_for_its_master_port_instead_of_failing(tmp_path: Path, daemons: list) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.05)
     port = free_port()
     daemon.config["trainer"]["master_port_range"] = [port, port]
-    cleanup.append(daemon)
+    daemons.append(daemon)
     squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         squatter.bind(("127.0.0.1", port))
@@ -404,10 +401,10 @@ def test_a_job_waits_for_its_master_port_instead_of_failing(tmp_path: Path, clea
 
 
 def test_sigterm_of_the_daemon_leaves_the_training_to_a_restarted_daemon(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("t.json", job_document(daemon.data, task_id="t"))
     wait_for(lambda: current_step(daemon, "t") >= 2, timeout=20)
@@ -428,14 +425,14 @@ def test_sigterm_of_the_daemon_leaves_the_training_to_a_restarted_daemon(
 
 @pytest.mark.crash
 def test_a_state_write_failing_stops_the_daemon_and_the_restart_resumes_supervision(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     """metrics.jsonl becomes /dev/full, whose writes fail with ENOSPC like a full disk's:
     the daemon must not record the job failed (its trainer runs on, its GPU is not free) but
     exit non-zero, and the daemon systemd starts again must pick the training up."""
     daemon = make_daemon(tmp_path, step_seconds=0.1)
     daemon.config["daemon"]["stop_jobs_on_shutdown"] = True  # not after a failure
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("d.json", long_job(daemon, "d", epochs=5))
     wait_for(lambda: current_step(daemon, "d") >= 3, timeout=20)
@@ -468,11 +465,11 @@ def test_a_state_write_failing_stops_the_daemon_and_the_restart_resumes_supervis
 
 
 def test_stop_jobs_on_shutdown_stops_the_training_gracefully_first(
-    tmp_path: Path, cleanup: list
+    tmp_path: Path, daemons: list
 ) -> None:
     daemon = make_daemon(tmp_path, step_seconds=0.1)
     daemon.config["daemon"]["stop_jobs_on_shutdown"] = True
-    cleanup.append(daemon)
+    daemons.append(daemon)
     daemon.start()
     daemon.drop("s.json", long_job(daemon, "s"))
     wait_for(lambda: current_step(daemon, "s") >= 2, timeout=20)
