@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dpd.config import Config
-from dpd.errors import Conflict
+from dpd.errors import Conflict, InsufficientResources
 from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, RESUMABLE, TERMINAL, Phase, Status
 from dpd.logs.reader import LineCounter
@@ -112,6 +112,7 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self._log_changes = LogChanges()
         self._fatal: asyncio.Future[None] | None = None
+        self._short_of_room = False  # said once until there is room again
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,7 +178,7 @@ class Supervisor:
 
     async def schedule_once(self) -> None:
         queue = self.queued_jobs()
-        if not queue:
+        if not queue or not await asyncio.to_thread(self._room_to_start):
             return
         for assignment in plan(queue, self.gpu_views()):
             try:
@@ -189,6 +190,21 @@ class Supervisor:
                     self._waiting_for_port.add(assignment.task_id)
                 return
             self._waiting_for_port.discard(assignment.task_id)
+
+    def _room_to_start(self) -> bool:
+        """A new run's log and state need room on the spool's file system: while it is
+        short (as for new jobs, ``JobStore.check_room``), queued jobs wait."""
+        try:
+            self.store.check_room()
+        except InsufficientResources as err:
+            if not self._short_of_room:
+                log.warning("%s: queued jobs wait for room", err.message)
+            self._short_of_room = True
+            return False
+        if self._short_of_room:
+            log.info("the spool's file system has room again: starting queued jobs")
+        self._short_of_room = False
+        return True
 
     def queued_jobs(self) -> list[QueuedJob]:
         # GPUs pinned by the job's document, not state.json's gpu_ids: those record where an

@@ -5,6 +5,7 @@ in the log)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -119,6 +120,24 @@ async def test_507_when_the_spool_is_short_of_room_and_nothing_is_created(api: A
     store.min_free = 0
     accepted = await api.post("/api/v1/training/start", json=api.job(task_id="full"))
     assert accepted.status == 201, accepted.body
+
+
+async def test_queued_jobs_wait_while_the_spool_is_short_of_room(api: Api) -> None:
+    store, monitor = api.daemon.services.store, api.daemon.services.monitor
+    queued = await api.post("/api/v1/training/start", json=await api.parked_job("waits"))
+    assert queued.status == 201, queued.body
+    store.min_free = shutil.disk_usage(store.layout.root).free + 2**40
+    monitor.inventory.set_usage(1, 0)  # type: ignore[attr-defined]
+    await monitor.poll_now()
+    api.daemon.services.supervisor.wake()
+    await asyncio.sleep(2.5)  # two scheduling passes and more
+    assert store.get("waits")["status"] == "queued"
+    store.min_free = 0
+    api.daemon.services.supervisor.wake()
+    deadline = time.monotonic() + 10
+    while store.get("waits")["status"] == "queued":
+        assert time.monotonic() < deadline, "the job did not start once there was room"
+        await asyncio.sleep(0.05)
 
 
 async def test_500_exploding_handler(make_api: MakeApi, caplog: pytest.LogCaptureFixture) -> None:
