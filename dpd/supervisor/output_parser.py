@@ -27,6 +27,9 @@ from dpd.supervisor.loglines import logger_parts, split_rank
 
 MESSAGE_LIMIT: Final = 1000
 FAILURE_LINES_KEPT: Final = 30
+# A traceback being read keeps at most this many lines (its last): indented lines such as
+# progress bars would otherwise grow it, and state.json with it, until the exception line.
+TRACEBACK_LINES_KEPT: Final = 200
 STATE_VERSION: Final = 1  # of ``OutputParser.to_state``
 
 # ---------------------------------------------------------------- observations
@@ -497,6 +500,8 @@ class OutputParser:
             return False
         current = self._tracebacks[rank]
         current.lines.append(body)
+        if len(current.lines) > TRACEBACK_LINES_KEPT:
+            del current.lines[: len(current.lines) - TRACEBACK_LINES_KEPT]
         if not body or body[0] in " \t" or body.startswith((_TRACEBACK, *_CHAIN_MARKERS)):
             return True
         del self._tracebacks[rank]  # the exception line ends it

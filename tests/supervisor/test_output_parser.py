@@ -363,6 +363,22 @@ def test_chained_tracebacks_and_foreign_lines_inside_a_traceback() -> None:
     assert "unrelated" not in " ".join(failure.lines)
 
 
+def test_a_traceback_interleaved_with_bars_keeps_only_its_last_lines() -> None:
+    parser = OutputParser(epochs=1, max_steps=None)
+    parse(["Traceback (most recent call last):"], parser)
+    bars = [f"  {p % 100:3d}%|####      | {p}/100 [00:01<00:01, 9.1it/s]" for p in range(5000)]
+    parse([*bars, '  File "train.py", line 7, in main', "    run()"], parser)
+    assert len(json.dumps(parser.to_state())) < 40_000  # it goes into state.json every second
+    (failure,) = failures(parse(["RuntimeError: CUDA error: device-side assert"], parser))
+    assert failure.cause == "cuda_error"
+    assert failure.message == "RuntimeError: CUDA error: device-side assert"
+    assert failure.lines[-3:] == (
+        '  File "train.py", line 7, in main',
+        "    run()",
+        failure.message,
+    )
+
+
 def test_other_failure_causes() -> None:
     cases = {
         "RuntimeError: Invalid path: /data/x": "missing_file",
