@@ -112,11 +112,11 @@ class JobMark:
     without a directory marker (started by an older dpd)."""
 
     task_id: str
-    job_dir: str  # as the trainer's environment has it ("" if it has none)
+    job_dir: str  # as the trainer's environment has it; "" if not known: the task id decides
 
     @classmethod
     def of(cls, task_id: str, job_dir: str | os.PathLike[str]) -> JobMark:
-        return cls(task_id, os.path.realpath(job_dir))
+        return cls(task_id, os.path.realpath(job_dir) if os.fspath(job_dir) else "")
 
     def env(self) -> dict[str, str]:
         return {MARKER: self.task_id, JOB_MARKER: self.job_dir}
@@ -125,8 +125,8 @@ class JobMark:
         entries = proctree.environ(pid)
         prefix = f"{JOB_MARKER}=".encode()
         marked = next((entry for entry in entries if entry.startswith(prefix)), None)
-        if marked is not None:
-            return bool(self.job_dir) and marked == prefix + self.job_dir.encode()
+        if marked is not None and self.job_dir:
+            return marked == prefix + self.job_dir.encode()
         return f"{MARKER}={self.task_id}".encode() in entries
 
     def processes(self, pids: Iterable[int] | None = None) -> list[int]:

@@ -463,6 +463,16 @@ async def test_only_processes_of_this_job_directory_are_killed(
     assert neighbours["elsewhere"].poll() is None
 
 
+def test_a_mark_without_a_job_directory_falls_back_to_the_task_id(
+    task_id: str, neighbours: dict
+) -> None:
+    """Never realpath("") (the current directory): an unknown directory matches on the task
+    id, as dpd did before directories were marked, rather than on nothing."""
+    mark = JobMark.of(task_id, "")
+    assert mark.job_dir == ""
+    assert mark.processes() == sorted(p.pid for p in neighbours.values())
+
+
 async def test_the_shim_leaves_a_job_of_the_same_task_id_elsewhere_alone(
     launcher: ShimLauncher, task_id: str, job_dir: Path, neighbours: dict
 ) -> None:
