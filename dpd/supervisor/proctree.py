@@ -15,7 +15,7 @@ that as "not there" rather than as an error.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 PROC = "/proc"
@@ -139,15 +139,18 @@ def has_env(pid: int, name: str, value: str) -> bool:
     return f"{name}={value}".encode() in environ(pid)
 
 
-def processes_with_env(name: str, value: str, pids: Iterable[int] | None = None) -> list[int]:
-    """Live processes carrying the marker ``name=value`` (the calling process excluded).
+def processes_where(carries: Callable[[int], bool], pids: Iterable[int] | None = None) -> list[int]:
+    """Live processes for which ``carries(pid)`` holds (the calling process excluded).
 
-    Every descendant of a trainer inherits the marker, including those that left its
-    process group with setsid, so this finds strays a group kill misses."""
+    Markers are environment entries: every descendant of a trainer inherits them, including
+    those that left its process group with setsid, so this finds strays a group kill misses."""
     me = os.getpid()
     candidates = all_pids() if pids is None else pids
-    found = []
-    for pid in candidates:
-        if pid != me and has_env(pid, name, value) and start_time(pid) is not None:
-            found.append(pid)
-    return sorted(found)
+    return sorted(
+        pid for pid in candidates if pid != me and carries(pid) and start_time(pid) is not None
+    )
+
+
+def processes_with_env(name: str, value: str, pids: Iterable[int] | None = None) -> list[int]:
+    """Live processes carrying the entry ``name=value``."""
+    return processes_where(lambda pid: has_env(pid, name, value), pids)

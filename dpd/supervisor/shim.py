@@ -131,13 +131,7 @@ class JobMark:
 
     def processes(self, pids: Iterable[int] | None = None) -> list[int]:
         """Live processes of the job (the calling process excluded)."""
-        me = os.getpid()
-        candidates = proctree.all_pids() if pids is None else pids
-        return sorted(
-            pid
-            for pid in candidates
-            if pid != me and self.carried_by(pid) and proctree.start_time(pid) is not None
-        )
+        return proctree.processes_where(self.carried_by, pids)
 
 
 def log(message: str) -> None:
