@@ -19,6 +19,17 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 BLOCK: Final = 1 << 20
+_COMPACT: Final = (",", ":")
+
+
+def record_bytes(record: Any) -> bytes:
+    """One record as events.jsonl and metrics.jsonl hold it: compact JSON, no newline."""
+    return json.dumps(record, separators=_COMPACT).encode()
+
+
+def field_bytes(name: str, value: Any) -> bytes:
+    """How ``name: value`` appears in a ``record_bytes`` line: what to pass as ``contains``."""
+    return record_bytes({name: value})[1:-1]
 
 
 def json_lines_backwards(path: str | os.PathLike[str], contains: bytes = b"") -> Iterator[Any]:

@@ -46,7 +46,7 @@ from dpd.spool.atomic import (
     write_json_atomic,
 )
 from dpd.spool.jobdir import FileSpec, JobDirBuild
-from dpd.spool.jsontail import json_lines_backwards
+from dpd.spool.jsontail import field_bytes, json_lines_backwards, record_bytes
 from dpd.spool.layout import SpoolLayout
 from dpd.supervisor.dpconfig import render_configs
 
@@ -326,7 +326,7 @@ class JobStore:
             (names.STATE_FILE, json_bytes(state), 0o640),
             (names.CONFIG_TOML, config_text.encode(), 0o600),
             (names.DATASET_TOML, dataset_text.encode(), 0o600),
-            (names.EVENTS_FILE, json.dumps(event, separators=(",", ":")).encode() + b"\n", 0o640),
+            (names.EVENTS_FILE, record_bytes(event) + b"\n", 0o640),
         ]
 
     def _initial_state(
@@ -448,7 +448,7 @@ class JobStore:
             record = self._event_record(task_id, seq, kind, data)
             append_line(
                 self.layout.job_dir(task_id) / names.EVENTS_FILE,
-                json.dumps(record, separators=(",", ":")).encode(),
+                record_bytes(record),
             )
             return record
 
@@ -469,7 +469,7 @@ class JobStore:
             ]
             append_line(
                 self.layout.job_dir(task_id) / names.EVENTS_FILE,
-                b"\n".join(json.dumps(r, separators=(",", ":")).encode() for r in records),
+                b"\n".join(record_bytes(r) for r in records),
             )
             return records
 
@@ -490,7 +490,7 @@ class JobStore:
         return newer
 
     def append_metrics(self, task_id: str, records: Iterable[dict[str, Any]]) -> None:
-        lines = [json.dumps(r, separators=(",", ":")).encode() for r in records]
+        lines = [record_bytes(r) for r in records]
         if lines:
             append_line(self.layout.job_dir(task_id) / names.METRICS_FILE, b"\n".join(lines))
 
@@ -517,7 +517,7 @@ def _events_end(path: Path) -> tuple[int, str | None]:
     end of events.jsonl (which holds every log line of the job's runs)."""
     last = next(json_lines_backwards(path), None)
     seq = int(last.get("seq", 0)) if isinstance(last, dict) else 0
-    for event in json_lines_backwards(path, contains=b'"type":"status"'):
+    for event in json_lines_backwards(path, contains=field_bytes("type", "status")):
         if isinstance(event, dict) and event.get("type") == "status":
             data = event.get("data")
             if isinstance(data, dict):

@@ -37,7 +37,7 @@ from dpd.jobs.states import Phase
 from dpd.logs.lineindex import LineIndex
 from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
-from dpd.spool.jsontail import json_lines_backwards
+from dpd.spool.jsontail import field_bytes, json_lines_backwards
 from dpd.spool.store import JobStore
 from dpd.supervisor import output_parser as obs
 from dpd.supervisor.logfollow import LogFollower
@@ -170,7 +170,8 @@ class JobFollower:
         # highest (log events but the last of a read carry offset 0)
         last_metric = next(json_lines_backwards(self.job_dir / names.METRICS_FILE), None)
         self._metrics_done = int(last_metric.get("offset", 0)) if last_metric else 0
-        logged = json_lines_backwards(self.job_dir / names.EVENTS_FILE, contains=b'"type":"log"')
+        events = self.job_dir / names.EVENTS_FILE
+        logged = json_lines_backwards(events, contains=field_bytes("type", "log"))
         self._log_done = next(
             (
                 int(e["data"]["offset"])

@@ -30,7 +30,7 @@ from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
-from dpd.spool.jsontail import json_lines_backwards
+from dpd.spool.jsontail import field_bytes, json_lines_backwards
 from dpd.spool.store import JobStore, Submission
 from dpd.supervisor.scheduler import QueuedJob, check_feasible, plan
 
@@ -292,10 +292,9 @@ def _newest_points(
 ) -> list[dict[str, Any]]:
     """The last ``limit`` (None: all) points of ``metric`` and ``kind``, oldest first, read
     from the end of metrics.jsonl: a long run's is hundreds of MiB."""
-    needle = b'"metric":' + json.dumps(metric).encode()
     found: list[dict[str, Any]] = []
     path = services.layout.job_dir(task_id) / names.METRICS_FILE
-    for point in json_lines_backwards(path, contains=needle):
+    for point in json_lines_backwards(path, contains=field_bytes("metric", metric)):
         if point.get("metric") == metric and point.get("type") == kind:
             found.append(point)
             if len(found) == limit:
