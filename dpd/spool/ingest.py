@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from dpd.envelope import error_envelope
 from dpd.errors import BadRequest, DpdError, InsufficientResources, PayloadTooLarge
@@ -98,13 +99,14 @@ def ingest_files(
             valid.append(examined)
         else:
             results[name] = examined
-    try:
-        created = store.create_jobs([(v.spec, v.submission) for v in valid]) if valid else []
-    except InsufficientResources as err:
-        log.warning("%s; %s stay in incoming/", err.message, ", ".join(v.name for v in valid))
-        results.update((v.name, IngestResult(Outcome.NO_ROOM, v.name)) for v in valid)
-        created = []
-        valid = []
+    created: list[dict[str, Any] | DpdError] = []
+    if valid:
+        try:
+            created = store.create_jobs([(v.spec, v.submission) for v in valid])
+        except InsufficientResources as err:
+            log.warning("%s; %s stay in incoming/", err.message, ", ".join(v.name for v in valid))
+            results.update((v.name, IngestResult(Outcome.NO_ROOM, v.name)) for v in valid)
+            valid = []
     for checked, outcome in zip(valid, created, strict=True):
         if isinstance(outcome, DpdError):
             results[checked.name] = _reject(layout, checked.name, outcome)
