@@ -43,6 +43,20 @@ def long_job(daemon: DaemonProcess, task_id: str, epochs: int = 50) -> dict[str,
     return job_document(daemon.data, task_id=task_id, config={**base["config"], "epochs": epochs})
 
 
+def training(
+    tmp_path: Path, daemons: list, task_id: str, epochs: int, **daemon_table: Any
+) -> DaemonProcess:
+    """A started daemon (``daemon_table`` goes into its [daemon] config) whose job
+    ``task_id`` has trained at least three steps."""
+    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    daemon.config["daemon"].update(daemon_table)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.drop(f"{task_id}.json", long_job(daemon, task_id, epochs=epochs))
+    wait_for(lambda: current_step(daemon, task_id) >= 3, timeout=20)
+    return daemon
+
+
 def current_step(daemon: DaemonProcess, task_id: str) -> int:
     progress = (daemon.job_state(task_id) or {}).get("progress") or {}
     return int(progress.get("current_step") or 0)
@@ -111,11 +125,7 @@ def no_process_left(task_id: str) -> None:
 def test_resume_after_a_graceful_stop_continues_the_step_numbers(
     tmp_path: Path, daemons: list
 ) -> None:
-    daemon = make_daemon(tmp_path, step_seconds=0.1)
-    daemons.append(daemon)
-    daemon.start()
-    daemon.drop("r.json", long_job(daemon, "r", epochs=4))
-    wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
+    daemon = training(tmp_path, daemons, "r", epochs=4)
     first_command = trainer_command("r")
     assert resume_argument(first_command) is None
     code, body = stop(daemon, "r")
@@ -161,11 +171,7 @@ def test_a_resumed_run_is_judged_alone_after_a_daemon_restart(
 ) -> None:
     """The first run's "Manually quitting" stays in train.log; the re-attached daemon must
     not count it for the second run, whose killed worker is then a failure of its own."""
-    daemon = make_daemon(tmp_path, step_seconds=0.1)
-    daemons.append(daemon)
-    daemon.start()
-    daemon.drop("r.json", long_job(daemon, "r", epochs=50))
-    wait_for(lambda: current_step(daemon, "r") >= 3, timeout=20)
+    daemon = training(tmp_path, daemons, "r", epochs=50)
     code, body = stop(daemon, "r")
     assert code == 200 and body["data"]["status"] == "stopped", body
     steps_before = current_step(daemon, "r")
@@ -211,11 +217,7 @@ def test_a_resumed_job_is_not_pinned_to_the_gpu_of_its_last_run(
 def test_resume_from_checkpoint_in_the_job_document_names_the_run(
     tmp_path: Path, daemons: list
 ) -> None:
-    daemon = make_daemon(tmp_path, step_seconds=0.1)
-    daemons.append(daemon)
-    daemon.start()
-    daemon.drop("src.json", long_job(daemon, "src", epochs=4))
-    wait_for(lambda: current_step(daemon, "src") >= 3, timeout=20)
+    daemon = training(tmp_path, daemons, "src", epochs=4)
     code, body = stop(daemon, "src")
     assert code == 200 and body["data"]["last_checkpoint"], body
     source_run = Path(daemon.job_state("src")["run_dir"])
@@ -430,12 +432,8 @@ def test_a_state_write_failing_stops_the_daemon_and_the_restart_resumes_supervis
     """metrics.jsonl becomes /dev/full, whose writes fail with ENOSPC like a full disk's:
     the daemon must not record the job failed (its trainer runs on, its GPU is not free) but
     exit non-zero, and the daemon systemd starts again must pick the training up."""
-    daemon = make_daemon(tmp_path, step_seconds=0.1)
-    daemon.config["daemon"]["stop_jobs_on_shutdown"] = True  # not after a failure
-    daemons.append(daemon)
-    daemon.start()
-    daemon.drop("d.json", long_job(daemon, "d", epochs=5))
-    wait_for(lambda: current_step(daemon, "d") >= 3, timeout=20)
+    # stop_jobs_on_shutdown: not after a failure
+    daemon = training(tmp_path, daemons, "d", epochs=5, stop_jobs_on_shutdown=True)
     metrics_file = daemon.spool / "jobs" / "d" / "metrics.jsonl"
     kept = metrics_file.with_name("metrics.kept")
     os.replace(metrics_file, kept)
