@@ -91,6 +91,10 @@ async def _read_parts(
                 await part.release()
     except UploadTooLarge as err:
         raise PayloadTooLarge(str(err), {"max_upload_mb": err.limit // (1 << 20)}) from err
+    except ValueError as err:  # aiohttp's multipart reader at a body cut short: "after EOF"
+        if staged is not None:
+            manager.discard_staged(staged)
+        raise BadRequest("the multipart body ends before its closing boundary") from err
     except BaseException:
         if staged is not None:
             manager.discard_staged(staged)
