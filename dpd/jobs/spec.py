@@ -185,10 +185,12 @@ _SCALARS: Final = frozenset({bool, int, float})
 # ------------------------------------------------------------------ validation (422)
 
 
-def validate_job(doc: Any, *, data_roots: Sequence[Path], source: str = "rest") -> JobSpec:
+def validate_job(doc: Any, *, data_roots: Sequence[Path] | None, source: str = "rest") -> JobSpec:
     """source "rest" or "spool". Raises ValidationFailed with EVERY problem found
     (FieldError(field="config.optimizer.lr", message=...)); pure apart from path checks
-    (os.path.realpath(strict=True), existence, commonpath under a data root)."""
+    (os.path.realpath(strict=True), existence, commonpath under a data root). With
+    ``data_roots=None`` it is pure: paths are checked for their form only (the daemon,
+    which has the data roots, checks the rest)."""
     check_structure(doc)
     check = Checker(data_roots)
     for key in doc:
