@@ -5,6 +5,7 @@ briefly and at a bounded rate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -160,3 +161,23 @@ async def test_a_flood_of_malformed_requests_is_logged_at_a_bounded_rate(
     assert fresh_guard.dropped == 60 - fresh_guard.per_minute
     healthy = await api.get("/healthz")
     assert healthy.status == 200
+
+
+async def test_a_yaml_alias_bomb_dropped_in_the_spool_is_rejected_and_the_daemon_answers(
+    api: Api,
+) -> None:
+    layout = api.daemon.services.layout
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    staged = layout.root / "bomb.yaml.tmp"
+    staged.write_text("\n".join(lines))
+    staged.rename(layout.incoming / "bomb.yaml")
+    reason = layout.rejected / "bomb.yaml.error.json"
+    deadline = asyncio.get_running_loop().time() + 15
+    while not reason.exists():
+        assert asyncio.get_running_loop().time() < deadline, "the bomb was not rejected"
+        healthy = await api.get("/healthz")
+        assert healthy.status == 200
+        await asyncio.sleep(0.05)
+    assert json.loads(reason.read_text())["code"] == 400
+    assert (await api.get("/api/v1/gpu/status")).status == 200

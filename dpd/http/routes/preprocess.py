@@ -158,7 +158,7 @@ def _optional(errors: list[FieldError], name: str, fields: dict[str, str], parse
 
 
 def _parse_fps(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 240:
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= 240):
         raise ValueError(f"expected an integer from 1 to 240, got {text!r}")
     return int(text)
 
