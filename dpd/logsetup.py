@@ -107,7 +107,8 @@ class MalformedRequestFilter(logging.Filter):
         record.msg = "refused a malformed HTTP request from %s: %s %s%s"
         record.args = (str(peer), error.code, type(error).__name__, note)
         record.exc_info = record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if record.levelno > logging.WARNING:  # the client's fault, not the daemon's
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
