@@ -416,8 +416,23 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
 
 
 def _check_consistency(config: Config) -> None:
+    _check_nats_credentials(config.nats)
     lo, hi = config.trainer.master_port_range
     if config.http.port and lo <= config.http.port <= hi:
         raise ConfigError(
             f"[http] port {config.http.port} lies inside [trainer] master_port_range [{lo}, {hi}]"
         )
+
+
+def _check_nats_credentials(nats: NatsConfig) -> None:
+    """nats-py signs a .creds login with the nkeys package, imported only when it connects
+    (in the background, for ever): without it, refuse now in one line instead."""
+    if not nats.creds_file:
+        return
+    try:
+        import nkeys  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "[nats] creds_file needs the Python package nkeys, which is not installed "
+            "(pip install nkeys), or use [nats] user/password or token instead"
+        ) from None

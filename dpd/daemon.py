@@ -31,7 +31,7 @@ from dpd.http.auth import KEY_STORE, Authenticator, StoreChecker
 from dpd.http.common import RATE_LIMITER
 from dpd.http.ratelimit import RateLimiter
 from dpd.keys import KEYS_FILE, KeyStore
-from dpd.logsetup import set_level
+from dpd.logsetup import guard_server_log, set_level
 from dpd.models.catalog import load_catalog
 from dpd.models.downloads import DownloadManager
 from dpd.notify import Notifier, status_line
@@ -153,6 +153,7 @@ class Daemon:
         await self.downloads.start()
         self._spawn(self.watcher.run(), "spool watcher")
         await self.watcher.started.wait()
+        guard_server_log()  # before the first request: no header of one reaches the log
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, config.http.host, config.http.port)

@@ -38,6 +38,16 @@ from dpd.spool.atomic import write_atomic, write_json_atomic
 
 log = logging.getLogger("dpd.keys")
 
+# A century: longer is "never" (0) in all but name, and datetime cannot add 10**6 days.
+MAX_EXPIRE_DAYS = 36_600
+EXPIRE_DAYS_RULE = f"0 (never) or a whole number of days up to {MAX_EXPIRE_DAYS}"
+
+
+def valid_expire_days(days: object) -> bool:
+    """True for an int (not a bool) from 0 to MAX_EXPIRE_DAYS."""
+    return isinstance(days, int) and not isinstance(days, bool) and 0 <= days <= MAX_EXPIRE_DAYS
+
+
 PERMISSIONS = ("training", "preprocessing", "model_download", "admin")
 KEY_PREFIX = "sk_"
 KEYS_FILE = "keys.json"
@@ -172,6 +182,8 @@ class KeyStore:
     ) -> tuple[str, ApiKey]:
         """A new key: returns the raw key (shown once, never stored) and its record."""
         chosen = check_permissions(permissions)
+        if not valid_expire_days(expire_days):
+            raise ValueError(f"expire_days must be {EXPIRE_DAYS_RULE}, got {expire_days!r}")
         if not user.strip():
             raise ValueError("the user name must not be empty")
         moment = (now or datetime.now(UTC)).replace(microsecond=0)

@@ -17,7 +17,14 @@ from pathlib import Path
 from dpd.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from dpd.config import load_config
 from dpd.errors import ConfigError, NotFound
-from dpd.keys import KEYS_FILE, PERMISSIONS, ApiKey, KeyStore
+from dpd.keys import (
+    EXPIRE_DAYS_RULE,
+    KEYS_FILE,
+    PERMISSIONS,
+    ApiKey,
+    KeyStore,
+    valid_expire_days,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,8 +79,8 @@ def run_create(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     store, default_days = opened
     days = default_days if args.expire_days is None else args.expire_days
-    if days < 0:
-        print("dpd keys: --expire-days must be 0 or more", file=sys.stderr)
+    if not valid_expire_days(days):
+        print(f"dpd keys: --expire-days must be {EXPIRE_DAYS_RULE}", file=sys.stderr)
         return EXIT_USAGE
     try:
         raw, record = store.create(args.user or getpass.getuser(), args.permissions, days)

@@ -16,13 +16,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from dpd.cli.validate_local import check_job_file, error_lines, read_job_bytes
 from dpd.client import DEFAULT_URL, DpdClient, DpdError, UnavailableError, ValidationError, display
+from dpd.errors import FieldError
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
 STATUSES = ("queued", "running", "stopping", "completed", "failed", "stopped")
@@ -94,11 +93,19 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, client: DpdClient) -> int:
+    """Checked here first with the daemon's validator (dpd.cli.validate_local): an
+    unreadable file exits 2, an invalid one 1 with every ``field: message``; then sent."""
     try:
-        document = read_job_file(args.file)
-    except (OSError, ValueError) as err:
-        print(f"dpd: {args.file}: {err}", file=sys.stderr)
+        checked = check_job_file(args.file, read_job_bytes(args.file))
+    except OSError as err:
+        print(f"dpd: {args.file}: {err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
+    if checked.unreadable is not None:
+        print(f"dpd: {args.file}: {checked.unreadable}", file=sys.stderr)
+        return EXIT_USAGE
+    if checked.document is None:
+        return _print_local_errors(args, checked.errors)
+    document = checked.document
     if args.queue:
         document["queue"] = True
     answer = client.submit(document)
@@ -108,16 +115,15 @@ def cmd_submit(args: argparse.Namespace, client: DpdClient) -> int:
     return EXIT_OK
 
 
-def read_job_file(name: str) -> dict[str, Any]:
-    """JSON or YAML (YAML is a superset; a .json name is read strictly as JSON)."""
-    text = sys.stdin.read() if name == "-" else Path(name).read_text()
-    try:
-        document = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"not valid YAML: {err}") from None
-    if not isinstance(document, dict):
-        raise ValueError("a job document must be a mapping")
-    return document
+def _print_local_errors(args: argparse.Namespace, errors: tuple[FieldError, ...]) -> int:
+    if args.json:
+        listed = [error.as_dict() for error in errors]
+        print(json.dumps({"code": 422, "message": "validation failed", "data": {"errors": listed}}))
+    print(f"dpd: error 422: {args.file} is not a valid job (checked before sending):",
+          file=sys.stderr)  # fmt: skip
+    for line in error_lines(errors):
+        print(line, file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def cmd_ls(args: argparse.Namespace, client: DpdClient) -> int:

@@ -1,5 +1,5 @@
 """What every route module shares: the envelope response, the caller's identity and
-permissions, rate limiting and query-parameter parsing.
+permissions, rate limiting, and parsing of query parameters and JSON bodies.
 
 Route modules raise ``dpd.errors`` exceptions; one middleware (``dpd.http.middlewares``)
 turns them into the envelope. Nothing here writes a response for an error itself.
@@ -7,6 +7,7 @@ turns them into the envelope. Nothing here writes a response for an error itself
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,3 +110,31 @@ def query_choice(
     if text not in choices:
         raise BadRequest(f"query parameter {name!r} must be one of {', '.join(choices)}")
     return text
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    """The decoded JSON of ``body``; BadRequest (400) for anything that is not plain JSON:
+    invalid UTF-8 or syntax, NaN/Infinity, an integer of more digits than Python converts,
+    nesting past the interpreter's recursion limit (json's decoder recurses per level)."""
+    try:
+        return json.loads(body.decode("utf-8-sig"), parse_constant=_refuse_constant)
+    except RecursionError as err:
+        raise BadRequest(f"{what} is nested too deeply") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise BadRequest(f"{what} is not valid JSON: {_brief(err)}") from err
+
+
+async def json_body(request: web.Request, default: Any = None) -> Any:
+    """The request's JSON body (``default`` when it is empty or blank), via parse_json."""
+    body = await request.read()
+    if not body.strip():
+        return default
+    return parse_json(body)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _brief(err: Exception) -> str:
+    return " ".join(str(err).split())[:200]

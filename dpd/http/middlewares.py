@@ -1,8 +1,11 @@
 """Middlewares: the one place where errors become envelopes.
 
 Every ``DpdError`` becomes its envelope; aiohttp's own HTTP errors (404 on unknown routes,
-405, 413 for oversize bodies) are mapped to the same envelope; anything else is a 500
-whose traceback goes to the log and never to the client.
+405, 413 for oversize bodies) are mapped to the same envelope. Input that breaks a parser
+below the routes is the client's fault, on every route: aiohttp's body parsers (a
+multipart part with a bad header, a body cut short) and a document nested past the
+recursion limit answer 400, with a message that does not echo the input. Anything else is
+a 500 whose traceback goes to the log and never to the client.
 """
 
 from __future__ import annotations
@@ -11,6 +14,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    TransferEncodingError,
+)
 
 from dpd.envelope import make_envelope
 from dpd.errors import DpdError
@@ -30,6 +39,13 @@ _HTTP_MESSAGES = {
     415: "unsupported media type",
 }
 
+# What aiohttp's parsers raise while a handler reads the body; the messages never quote it.
+_MALFORMED: tuple[tuple[type[HttpProcessingError], str], ...] = (
+    (ContentLengthError, "the request body ended before its announced length"),
+    (TransferEncodingError, "the request body's chunked encoding is malformed"),
+    (InvalidHeader, "a multipart part has an invalid header"),
+)
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -41,7 +57,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if err.status < 400:
             raise
         message = _HTTP_MESSAGES.get(err.status, err.reason)
-        data = None
+        data: dict[str, object] | None = None
         if err.status == 405:
             allowed = sorted(getattr(err, "allowed_methods", ()) or ())
             data = {"allowed_methods": allowed}
@@ -51,9 +67,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if err.status == 404:
             data = {"path": request.path}
         return _error_response(err.status, message, data, request)
+    except HttpProcessingError as err:
+        return _error_response(400, _malformed(err), None, request)
+    except RecursionError:
+        return _error_response(400, "the request is nested too deeply", None, request)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error_response(500, "internal error", None, request)
+
+
+def _malformed(err: HttpProcessingError) -> str:
+    return next((text for kind, text in _MALFORMED if isinstance(err, kind)), "malformed body")
 
 
 def _error_response(code: int, message: str, data: object, request: web.Request) -> web.Response:

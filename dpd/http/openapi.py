@@ -14,10 +14,10 @@ import re
 from importlib import resources
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from dpd import __version__
+from dpd.jobs.yamlload import load_yaml
 
 PATH = "/api/v1/openapi.json"
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
@@ -31,7 +31,7 @@ def setup(app: web.Application) -> None:
 @functools.cache
 def load_document() -> dict[str, Any]:
     text = resources.files("dpd.http").joinpath("openapi.yaml").read_text(encoding="utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = load_yaml(text)
     document["info"]["version"] = __version__
     return document
 

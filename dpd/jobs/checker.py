@@ -1,9 +1,11 @@
 """Checking single values of a job document, collecting every problem instead of stopping.
 
 ``Checker`` is the validator's one piece of state: the FieldErrors found so far, the data
-roots for path checks, and where each flattened config key came from (so an error names
-``config.save.save_every_n_epochs`` when that is where the user wrote it). Each check returns
-the normalized value, or ``Checker.BAD`` after recording why; callers just drop BAD values.
+roots for path checks (None: no file system at hand, so paths are checked for their form
+only, as ``dpd submit`` does before sending), and where each flattened config key came
+from (so an error names ``config.save.save_every_n_epochs`` when that is where the user
+wrote it). Each check returns the normalized value, or ``Checker.BAD`` after recording why;
+callers just drop BAD values.
 
 Unknown keys are passed through to diffusion-pipe, so they are checked only for what TOML
 (and the ``toml`` package train.py parses with) can hold: no nulls, 64-bit integers, finite
@@ -20,7 +22,7 @@ from typing import Any, Final
 
 from dpd.errors import FieldError
 from dpd.jobs import model_rules as mr
-from dpd.jobs.paths import DataRoots, PathKind, PathRefused, check_path
+from dpd.jobs.paths import DataRoots, PathKind, PathRefused, check_path, check_path_form
 
 KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INT64_MIN: Final = -(2**63)
@@ -44,8 +46,8 @@ class _Bad:
 class Checker:
     BAD: Final = _Bad()
 
-    def __init__(self, data_roots: Sequence[Path]) -> None:
-        self.data_roots = DataRoots.of(data_roots)
+    def __init__(self, data_roots: Sequence[Path] | None) -> None:
+        self.data_roots = DataRoots.of(data_roots) if data_roots is not None else None
         self.errors: list[FieldError] = []
         self.origin: dict[str, str] = {}  # flattened config key -> field the user wrote
 
@@ -59,7 +61,7 @@ class Checker:
         """The normalized value, or BAD (with the error recorded)."""
         try:
             if rule.kind in _PATH_KINDS:
-                return check_path(value, self.data_roots, _PATH_KINDS[rule.kind])
+                return self._check_path(value, _PATH_KINDS[rule.kind])
             return _CHECKS[rule.kind](rule, value)
         except (Invalid, PathRefused) as err:
             self.error(field, str(err))
@@ -67,10 +69,15 @@ class Checker:
 
     def path(self, value: Any, field: str, kind: PathKind = PathKind.ANY) -> Any:
         try:
-            return check_path(value, self.data_roots, kind)
+            return self._check_path(value, kind)
         except PathRefused as err:
             self.error(field, str(err))
             return self.BAD
+
+    def _check_path(self, value: Any, kind: PathKind) -> str:
+        if self.data_roots is None:
+            return check_path_form(value)
+        return check_path(value, self.data_roots, kind)
 
     def passthrough(self, value: Any, field: str) -> Any:
         """A value of a key dpd does not know, made TOML-safe, or BAD."""

@@ -73,10 +73,10 @@ class DataRoots:
         return cls(resolved, tuple(os.path.normpath(root) for root in data_roots) + resolved)
 
 
-def check_path(
-    value: object, data_roots: Sequence[Path] | DataRoots, kind: PathKind = PathKind.ANY
-) -> str:
-    """The canonical path for ``value``, or PathRefused saying why it is not acceptable."""
+def check_path_form(value: object) -> str:
+    """``value`` if it has the form of an acceptable path (an absolute path string without
+    control characters); PathRefused otherwise. Pure: what can be checked without the
+    daemon's file system (``dpd submit`` checks this much before sending)."""
     if not isinstance(value, str):
         raise PathRefused(f"expected a path string, got {type(value).__name__}")
     if not value:
@@ -87,6 +87,14 @@ def check_path(
         raise PathRefused("must not contain NUL or control characters")
     if not os.path.isabs(value):
         raise PathRefused(f"must be an absolute path, got {value!r}")
+    return value
+
+
+def check_path(
+    value: object, data_roots: Sequence[Path] | DataRoots, kind: PathKind = PathKind.ANY
+) -> str:
+    """The canonical path for ``value``, or PathRefused saying why it is not acceptable."""
+    value = check_path_form(value)
     roots = data_roots if isinstance(data_roots, DataRoots) else DataRoots.of(data_roots)
     # Lexical check first, so a path outside every root is reported as such even when
     # it does not exist (and nothing outside the roots is probed).

@@ -27,6 +27,7 @@ from dpd.errors import BadRequest, ValidationFailed
 from dpd.jobs import model_rules as mr
 from dpd.jobs.checker import Checker, describe
 from dpd.jobs.tables import validate_config, validate_dataset
+from dpd.jobs.yamlload import YamlRefused, load_yaml
 
 TASK_ID_RE: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUN_NAME_RE: Final[re.Pattern[str]] = re.compile(r"^\d{8}_\d{2}-\d{2}-\d{2}$")
@@ -106,7 +107,8 @@ class JobSpec:
 
 
 def parse_job_document(data: bytes, fmt: str) -> Any:
-    """fmt "json" or "yaml" (yaml.safe_load). BadRequest (400) if unparseable, not UTF-8,
+    """fmt "json" or "yaml" (``load_yaml``: YAML 1.2 numbers, dates as strings, alias bombs
+    refused). BadRequest (400) if unparseable, not UTF-8,
     or not a mapping at the top level."""
     try:
         text = data.decode("utf-8-sig")
@@ -119,9 +121,11 @@ def parse_job_document(data: bytes, fmt: str) -> Any:
         if fmt == "json":
             doc = json.loads(text, parse_constant=_refuse_constant)
         elif fmt in ("yaml", "yml"):
-            doc = yaml.safe_load(text)
+            doc = load_yaml(text)
         else:
             raise BadRequest(f"unsupported job document format {fmt!r}; use json or yaml")
+    except YamlRefused as err:
+        raise BadRequest(f"the job document is refused: {_one_line(err)}") from err
     except (ValueError, yaml.YAMLError) as err:
         raise BadRequest(f"the job document is not valid {fmt.upper()}: {_one_line(err)}") from err
     except RecursionError as err:
@@ -181,10 +185,12 @@ _SCALARS: Final = frozenset({bool, int, float})
 # ------------------------------------------------------------------ validation (422)
 
 
-def validate_job(doc: Any, *, data_roots: Sequence[Path], source: str = "rest") -> JobSpec:
+def validate_job(doc: Any, *, data_roots: Sequence[Path] | None, source: str = "rest") -> JobSpec:
     """source "rest" or "spool". Raises ValidationFailed with EVERY problem found
     (FieldError(field="config.optimizer.lr", message=...)); pure apart from path checks
-    (os.path.realpath(strict=True), existence, commonpath under a data root)."""
+    (os.path.realpath(strict=True), existence, commonpath under a data root). With
+    ``data_roots=None`` it is pure: paths are checked for their form only (the daemon,
+    which has the data roots, checks the rest)."""
     check_structure(doc)
     check = Checker(data_roots)
     for key in doc:

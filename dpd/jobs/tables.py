@@ -249,7 +249,7 @@ def _adapter(raw: Any, rules: mr.ModelRules | None, check: Checker) -> Any:
         allowed = ", ".join(rules.adapter_types)
         message = f"{rules.model_type} saves only {allowed} adapters, got {kind!r}"
         check.error("config.adapter.type", message)
-    if "init_from_existing" in out:
+    if "init_from_existing" in out and check.data_roots is not None:
         _check_init_from_existing(out["init_from_existing"], rules, check)
     if "fuse_adapters" in adapter:
         fused = _fuse_adapters(adapter["fuse_adapters"], rules, check)

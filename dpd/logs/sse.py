@@ -19,7 +19,9 @@ from dpd.errors import BadRequest
 from dpd.logs.entries import LineFilter, live_entry
 
 KINDS: Final = ("log", "status", "progress", "metrics")
-_ID: Final = re.compile(r"(\d+)(?::(\d+))?")
+# At most 18 digits each: every id dpd hands out fits, and int() never meets a number it
+# refuses to convert (more than 4300 digits) or a seq no file could hold.
+_ID: Final = re.compile(r"(\d{1,18})(?::(\d{1,18}))?")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ def parse_cursor(text: str | None) -> Cursor | None:
         return None
     match = _ID.fullmatch(text.strip())
     if match is None:
-        raise BadRequest(f"Last-Event-ID must be <seq> or <seq>:<line>, got {text!r}")
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise BadRequest(f"Last-Event-ID must be <seq> or <seq>:<line>, got {shown!r}")
     line = match.group(2)
     return Cursor(int(match.group(1)), int(line) if line is not None else None)
 

@@ -23,9 +23,8 @@ from typing import Any, Final
 import yaml
 
 from dpd.errors import ConfigError
+from dpd.jobs.yamlload import load_yaml
 
-# libyaml's loader when present: the pure-Python one takes ~0.2 s for the shipped catalog.
-_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SHIPPED_CATALOG: Final = Path(__file__).with_name("catalog.yaml")
 MANIFEST_DIR: Final = Path(".dpd") / "manifests"
 MEDIA_TYPES: Final = ("image", "video")
@@ -99,7 +98,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
     """The operator's catalog at ``path``, or the shipped one when ``path`` is None/empty."""
     chosen = Path(path) if path else SHIPPED_CATALOG
     try:
-        document = yaml.load(chosen.read_text(encoding="utf-8"), Loader=_LOADER)
+        document = load_yaml(chosen.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"model catalog {chosen}: cannot read it: {err}") from err
     return parse_catalog(document, source=str(chosen))

@@ -14,9 +14,15 @@ A rejected file goes to ``rejected/<name>`` beside ``<name>.error.json``, which 
 envelope a REST caller would get. The reason is written first, the file moved second, so a
 crash in between only repeats the rejection.
 
-Not trusted: the file. Opened with O_NOFOLLOW|O_NONBLOCK, must be a regular file with one
-link, at most MAX_JOB_FILE_BYTES. A file still being written (a writer holds it open, or it
-changed in the last moments and does not parse yet) is deferred, never half-read.
+Not trusted: the file and its name. Opened with O_NOFOLLOW|O_NONBLOCK, must be a regular
+file with one link, at most MAX_JOB_FILE_BYTES. A file still being written (a writer holds
+it open, or it changed in the last moments and does not parse yet) is deferred, never
+half-read. A second hard link is refused once it has stood for SETTLE_SECONDS (until then
+it may be a writer's link-then-unlink): the owner of the file is who the job is submitted
+as, so a link to another user's file must not pass for their submission. A name that is
+not UTF-8 is rejected before the file is read (no job record can hold it) and moved to
+rejected/ under a printable name (its bytes backslash-escaped); it never holds up the
+other files of its batch.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class IngestResult:
     name: str
     task_id: str | None = None
     error: DpdError | None = None
-    state: dict | None = None
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ def _examine(
 ) -> IngestResult | _Valid:
     """Read and validate one file; a result if that settles it (gone, not ready, already a
     job, rejected), else the job it asks for."""
+    if printable_name(name) != name:
+        refused = BadRequest("the file name is not valid UTF-8; rename it and drop it again")
+        return _reject(layout, name, refused)
     path = layout.incoming / name
     try:
         drop = _read_drop(path)
@@ -183,7 +192,7 @@ def _read_drop(path: Path) -> _Drop:
         if not stat.S_ISREG(info.st_mode):
             raise BadRequest("a job file must be a regular file")
         if info.st_nlink > 1:
-            raise _NotReady()  # mid-link or a hard link into the spool: look again later
+            _check_links(info)
         if _has_writer(fd):
             raise _NotReady()
         if info.st_size > MAX_JOB_FILE_BYTES:
@@ -193,6 +202,17 @@ def _read_drop(path: Path) -> _Drop:
         return _Drop(_read_all(fd, MAX_JOB_FILE_BYTES + 1), info)
     finally:
         os.close(fd)
+
+
+def _check_links(info: os.stat_result) -> None:
+    """A file with several links: _NotReady while a writer may be between its link and
+    unlink (the link count changed recently), else BadRequest."""
+    if time.time() - info.st_ctime < SETTLE_SECONDS:
+        raise _NotReady()
+    raise BadRequest(
+        f"a job file must have exactly one link, this one has {info.st_nlink} (a hard link "
+        "into incoming/ would be submitted as the file's owner): copy the file instead"
+    )
 
 
 def _has_writer(fd: int) -> bool:
@@ -235,14 +255,20 @@ def _remove_drops(layout: SpoolLayout, names: Sequence[str]) -> None:
     fsync_dir(layout.incoming)
 
 
+def printable_name(name: str) -> str:
+    """``name`` if it is UTF-8 (what os.listdir decoded without surrogate escapes), else
+    its bytes with the undecodable ones written ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _reject(layout: SpoolLayout, name: str, err: DpdError) -> IngestResult:
-    target = _free_name(layout.rejected, name)
+    target = _free_name(layout.rejected, printable_name(name))
     write_json_atomic(layout.rejected / f"{target}.error.json", error_envelope(err), 0o640)
     with contextlib.suppress(FileNotFoundError):
         os.rename(layout.incoming / name, layout.rejected / target)
     fsync_dir(layout.rejected)
     fsync_dir(layout.incoming)
-    log.warning("rejected %s: %s (%d)", name, err.message, err.code)
+    log.warning("rejected %s: %s (%d)", printable_name(name), err.message, err.code)
     return IngestResult(Outcome.REJECTED, name, error=err)
 
 

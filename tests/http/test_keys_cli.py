@@ -193,3 +193,16 @@ async def wait_status(api, raw: str, wanted: int, timeout: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+def test_a_huge_expire_days_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    for days in ("1000000000", "36601"):
+        refused = dpd("keys", "--config", str(config), "create", "--permission", "training",
+                      "--expire-days", days)  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr and "--expire-days must be" in refused.stderr
+    assert KeyStore(tmp_path / "state" / "keys.json").list_keys() == []
+    longest = dpd("keys", "--config", str(config), "create", "--permission", "training",
+                  "--expire-days", "36600", "--json")  # fmt: skip
+    assert longest.returncode == 0, longest.stderr

@@ -226,3 +226,17 @@ def test_verified_must_be_true_or_false():
         parse_catalog(document)
     assert "components[0].verified" in str(caught.value)
     assert "components[1].note" in str(caught.value)
+
+
+def test_an_operator_catalog_is_read_with_yaml_1_2_numbers_and_refuses_bombs(tmp_path):
+    document = copy.deepcopy(CATALOG)
+    document["models"][0]["min_vram_gb"] = "MIN"
+    text = json.dumps(document).replace('"MIN"', "2.4e1")  # a float in YAML 1.2, not 1.1
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    assert load_catalog(path).models[0].min_vram_gb == 24.0
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path.write_text("\n".join(bomb))
+    with pytest.raises(ConfigError, match="too large"):
+        load_catalog(path)

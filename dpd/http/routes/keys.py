@@ -7,15 +7,14 @@ The answer carries the raw key once; only its hash is stored (``dpd.keys``). Lif
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
 from dpd.errors import BadRequest, FieldError, ValidationFailed
 from dpd.http.auth import KEY_STORE
-from dpd.http.common import envelope_response, rate_limit, require_permission
-from dpd.keys import PERMISSIONS, ApiKey
+from dpd.http.common import envelope_response, parse_json, rate_limit, require_permission
+from dpd.keys import EXPIRE_DAYS_RULE, PERMISSIONS, ApiKey, valid_expire_days
 from dpd.services import SERVICES
 
 PREFIX = "/api/v1/auth"
@@ -29,10 +28,7 @@ def setup(app: web.Application) -> None:
 def parse_key_request(body: bytes, default_expire_days: int) -> tuple[str, list[str], int]:
     """(user, permissions, expire_days) from the body; 400 if unparseable, 422 listing every
     problem if invalid."""
-    try:
-        document = json.loads(body or b"{}")
-    except ValueError as err:
-        raise BadRequest("request body is not valid JSON") from err
+    document = parse_json(body) if body.strip() else {}
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object")
     errors: list[FieldError] = []
@@ -49,8 +45,8 @@ def parse_key_request(body: bytes, default_expire_days: int) -> tuple[str, list[
                     FieldError(f"permissions[{index}]", f"unknown permission {permission!r}")
                 )
     expire_days = document.get("expire_days", default_expire_days)
-    if isinstance(expire_days, bool) or not isinstance(expire_days, int) or expire_days < 0:
-        errors.append(FieldError("expire_days", "0 (never) or a positive integer"))
+    if not valid_expire_days(expire_days):
+        errors.append(FieldError("expire_days", EXPIRE_DAYS_RULE))
     unknown = sorted(set(document) - {"user_id", "permissions", "expire_days"})
     errors.extend(FieldError(name, "unknown field") for name in unknown)
     if errors:

@@ -10,14 +10,12 @@ already downloading, 507 disk space) come from ``DownloadManager.submit``.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from dpd.errors import BadRequest
-from dpd.http.common import envelope_response, principal, require_permission
+from dpd.http.common import envelope_response, parse_json, principal, require_permission
 from dpd.models.catalog import Catalog, CatalogModel, installed_state
 from dpd.models.downloads import DownloadManager
 
@@ -83,10 +81,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def start_download(request: web.Request) -> web.Response:
     require_permission(request, PERMISSION)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the body is not valid JSON: {err}") from None
+    body = parse_json(await request.read())
     view = await request.app[MANAGER].submit(body)
     return envelope_response(view, code=202, message="model download started")
 

@@ -91,6 +91,10 @@ async def _read_parts(
                 await part.release()
     except UploadTooLarge as err:
         raise PayloadTooLarge(str(err), {"max_upload_mb": err.limit // (1 << 20)}) from err
+    except ValueError as err:  # aiohttp's multipart reader at a body cut short: "after EOF"
+        if staged is not None:
+            manager.discard_staged(staged)
+        raise BadRequest("the multipart body ends before its closing boundary") from err
     except BaseException:
         if staged is not None:
             manager.discard_staged(staged)
@@ -154,7 +158,7 @@ def _optional(errors: list[FieldError], name: str, fields: dict[str, str], parse
 
 
 def _parse_fps(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 240:
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= 240):
         raise ValueError(f"expected an integer from 1 to 240, got {text!r}")
     return int(text)
 

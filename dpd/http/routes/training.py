@@ -19,6 +19,7 @@ from dpd.errors import BadRequest, Conflict, InsufficientResources
 from dpd.http import views
 from dpd.http.common import (
     envelope_response,
+    parse_json,
     principal,
     query_bool,
     query_choice,
@@ -142,10 +143,7 @@ async def stop_training(request: web.Request) -> web.Response:
 def _force_from_body(body: bytes, default: bool) -> bool:
     if not body.strip():
         return default
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise BadRequest("request body is not valid JSON") from err
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     force = data.get("force", default)
