@@ -50,6 +50,7 @@ def setup_routes(app: web.Application, services: Services) -> None:
     from dpd.http.routes import (
         dashboard,
         datasets,
+        events_stream,
         gpu,
         keys,
         logs,
@@ -77,3 +78,4 @@ def setup_routes(app: web.Application, services: Services) -> None:
     # the dashboard (issue 16): its pages, login and live data
     dashboard.setup(app)
     session.setup(app)
+    events_stream.setup(app)
