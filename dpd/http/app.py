@@ -52,6 +52,8 @@ def setup_routes(app: web.Application, services: Services) -> None:
         datasets,
         events_stream,
         gpu,
+        job_dashboard,
+        job_files,
         keys,
         logs,
         models,
@@ -79,3 +81,5 @@ def setup_routes(app: web.Application, services: Services) -> None:
     dashboard.setup(app)
     session.setup(app)
     events_stream.setup(app)
+    job_dashboard.setup(app)
+    job_files.setup(app)

@@ -33,7 +33,17 @@ from dpd.services import SERVICES
 from dpd.supervisor.gpus import GpuInfo
 
 PATH: Final = "/api/v1/events/stream"
-KINDS: Final = ("status", "progress", "metrics", "alert", "gpu", "preprocess", "download", "log")
+KINDS: Final = (
+    "status",
+    "progress",
+    "metrics",
+    "alert",
+    "priority",
+    "gpu",
+    "preprocess",
+    "download",
+    "log",
+)
 DEFAULT_KINDS: Final = frozenset(KINDS) - {"log"}
 HEARTBEAT_SECONDS: float = 15.0
 CLIENT_CHECK_SECONDS: float = 1.0
@@ -88,7 +98,8 @@ async def _pump(subscription: Subscription, ring: EventRing) -> None:
 
 
 async def _end_streams(app: web.Application) -> None:
-    for task in list(app[OPEN]):
+    opened = app[OPEN]
+    for task in list(opened):
         task.cancel()
 
 
