@@ -52,6 +52,7 @@ def setup_routes(app: web.Application, services: Services) -> None:
         datasets,
         events_stream,
         gpu,
+        gpu_dashboard,
         job_dashboard,
         job_files,
         keys,
@@ -83,3 +84,4 @@ def setup_routes(app: web.Application, services: Services) -> None:
     events_stream.setup(app)
     job_dashboard.setup(app)
     job_files.setup(app)
+    gpu_dashboard.setup(app)
