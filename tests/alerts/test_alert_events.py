@@ -72,6 +72,8 @@ async def test_a_nan_loss_is_recorded_and_posted_to_the_webhook(
     alert = (await recorded_alerts(api, "nan-task"))[0]
     assert alert["data"]["kind"] == "nan_loss"
     assert alert["data"]["value"] is None and alert["data"]["step"] == 1
+    listed = await api.get("/api/v1/training/nan-task/alerts")
+    assert listed.status == 200 and listed.body["data"]["alerts"][0] == alert
     deadline = time.monotonic() + 10
     while not webhook.received:
         assert time.monotonic() < deadline, "the webhook got nothing"
@@ -112,4 +114,5 @@ async def test_a_healthy_run_raises_nothing(make_api: MakeApi, tmp_path: Path) -
         await asyncio.sleep(0.1)
     events = await asyncio.to_thread(api.daemon.services.store.read_events, "ok-task")
     assert [e for e in events if e["type"] == "alert"] == []
+    assert (await api.get("/api/v1/training/ok-task/alerts")).body["data"]["alerts"] == []
     assert any(e["type"] == "metrics" for e in events)

@@ -5,7 +5,8 @@
 - ``GET /training/{id}/markers``: resume, save and checkpoint markers for the charts;
 - ``POST /training/{id}/priority``: a queued job's priority (409 once it has left the queue);
 - ``POST /training/validate``: a dry run of ``/training/start`` (nothing is written);
-- ``GET /training/{id}/config``: the accepted spec and the generated TOML files.
+- ``GET /training/{id}/config``: the accepted spec and the generated TOML files;
+- ``GET /training/{id}/alerts``: the task's recorded ``alert`` events (``dpd.alerts``).
 
 Reads of job files run in a worker thread. The priority is changed through the store's
 ``update_state``, whose per-job lock the launch takes too, so a job is never both launched
@@ -54,6 +55,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/{{task_id}}/markers", get_markers)
     app.router.add_post(f"{PREFIX}/{{task_id}}/priority", set_priority)
     app.router.add_get(f"{PREFIX}/{{task_id}}/config", get_config)
+    app.router.add_get(f"{PREFIX}/{{task_id}}/alerts", get_alerts)
 
 
 # ------------------------------------------------------------------ reading job files
@@ -298,3 +300,18 @@ async def get_config(request: web.Request) -> web.Response:
     services.store.get(task_id)
     view = await asyncio.to_thread(_read_config, services.layout.job_dir(task_id))
     return envelope_response({"task_id": task_id, **view})
+
+
+def _alert_events(services: Services, task_id: str) -> list[dict[str, Any]]:
+    path = services.layout.job_dir(task_id) / names.EVENTS_FILE
+    found = read_records(path, (field_bytes("type", "alert"),))
+    return [e for e in found if e.get("type") == "alert"]
+
+
+async def get_alerts(request: web.Request) -> web.Response:
+    principal(request)
+    services = request.app[SERVICES]
+    task_id = request.match_info["task_id"]
+    services.store.get(task_id)
+    alerts = await asyncio.to_thread(_alert_events, services, task_id)
+    return envelope_response({"task_id": task_id, "alerts": alerts})
