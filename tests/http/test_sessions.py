@@ -60,6 +60,18 @@ async def test_a_bad_key_gets_401_and_no_cookie(api: Api) -> None:
     assert missing.status == 422
 
 
+async def test_login_takes_json_only_so_no_cross_site_form_can_log_in(api: Api) -> None:
+    raw = api.key("training")
+    form = await api.post(
+        "/api/v1/auth/session",
+        key=None,
+        data=f'{{"api_key": "{raw}"}}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert form.status == 400
+    assert "Set-Cookie" not in form.headers
+
+
 async def test_the_cookie_works_like_the_key_and_with_its_permissions(api: Api) -> None:
     cookie, data = await log_in(api, api.key("preprocessing"))
     listed = await api.get("/api/v1/training/list", key=None, headers=with_cookie(cookie))
