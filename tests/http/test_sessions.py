@@ -159,6 +159,17 @@ async def test_the_cookie_opens_streams_and_websockets(api: Api) -> None:
         assert not ws.closed
     async with api.session.get(url) as refused:
         assert refused.status == 401
+    evil = {**with_cookie(cookie), "Origin": "http://evil.example"}
+    async with api.session.get(url, headers=evil) as cross_site:
+        assert cross_site.status == 403
+    same = {**with_cookie(cookie), "Origin": api.url}
+    async with api.session.get(url, headers=same) as same_site:
+        assert same_site.status == 200
+    try:
+        async with api.session.ws_connect(ws_url, headers=evil):
+            raise AssertionError("a cross-site WebSocket was accepted")
+    except aiohttp.WSServerHandshakeError as err:
+        assert err.status == 403
 
 
 async def test_a_login_link_works_once(api: Api) -> None:
