@@ -189,7 +189,10 @@ def check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    if urlsplit(origin).netloc != request.host:
+    # behind a proxy that rewrites Host, the browser's host arrives as X-Forwarded-Host (a
+    # page of another site cannot set that header without a CORS preflight dpd never grants)
+    hosts = {request.host, request.headers.get("X-Forwarded-Host", "")}
+    if urlsplit(origin).netloc not in hosts:
         raise Forbidden("the session cookie is not accepted from another origin")
 
 

@@ -165,6 +165,9 @@ async def test_the_cookie_opens_streams_and_websockets(api: Api) -> None:
     same = {**with_cookie(cookie), "Origin": api.url}
     async with api.session.get(url, headers=same) as same_site:
         assert same_site.status == 200
+    proxied = {**same, "Origin": "https://dash.example", "X-Forwarded-Host": "dash.example"}
+    async with api.session.get(url, headers=proxied) as behind_a_proxy:
+        assert behind_a_proxy.status == 200
     try:
         async with api.session.ws_connect(ws_url, headers=evil):
             raise AssertionError("a cross-site WebSocket was accepted")
