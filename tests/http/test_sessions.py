@@ -6,6 +6,7 @@ all with auth disabled."""
 from __future__ import annotations
 
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -154,6 +155,18 @@ async def test_the_cookie_opens_streams_and_websockets(api: Api) -> None:
     async with api.session.get(url, headers=with_cookie(cookie)) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
+    async with api.session.get(
+        f"{api.url}/api/v1/events/stream", headers=with_cookie(cookie)
+    ) as events:
+        assert events.status == 200
+    output = Path(api.daemon.services.store.get("stream-task")["output_dir"])
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "lora.safetensors").write_bytes(b"0123456789")
+    file_url = f"{api.url}/api/v1/training/stream-task/files/lora.safetensors"
+    async with api.session.get(
+        file_url, headers={**with_cookie(cookie), "Range": "bytes=3-4"}
+    ) as part:
+        assert part.status == 206 and await part.read() == b"34"
     ws_url = f"{api.url}/api/v1/ws/training/stream-task"
     async with api.session.ws_connect(ws_url, headers=with_cookie(cookie)) as ws:
         assert not ws.closed
