@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from dpd.alerts.rules import AlertRules
+from dpd.alerts.watcher import AlertWatcher
 from dpd.config import Config, load_config
 from dpd.errors import ConfigError
 from dpd.events.bus import EventBus
@@ -30,6 +32,7 @@ from dpd.http.app import HEALTH, build_app, setup_routes
 from dpd.http.auth import KEY_STORE, Authenticator, StoreChecker
 from dpd.http.common import RATE_LIMITER
 from dpd.http.ratelimit import RateLimiter
+from dpd.http.routes import session as session_routes
 from dpd.keys import KEYS_FILE, KeyStore
 from dpd.logsetup import guard_server_log, set_level
 from dpd.models.catalog import load_catalog
@@ -82,6 +85,7 @@ class Daemon:
             )
             monitor.add_listener(self.nats.publish_gpus)
             self.services.extras["nats"] = self.nats
+        self.alerts = AlertWatcher(bus, alert_rules(config), config.alerts.webhook_url)
         self.watcher = SpoolWatcher(layout, self._ingest, workers=INGEST_WORKERS)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
@@ -91,6 +95,7 @@ class Daemon:
         self.app = build_app(config.http.max_body_kb * 1024, [self.auth.middleware])
         self.app[SERVICES] = self.services
         self.app[KEY_STORE] = self.keys
+        session_routes.install(self.app, self.auth, config.http.session_hours)  # dashboard
         self.rate_limiter.install(self.app)
         setup_routes(self.app, self.services)
         self.runner: web.AppRunner | None = None
@@ -142,6 +147,7 @@ class Daemon:
         loaded = await asyncio.to_thread(services.store.load)
         log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
         self._spawn(services.bus.run(), "event bus")
+        self._spawn(self.alerts.run(), "training alerts")
         self._announce_recovered_statuses()
         if self.nats is not None:
             self._spawn(self.nats.run(), "NATS bridge")  # connects in the background
@@ -171,6 +177,14 @@ class Daemon:
             config.daemon.spool_dir,
             config.source,
         )
+        log.info("dashboard: %s", self.dashboard_link())
+
+    def dashboard_link(self) -> str:
+        """A one-time link that opens the dashboard logged in (printed at start)."""
+        host = self.config.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return session_routes.start_link(self.app, f"http://{host}:{self.port}")
 
     def _prepare_directories(self) -> None:
         self.services.layout.ensure()
@@ -295,6 +309,11 @@ class Daemon:
 def _first_events(store: JobStore, task_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The events new jobs were written with, in job order (blocking: reads the files)."""
     return [event for task_id in task_ids for event in store.read_events(task_id)]
+
+
+def alert_rules(config: Config) -> AlertRules:
+    alerts = config.alerts
+    return AlertRules(alerts.loss_explosion_factor, alerts.loss_window, alerts.stall_seconds)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -48,12 +48,19 @@ def setup_routes(app: web.Application, services: Services) -> None:
     """Every route module; each registers its own paths."""
     from dpd.http import openapi, prometheus
     from dpd.http.routes import (
+        dashboard,
         datasets,
+        events_stream,
         gpu,
+        gpu_dashboard,
+        job_dashboard,
+        job_files,
         keys,
         logs,
+        model_catalog,
         models,
         preprocess,
+        session,
         stream,
         system,
         training,
@@ -72,3 +79,11 @@ def setup_routes(app: web.Application, services: Services) -> None:
     logs.setup(app)
     stream.setup(app)
     ws.setup(app)
+    # the dashboard (issue 16): its pages, login and live data
+    dashboard.setup(app)
+    session.setup(app)
+    events_stream.setup(app)
+    job_dashboard.setup(app)
+    job_files.setup(app)
+    gpu_dashboard.setup(app)
+    model_catalog.setup(app)
