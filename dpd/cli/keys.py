@@ -1,6 +1,6 @@
 """``dpd keys create|list|revoke``: API keys, on the local state directory (no daemon needed).
 
-A running daemon notices the change to keys.json by itself within a second. ``create``
+A running daemon applies the change from its next request on (dpd.http.auth). ``create``
 prints the raw key alone on stdout (so ``KEY=$(dpd keys create ...)`` works) and what it is
 on stderr; it is never shown again.
 """
