@@ -3,11 +3,13 @@
 Missing or unknown (revoked, expired) key: 401. A valid key without the permission a route
 needs: 403, raised by the route through ``require_permission``. With ``auth.enabled = false``
 (a single-user laptop) every caller is the local administrator. The bootstrap key from the
-environment (``API_SECRET_KEY``) is an admin key, compared in constant time; every other key
-is looked up in the key store (``dpd.keys``). Every lookup first compares keys.json's inode, size
-and mtime with what was read (one stat), and re-reads the file when ``dpd keys`` changed it: a
-key works from the request after ``dpd keys create`` returns, and a revoked key is refused from
-the request after ``dpd keys revoke`` returns, with no restart and no polling window.
+environment (``API_SECRET_KEY``) and the local key in ``<state_dir>/local.key``
+(``dpd.local_key``: whoever may read that file on this machine) are admin keys, compared in
+constant time; every other key is looked up in the key store (``dpd.keys``). Every lookup
+first compares keys.json's inode, size and mtime with what was read (one stat), and re-reads
+the file when ``dpd keys`` changed it: a key works from the request after ``dpd keys create``
+returns, and a revoked key is refused from the request after ``dpd keys revoke`` returns, with
+no restart and no polling window.
 
 WebSocket routes (``/api/v1/ws/``) also take the key as the ``token`` query parameter, since
 browsers cannot set headers on a WebSocket handshake.
@@ -38,6 +40,7 @@ WS_PREFIX = "/api/v1/ws/"  # WebSocket routes also accept the key as ?token=
 OPEN_PATHS = frozenset({"/api/v1/openapi.json"})
 LOCAL_ADMIN = Principal("local", "local", frozenset({"admin"}))
 BOOTSTRAP = Principal("bootstrap", "bootstrap", frozenset({"admin"}))
+LOCAL_KEY = Principal("local_key", "local", frozenset({"admin"}))
 READ_RETRY_SECONDS = 1.0  # after a failed read of keys.json, the next try waits this long
 
 # key -> Principal or None; may do I/O (run in a thread by its implementation)
@@ -103,6 +106,7 @@ class Authenticator:
         self.enabled = enabled
         self.bootstrap_key = bootstrap_key
         self.checker = checker
+        self.local_key = ""  # set by the daemon at start (dpd.local_key); "" = none
 
     def set_config(self, auth: AuthConfig) -> None:
         self.enabled = auth.enabled
@@ -113,6 +117,8 @@ class Authenticator:
             raw_key.encode(), self.bootstrap_key.encode()
         ):
             return BOOTSTRAP
+        if self.local_key and hmac.compare_digest(raw_key.encode(), self.local_key.encode()):
+            return LOCAL_KEY
         if self.checker is not None:
             return await self.checker(raw_key)
         return None
