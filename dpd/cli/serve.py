@@ -6,15 +6,14 @@ import argparse
 import sys
 
 from dpd.cli import EXIT_CONFIG
+from dpd.cli.connection import add_config_option
 from dpd.config import load_config
 from dpd.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("serve", help="run the daemon in the foreground")
-    parser.add_argument(
-        "--config", metavar="PATH", help="dpd.toml (default: $DPD_CONFIG or /etc/dpd/dpd.toml)"
-    )
+    add_config_option(parser)
     parser.set_defaults(handler=run)
 
 

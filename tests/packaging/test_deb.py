@@ -67,6 +67,8 @@ def test_contents(members: dict[str, tarfile.TarInfo]) -> None:
         "usr/share/doc/dpd/changelog.gz": 0o644,
         "usr/share/doc/dpd/OPERATOR.md": 0o644,
         "usr/share/man/man1/dpd.1.gz": 0o644,
+        "usr/share/bash-completion/completions/dpd": 0o644,
+        "usr/share/zsh/vendor-completions/_dpd": 0o644,
         "usr/lib/dpd/dpd/__init__.py": 0o644,
         "usr/lib/dpd/dpd/notify.py": 0o644,
         "usr/lib/dpd/aiohttp/web.py": 0o644,
@@ -80,6 +82,25 @@ def test_contents(members: dict[str, tarfile.TarInfo]) -> None:
         assert not member.mode & 0o002, f"{name} is world-writable"
     shipped = {n.split("/")[4] for n in members if n.startswith("usr/lib/dpd/dpd/")}
     assert shipped >= {"cli", "spool", "supervisor", "http", "config.py", "daemon.py"}
+
+
+def test_shell_completion_is_generated_from_the_parser(deb: Path, tmp_path: Path) -> None:
+    """The packaged scripts are exactly what shtab makes of today's parser, and bash reads
+    the bash one; each knows every command (tests/test_cli_options.py checks that part)."""
+    import shtab
+
+    from dpd.cli import build_parser
+
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    bash = tmp_path / "usr/share/bash-completion/completions/dpd"
+    zsh = tmp_path / "usr/share/zsh/vendor-completions/_dpd"
+    assert bash.read_text() == shtab.complete(build_parser(), "bash") + "\n"
+    assert zsh.read_text() == shtab.complete(build_parser(), "zsh") + "\n"
+    subprocess.run(["bash", "-n", str(bash)], check=True)
+    loaded = subprocess.run(
+        ["bash", "-c", f"source {bash} && complete -p dpd"], capture_output=True, text=True
+    )
+    assert loaded.returncode == 0 and "dpd" in loaded.stdout, loaded.stderr
 
 
 def test_control_declares_real_dependencies(deb: Path) -> None:
