@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
 from dpd.cli.connection import Credentials, add_connection_options, auth_hint, credentials, shared
+from dpd.client import display
 from dpd.models.progress import human_duration, human_size
 
 POLL_SECONDS = 0.5
@@ -180,7 +181,8 @@ def follow(args: argparse.Namespace, view: dict[str, Any], out: TextIO) -> dict[
     while True:
         line = progress_line(view)
         if line != last_line:
-            out.write(("\r" + line.ljust(len(last_line))) if interactive else line + "\n")
+            shown = display.fit_width(line, display.terminal_columns(out))
+            out.write(("\r\x1b[2K" + shown) if interactive else line + "\n")
             out.flush()
             last_line = line
         if view["status"] != "downloading":

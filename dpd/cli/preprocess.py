@@ -26,6 +26,7 @@ from dpd.cli.connection import (
     completes_files,
     credentials,
 )
+from dpd.client import display
 
 CHUNK = 1 << 20
 POLL_INTERVAL = 0.5
@@ -150,7 +151,10 @@ def _send_file(conn: http.client.HTTPConnection, f: BinaryIO, size: int, show: b
 
 def _bar(fraction: float, label: str) -> None:
     filled = int(30 * min(1.0, fraction))
-    sys.stderr.write(f"\r[{'#' * filled}{'-' * (30 - filled)}] {fraction * 100:5.1f}% {label}   ")
+    line = f"[{'#' * filled}{'-' * (30 - filled)}] {fraction * 100:5.1f}% {label}"
+    if sys.stderr.isatty():
+        line = "\x1b[2K" + display.fit_width(line, display.terminal_columns(sys.stderr))
+    sys.stderr.write("\r" + line)
     sys.stderr.flush()
 
 

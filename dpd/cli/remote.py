@@ -210,7 +210,8 @@ class WatchScreen:
             return
         self._drawn_at, self._drawn_key = now, key
         if self.tty:
-            sys.stdout.write("\r\x1b[2K" + self.line())
+            line = display.fit_width(self.line(), display.terminal_columns(sys.stdout))
+            sys.stdout.write("\r\x1b[2K" + line)
         else:
             sys.stdout.write(self.line() + "\n")
         sys.stdout.flush()

@@ -45,9 +45,7 @@ def locate_local_key(url: str, config_path: str | os.PathLike[str] | None = None
         return LocalKey(path, None, unreadable=True)
 
 
-def local_key_path_for(
-    url: str, config_path: str | os.PathLike[str] | None = None
-) -> Path | None:
+def local_key_path_for(url: str, config_path: str | os.PathLike[str] | None = None) -> Path | None:
     """``<state_dir>/local.key`` when ``url`` is this machine's configured daemon, else None."""
     try:
         parts = urllib.parse.urlsplit(url)
