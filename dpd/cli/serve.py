@@ -1,4 +1,10 @@
-"""``dpd serve``: run the daemon in the foreground (systemd runs exactly this)."""
+"""``dpd serve``: run the daemon in the foreground (systemd runs exactly this).
+
+A configuration error, found while reading the file or later while the daemon builds and
+starts its components (a model catalog, the spool's file systems, the GPU backend), ends it
+with one line and exit status 78 (EX_CONFIG): the unit's ``RestartPreventExitStatus=78``
+then keeps systemd from restarting it in a loop until the operator fixes the file.
+"""
 
 from __future__ import annotations
 
@@ -27,4 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from dpd.logsetup import setup_logging
 
     setup_logging(config.daemon.log_level, config.daemon.log_file)
-    return serve(config, args.config)
+    try:
+        return serve(config, args.config)
+    except ConfigError as err:
+        print(f"dpd: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
