@@ -22,7 +22,7 @@ from dpd.keys import KEYS_FILE, PERMISSIONS, ApiKey, KeyStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    group, repeated = shared(lambda parser, again: add_config_option(parser, again))
+    group, repeated = shared(add_config_option)
     parser = subparsers.add_parser(
         "keys", parents=[group], help="create, list and revoke API keys (local)"
     )
