@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,17 @@ def bearer_key(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not key.strip():
         return None
     return key.strip()
+
+
+def is_loopback(address: str | None) -> bool:
+    """A peer on this machine (127.0.0.0/8, ::1, or 127.x seen through an IPv6 socket)."""
+    try:
+        peer = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        return peer.ipv4_mapped.is_loopback
+    return peer.is_loopback
 
 
 def principal_of(key: ApiKey) -> Principal:
@@ -112,12 +124,18 @@ class Authenticator:
         self.enabled = auth.enabled
         self.bootstrap_key = auth.bootstrap_key
 
-    async def identify(self, raw_key: str) -> Principal | None:
+    async def identify(self, raw_key: str, from_loopback: bool = False) -> Principal | None:
+        """Who ``raw_key`` is; the local key counts only on a loopback connection, so a copy
+        of local.key taken elsewhere opens nothing."""
         if self.bootstrap_key and hmac.compare_digest(
             raw_key.encode(), self.bootstrap_key.encode()
         ):
             return BOOTSTRAP
-        if self.local_key and hmac.compare_digest(raw_key.encode(), self.local_key.encode()):
+        if (
+            from_loopback
+            and self.local_key
+            and hmac.compare_digest(raw_key.encode(), self.local_key.encode())
+        ):
             return LOCAL_KEY
         if self.checker is not None:
             return await self.checker(raw_key)
@@ -139,7 +157,7 @@ class Authenticator:
             raw_key = request.query.get("token") or None  # browsers cannot set headers
         if raw_key is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-        who = await self.identify(raw_key)
+        who = await self.identify(raw_key, is_loopback(request.remote))
         if who is None:
             raise Unauthorized("invalid, revoked or expired API key")
         request[PRINCIPAL] = who
