@@ -144,3 +144,13 @@ def test_an_unreadable_key_file_is_explained() -> None:
     assert "/var/lib/dpd/local.key" in hint and "adduser $USER dpd" in hint
     assert "dpd keys create --permission" in hint
     assert auth_hint(404, "no such task", who) is None
+
+
+def test_someone_who_cannot_read_the_configuration_is_told_about_the_group() -> None:
+    """Outside group dpd even /etc/dpd/dpd.toml is unreadable: no path is known, yet the
+    hint for a local address names the group; for a remote one it does not."""
+    local = Credentials("http://127.0.0.1:5000", None, "none", LocalKey(None))
+    assert "adduser $USER dpd" in (auth_hint(401, "missing API key", local) or "")
+    remote = Credentials("http://192.0.2.1:5000", None, "none", LocalKey(None))
+    hint = auth_hint(401, "missing API key", remote) or ""
+    assert "adduser" not in hint and "dpd keys create --permission" in hint

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dpd.client import DEFAULT_URL
-from dpd.client.local_key import LocalKey, locate_local_key
+from dpd.client.local_key import LocalKey, is_loopback, locate_local_key
 
 AddOptions = Callable[[argparse.ArgumentParser, bool], None]
 # What shtab's generated completion calls for a file argument (shtab.FILE, without importing
@@ -131,5 +132,11 @@ def auth_hint(code: int, message: str, who: Credentials) -> str | None:
         lines.append(
             f"The local daemon's key {who.local.path} was not found: is dpd serve running "
             "with this configuration (--config, DPD_CONFIG)?"
+        )
+    elif is_loopback(urllib.parse.urlsplit(who.url).hostname):
+        lines.append(
+            "On the daemon's machine no key is needed by the daemon's user and, where dpd runs "
+            "as a service, by members of group dpd: an administrator can add you "
+            "(adduser $USER dpd; log in again)."
         )
     return "\n".join(lines)

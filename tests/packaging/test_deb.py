@@ -189,6 +189,12 @@ while True:
             p.kill()
             sys.exit("dpd serve failed: " + p.communicate()[1].decode()[-3000:])
         time.sleep(0.1)
+def cli(user, groups):
+    r = subprocess.run(["dpd", "gpus"], env=dict(env, DPD_URL="http://127.0.0.1:5987"),
+                       user=user, group=user, extra_groups=groups, capture_output=True, text=True)
+    return r.returncode, r.stderr.replace("\\n", " ")
+print("member", *cli("alice", ["dpd"]))
+print("outsider", *cli("bob", []))
 p.terminate()
 print("exit", p.wait(60))
 """
@@ -242,8 +248,17 @@ def test_install_reinstall_remove_purge_in_a_debootstrap_root(deb: Path, debian_
     for unit_file in ("lib/systemd/system/dpd.service", "usr/lib/sysusers.d/dpd.conf",
                       "usr/lib/tmpfiles.d/dpd.conf"):  # fmt: skip
         assert (root / unit_file).is_file(), unit_file
+    for person, groups in (("alice", ["-G", "dpd"]), ("bob", [])):
+        in_root(root, "useradd", "--no-create-home", "--user-group", *groups, person)
     probe = in_root(root, "python3", "-c", SERVE_PROBE)
     assert "healthz 200" in probe.stdout and "exit 0" in probe.stdout, probe.stdout
+    # The local admin key: group dpd may read it, so a member's first command needs no key;
+    # anyone else gets 401 and is told how to get in.
+    assert modes(root, ["/var/lib/dpd/local.key"]) == {
+        "/var/lib/dpd/local.key": (0o640, "dpd", "dpd")
+    }
+    assert "member 0" in probe.stdout, probe.stdout
+    assert "outsider 1" in probe.stdout and "adduser $USER dpd" in probe.stdout, probe.stdout
 
     # postinst is idempotent: a reinstall leaves the same user, modes and unit.
     in_root(root, "dpkg", "-i", f"/tmp/{deb.name}")
