@@ -154,3 +154,14 @@ def test_someone_who_cannot_read_the_configuration_is_told_about_the_group() -> 
     remote = Credentials("http://192.0.2.1:5000", None, "none", LocalKey(None))
     hint = auth_hint(401, "missing API key", remote) or ""
     assert "adduser" not in hint and "dpd keys create --permission" in hint
+
+
+def test_an_unreadable_default_configuration_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/dpd is 0750 root:dpd: for a non-member even looking at /etc/dpd/dpd.toml raises
+    PermissionError (the install test in tests/packaging/test_deb.py meets it for real)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/etc/dpd/dpd.toml")
+
+    monkeypatch.setattr("dpd.client.local_key.load_config", refuse)
+    assert find_local_key("http://127.0.0.1:5000") is None
