@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import quick  # --quick, a few seconds for CI
 from dpd.logs.entries import LineFilter, make_filter, parse_time
-from dpd.logs.lineindex import SUFFIX
-from dpd.logs.reader import LineCounter, read_tail
+from dpd.logs.reader import read_tail
 from dpd.logs.search import SearchQuery, search_log
 from dpd.supervisor.follower import READ_BYTES
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.lineindex import SUFFIX
 from tests.logs.logfactory import followed_counter as follow
 
 TAIL_TARGET_MS = 10.0

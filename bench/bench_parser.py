@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import quick  # --quick, a few seconds for CI
-from dpd.supervisor.logfollow import LogFollower
-from dpd.supervisor.loglines import classify_line
 from dpd.supervisor.output_parser import OutputParser
 from dpd.supervisor.progress import ProgressTracker
+from dpd.trainlog.follow import LogFollower
+from dpd.trainlog.lines import classify_line
 
 TARGET = 100_000
 STAMP = "[2025-02-12 07:02:00,123]"

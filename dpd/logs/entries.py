@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from dpd.errors import BadRequest
-from dpd.supervisor.loglines import LogLine, classify_line, split_logger, split_rank
+from dpd.trainlog.lines import LEVEL_RANK, LogLine, classify_line, split_logger, split_rank
 
-LEVEL_RANK: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 LEVELS: Final = tuple(LEVEL_RANK)
 TYPES: Final = ("train", "eval", "system", "all")
 # Bytes of a line looked at to find its logger timestamp ("[2025-02-12 07:00:00,101] [INFO]").

@@ -27,9 +27,9 @@ from dpd.logs.entries import (
     entry,
     line_stamp,
 )
-from dpd.logs.hints import CLASS_PROBES, LEVEL_PROBES, HintProbes, hint_level
-from dpd.logs.lineindex import IndexView, LineIndex
-from dpd.supervisor.loglines import LogLine
+from dpd.trainlog.hints import CLASS_PROBES, LEVEL_PROBES, HintProbes, hint_level
+from dpd.trainlog.lineindex import IndexView, LineIndex
+from dpd.trainlog.lines import LogLine
 
 BLOCK: Final = 256 * 1024
 # How far back a tail looks for the timestamp of lines that have none of their own.

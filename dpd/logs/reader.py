@@ -5,7 +5,7 @@ enough lines matched. ``total_lines`` would need a count of the whole file; ``Li
 keeps one per file (device, inode) and counts only what was appended since, so only the first
 answer about a large file pays for a full pass (newline counting at memory speed). The
 supervisor's followers tell it what they counted (``learn``), so a live job's log never
-needs that pass, and a log with a line index (``dpd.logs.lineindex``) needs it only past
+needs that pass, and a log with a line index (``dpd.trainlog.lineindex``) needs it only past
 what the index covers.
 
 A tail filtered by level (without ``since``) looks only at lines holding a level hint
@@ -20,107 +20,17 @@ Line numbers are physical: "\\n"-ended lines, the first is 1, a last line withou
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
 from dpd.logs.entries import LineFilter, classify, display_text, entry, line_stamp
-from dpd.logs.hints import LEVEL_PROBES, HintProbes, hint_level
 from dpd.logs.leveltail import STAMP_LOOKBACK, level_tail
-from dpd.logs.lineindex import LineIndex
+from dpd.trainlog.counter import LineCounter, ends_with_newline
+from dpd.trainlog.hints import LEVEL_PROBES, HintProbes, hint_level
 
 BLOCK: Final = 256 * 1024
-COUNT_BLOCK: Final = 8 * 1024 * 1024
-
-
-@dataclass
-class _Counted:
-    device: int
-    inode: int
-    offset: int  # bytes counted
-    newlines: int
-
-
-@dataclass
-class LineCounter:
-    """Newline counts of files, kept across calls and extended incrementally, and the line
-    index of each file asked about (one object per file, shared with its follower)."""
-
-    _known: dict[str, _Counted] = field(default_factory=dict)
-    _indexes: dict[str, LineIndex] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def learn(self, path: Path, device: int, inode: int, offset: int, newlines: int) -> None:
-        """Take a count made elsewhere (the supervisor's follower reads every byte of a live
-        log anyway): ``newlines`` in the first ``offset`` bytes of file (device, inode). Kept
-        unless a count of that file reaching further is known already."""
-        with self._lock:
-            known = self._known.get(str(path))
-            if (
-                known is None
-                or (known.device, known.inode) != (device, inode)
-                or known.offset < offset
-            ):
-                self._known[str(path)] = _Counted(device, inode, offset, newlines)
-
-    def index(self, path: Path) -> LineIndex:
-        """The line index of ``path`` (made on first ask; reads nothing yet)."""
-        with self._lock:
-            index = self._indexes.get(str(path))
-            if index is None:
-                index = self._indexes[str(path)] = LineIndex(path)
-            return index
-
-    def newlines(self, handle: IO[bytes], path: Path, size: int) -> int:
-        """The newlines in the first ``size`` bytes of the open file ``handle``."""
-        info = os.fstat(handle.fileno())
-        with self._lock:
-            known = self._known.get(str(path))
-        if known is None or (known.device, known.inode) != (info.st_dev, info.st_ino):
-            known = _Counted(info.st_dev, info.st_ino, 0, 0)
-        if known.offset > size:  # truncated or rewritten: count again
-            known = _Counted(info.st_dev, info.st_ino, 0, 0)
-        if known.offset < size:
-            view = self.index(path).view(handle)
-            if known.offset < view.covered <= size:
-                indexed = view.newlines_before(view.count)
-                known = _Counted(info.st_dev, info.st_ino, view.covered, indexed)
-        newlines = known.newlines + count_newlines(handle, known.offset, size)
-        with self._lock:
-            self._known[str(path)] = _Counted(info.st_dev, info.st_ino, size, newlines)
-        return newlines
-
-    def total_lines(self, handle: IO[bytes], path: Path, size: int) -> int:
-        """Lines in the first ``size`` bytes of the open file ``handle``."""
-        newlines = self.newlines(handle, path, size)
-        return newlines + (1 if size and not _ends_with_newline(handle, size) else 0)
-
-    def newlines_before(self, handle: IO[bytes], path: Path, offset: int) -> int:
-        """The newlines before byte ``offset``: counted from the last index record ending
-        there (near the start, where a count costs less than a look at the index, from 0)."""
-        start = newlines = 0
-        if offset > COUNT_BLOCK:
-            start, newlines = self.index(path).view(handle).counted_below(offset)
-        return newlines + count_newlines(handle, start, offset)
-
-
-def count_newlines(handle: IO[bytes], start: int, end: int) -> int:
-    handle.seek(start)
-    count, left = 0, end - start
-    while left > 0:
-        block = handle.read(min(COUNT_BLOCK, left))
-        if not block:
-            break
-        count += block.count(b"\n")
-        left -= len(block)
-    return count
-
-
-def _ends_with_newline(handle: IO[bytes], size: int) -> bool:
-    handle.seek(size - 1)
-    return handle.read(1) == b"\n"
 
 
 def backward_lines(handle: IO[bytes], end: int, block: int | None = None) -> Iterator[bytes]:
@@ -137,7 +47,7 @@ def backward_blocks(
     block = block or BLOCK
     position = end
     carry = b""
-    if end and _ends_with_newline(handle, end):
+    if end and ends_with_newline(handle, end):
         position -= 1  # the final "\n" ends the last line; it does not start an empty one
     while position > 0:
         start = max(0, position - block)
@@ -177,7 +87,7 @@ def read_tail(
     with handle:
         size = os.fstat(handle.fileno()).st_size
         newlines = counter.newlines(handle, path, size)
-        total = newlines + (1 if size and not _ends_with_newline(handle, size) else 0)
+        total = newlines + (1 if size and not ends_with_newline(handle, size) else 0)
         level = hint_level(line_filter.min_level)
         if level is not None and since is None:
             found = level_tail(handle, size, newlines, count, line_filter, counter.index(path))
@@ -196,7 +106,7 @@ def _collect(
 ) -> list[dict[str, Any]]:
     """Walk lines newest first. Lines without a time of their own wait in ``pending`` until
     an earlier timestamped line dates them (or, with ``since``, rules them out). A block
-    that cannot hold a line of the wanted level is skipped whole (``dpd.logs.hints``)."""
+    that cannot hold a line of the wanted level is skipped whole (``dpd.trainlog.hints``)."""
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, Any]] = []
     number, looked_back = total + 1, 0

@@ -36,7 +36,7 @@ from dpd.logs.entries import (
     search_hit,
 )
 from dpd.logs.leveltail import STAMP_LOOKBACK
-from dpd.logs.reader import LineCounter
+from dpd.trainlog.counter import LineCounter
 
 BLOCK: Final = 8 * 1024 * 1024
 STAMP_BLOCK: Final = 64 * 1024

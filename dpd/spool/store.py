@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from dpd.errors import Conflict, DpdError, InsufficientResources, NotFound
+from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status, check_transition
 from dpd.spool import layout as names
@@ -48,7 +49,6 @@ from dpd.spool.atomic import (
 from dpd.spool.jobdir import FileSpec, JobDirBuild
 from dpd.spool.jsontail import field_bytes, json_lines_backwards, record_bytes
 from dpd.spool.layout import SpoolLayout
-from dpd.supervisor.dpconfig import render_configs
 
 log = logging.getLogger("dpd.store")
 # New jobs are refused while the spool's file system has less free: the running jobs' logs,

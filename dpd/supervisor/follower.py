@@ -34,16 +34,16 @@ from typing import Any
 
 from dpd.events import EmitEvent
 from dpd.jobs.states import Phase
-from dpd.logs.lineindex import LineIndex
-from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.jsontail import field_bytes, json_lines_backwards
 from dpd.spool.store import JobStore
 from dpd.supervisor import output_parser as obs
-from dpd.supervisor.logfollow import LogFollower
 from dpd.supervisor.outcome import RunFacts
 from dpd.supervisor.output_parser import OutputParser
 from dpd.supervisor.progress import ProgressTracker
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.follow import LogFollower
+from dpd.trainlog.lineindex import LineIndex
 
 log = logging.getLogger("dpd.supervisor")
 

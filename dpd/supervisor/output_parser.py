@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dpd.jobs.states import Phase
-from dpd.supervisor.loglines import logger_parts, split_rank
+from dpd.trainlog.lines import logger_parts, split_rank
 
 MESSAGE_LIMIT: Final = 1000
 FAILURE_LINES_KEPT: Final = 30

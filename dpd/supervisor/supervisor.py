@@ -32,7 +32,6 @@ from dpd.config import Config
 from dpd.errors import Conflict, InsufficientResources
 from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, RESUMABLE, TERMINAL, Phase, Status
-from dpd.logs.reader import LineCounter
 from dpd.spool import layout as names
 from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import JobStore, utc_now
@@ -48,7 +47,6 @@ from dpd.supervisor.launcher import (
     build_trainer_command,
     build_trainer_env,
 )
-from dpd.supervisor.logfollow import LogChanges
 from dpd.supervisor.outcome import judge_run
 from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.progress import ProgressTracker
@@ -60,6 +58,8 @@ from dpd.supervisor.scheduler import (
     queue_positions,
 )
 from dpd.supervisor.shim import JobMark
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.follow import LogChanges
 
 log = logging.getLogger("dpd.supervisor")
 

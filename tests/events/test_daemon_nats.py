@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpd.supervisor.logfollow import split_lines
+from dpd.trainlog.follow import split_lines
 from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.events.harness import collecting, consume_all, durable_consumer, wait_until
 from tests.events.nats_server import NatsServer

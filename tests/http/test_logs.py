@@ -9,10 +9,11 @@ from urllib.parse import quote
 import pytest
 
 from dpd.config import RateLimit
-from dpd.logs import leveltail, lineindex
+from dpd.logs import leveltail
 from dpd.logs.entries import LineFilter, make_filter, parse_time
 from dpd.logs.reader import _collect, backward_blocks
 from dpd.spool import layout as names
+from dpd.trainlog import lineindex
 from tests.http.conftest import UNLIMITED, Api
 from tests.logs.logfactory import make_hinted_log, make_log, naive_lines, naive_search, naive_tail
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dpd.logs.entries import LineFilter, classify, display_text, entry, line_stamp, matched_text
-from dpd.logs.reader import LineCounter
-from dpd.supervisor.logfollow import LogFollower
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.follow import LogFollower
 
 START = datetime(2025, 2, 12, 7, 0, 0)
 

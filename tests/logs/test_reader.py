@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dpd.logs import leveltail, lineindex, reader
+from dpd.logs import leveltail, reader
 from dpd.logs.entries import LineFilter, classify, display_text, make_filter, parse_time
-from dpd.logs.hints import level_hints
-from dpd.logs.reader import LineCounter, backward_lines, read_tail
+from dpd.logs.reader import backward_lines, read_tail
+from dpd.trainlog import lineindex
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.hints import level_hints
 from tests.logs.logfactory import followed_counter, make_log, naive_lines, naive_tail
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dpd.errors import Conflict
+from dpd.jobs.dpconfig import ConfigRenderError
 from dpd.jobs.spec import JobSpec, validate_job
 from dpd.spool import jobdir
 from dpd.spool import store as store_module
@@ -24,7 +25,6 @@ from dpd.spool.atomic import DurabilityError
 from dpd.spool.ingest import Outcome, ingest_files
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
-from dpd.supervisor.dpconfig import ConfigRenderError
 from tests.jobfiles import job_document
 
 JOB_FILES = ["config.toml", "dataset.toml", "events.jsonl", "job.json", "state.json"]

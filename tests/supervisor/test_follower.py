@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from dpd.jobs.states import Status
-from dpd.logs import reader as reader_module
-from dpd.logs.reader import LineCounter
 from dpd.spool.store import JobStore
 from dpd.supervisor import follower as follower_module
 from dpd.supervisor.follower import JobFollower, PendingEvents
 from dpd.supervisor.output_parser import OutputParser
+from dpd.trainlog import counter as counter_module
+from dpd.trainlog.counter import LineCounter
 from tests.jobfiles import add_job, new_store
 
 TASK = "f"
@@ -179,13 +179,13 @@ def test_the_logs_api_learns_line_counts_from_the_follower_live_and_after_a_rest
     byte already and tells the shared LineCounter, also after re-attaching."""
     log = store.layout.job_dir(TASK) / "train.log"
     counted: list[tuple[int, int]] = []
-    real_count = reader_module.count_newlines
+    real_count = counter_module.count_newlines
 
     def spy(handle: Any, start: int, end: int) -> int:
         counted.append((start, end))
         return real_count(handle, start, end)
 
-    monkeypatch.setattr(reader_module, "count_newlines", spy)
+    monkeypatch.setattr(counter_module, "count_newlines", spy)
     counts = LineCounter()
     follower = JobFollower(store, PendingEvents(), TASK, epochs=1, max_steps=None,
                            line_counts=counts)  # fmt: skip

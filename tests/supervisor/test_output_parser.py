@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpd.jobs.states import Phase
-from dpd.supervisor.logfollow import split_lines
 from dpd.supervisor.output_parser import (
     CheckpointSaved,
     Completed,
@@ -31,6 +30,7 @@ from dpd.supervisor.output_parser import (
     TotalSteps,
     total_steps,
 )
+from dpd.trainlog.follow import split_lines
 
 RECORDED = Path(__file__).parent / "recorded"
 RUN_DIR = "/srv/dpd/outputs/train_20250212_07000001/20250212_07-01-02"

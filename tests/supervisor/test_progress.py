@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from dpd.supervisor.logfollow import split_lines
 from dpd.supervisor.output_parser import (
     Completed,
     EpochEnded,
@@ -18,6 +17,7 @@ from dpd.supervisor.output_parser import (
     TotalSteps,
 )
 from dpd.supervisor.progress import SPEED_WINDOW, ProgressTracker
+from dpd.trainlog.follow import split_lines
 
 RECORDED = Path(__file__).parent / "recorded"
 T0 = 1739343600.0  # 2025-02-12T07:00:00Z

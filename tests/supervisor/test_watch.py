@@ -13,7 +13,7 @@ import pytest
 
 from dpd.supervisor import proctree, supervisor
 from dpd.supervisor.launcher import ShimInfo, open_shim_pidfd
-from dpd.supervisor.logfollow import LogChanges, LogFollower
+from dpd.trainlog.follow import LogChanges, LogFollower
 
 FOREVER = 3600.0  # a wait that must end by an event, never by its timeout
 

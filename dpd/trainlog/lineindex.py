@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, NamedTuple
 
-from dpd.logs.hints import (
+from dpd.trainlog.hints import (
     CLASS_PROBES,
     ERROR_HINTS,
     ERROR_LEVEL,

@@ -14,12 +14,9 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpd.jobs import dpconfig
 from dpd.jobs.checker import KEY_RE
-from dpd.jobs.model_rules import MODEL_TYPES
-from dpd.jobs.spec import JobSpec, validate_job
-from dpd.simulation.diffusion_pipe import simconfig
-from dpd.supervisor import dpconfig
-from dpd.supervisor.dpconfig import (
+from dpd.jobs.dpconfig import (
     ConfigRenderError,
     dataset_config,
     main_config,
@@ -27,6 +24,9 @@ from dpd.supervisor.dpconfig import (
     render_toml,
     same_values,
 )
+from dpd.jobs.model_rules import MODEL_TYPES
+from dpd.jobs.spec import JobSpec, validate_job
+from dpd.simulation.diffusion_pipe import simconfig
 from tests.jobs.jobdocs import api_example, job_doc, make_dataset
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+LEVEL_RANK: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
 LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # torch >= 2.3 prefixes every traceback line with the rank once the process group exists.

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from dpd.jobs.states import Status
-from dpd.logs import lineindex
 from dpd.logs.entries import make_filter
-from dpd.logs.lineindex import LineIndex
-from dpd.logs.reader import LineCounter, read_tail
+from dpd.logs.reader import read_tail
 from dpd.spool.store import JobStore
 from dpd.supervisor.follower import JobFollower, PendingEvents
+from dpd.trainlog import lineindex
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.lineindex import LineIndex
 from tests.jobfiles import add_job, new_store
 from tests.logs.logfactory import make_hinted_log, naive_lines, naive_tail
 

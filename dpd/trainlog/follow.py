@@ -26,8 +26,8 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask, Watch
 
-from dpd.logs.lineindex import LineIndex
-from dpd.logs.reader import LineCounter
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.lineindex import LineIndex
 
 log = logging.getLogger("dpd.supervisor")
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpd.logs import lineindex
-from dpd.logs.hints import ERROR_HINTS, WARNING_HINTS
-from dpd.supervisor.logfollow import LogFollower, split_lines
+from dpd.trainlog import lineindex
+from dpd.trainlog.follow import LogFollower, split_lines
+from dpd.trainlog.hints import ERROR_HINTS, WARNING_HINTS
 
-RECORDED = Path(__file__).parent / "recorded"
+RECORDED = Path(__file__).parents[1] / "supervisor" / "recorded"
 
 
 def append(path: Path, data: bytes) -> None:

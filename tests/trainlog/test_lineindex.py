@@ -12,13 +12,15 @@ from typing import IO
 
 import pytest
 
-from dpd.logs import leveltail, lineindex, reader
+from dpd.logs import leveltail
 from dpd.logs.entries import LineFilter, make_filter, parse_time
-from dpd.logs.hints import CLASS_PROBES, ERROR_HINTS, WARNING_HINTS
-from dpd.logs.lineindex import LineIndex
-from dpd.logs.reader import LineCounter, _collect, backward_blocks, read_tail
+from dpd.logs.reader import _collect, backward_blocks, read_tail
 from dpd.logs.search import SearchQuery, search_log
-from dpd.supervisor.logfollow import LogFollower
+from dpd.trainlog import counter, lineindex
+from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.follow import LogFollower
+from dpd.trainlog.hints import CLASS_PROBES, ERROR_HINTS, WARNING_HINTS
+from dpd.trainlog.lineindex import LineIndex
 from tests.logs.logfactory import make_hinted_log, naive_lines, naive_search, naive_tail
 
 SPAN = 2048
@@ -287,14 +289,14 @@ def test_a_time_range_late_in_the_log_is_numbered_from_the_index(
 ) -> None:
     read_tail(log, 10_000, make_filter("ERROR", None), None, LineCounter())  # builds it
     counted: list[tuple[int, int]] = []
-    count = reader.count_newlines
+    count = counter.count_newlines
 
     def spy(handle: IO[bytes], start: int, end: int) -> int:
         counted.append((start, end))
         return count(handle, start, end)
 
-    monkeypatch.setattr(reader, "count_newlines", spy)
-    monkeypatch.setattr(reader, "COUNT_BLOCK", 4096)  # what counting from 0 costs less than
+    monkeypatch.setattr(counter, "count_newlines", spy)
+    monkeypatch.setattr(counter, "COUNT_BLOCK", 4096)  # what counting from 0 costs less than
     start = parse_time("start_time", "2025-02-12T07:20:00Z")
     expected = naive_search(log, "step", LineFilter(), start, None)
     page = search_log(log, SearchQuery("step", start=start, limit=50), LineCounter())

@@ -7,10 +7,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpd.supervisor.logfollow import split_lines
-from dpd.supervisor.loglines import LogLine, classify_line, split_logger, split_rank
+from dpd.trainlog.follow import split_lines
+from dpd.trainlog.lines import LogLine, classify_line, split_logger, split_rank
 
-RECORDED = Path(__file__).parent / "recorded"
+RECORDED = Path(__file__).parents[1] / "supervisor" / "recorded"
 TS = "[2025-02-12 07:02:00,123]"
 
 

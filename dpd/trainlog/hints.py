@@ -1,9 +1,9 @@
 """Which bytes a line of a level must hold, and a fast way to look for them — pure.
 
-A line classified WARNING or above (``dpd.supervisor.loglines``) holds one of the hint strings
+A line classified WARNING or above (``dpd.trainlog.lines``) holds one of the hint strings
 of its level; text that holds none of them has no such line. The logs API uses this to pass
 over what cannot match: a tail's blocks, and the line index's records
-(``dpd.logs.lineindex``), which note where hints lie.
+(``dpd.trainlog.lineindex``), which note where hints lie.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from dpd.logs.entries import LEVEL_RANK
+from dpd.trainlog.lines import LEVEL_RANK
 
 ERROR_HINTS: Final[tuple[bytes, ...]] = (
     b"ERROR", b"CRITICAL", b"Traceback", b'File "', b"out of memory", b"OutOfMemory",
