@@ -2,10 +2,11 @@
 works for the person who started it, with no ``dpd keys create`` first.
 
 The daemon makes the file at start when it is missing (a raw ``sk_`` key and a newline) and
-accepts its key as an admin key on loopback connections only (``dpd.http.auth``); the CLI on the same machine reads it when it is given no key
-and talks to this daemon's loopback address (``dpd.client.local_key``). Whoever can read the
-file is an administrator of this daemon, exactly as with Jupyter's token file or Docker's
-socket; remote callers still need a key from the key store.
+accepts its key as an admin key on loopback connections only (``dpd.http.auth``); the CLI on
+the same machine reads it when it is given no key and talks to this daemon's loopback address
+(``dpd.client.local_key``). Whoever can read the file is an administrator of this daemon,
+exactly as with Jupyter's token file or Docker's socket; remote callers still need a key from
+the key store.
 
 Guarantees:
 - The file is never readable by others: mode 0600 for the daemon's user; 0640 when the state
