@@ -36,6 +36,7 @@ import tomlkit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.spool.layout import SpoolLayout
@@ -192,7 +193,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"tasks": 300, "seconds": 0.3, "clients": 1})
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="dpd-bench-api-", dir=base) as tmp:
         root = Path(tmp)

@@ -48,6 +48,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import quick  # noqa: E402  (--quick, a few seconds for CI)
 from dpd.models.catalog import parse_catalog  # noqa: E402
 from dpd.models.downloads import DownloadManager  # noqa: E402
 from dpd.models.hub import HubClient  # noqa: E402
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--hub")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--source", type=Path)
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"size_mb": 16, "rounds": 1})
     if args.role == "hub":
         asyncio.run(run_hub(args.source))
     elif args.role == "daemon":

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.config import NatsConfig
 from dpd.events.bus import EventBus
 from dpd.events.nats_bridge import NatsBridge
@@ -470,7 +471,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", choices=("all", "jetstream"), default="all")
-    asyncio.run(run(parser.parse_args()))
+    quick_sizes = {"lines": 20_000, "events": 2_000, "rate": 500, "seconds": 1.0}
+    asyncio.run(run(quick.parse_args(parser, quick_sizes)))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.logs.entries import LineFilter, make_filter, parse_time
 from dpd.logs.reader import read_tail
 from dpd.logs.search import SearchQuery, search_log
@@ -240,7 +241,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated log")
     parser.add_argument("--repeat", type=int, default=3, help="runs per search (median)")
     parser.add_argument("--reuse", action="store_true", help="search --path as it is")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"size": 32, "repeat": 1})
     folder = None if args.path else tempfile.mkdtemp(prefix="dpd-bench-logs-")
     path = args.path or Path(folder or ".") / "train.log"
     try:

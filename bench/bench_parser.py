@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.supervisor.output_parser import OutputParser
 from dpd.supervisor.progress import ProgressTracker
 from dpd.trainlog.follow import LogFollower
@@ -110,7 +111,7 @@ def rate(label: str, count: int, run: Callable[[], object], baseline: float | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"lines": 20_000})
     raw = generate(args.lines)
     lines = [text for text, _ in raw]  # every redraw state delivered: the parser's worst case
     count = len(lines)

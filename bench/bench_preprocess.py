@@ -34,6 +34,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.cli.preprocess import multipart_parts
 from dpd.config import Config, DaemonConfig, HttpConfig
 from dpd.preprocess.plan import ffmpeg_command, filter_chain, plan_clip
@@ -285,7 +286,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--skip-transcode", action="store_true")
     parser.add_argument("--skip-upload", action="store_true")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"upload_mib": 32, "runs": 1})
     with tempfile.TemporaryDirectory(prefix="dpd-bench-") as tmp:
         root = Path(tmp)
         if not args.skip_transcode:

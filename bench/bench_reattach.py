@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_parser import block
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.jobs.states import Status
 from dpd.spool.store import JobStore
 from dpd.supervisor.follower import JobFollower, PendingEvents
@@ -119,7 +120,7 @@ def measure(root: Path, mib: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, nargs="+", default=[64, 256])
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"mb": [4]})
     for mib in args.mb:
         with tempfile.TemporaryDirectory(prefix="dpd-bench-reattach-") as tmp:
             measure(Path(tmp), mib)

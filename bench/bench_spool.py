@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import quick  # --quick, a few seconds for CI
 from dpd.daemon import INGEST_WORKERS
 from dpd.spool.ingest import ingest_file, ingest_files
 from dpd.spool.layout import SpoolLayout
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--baseline-drops", type=int, default=20)
     parser.add_argument("--dir", default=None, help="where to make the spool (default: $TMPDIR)")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, {"drops": 40, "burst": 100, "baseline_drops": 3})
     where = args.dir or tempfile.gettempdir()
     print(f"spool pickup: rename into incoming/ -> state.json queued (durable writes), in {where}")
     bench("dpd inotify watcher", run_watcher, args.drops, args.burst, args.dir)

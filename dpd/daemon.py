@@ -34,6 +34,7 @@ from dpd.http.common import RATE_LIMITER
 from dpd.http.ratelimit import RateLimiter
 from dpd.http.routes import session as session_routes
 from dpd.keys import KEYS_FILE, KeyStore
+from dpd.local_key import prepare_local_key
 from dpd.logsetup import guard_server_log, set_level
 from dpd.models.catalog import load_catalog
 from dpd.models.downloads import DownloadManager
@@ -144,6 +145,7 @@ class Daemon:
         config = self.config
         services = self.services
         await asyncio.to_thread(self._prepare_directories)
+        self.auth.local_key = await asyncio.to_thread(prepare_local_key, config.daemon.state_dir)
         loaded = await asyncio.to_thread(services.store.load)
         log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
         self._spawn(services.bus.run(), "event bus")

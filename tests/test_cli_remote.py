@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from dpd.client import display
 from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.jobfiles import job_document
+from tests.ptyrun import drawn_lines, run_in_pty
 from tests.test_client import KEY, start_daemon
 
 
@@ -115,3 +117,25 @@ def test_gpus_and_exit_codes(daemon: DaemonProcess, tmp_path: Path) -> None:
     assert "config" in refused.stderr  # the field errors are listed
     assert dpd(None, "ls").returncode == EXIT_UNAVAILABLE
     assert dpd(daemon, "ls", "--status", "bogus").returncode == EXIT_USAGE
+
+
+def test_watch_on_a_100_column_terminal_redraws_one_line(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    task_id = "wide-watch-check-task-01"
+    submit(daemon, tmp_path, task_id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPD_")}
+    env.update(DPD_URL=daemon.url, DPD_API_KEY=KEY)
+    status, output = run_in_pty([sys.executable, "-m", "dpd", "watch", task_id], env, 100)
+    assert status == EXIT_OK, output
+    drawn = drawn_lines(output)
+    bars = [line for line in drawn if line.startswith(f"{task_id}  ")]
+    assert len(bars) >= 2, output  # redrawn more than once
+    assert max(len(line) for line in bars) <= 99, [line for line in bars if len(line) > 99]
+    assert drawn[-1] == f"{task_id} completed"
+
+
+def test_progress_lines_are_cut_to_the_width() -> None:
+    assert display.fit_width("x" * 150, 100) == "x" * 99
+    assert display.fit_width("short", 100) == "short"
+    assert display.fit_width("abc", 1) == "a"

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dpd.client import display
 from dpd.config import Config, StaticGpu, load_config
 
 BANNER = "SIMULATION — simulated GPU and stand-in trainer; nothing is trained"
@@ -162,20 +163,26 @@ async def _show_progress(events: Any) -> str:
 
 
 def _draw_bar(progress: dict[str, Any]) -> None:
+    line = bar_line(progress)
+    if sys.stdout.isatty():  # redrawn in place: never wider than the terminal
+        line = "\x1b[2K" + display.fit_width(line, display.terminal_columns(sys.stdout))
+    sys.stdout.write("\r" + line)
+    sys.stdout.flush()
+
+
+def bar_line(progress: dict[str, Any]) -> str:
     percent = float(progress.get("overall_progress") or 0.0)
     filled = int(percent / 100 * 30)
     loss = progress.get("current_loss")
-    text = (
-        f"\r[dpd demo] [{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}% "
+    return (
+        f"[dpd demo] [{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}% "
         f"epoch {progress.get('current_epoch') or '-'}/{progress.get('total_epochs') or '-'} "
         f"step {progress.get('current_step') or '-'}/{progress.get('total_steps') or '-'} "
         f"phase {progress.get('phase', '-')}"
         + (f" loss {loss:.4f}" if isinstance(loss, int | float) else "")
         + (f" eta {progress['eta_seconds']}s" if progress.get("eta_seconds") is not None else "")
     )
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _clear_line() -> None:
-    sys.stdout.write("\r" + " " * 100 + "\r")
+    sys.stdout.write("\r\x1b[2K" if sys.stdout.isatty() else "\r" + " " * 100 + "\r")

@@ -1,6 +1,6 @@
 """``dpd keys create|list|revoke``: API keys, on the local state directory (no daemon needed).
 
-A running daemon notices the change to keys.json by itself within a second. ``create``
+A running daemon applies the change from its next request on (dpd.http.auth). ``create``
 prints the raw key alone on stdout (so ``KEY=$(dpd keys create ...)`` works) and what it is
 on stderr; it is never shown again.
 """
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dpd.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from dpd.cli.connection import add_config_option, shared
 from dpd.config import load_config
 from dpd.errors import ConfigError, NotFound
 from dpd.keys import (
@@ -28,11 +29,13 @@ from dpd.keys import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("keys", help="create, list and revoke API keys (local)")
-    parser.add_argument("--config", metavar="PATH", help="dpd.toml (default: as dpd serve)")
+    group, repeated = shared(add_config_option)
+    parser = subparsers.add_parser(
+        "keys", parents=[group], help="create, list and revoke API keys (local)"
+    )
     actions = parser.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
 
-    create = actions.add_parser("create", help="make a key and print it once")
+    create = actions.add_parser("create", parents=[repeated], help="make a key and print it once")
     create.add_argument(
         "--permission",
         dest="permissions",
@@ -51,11 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("--json", action="store_true", help="print the key record as JSON")
     create.set_defaults(handler=run_create)
 
-    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    listing = actions.add_parser("list", parents=[repeated], help="list keys (never their secrets)")
     listing.add_argument("--json", action="store_true", help="JSON for scripts")
     listing.set_defaults(handler=run_list)
 
-    revoke = actions.add_parser("revoke", help="revoke a key by its id")
+    revoke = actions.add_parser("revoke", parents=[repeated], help="revoke a key by its id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=run_revoke)
 

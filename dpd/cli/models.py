@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -22,9 +21,10 @@ import urllib.request
 from typing import Any, TextIO
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
+from dpd.cli.connection import Credentials, add_connection_options, auth_hint, credentials, shared
+from dpd.client import display
 from dpd.models.progress import human_duration, human_size
 
-DEFAULT_URL = "http://127.0.0.1:5000"
 POLL_SECONDS = 0.5
 BAR_WIDTH = 30
 
@@ -41,34 +41,21 @@ class Unavailable(Exception):
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("models", help="model catalog and downloads")
-    _connection_options(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    group, repeated = shared(add_connection_options)
+    parser = subparsers.add_parser("models", parents=[group], help="model catalog and downloads")
     parser.set_defaults(handler=list_command)
     commands = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
-    pull = commands.add_parser("pull", help="download a model's weights")
-    _connection_options(pull)
+    pull = commands.add_parser("pull", parents=[repeated], help="download a model's weights")
     pull.add_argument("model_id")
     pull.add_argument("--component", action="append", dest="components", metavar="NAME")
     pull.add_argument("--version")
-    pull.add_argument("--json", action="store_true", help="print the final state as JSON")
     pull.add_argument("--detach", action="store_true", help="start it and return at once")
     pull.set_defaults(handler=pull_command)
-    downloads = commands.add_parser("downloads", help="list model downloads")
-    _connection_options(downloads)
-    downloads.add_argument("--json", action="store_true")
+    downloads = commands.add_parser("downloads", parents=[repeated], help="list model downloads")
     downloads.set_defaults(handler=downloads_command)
-    cancel = commands.add_parser("cancel", help="cancel a model download")
-    _connection_options(cancel)
+    cancel = commands.add_parser("cancel", parents=[repeated], help="cancel a model download")
     cancel.add_argument("download_id")
     cancel.set_defaults(handler=cancel_command)
-
-
-def _connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", default=argparse.SUPPRESS, help=f"default $DPD_URL or {DEFAULT_URL}"
-    )
-    parser.add_argument("--key", default=argparse.SUPPRESS, help="API key (default $DPD_API_KEY)")
 
 
 # ----------------------------------------------------------------- HTTP
@@ -76,8 +63,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     """One REST call; returns the envelope's data or raises ApiError / Unavailable."""
-    base = getattr(args, "url", None) or os.environ.get("DPD_URL") or DEFAULT_URL
-    key = getattr(args, "key", None) or os.environ.get("DPD_API_KEY", "")
+    who: Credentials = args.credentials
+    base, key = who.url, who.key
     request = urllib.request.Request(
         base.rstrip("/") + "/api/v1" + path,
         method=method,
@@ -103,10 +90,14 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
 
 
 def _guarded(run: Any, args: argparse.Namespace) -> int:
+    args.credentials = credentials(args)
     try:
         return int(run(args))
     except ApiError as err:
         print(f"error {err.code}: {err}", file=sys.stderr)
+        hint = auth_hint(err.code, str(err), args.credentials)
+        if hint:
+            print(hint, file=sys.stderr)
         for problem in (err.data or {}).get("errors", []) if isinstance(err.data, dict) else []:
             print(f"  {problem['field']}: {problem['message']}", file=sys.stderr)
         return EXIT_FAILURE
@@ -190,7 +181,8 @@ def follow(args: argparse.Namespace, view: dict[str, Any], out: TextIO) -> dict[
     while True:
         line = progress_line(view)
         if line != last_line:
-            out.write(("\r" + line.ljust(len(last_line))) if interactive else line + "\n")
+            shown = display.fit_width(line, display.terminal_columns(out))
+            out.write(("\r\x1b[2K" + shown) if interactive else line + "\n")
             out.flush()
             last_line = line
         if view["status"] != "downloading":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import secrets
 import sys
 import time
@@ -20,8 +19,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from dpd.cli.connection import (
+    Credentials,
+    add_connection_options,
+    auth_hint,
+    completes_files,
+    credentials,
+)
+from dpd.client import display
 
-DEFAULT_URL = "http://127.0.0.1:5000"
 CHUNK = 1 << 20
 POLL_INTERVAL = 0.5
 TERMINAL = ("completed", "failed", "stopped")
@@ -29,7 +35,9 @@ TERMINAL = ("completed", "failed", "stopped")
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("preprocess", help="upload a clip or image into a dataset")
-    parser.add_argument("file", type=Path, help="video (mp4, avi, mov, mkv, webm) or image")
+    completes_files(
+        parser.add_argument("file", type=Path, help="video (mp4, avi, mov, mkv, webm) or image")
+    )
     parser.add_argument("--prompt", required=True, help="the caption")
     parser.add_argument("--model", required=True, help="model type, e.g. wan, hunyuan-video")
     parser.add_argument("--dataset", help="dataset directory name (default: the model type)")
@@ -37,9 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resolution", help="WIDTHxHEIGHT, e.g. 512x512")
     parser.add_argument("--frame-buckets", help="e.g. 1,33,65 (default: the model's)")
     parser.add_argument("--wait", action="store_true", help="follow the task to its end")
-    parser.add_argument("--json", action="store_true", help="print the final envelope as JSON")
-    parser.add_argument("--url", default=os.environ.get("DPD_URL", DEFAULT_URL))
-    parser.add_argument("--key", default=os.environ.get("DPD_API_KEY", ""))
+    add_connection_options(parser)  # its --json: the final envelope as JSON
     parser.set_defaults(handler=run)
 
 
@@ -145,7 +151,10 @@ def _send_file(conn: http.client.HTTPConnection, f: BinaryIO, size: int, show: b
 
 def _bar(fraction: float, label: str) -> None:
     filled = int(30 * min(1.0, fraction))
-    sys.stderr.write(f"\r[{'#' * filled}{'-' * (30 - filled)}] {fraction * 100:5.1f}% {label}   ")
+    line = f"[{'#' * filled}{'-' * (30 - filled)}] {fraction * 100:5.1f}% {label}"
+    if sys.stderr.isatty():
+        line = "\x1b[2K" + display.fit_width(line, display.terminal_columns(sys.stderr))
+    sys.stderr.write("\r" + line)
     sys.stderr.flush()
 
 
@@ -178,24 +187,29 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             fields[name] = str(value)
     show = not args.json
+    who = credentials(args)
     try:
-        connection = Connection(args.url, args.key)
+        connection = Connection(who.url, who.key or "")
         envelope = upload(connection, args.file, fields, show)
         if envelope.get("code") == 202 and args.wait:
             envelope = follow(connection, envelope["data"]["task_id"], show)
     except (OSError, http.client.HTTPException, ValueError) as err:
-        print(f"dpd preprocess: cannot reach the daemon at {args.url}: {err}", file=sys.stderr)
+        print(f"dpd preprocess: cannot reach the daemon at {who.url}: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    return _report(envelope, args.json)
+    return _report(envelope, args.json, who)
 
 
-def _report(envelope: dict[str, Any], as_json: bool) -> int:
+def _report(envelope: dict[str, Any], as_json: bool, who: Credentials) -> int:
     data = envelope.get("data") or {}
     ok = envelope.get("code") in (200, 202) and data.get("status") not in ("failed", "stopped")
     if as_json:
         print(json.dumps(envelope, ensure_ascii=False, indent=1))
     elif not ok:
         print(f"error {envelope.get('code')}: {envelope.get('message')}", file=sys.stderr)
+        code = envelope.get("code")
+        hint = auth_hint(code if isinstance(code, int) else 0, str(envelope.get("message")), who)
+        if hint:
+            print(hint, file=sys.stderr)
         for problem in (data.get("errors") or []) if isinstance(data, dict) else []:
             print(f"  {problem.get('field')}: {problem.get('message')}", file=sys.stderr)
         if data.get("error"):

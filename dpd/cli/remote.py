@@ -2,25 +2,26 @@
 gpus, watch (DESIGN §2).
 
 Every command takes ``--url`` (``DPD_URL``, default http://127.0.0.1:5000), ``--key``
-(``DPD_API_KEY``) and ``--json`` (the answer's ``data`` as JSON for scripts; streams print
-one JSON object per line). Exit codes (``dpd.cli``): 0 done; 1 the daemon answered with an
-error (or ``watch``: the task did not complete); 2 bad command line or job file; 3 the
-daemon could not be reached.
+(``DPD_API_KEY``; on the daemon's machine the local key file, found through ``--config``) and
+``--json`` (the answer's ``data`` as JSON for scripts; streams print one JSON object per
+line). A 401 or 403 comes with a hint on how to get a key that works. Exit codes
+(``dpd.cli``): 0 done; 1 the daemon answered with an error (or ``watch``: the task did not
+complete); 2 bad command line or job file; 3 the daemon could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from dpd.cli.connection import add_connection_options, auth_hint, completes_files, credentials
 from dpd.cli.validate_local import check_job_file, error_lines, read_job_bytes
-from dpd.client import DEFAULT_URL, DpdClient, DpdError, UnavailableError, ValidationError, display
+from dpd.client import DpdClient, DpdError, UnavailableError, ValidationError, display
 from dpd.errors import FieldError
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
@@ -33,11 +34,7 @@ Command = Callable[[argparse.Namespace, DpdClient], int]
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("DPD_URL", DEFAULT_URL),
-                        help="daemon address (DPD_URL)")  # fmt: skip
-    common.add_argument("--key", default=os.environ.get("DPD_API_KEY"),
-                        help="API key (DPD_API_KEY)")  # fmt: skip
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    add_connection_options(common)
 
     def add(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, parents=[common], help=help_text)
@@ -45,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return parser
 
     submit = add("submit", cmd_submit, "submit a job file (JSON or YAML)")
-    submit.add_argument("file", help="job document; - reads standard input")
+    completes_files(submit.add_argument("file", help="job document; - reads standard input"))
     submit.add_argument("--queue", action="store_true", help="wait for a busy GPU")
     listing = add("ls", cmd_ls, "list training tasks")
     listing.add_argument("--status", choices=STATUSES)
@@ -67,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace, command: Command) -> int:
     """The one place remote errors become messages and exit codes."""
-    client = DpdClient(args.url, args.key)
+    who = credentials(args)
+    client = DpdClient(who.url, who.key)
     try:
         return command(args, client)
     except UnavailableError as err:
@@ -77,6 +75,9 @@ def run(args: argparse.Namespace, command: Command) -> int:
         if args.json:
             print(json.dumps({"code": err.code, "message": err.message, "data": err.data}))
         print(f"dpd: error {err.code}: {err.message}", file=sys.stderr)
+        hint = auth_hint(err.code, err.message, who)
+        if hint:
+            print(hint, file=sys.stderr)
         if isinstance(err, ValidationError):
             for problem in err.errors:
                 print(f"  {problem.get('field')}: {problem.get('message')}", file=sys.stderr)
@@ -215,7 +216,8 @@ class WatchScreen:
             return
         self._drawn_at, self._drawn_key = now, key
         if self.tty:
-            sys.stdout.write("\r\x1b[2K" + self.line())
+            line = display.fit_width(self.line(), display.terminal_columns(sys.stdout))
+            sys.stdout.write("\r\x1b[2K" + line)
         else:
             sys.stdout.write(self.line() + "\n")
         sys.stdout.flush()

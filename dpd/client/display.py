@@ -6,8 +6,10 @@ releases while the JSON may not.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 BAR_WIDTH = 24
 
@@ -124,3 +126,22 @@ def progress_line(progress: Mapping[str, Any], metrics: Mapping[str, Any] | None
 def log_line(entry: Mapping[str, Any]) -> str:
     stamp = entry.get("timestamp") or "-"
     return f"{stamp} [{entry.get('level', 'INFO')}] {entry.get('message', '')}"
+
+
+def fit_width(line: str, columns: int) -> str:
+    """``line`` cut to ``columns - 1`` characters. A line redrawn in place (``\\r``) must not
+    reach the terminal's last column: the terminal would wrap it, and every redraw would
+    then start a new line instead of replacing the last one."""
+    limit = max(1, columns - 1)
+    return line if len(line) <= limit else line[:limit]
+
+
+def terminal_columns(stream: TextIO | None = None) -> int:
+    """The width of the terminal ``stream`` writes to (else of standard output, ``COLUMNS``
+    or 80), read at each redraw so that a resized window is followed."""
+    if stream is not None:
+        try:
+            return os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            pass
+    return shutil.get_terminal_size().columns

@@ -3,9 +3,13 @@
 Missing or unknown (revoked, expired) key: 401. A valid key without the permission a route
 needs: 403, raised by the route through ``require_permission``. With ``auth.enabled = false``
 (a single-user laptop) every caller is the local administrator. The bootstrap key from the
-environment (``API_SECRET_KEY``) is an admin key, compared in constant time; every other key
-is looked up in the key store (``dpd.keys``), which is re-read when ``dpd keys`` changed it
-on disk, so a new or revoked key takes effect without a restart (within ``refresh_interval``).
+environment (``API_SECRET_KEY``) and the local key in ``<state_dir>/local.key``
+(``dpd.local_key``: whoever may read that file on this machine) are admin keys, compared in
+constant time; every other key is looked up in the key store (``dpd.keys``). Every lookup
+first compares keys.json's inode, size and mtime with what was read (one stat), and re-reads
+the file when ``dpd keys`` changed it: a key works from the request after ``dpd keys create``
+returns, and a revoked key is refused from the request after ``dpd keys revoke`` returns, with
+no restart and no polling window.
 
 WebSocket routes (``/api/v1/ws/``) also take the key as the ``token`` query parameter, since
 browsers cannot set headers on a WebSocket handshake.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +43,8 @@ WS_PREFIX = "/api/v1/ws/"  # WebSocket routes also accept the key as ?token=
 OPEN_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/auth/session"})
 LOCAL_ADMIN = Principal("local", "local", frozenset({"admin"}))
 BOOTSTRAP = Principal("bootstrap", "bootstrap", frozenset({"admin"}))
-DEFAULT_REFRESH_INTERVAL = 1.0  # seconds between looks at keys.json's inode/mtime
+LOCAL_KEY = Principal("local_key", "local", frozenset({"admin"}))
+READ_RETRY_SECONDS = 1.0  # after a failed read of keys.json, the next try waits this long
 
 # key -> Principal or None; may do I/O (run in a thread by its implementation)
 KeyChecker = Callable[[str], Awaitable[Principal | None]]
@@ -56,31 +62,53 @@ def bearer_key(request: web.Request) -> str | None:
     return key.strip()
 
 
+def is_loopback(address: str | None) -> bool:
+    """A peer on this machine (127.0.0.0/8, ::1, or 127.x seen through an IPv6 socket)."""
+    try:
+        peer = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        return peer.ipv4_mapped.is_loopback
+    return peer.is_loopback
+
+
 def principal_of(key: ApiKey) -> Principal:
     return Principal(key.key_id, key.user, frozenset(key.permissions))
 
 
 class StoreChecker:
-    """A ``KeyChecker`` over a ``KeyStore``: in-memory lookups, and at most one look at the
-    file per ``refresh_interval`` (in a worker thread) to pick up other processes' changes."""
+    """A ``KeyChecker`` over a ``KeyStore``: one stat of keys.json per request, a re-read (in
+    a worker thread) only when another process changed it, then an in-memory lookup.
 
-    def __init__(self, store: KeyStore, refresh_interval: float = DEFAULT_REFRESH_INTERVAL):
+    A stat costs about a microsecond, far less than the request around it; it is what makes a
+    revocation take effect on the very next request. When the file cannot be read the keys
+    read before stay in force and the read is tried again after ``READ_RETRY_SECONDS``.
+    """
+
+    def __init__(self, store: KeyStore) -> None:
         self.store = store
-        self.refresh_interval = refresh_interval
-        self._next_refresh = 0.0
+        self._retry_at = 0.0
 
     async def __call__(self, raw_key: str) -> Principal | None:
-        now = time.monotonic()
-        if now >= self._next_refresh:
-            self._next_refresh = now + self.refresh_interval
+        if time.monotonic() >= self._retry_at and self._changed():
             try:
                 await asyncio.to_thread(self.store.refresh)
             except OSError as err:
+                self._retry_at = time.monotonic() + READ_RETRY_SECONDS
                 log.error(
                     "cannot re-read %s (%s); using the keys read before", self.store.path, err
                 )
         found = self.store.lookup(raw_key)
         return principal_of(found) if found is not None else None
+
+    def _changed(self) -> bool:
+        try:
+            return self.store.changed_on_disk()
+        except OSError as err:
+            self._retry_at = time.monotonic() + READ_RETRY_SECONDS
+            log.error("cannot stat %s (%s); using the keys read before", self.store.path, err)
+            return False
 
 
 class Authenticator:
@@ -93,16 +121,25 @@ class Authenticator:
         self.bootstrap_key = bootstrap_key
         self.checker = checker
         self.sessions: SessionStore | None = None  # browser sessions (dpd.http.sessions)
+        self.local_key = ""  # set by the daemon at start (dpd.local_key); "" = none
 
     def set_config(self, auth: AuthConfig) -> None:
         self.enabled = auth.enabled
         self.bootstrap_key = auth.bootstrap_key
 
-    async def identify(self, raw_key: str) -> Principal | None:
+    async def identify(self, raw_key: str, from_loopback: bool = False) -> Principal | None:
+        """Who ``raw_key`` is; the local key counts only on a loopback connection, so a copy
+        of local.key taken elsewhere opens nothing."""
         if self.bootstrap_key and hmac.compare_digest(
             raw_key.encode(), self.bootstrap_key.encode()
         ):
             return BOOTSTRAP
+        if (
+            from_loopback
+            and self.local_key
+            and hmac.compare_digest(raw_key.encode(), self.local_key.encode())
+        ):
+            return LOCAL_KEY
         if self.checker is not None:
             return await self.checker(raw_key)
         return None
@@ -128,7 +165,7 @@ class Authenticator:
                 return await handler(request)
         if raw_key is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-        who = await self.identify(raw_key)
+        who = await self.identify(raw_key, is_loopback(request.remote))
         if who is None:
             raise Unauthorized("invalid, revoked or expired API key")
         request[PRINCIPAL] = who

@@ -2,7 +2,8 @@
 # Build dist/dpd_<version>_all.deb from this checkout, on Debian 12:
 #   packaging/deb/build.sh [--out DIR] [--wheels DIR]
 # Needs dpkg-deb, python3 and pip (for the bundled pure-Python wheels, fetched from the
-# package index or taken from --wheels DIR with no network at all). Runs as any user:
+# package index or taken from --wheels DIR with no network at all), and python3 with PyYAML
+# and shtab (or shtab fetched like the wheels) to generate the shell completion. Runs as any user:
 # ownership in the package is root:root (dpkg-deb --root-owner-group).
 set -euo pipefail
 
@@ -29,7 +30,8 @@ lib="$root/usr/lib/dpd"
 doc="$root/usr/share/doc/dpd"
 install -d "$root/DEBIAN" "$lib" "$doc" "$root/usr/bin" "$root/etc/dpd" \
     "$root/lib/systemd/system" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
-    "$root/usr/share/man/man1"
+    "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions" \
+    "$root/usr/share/zsh/vendor-completions"
 
 # dpd itself: the package directory as the checkout has it, without bytecode.
 cp -r "$repo/dpd" "$lib/dpd"
@@ -60,6 +62,25 @@ install -m 0644 "$repo/packaging/systemd/dpd.tmpfiles" "$root/usr/lib/tmpfiles.d
 install -m 0644 "$repo/packaging/dpd.toml" "$root/etc/dpd/dpd.toml"
 install -m 0644 "$here/copyright" "$doc/copyright"
 gzip -9n < "$here/dpd.1" > "$root/usr/share/man/man1/dpd.1.gz"
+
+# Shell completion for bash and zsh, generated from the parser of the dpd being packaged, so
+# it always knows every command and option. shtab is a build dependency only.
+build_deps="$work/build-deps"
+if ! python3 -c 'import shtab' 2>/dev/null; then
+    shtab_args=(--target "$build_deps" --no-deps --only-binary=:all: --quiet
+                --disable-pip-version-check --root-user-action=ignore "shtab>=1.7")
+    [ -n "$wheels" ] && shtab_args+=(--no-index --find-links "$wheels")
+    python3 -m pip install "${shtab_args[@]}"
+fi
+for shell in bash zsh; do
+    case "$shell" in
+        bash) target="$root/usr/share/bash-completion/completions/dpd" ;;
+        zsh) target="$root/usr/share/zsh/vendor-completions/_dpd" ;;
+    esac
+    PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$lib:$build_deps" python3 -m shtab --error-unimportable --shell="$shell" \
+        --prog=dpd dpd.cli.build_parser > "$target"
+    chmod 0644 "$target"
+done
 install -m 0644 "$repo/packaging/OPERATOR.md" "$doc/OPERATOR.md"
 changelog_date="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 printf 'dpd (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from dpd.config import AuthConfig
 from dpd.http.app import build_app
-from dpd.http.auth import Authenticator
+from dpd.http.auth import LOCAL_KEY, Authenticator, is_loopback
 from dpd.http.common import principal
+from dpd.local_key import local_key_path
 from tests.http.conftest import BOOTSTRAP, Api, MakeApi
 
 ANY_KEY = None  # any valid key may call the route
@@ -142,3 +143,24 @@ async def test_websocket_paths_take_the_key_as_a_token_parameter(aiohttp_client)
     assert (await client.get("/api/v1/ws/training/t1")).status == 401
     # only WebSocket routes: elsewhere a key in the URL would end up in logs
     assert (await client.get("/api/v1/gpu/status?token=the-key")).status == 401
+
+
+async def test_the_local_key_is_an_admin_key_on_loopback_connections_only(api: Api) -> None:
+    """The daemon made local.key at start; over 127.0.0.1 it is admin. A peer elsewhere
+    holding a copy of the file gets nothing from it."""
+    local = local_key_path(api.daemon.config.daemon.state_dir).read_text().strip()
+    assert api.daemon.auth.local_key == local
+    reply = await api.post(
+        "/api/v1/auth/generate-key", local, json={"user_id": "u", "permissions": ["admin"]}
+    )
+    assert reply.status == 201, reply.body
+    assert await api.daemon.auth.identify(local, from_loopback=True) == LOCAL_KEY
+    assert await api.daemon.auth.identify(local, from_loopback=False) is None
+    assert await api.daemon.auth.identify(local[:-1] + "x", from_loopback=True) is None
+
+
+def test_loopback_peers() -> None:
+    for peer in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+        assert is_loopback(peer), peer
+    for peer in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "", None, "localhost"):
+        assert not is_loopback(peer), peer

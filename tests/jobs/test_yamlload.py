@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dpd.supervisor.dpconfig import render_configs
 
+from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import parse_job_document, validate_job
 from dpd.jobs.yamlload import MAX_EXPANDED_NODES, YamlRefused, check_expansion, load_yaml
 from tests.jobfiles import job_document, make_data_root

@@ -67,6 +67,8 @@ def test_contents(members: dict[str, tarfile.TarInfo]) -> None:
         "usr/share/doc/dpd/changelog.gz": 0o644,
         "usr/share/doc/dpd/OPERATOR.md": 0o644,
         "usr/share/man/man1/dpd.1.gz": 0o644,
+        "usr/share/bash-completion/completions/dpd": 0o644,
+        "usr/share/zsh/vendor-completions/_dpd": 0o644,
         "usr/lib/dpd/dpd/__init__.py": 0o644,
         "usr/lib/dpd/dpd/notify.py": 0o644,
         "usr/lib/dpd/aiohttp/web.py": 0o644,
@@ -80,6 +82,25 @@ def test_contents(members: dict[str, tarfile.TarInfo]) -> None:
         assert not member.mode & 0o002, f"{name} is world-writable"
     shipped = {n.split("/")[4] for n in members if n.startswith("usr/lib/dpd/dpd/")}
     assert shipped >= {"cli", "spool", "supervisor", "http", "config.py", "daemon.py"}
+
+
+def test_shell_completion_is_generated_from_the_parser(deb: Path, tmp_path: Path) -> None:
+    """The packaged scripts are exactly what shtab makes of today's parser, and bash reads
+    the bash one; each knows every command (tests/test_cli_options.py checks that part)."""
+    import shtab
+
+    from dpd.cli import build_parser
+
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    bash = tmp_path / "usr/share/bash-completion/completions/dpd"
+    zsh = tmp_path / "usr/share/zsh/vendor-completions/_dpd"
+    assert bash.read_text() == shtab.complete(build_parser(), "bash") + "\n"
+    assert zsh.read_text() == shtab.complete(build_parser(), "zsh") + "\n"
+    subprocess.run(["bash", "-n", str(bash)], check=True)
+    loaded = subprocess.run(
+        ["bash", "-c", f"source {bash} && complete -p dpd"], capture_output=True, text=True
+    )
+    assert loaded.returncode == 0 and "dpd" in loaded.stdout, loaded.stderr
 
 
 def test_control_declares_real_dependencies(deb: Path) -> None:
@@ -168,6 +189,12 @@ while True:
             p.kill()
             sys.exit("dpd serve failed: " + p.communicate()[1].decode()[-3000:])
         time.sleep(0.1)
+def cli(user, groups):
+    r = subprocess.run(["dpd", "gpus"], env=dict(env, DPD_URL="http://127.0.0.1:5987"),
+                       user=user, group=user, extra_groups=groups, capture_output=True, text=True)
+    return r.returncode, r.stderr.replace("\\n", " ")
+print("member", *cli("alice", ["dpd"]))
+print("outsider", *cli("bob", []))
 p.terminate()
 print("exit", p.wait(60))
 """
@@ -221,8 +248,17 @@ def test_install_reinstall_remove_purge_in_a_debootstrap_root(deb: Path, debian_
     for unit_file in ("lib/systemd/system/dpd.service", "usr/lib/sysusers.d/dpd.conf",
                       "usr/lib/tmpfiles.d/dpd.conf"):  # fmt: skip
         assert (root / unit_file).is_file(), unit_file
+    for person, groups in (("alice", ["-G", "dpd"]), ("bob", [])):
+        in_root(root, "useradd", "--no-create-home", "--user-group", *groups, person)
     probe = in_root(root, "python3", "-c", SERVE_PROBE)
     assert "healthz 200" in probe.stdout and "exit 0" in probe.stdout, probe.stdout
+    # The local admin key: group dpd may read it, so a member's first command needs no key;
+    # anyone else gets 401 and is told how to get in.
+    assert modes(root, ["/var/lib/dpd/local.key"]) == {
+        "/var/lib/dpd/local.key": (0o640, "dpd", "dpd")
+    }
+    assert "member 0" in probe.stdout, probe.stdout
+    assert "outsider 1" in probe.stdout and "adduser $USER dpd" in probe.stdout, probe.stdout
 
     # postinst is idempotent: a reinstall leaves the same user, modes and unit.
     in_root(root, "dpkg", "-i", f"/tmp/{deb.name}")

@@ -10,12 +10,15 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from dpd.cli import EXIT_CONFIG
 from dpd.config import TrainerConfig, load_config
 from dpd.spool.layout import SpoolLayout
+from tests.daemon_harness import free_port
 from tests.packaging.conftest import (
     DEFAULT_CONFIG,
     SYSUSERS,
@@ -65,6 +68,38 @@ def test_restart_signals_only_the_daemon_so_trainings_survive(
     assert int(one(service, "TimeoutStopSec")) >= graceful
     text = UNIT.read_text()
     assert "stop_jobs_on_shutdown" in text and "KillMode=process" in text  # documented
+
+
+def test_one_killed_trainer_does_not_stop_the_service(service: dict[str, list[str]]) -> None:
+    """The OOM killer taking a trainer (in this unit's cgroup, KillMode=process) must not
+    stop dpd: systemd's default OOMPolicy=stop would, and restarts would burn the limit."""
+    assert one(service, "OOMPolicy") == "continue"
+
+
+def test_a_configuration_error_is_not_restarted_in_a_loop(
+    service: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """dpd exits 78 on a configuration error, found early or late; the unit does not
+    restart that status."""
+    assert one(service, "RestartPreventExitStatus") == str(EXIT_CONFIG) == "78"
+    bad_catalog = tmp_path / "catalog.yaml"
+    bad_catalog.write_text("models: 3\n")
+    early = "[http]\nport = 'x'\n"
+    late = (  # valid TOML; the model catalog it names is refused while the daemon is built
+        f"[daemon]\nstate_dir = '{tmp_path / 'state'}'\nspool_dir = '{tmp_path / 'spool'}'\n"
+        f"[http]\nport = {free_port()}\n[models]\ncatalog = '{bad_catalog}'\n"
+    )
+    for text in (early, late):
+        config = tmp_path / "dpd.toml"
+        config.write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DPD_", "NOTIFY_"))}
+        result = subprocess.run(
+            [sys.executable, "-m", "dpd", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert result.returncode == 78, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1].startswith("dpd: configuration error:")
+        assert "Traceback" not in result.stderr
 
 
 def test_runs_as_dpd_in_a_sandbox(service: dict[str, list[str]]) -> None:
@@ -166,7 +201,7 @@ def test_tmpfiles_modes_match_the_contract() -> None:
     assert entries[str(spool.jobs)][1] == 0o2750
     assert entries[str(spool.rejected)][1] == 0o2750
     assert entries[str(spool.quarantine)][1] == 0o700
-    assert entries["/var/lib/dpd"][1] == 0o700  # API keys
+    assert entries["/var/lib/dpd"][1] == 0o710  # group dpd: local.key by name, no listing
     for path, (kind, mode, user, group) in entries.items():
         assert kind == "d" and (user, group) == ("dpd", "dpd"), path
         assert mode & 0o007 == 0, f"{path} is world-accessible"

@@ -33,6 +33,7 @@ from dpd.http.common import (
     require_permission,
 )
 from dpd.jobs import series
+from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import MAX_PRIORITY, JobSpec, parse_job_document, validate_job
 from dpd.jobs.states import Status
 from dpd.models.catalog import Catalog, load_catalog
@@ -40,7 +41,6 @@ from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
 from dpd.spool.jsontail import field_bytes
 from dpd.supervisor import outputs
-from dpd.supervisor.dpconfig import render_configs
 from dpd.supervisor.scheduler import QueuedJob, check_feasible
 
 PREFIX: Final = "/api/v1/training"
