@@ -73,7 +73,8 @@ def test_dot_files_and_partial_names_are_ignored(daemon: DaemonProcess) -> None:
     for name in (".hidden.json", "x.json.tmp", "x.json.part", "notes.txt"):
         (daemon.incoming / name).write_text(json.dumps(job_document(daemon.data)))
     daemon.drop("real.json", job_document(daemon.data, task_id="real"))
-    wait_for(lambda: queued(daemon, "real"))
+    # the file goes only after its job is durable: wait for both
+    wait_for(lambda: queued(daemon, "real") and not (daemon.incoming / "real.json").exists())
     assert sorted(os.listdir(daemon.incoming)) == [
         ".hidden.json",
         "notes.txt",
