@@ -77,17 +77,17 @@ def _reason(facts: RunFacts) -> str:
     if facts.failure_message:
         return facts.failure_message
     if facts.signal is not None:
-        return f"the trainer was killed by {_killer(facts.signal)}"
+        return f"the trainer was killed by {killer(facts.signal)}"
     code = facts.returncode
     if code == 0:
         return "the trainer exited 0 without printing TRAINING COMPLETE!"
     if code is not None and code > 128:
         # deepspeed's launcher reports a worker killed by signal N as 256-N
-        return f"a trainer worker was killed by {_killer(256 - code)} (exit code {code})"
+        return f"a trainer worker was killed by {killer(256 - code)} (exit code {code})"
     return f"the trainer exited with code {code}"
 
 
-def _killer(number: int) -> str:
+def killer(number: int) -> str:
     """SIGKILL that dpd did not send (a stop would have made the run ``stopped`` or carried
     its own reason) is the kernel's OOM killer more often than anything else."""
     name = _signal_name(number)
