@@ -28,31 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpd.config import Config
 from dpd.errors import Conflict
-from dpd.events import EmitEvent
 from dpd.jobs.states import ACTIVE, Phase, Status
 from dpd.spool.atomic import DurabilityError
-from dpd.spool.store import JobStore, utc_now
-from dpd.supervisor import health, runfiles
-from dpd.supervisor.follower import JobFollower, PendingEvents
-from dpd.supervisor.gpu_monitor import GpuMonitor
+from dpd.spool.store import utc_now
+from dpd.supervisor import runfiles
+from dpd.supervisor.context import RunContext
 from dpd.supervisor.outcome import StopReason, judge_run
-from dpd.supervisor.seams import Clock, Launcher
 from dpd.supervisor.shim_records import ExitStatus, ShimInfo
-from dpd.supervisor.wakeups import Wakeups, WatchTiming
-from dpd.trainlog.counter import LineCounter
-from dpd.trainlog.follow import LogChanges
+from dpd.supervisor.watch import RunWatch
 
 if TYPE_CHECKING:
-    from dpd.supervisor.registry import RunRegistry
+    pass
 
 log = logging.getLogger("dpd.supervisor")
 
@@ -62,24 +53,6 @@ class RunPhase(Enum):
     RUNNING = "running"  # the shim runs, or its launch failed and the end is being read
     STOPPING = "stopping"  # a stop (the user's or the daemon's) is under way
     ENDED = "ended"  # the outcome is recorded, or the launch lost to a stop; resources freed
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every run of one supervisor shares."""
-
-    config: Config
-    store: JobStore
-    emit: EmitEvent
-    launcher: Launcher
-    monitor: GpuMonitor
-    clock: Clock
-    timing: WatchTiming
-    log_changes: LogChanges
-    line_counts: LineCounter
-    registry: RunRegistry
-    wake: Callable[[], None]  # the scheduler: GPUs may have freed
-    give_up: Callable[[DurabilityError], None]
 
 
 class JobRun:
@@ -98,18 +71,8 @@ class JobRun:
         self.started = ctx.clock.wall()
         self._lock = asyncio.Lock()
         self._stops: list[asyncio.Task[None]] = []
-        self._wake = Wakeups(ctx.timing)
-        config = ctx.store.spec(task_id).config
-        self.pending = PendingEvents()
-        self.follower = JobFollower(
-            ctx.store,
-            self.pending,
-            task_id,
-            epochs=config.get("epochs"),
-            max_steps=config.get("max_steps"),
-            line_counts=ctx.line_counts,
-            clock=ctx.clock,
-        )
+        self.watch = RunWatch(ctx, task_id)
+        self.follower = self.watch.follower
 
     # ---------------------------------------------------------------- launch
 
@@ -232,7 +195,7 @@ class JobRun:
             )  # fmt: skip
         except Exception:
             log.exception("stopping %s failed", self.task_id)
-        self._wake.event.set()
+        self.watch.wakeups.event.set()
 
     # ---------------------------------------------------------------- follow
 
@@ -251,82 +214,16 @@ class JobRun:
             self.ctx.give_up(err)  # the job stays as state.json has it: a restart re-attaches
 
     async def _follow(self) -> None:
-        await self._finish(await self._watch())
+        await self._finish(await self.watch.until_end(self))
 
-    async def _watch(self) -> ExitStatus | None:
-        """Follow the output until the shim records the end of this run."""
-        job_dir = self.ctx.store.layout.job_dir(self.task_id)
-        wake = self._wake
-        output = None
-        if self.shim is not None:
-            output = self.ctx.log_changes.watch(self.follower.follower.path, wake.event)
-        launcher = self.ctx.launcher
-        pidfd = await asyncio.to_thread(launcher.open_pidfd, self.shim) if self.shim else None
-        if pidfd is not None:
-            asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
-        try:
-            look_for_exit = True
-            while True:
-                wake.event.clear()
-                # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
-                read, status, alive = await asyncio.to_thread(self._observe, job_dir, look_for_exit)
-                self.pending.flush(self.ctx.emit)
-                if self.shim is None:
-                    await self._final_read()
-                    return self.exit_status
-                if status is not None and status.run == self.shim.run:
-                    await self._final_read()
-                    return status
-                if self.phase is RunPhase.RUNNING:
-                    await self._check_health(alive)
-                elif not alive:
-                    await self._lost()
-                watched = output is not None and pidfd is not None
-                more = read and not self.follower.follower.at_eof
-                look_for_exit = await wake.wait(read, more, watched, self._health_due())
-        finally:
-            if pidfd is not None:
-                asyncio.get_running_loop().remove_reader(pidfd)
-                os.close(pidfd)
-            self.ctx.log_changes.unwatch(output)
+    @property
+    def healthy(self) -> bool:
+        """Health checks apply (no stop under way)."""
+        return self.phase is RunPhase.RUNNING
 
-    async def _final_read(self) -> None:
-        """The writer has ended: take everything, the unterminated last line too."""
-        await asyncio.to_thread(self.follower.drain)
-        self.pending.flush(self.ctx.emit)
-
-    def _observe(self, job_dir: Path, look_for_exit: bool) -> tuple[bool, ExitStatus | None, bool]:
-        """(new output read, the recorded exit, the shim alive) — blocking, in a thread.
-        Without ``look_for_exit`` the shim is known to run (its pidfd has not fired)."""
-        read = self.follower.poll()
-        if self.shim is None:
-            return read, None, False
-        if not look_for_exit:
-            return read, None, True
-        status = self.ctx.launcher.read_exit(job_dir)
-        return read, status, status is not None or self.ctx.launcher.is_alive(self.shim)
-
-    def _rule(self) -> health.HangRule:
-        trainer = self.ctx.config.trainer
-        return health.HangRule(trainer.inactivity_timeout, trainer.step_timeout_factor)
-
-    def _health_due(self) -> float:
-        """Seconds until a hang could be declared (a wake-up is due by then)."""
-        if self.phase is not RunPhase.RUNNING:
-            return self.ctx.timing.fallback_period
-        now = self.ctx.clock.monotonic()
-        return health.due_in(self._rule(), self.follower.facts.activity, now) + 0.05
-
-    async def _check_health(self, alive: bool) -> None:
-        facts = self.follower.facts
-        reason = None
-        if self.follower.caching_failed():
-            reason = "a traceback during caching: " + (facts.failure.message or "")
-        else:
-            hang = health.hang(
-                self._rule(), facts.activity, facts.phase, self.ctx.clock.monotonic()
-            )
-            reason = hang.reason() if hang is not None else None
+    async def check_health(self, alive: bool) -> None:
+        """A pass of the watch saw the run: end it if it hangs; notice a vanished shim."""
+        reason = self.watch.trouble() if self.phase is RunPhase.RUNNING else None
         if reason is None:
             if self.shim is not None and not alive:
                 await self._lost()
@@ -353,7 +250,7 @@ class JobRun:
     # --------------------------------------------------------------- outcome
 
     async def _finish(self, exit_status: ExitStatus | None) -> None:
-        self.pending.flush(self.ctx.emit)
+        self.watch.pending.flush(self.ctx.emit)
         async with self._lock:
             facts = self.follower.run_facts(self.stop_reason, exit_status, self.failure_reason)
             outcome = judge_run(facts)

@@ -14,7 +14,7 @@ from dpd.events import EmitEvent
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, StatusEvent
 from dpd.supervisor import outputs
-from dpd.supervisor.shim import JobMark
+from dpd.supervisor.shim_protocol import JobMark
 from dpd.supervisor.shim_records import LaunchSpec
 from dpd.supervisor.trainer_command import build_trainer_command, build_trainer_env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dpd.errors import InternalError
-from dpd.supervisor.shim import EXIT_FILE, SHIM_FILE, JobMark
+from dpd.supervisor.shim_protocol import EXIT_FILE, SHIM_FILE, JobMark
 
 
 class ShimError(InternalError):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dpd.supervisor import proctree
-from dpd.supervisor.shim import LOCK_FILE, JobMark
+from dpd.supervisor.shim_protocol import LOCK_FILE, JobMark
 from dpd.supervisor.shim_records import ExitStatus, ShimInfo
 
 

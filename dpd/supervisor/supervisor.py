@@ -29,11 +29,12 @@ from dpd.jobs.states import ACTIVE, RESUMABLE, Status
 from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import JobStore, utc_now
 from dpd.supervisor import outputs, runfiles
+from dpd.supervisor.context import RunContext
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import gpu_status
 from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.registry import RunRegistry
-from dpd.supervisor.run import JobRun, RunContext
+from dpd.supervisor.run import JobRun
 from dpd.supervisor.scheduler import (
     GpuView,
     QueuedJob,

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dpd
-from dpd.supervisor.shim import JobMark
+from dpd.supervisor.shim_protocol import JobMark
 
 # Inherited from systemd by the daemon; a trainer that saw them could talk to systemd as dpd.
 DROPPED_ENV_NAMES = frozenset(
