@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpd.events import EmitEvent
+from dpd.jobs.record import RunRecovery
 from dpd.jobs.states import Phase
 from dpd.spool import layout as names
 from dpd.spool.jsontail import field_bytes, json_lines_backwards
@@ -162,21 +163,22 @@ class JobFollower:
 
     # ----------------------------------------------------------- re-attach
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any] | RunRecovery) -> None:
         """Rebuild from disk after a daemon restart (blocking: call in a thread)."""
-        offset = int(state.get("log_offset") or 0)
+        saved = state if isinstance(state, RunRecovery) else RunRecovery.from_state(state)
+        offset = saved.log_offset
         path = self.job_dir / names.TRAIN_LOG
-        if self._take_output_state(state.get("output_state")):
-            known: int | None = state["output_state"]["newlines"]
+        if saved.output_state is not None and self._take_output_state(saved.output_state):
+            known: int | None = saved.output_state["newlines"]
             try:
                 info = os.stat(path)
                 identity: tuple[int, int] | None = (info.st_dev, info.st_ino)
             except FileNotFoundError:
                 identity = None
         else:
-            known, identity = self._replay(int(state.get("run_log_start") or 0), offset)
-        if state.get("progress_state"):
-            self.tracker = ProgressTracker.from_state(state["progress_state"])
+            known, identity = self._replay(saved.run_log_start, offset)
+        if saved.progress_state:
+            self.tracker = ProgressTracker.from_state(saved.progress_state)
         self.follower = LogFollower(path, offset, known, index=self._line_index())
         self.follower.identity = identity
         self._tell_line_count()

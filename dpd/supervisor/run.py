@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpd.errors import Conflict
+from dpd.jobs.record import RunRecovery
 from dpd.jobs.states import ACTIVE, Phase, Status
 from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import utc_now
 from dpd.supervisor import runfiles
 from dpd.supervisor.context import RunContext
 from dpd.supervisor.outcome import StopReason, judge_run
+from dpd.supervisor.progress import ProgressTracker
 from dpd.supervisor.shim_records import ExitStatus, ShimInfo
 from dpd.supervisor.watch import RunWatch
 
@@ -100,8 +102,9 @@ class JobRun:
 
     async def _claim(self, state: dict[str, Any]) -> bool:
         """edge: queued -> running. False if the job left ``queued`` meanwhile (a stop)."""
-        if state.get("progress_state"):  # a resumed task continues its numbers
-            self.follower.tracker = type(self.follower.tracker).from_state(state["progress_state"])
+        saved = RunRecovery.from_state(state).progress_state
+        if saved:  # a resumed task continues its numbers
+            self.follower.tracker = ProgressTracker.from_state(saved)
         log_start = await asyncio.to_thread(runfiles.create_log, self.follower.follower.path)
         names = {g.gpu_id: g.name for g in self.ctx.monitor.latest}
         try:
@@ -298,7 +301,7 @@ class JobRun:
         nothing of it ever ran (the daemon stopped during its launch): it is settled here
         and needs no following. Never launches anything."""
         async with self._lock:
-            await asyncio.to_thread(self.follower.restore, state)
+            await asyncio.to_thread(self.follower.restore, RunRecovery.from_state(state))
             stopping = state["status"] == Status.STOPPING.value
             found = await self.ctx.launcher.reattach(self.ctx.store.layout.job_dir(self.task_id))
             if found.kind == "never_started":
