@@ -70,7 +70,9 @@ class RunRecovery:
     log_offset: int = 0  # the byte of train.log the tracked progress stands at
     run_log_start: int = 0  # where this run's output starts (a resumed run appends)
     output_state: dict[str, Any] | None = None  # parser and follower, as of log_offset
-    progress_state: dict[str, Any] | None = None  # the progress tracker's numbers
+    progress_state: dict[str, Any] | None = None  # the tracker's numbers the API does not show
+    progress: dict[str, Any] | None = None  # ...and those it does, kept once (public)
+    metrics: dict[str, Any] | None = None
     resume_run: str | None = None  # the run directory the next launch resumes
 
     @classmethod
@@ -81,10 +83,13 @@ class RunRecovery:
             run_log_start=int(state.get("run_log_start") or 0),
             output_state=state.get("output_state") or None,
             progress_state=state.get("progress_state") or None,
+            progress=state.get("progress") or None,
+            metrics=state.get("metrics") or None,
             resume_run=state.get("resume_run") or None,
         )
 
 
 PRIVATE_FIELDS: frozenset[str] = frozenset(
-    {f.name for f in fields(RunRecovery)} - {"run"} | {"schema_version", "submitted_seq"}
+    {f.name for f in fields(RunRecovery)} - {"run", "progress", "metrics"}
+    | {"schema_version", "submitted_seq"}
 )

@@ -178,7 +178,9 @@ class JobFollower:
         else:
             known, identity = self._replay(saved.run_log_start, offset)
         if saved.progress_state:
-            self.tracker = ProgressTracker.from_state(saved.progress_state)
+            self.tracker = ProgressTracker.from_state(
+                saved.progress_state, saved.progress, saved.metrics
+            )
         self.follower = LogFollower(path, offset, known, index=self._line_index())
         self.follower.identity = identity
         self._tell_line_count()

@@ -102,9 +102,11 @@ class JobRun:
 
     async def _claim(self, state: dict[str, Any]) -> bool:
         """edge: queued -> running. False if the job left ``queued`` meanwhile (a stop)."""
-        saved = RunRecovery.from_state(state).progress_state
-        if saved:  # a resumed task continues its numbers
-            self.follower.tracker = ProgressTracker.from_state(saved)
+        saved = RunRecovery.from_state(state)
+        if saved.progress_state:  # a resumed task continues its numbers
+            self.follower.tracker = ProgressTracker.from_state(
+                saved.progress_state, saved.progress, saved.metrics
+            )
         log_start = await asyncio.to_thread(runfiles.create_log, self.follower.follower.path)
         names = {g.gpu_id: g.name for g in self.ctx.monitor.latest}
         try:
