@@ -42,6 +42,7 @@ from dpd.supervisor import output_parser as obs
 from dpd.supervisor.health import Activity
 from dpd.supervisor.outcome import RunFacts, StopReason
 from dpd.supervisor.output_parser import OutputParser
+from dpd.supervisor.pending import PendingEvents as PendingEvents
 from dpd.supervisor.progress import ProgressTracker
 from dpd.supervisor.seams import SYSTEM_CLOCK, Clock
 from dpd.trainlog.counter import LineCounter
@@ -105,27 +106,6 @@ class FollowState:
             if failure is None
             else obs.Failure(failure[0], failure[1], tuple(failure[2]), Phase(failure[3])),
         )
-
-
-class PendingEvents:
-    """Events a follower produced in a worker thread, handed to the bus on the loop in one go
-    once the thread's work is done: one loop wake-up per read rather than one per event
-    (``call_soon_threadsafe`` each), in the same order. Only one thread fills it at a time
-    (a job's reads never overlap), and only the loop empties it, between reads."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[str, str, str, dict[str, Any]]] = []
-
-    def __call__(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        self._items.append((scope, task_id, kind, data))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def flush(self, emit: EmitEvent) -> None:
-        items, self._items = self._items, []
-        for item in items:
-            emit(*item)
 
 
 class JobFollower:
@@ -230,6 +210,7 @@ class JobFollower:
             for line in lines:
                 for observation in self.parser.feed(line, self.clock.wall()):
                     self._note(observation, replaying=True)
+                    self._track(observation, self.clock.monotonic())
         return (replay.newlines if replay.offset == offset else None), replay.identity
 
     def _line_index(self) -> LineIndex | None:

@@ -266,6 +266,7 @@ class JobRun:
                                  **fields)  # fmt: skip
             except Conflict:
                 log.exception("%s: its outcome could not be recorded", self.task_id)
+            self.phase = RunPhase.ENDED  # nothing of the run is written after its outcome
             log.info("%s %s", self.task_id, outcome.status.value)
         await self._end()
 

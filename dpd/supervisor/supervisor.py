@@ -34,7 +34,7 @@ from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import gpu_status
 from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.registry import RunRegistry
-from dpd.supervisor.run import JobRun
+from dpd.supervisor.run import JobRun, RunPhase
 from dpd.supervisor.scheduler import (
     GpuView,
     QueuedJob,
@@ -123,7 +123,8 @@ class Supervisor:
         if self._fatal is not None and self._fatal.done():
             return  # a follower may be past what reached the disk: the restart reads again
         for run in runs:
-            await asyncio.to_thread(run.follower.write_state)
+            if run.phase is not RunPhase.ENDED:
+                await asyncio.to_thread(run.follower.write_state)
 
     def wake(self) -> None:
         self._wake.set()

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from dpd.supervisor import health
 from dpd.supervisor.context import RunContext
-from dpd.supervisor.follower import JobFollower, PendingEvents
+from dpd.supervisor.follower import JobFollower
+from dpd.supervisor.pending import PendingEvents
 from dpd.supervisor.shim_records import ExitStatus, ShimInfo
 from dpd.supervisor.wakeups import Wakeups
 
