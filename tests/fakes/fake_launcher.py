@@ -31,6 +31,7 @@ class FakeLauncher:
         self.stop_gate: asyncio.Event | None = None
         self.spawning = asyncio.Event()  # set when a spawn has begun
         self.fail_spawn: str | None = None  # the next spawn raises LaunchFailed with this
+        self.exit_at_spawn: int | None = None  # the next run's trainer exits at once so
         self.never_started: set[str] = set()  # reattach finds no trace of these
         self._pids = itertools.count(50_000)
 
@@ -65,6 +66,10 @@ class FakeLauncher:
             spec.task_id, spec.run, "boot", pid, 1, pid + 1, pid + 1, 1, 0.0, str(spec.job_dir)
         )
         self.runs[spec.task_id] = FakeRun(info, Path(spec.log_path))
+        if self.exit_at_spawn is not None:
+            code, self.exit_at_spawn = self.exit_at_spawn, None
+            self.print(spec.task_id, "Traceback (most recent call last):", "ImportError: torch")
+            self.end(spec.task_id, code)
         return info
 
     async def stop(

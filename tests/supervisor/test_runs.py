@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from dpd.config import Config, StaticGpu, TrainerConfig
 from dpd.errors import Conflict
+from dpd.jobs.states import Status
 from dpd.spool.store import JobStore
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import StaticInventory
@@ -177,6 +179,64 @@ async def test_stop_and_launch_racing_for_a_queued_job_end_it_once(rig: Rig) -> 
     await launched(rig, "after")  # the GPU is free for the next job
 
 
+class Race:
+    """Lets a stop's and a launch's status change of one queued job both arrive at the
+    store (each in its worker thread), then lets ``first`` through before ``second``."""
+
+    def __init__(self, store: JobStore, first: Status, second: Status) -> None:
+        self._real = store.transition
+        self.first, self.second = first, second
+        self.arrived = {first: threading.Event(), second: threading.Event()}
+        self.first_done = threading.Event()
+
+    def transition(self, task_id: str, expect: Any, to: Status, **fields: Any) -> Any:
+        if to not in self.arrived:
+            return self._real(task_id, expect, to, **fields)
+        self.arrived[to].set()
+        self.arrived[self.second if to is self.first else self.first].wait(5)
+        if to is self.second:
+            self.first_done.wait(5)
+        try:
+            return self._real(task_id, expect, to, **fields)
+        finally:
+            if to is self.first:
+                self.first_done.set()
+
+
+async def race(rig: Rig, monkeypatch: pytest.MonkeyPatch, first: Status) -> dict[str, Any]:
+    """A stop that found the job queued (no run yet) and the scheduler's launch, with their
+    compare-and-sets in the order given; returns what the stop answered."""
+    await rig.start()
+    rig.add("t")
+    second = Status.STOPPED if first is Status.RUNNING else Status.RUNNING
+    gate = Race(rig.store, first, second)
+    monkeypatch.setattr(rig.store, "transition", gate.transition)
+    stopping = asyncio.create_task(rig.sup.stop("t"))
+    await until(gate.arrived[Status.STOPPED].is_set)  # it read "queued" and writes now
+    await rig.sup.schedule_once()
+    state = await asyncio.wait_for(stopping, 5)
+    await until(rig.gpu_free)
+    assert state["status"] == "stopped" and rig.status("t") == "stopped"
+    assert [s for s in rig.told("t") if s in TERMINAL] == ["stopped"]
+    assert not rig.launcher.alive("t")
+    return state
+
+
+async def test_a_stop_that_found_the_job_queued_loses_to_the_launch_and_stops_its_run(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await race(rig, monkeypatch, first=Status.RUNNING)
+    assert rig.told("t") == ["running", "stopping", "stopped"]
+
+
+async def test_a_launch_that_found_the_job_queued_loses_to_a_stop_and_lets_go(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await race(rig, monkeypatch, first=Status.STOPPED)
+    assert rig.told("t") == ["stopped"] and rig.launcher.spawns == []
+    assert "t" not in rig.sup.running
+
+
 async def test_a_second_stop_during_a_stop_waits_for_the_same_end(rig: Rig) -> None:
     await rig.start()
     await launched(rig, "t")
@@ -218,6 +278,19 @@ async def test_a_launch_that_fails_fails_the_job_and_frees_the_gpu(rig: Rig) -> 
     assert state["status"] == "failed"
     assert "could not be started" in state["error"]["reason"]
     assert "no python" in state["error"]["reason"]
+    assert rig.told("t") == ["running", "failed"] and rig.gpu_free()
+
+
+async def test_a_trainer_that_dies_before_the_run_is_followed_fails_the_job(rig: Rig) -> None:
+    """The shim started the trainer, which ended before the first look at it."""
+    await rig.start()
+    rig.launcher.exit_at_spawn = 1
+    rig.add("t")
+    await rig.sup.schedule_once()
+    await until(lambda: rig.status("t") in TERMINAL)
+    state = rig.store.get("t")
+    assert state["status"] == "failed" and "ImportError: torch" in state["error"]["reason"]
+    assert state["error"]["exit_code"] == 1 and state["progress"]["phase"] is None
     assert rig.told("t") == ["running", "failed"] and rig.gpu_free()
 
 
