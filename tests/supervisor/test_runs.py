@@ -109,6 +109,14 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await rig.supervisor.close(stop_jobs=False)
 
 
+async def ended(rig: Rig, task_id: str, status: str | None = None) -> None:
+    """Until the run has ended whole: its outcome written, announced, its GPU let go."""
+    await until(lambda: rig.status(task_id) in TERMINAL and task_id not in rig.sup.running)
+    assert rig.told(task_id)[-1] == rig.status(task_id)
+    if status is not None:
+        assert rig.status(task_id) == status, rig.store.get(task_id).get("error")
+
+
 async def launched(rig: Rig, task_id: str) -> None:
     rig.add(task_id)
     await rig.sup.schedule_once()
@@ -127,7 +135,7 @@ async def test_a_stop_while_queued_never_launches(rig: Rig) -> None:
     assert state["status"] == "stopped" and state["stopped_at"] and state["run"] == 0
     assert rig.told("waiting") == ["stopped"]
     rig.launcher.end("busy", 1)
-    await until(lambda: rig.status("busy") == "failed")
+    await ended(rig, "busy", "failed")
     await rig.sup.schedule_once()
     assert rig.launcher.spawns == ["busy"] and rig.gpu_free()
     with pytest.raises(Conflict):
@@ -273,7 +281,7 @@ async def test_a_launch_that_fails_fails_the_job_and_frees_the_gpu(rig: Rig) -> 
     rig.launcher.fail_spawn = "the shim died: no python"
     rig.add("t")
     await rig.sup.schedule_once()
-    await until(lambda: rig.status("t") in TERMINAL)
+    await ended(rig, "t")
     state = rig.store.get("t")
     assert state["status"] == "failed"
     assert "could not be started" in state["error"]["reason"]
@@ -287,7 +295,7 @@ async def test_a_trainer_that_dies_before_the_run_is_followed_fails_the_job(rig:
     rig.launcher.exit_at_spawn = 1
     rig.add("t")
     await rig.sup.schedule_once()
-    await until(lambda: rig.status("t") in TERMINAL)
+    await ended(rig, "t")
     state = rig.store.get("t")
     assert state["status"] == "failed" and "ImportError: torch" in state["error"]["reason"]
     assert state["error"]["exit_code"] == 1 and state["progress"]["phase"] is None
@@ -323,12 +331,12 @@ async def test_a_restart_adopts_a_live_run_and_records_one_that_ended_meanwhile(
     rig.launcher.print("ends", "TRAINING COMPLETE!")
     rig.launcher.end("ends", 0)
     await rig.start()  # a new supervisor: it knows only what is on disk
-    await until(lambda: rig.status("ends") == "completed")
+    await ended(rig, "ends", "completed")
     assert "alive" in rig.sup.running and rig.status("alive") == "running"
     assert rig.launcher.spawns == ["alive", "ends"]  # nothing launched again
     rig.launcher.print("alive", "TRAINING COMPLETE!")
     rig.launcher.end("alive", 0)
-    await until(lambda: rig.status("alive") == "completed")
+    await ended(rig, "alive", "completed")
     assert rig.gpu_free()
 
 
@@ -343,7 +351,7 @@ async def test_a_restart_during_a_stop_goes_on_stopping(rig: Rig) -> None:
     rig.launcher.stop_gate.set()
     rig.launcher.runs["t"].exit = None  # the old stop never got through
     await rig.start()
-    await until(lambda: rig.status("t") == "stopped")
+    await ended(rig, "t", "stopped")
     assert len(rig.launcher.runs["t"].stops) == 2 and rig.gpu_free()
 
 
@@ -355,7 +363,7 @@ async def test_a_completed_job_is_in_no_phase(rig: Rig) -> None:
     await launched(rig, "t")
     rig.launcher.print("t", *SET_UP, step(1), "Saving model", "TRAINING COMPLETE!")
     rig.launcher.end("t", 0)
-    await until(lambda: rig.status("t") == "completed")
+    await ended(rig, "t", "completed")
     state = rig.store.get("t")
     assert state["progress"]["phase"] is None and state["progress"]["current_step"] == 1
 
@@ -365,7 +373,7 @@ async def test_sigkill_nobody_asked_for_says_out_of_memory(rig: Rig) -> None:
     await launched(rig, "t")
     rig.launcher.print("t", *SET_UP, step(1))
     rig.launcher.end("t", None, 9)
-    await until(lambda: rig.status("t") in TERMINAL)
+    await ended(rig, "t")
     state = rig.store.get("t")
     assert state["status"] == "failed"
     assert "killed by SIGKILL (out of memory?)" in state["error"]["reason"]
@@ -373,7 +381,7 @@ async def test_sigkill_nobody_asked_for_says_out_of_memory(rig: Rig) -> None:
 
 
 async def hung(rig: Rig, task_id: str) -> dict[str, Any]:
-    await until(lambda: rig.status(task_id) in TERMINAL)
+    await ended(rig, task_id)
     state = rig.store.get(task_id)
     assert state["status"] == "failed", state["status"]
     assert rig.told(task_id)[-1] == "failed" and rig.gpu_free()
@@ -426,4 +434,4 @@ async def test_output_while_evaluating_counts_as_life(rig: Rig) -> None:
     assert rig.status("t") == "running"
     rig.launcher.print("t", "TRAINING COMPLETE!")
     rig.launcher.end("t", 0)
-    await until(lambda: rig.status("t") == "completed")
+    await ended(rig, "t", "completed")
