@@ -188,7 +188,8 @@ class JobRun:
         if self.shim is None:
             return
         facts = self.follower.facts
-        run_dir = facts.run_dir or runfiles.latest_run(self.ctx.store.get(self.task_id))
+        state = self.ctx.store.get(self.task_id)
+        run_dir = facts.run_dir or await asyncio.to_thread(runfiles.latest_run, state)
         try:
             await self.ctx.launcher.stop(
                 self.shim,
