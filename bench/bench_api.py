@@ -77,9 +77,9 @@ def populate(root: Path, tasks: int) -> None:
         body = json.dumps(document).encode()
         spec = validate_job(parse_job_document(body, "json"), data_roots=[data])
         task_id = store.create_job(spec, Submission("cli", "bench"))["task_id"]
-        store.set_status(task_id, Status.RUNNING, gpu_id=0, gpu_ids=[0])
+        store.transition(task_id, Status.QUEUED, Status.RUNNING, gpu_id=0, gpu_ids=[0])
         progress = {"current_step": 16, "total_steps": 16, "current_epoch": 2, "total_epochs": 2}
-        store.set_status(task_id, Status.COMPLETED, progress=progress)
+        store.transition(task_id, Status.RUNNING, Status.COMPLETED, progress=progress)
 
 
 def write_config(root: Path, port: int) -> Path:

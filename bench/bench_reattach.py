@@ -70,7 +70,7 @@ def seconds(action: Callable[[], object]) -> float:
 def measure(root: Path, mib: int) -> None:
     store, data = new_store(root)
     add_job(store, data, TASK)
-    store.set_status(TASK, Status.RUNNING)
+    store.transition(TASK, Status.QUEUED, Status.RUNNING)
     job_dir = store.layout.job_dir(TASK)
     steps = write_log(job_dir / "train.log", mib * 2**20)
     pending = PendingEvents()

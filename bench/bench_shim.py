@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dpd.supervisor.launcher import LaunchSpec, ShimLauncher, build_trainer_env
+from dpd.supervisor.shim import JobMark
 
 RSS_BUDGET_KB = 20 * 1024
 # A trainer-like load: CPU work and a stream of log lines into train.log.
@@ -64,7 +65,7 @@ def baseline_rss() -> int:
 def spec_for(work: Path, name: str, command: list[str]) -> LaunchSpec:
     job_dir = work / name
     job_dir.mkdir()
-    env = build_trainer_env(os.environ, {}, f"bench-{name}")
+    env = build_trainer_env(os.environ, {}, JobMark.of(f"bench-{name}", job_dir))
     return LaunchSpec(f"bench-{name}", 1, command, job_dir, env, job_dir / "train.log", job_dir)
 
 
@@ -97,7 +98,11 @@ async def trainer_under_shim(work: Path, run: int) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
-    runs = parser.parse_args().runs
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, a few seconds: figures, no targets"
+    )
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = baseline_rss()

@@ -37,6 +37,7 @@ import psutil
 from dpd.config import Config
 from dpd.simulation import simulation_paths
 from dpd.supervisor.launcher import build_trainer_command, build_trainer_env
+from dpd.supervisor.shim import JobMark
 from tests.daemon_harness import DaemonProcess, free_port
 from tests.jobfiles import job_document, make_data_root
 
@@ -115,7 +116,9 @@ def run_alone(daemon: DaemonProcess, task_id: str, env: dict[str, str], log: Pat
     command = build_trainer_command(
         deepspeed, diffusion_pipe_dir, [0], free_port(), job_dir / "config.toml", None
     )
-    environment = build_trainer_env(os.environ, env, f"bench-alone-{task_id}")
+    environment = build_trainer_env(
+        os.environ, env, JobMark.of(f"bench-alone-{task_id}", job_dir.parent / f"alone-{task_id}")
+    )
     with log.open("wb") as out:
         started = time.perf_counter()
         subprocess.run(
@@ -268,7 +271,12 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--lines", type=int, default=20000, help="steps of the fast trainer")
     parser.add_argument("--only", choices=("wall", "cpu", "lines"))
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, a few seconds: figures, no targets"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.steps, args.window, args.lines = 1, 40, 2.0, 2000
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.only in (None, "wall"):

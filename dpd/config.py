@@ -137,6 +137,8 @@ class TrainerConfig:
     master_port_range: list[int] = field(default_factory=lambda: [29500, 29999])
     stop_timeout: float = 60.0
     inactivity_timeout: float = 1800.0
+    # in training: hung when no new step for max(inactivity_timeout, factor x slowest step)
+    step_timeout_factor: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -419,6 +421,7 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
         ),
         ("trainer", "stop_timeout"): (lambda v: v > 0, "a positive number of seconds"),
         ("trainer", "inactivity_timeout"): (lambda v: v > 0, "a positive number of seconds"),
+        ("trainer", "step_timeout_factor"): (lambda v: v >= 1, "a number of at least 1"),
         ("trainer", "deepspeed"): (bool, "a command name or path"),
         ("preprocess", "max_concurrent"): (lambda v: v >= 0, "0 (automatic) or a positive integer"),
         ("alerts", "webhook_url"): (

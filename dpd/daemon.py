@@ -129,17 +129,14 @@ class Daemon:
     def _announce_recovered_statuses(self) -> None:
         """A crash between a durable status change and its event would leave subscribers
         believing the old status forever: announce what state.json says now."""
-        for task_id, announced, state in self.services.store.take_unannounced():
+        for event in self.services.store.take_unannounced():
             log.info(
                 "%s: announcing status %s (the last event said %s)",
-                task_id,
-                state["status"],
-                announced,
+                event.task_id,
+                event.status.value,
+                event.data["previous"],
             )
-            data = {"status": state["status"], "previous": announced, "recovered": True}
-            if state.get("error"):
-                data["error"] = state["error"]
-            self.services.bus.emit("jobs", task_id, "status", data)
+            self.services.bus.emit("jobs", event.task_id, "status", event.data)
 
     async def startup(self) -> None:
         config = self.config

@@ -1,7 +1,8 @@
 """How stored job state is shown through the API (api.md §3, §4) — pure.
 
 state.json holds more than a client needs (the parser's resumable state, log offsets);
-these functions pick and shape the document's fields.
+these functions pick and shape the document's fields: the detail is the allow-list of
+``dpd.jobs.record.JobView``, never state.json minus what is known to be private.
 """
 
 from __future__ import annotations
@@ -9,17 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-INTERNAL_FIELDS = frozenset(
-    {
-        "progress_state",
-        "output_state",
-        "log_offset",
-        "run_log_start",
-        "schema_version",
-        "submitted_seq",
-        "resume_run",
-    }
-)
+from dpd.jobs.record import JobView
+
+ENDED_OR_WAITING = frozenset({"queued", "completed", "failed", "stopped"})  # in no phase
 
 EMPTY_PROGRESS: dict[str, Any] = {
     "current_epoch": None,
@@ -56,6 +49,8 @@ def progress_block(state: dict[str, Any]) -> dict[str, Any]:
     if state.get("status") == "completed":
         progress["overall_progress"] = 100.0
         progress["eta_seconds"] = 0
+    if "phase" in progress and state.get("status") in ENDED_OR_WAITING:
+        progress["phase"] = None  # an older state.json may hold the last run's phase
     return progress
 
 
@@ -94,8 +89,8 @@ def task_summary(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_detail(state: dict[str, Any]) -> dict[str, Any]:
-    """``GET /training/{id}``: state.json's document minus internals."""
-    detail = {k: v for k, v in state.items() if k not in INTERNAL_FIELDS}
+    """``GET /training/{id}``: the job's public record (``JobView``)."""
+    detail = JobView.from_state(state).as_dict()
     detail["progress"] = progress_block(state)
     detail["metrics"] = metrics_block(state)
     return detail

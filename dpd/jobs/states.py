@@ -1,6 +1,7 @@
 """Job statuses and the transitions allowed between them (DESIGN §3 "Statuses").
 
-Every status change goes through ``check_transition``; the store refuses any other edge.
+Every status change goes through ``JobStore.transition`` (a compare-and-set that checks
+the edge with ``can_transition``); the store refuses any other edge.
 Terminal states may go back to ``queued`` only through a resume (a new run of the task).
 """
 

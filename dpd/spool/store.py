@@ -4,8 +4,10 @@ Guarantees:
 - A job exists completely or not at all. Its directory is built under a ``.new-*`` name
   (job.json, state.json, config.toml, dataset.toml, events.jsonl, each fsynced), then renamed
   into place and the parent fsynced. ``load`` deletes unfinished ``.new-*`` directories.
-- ``state.json`` is only ever replaced through ``write_atomic``; status changes follow
-  ``dpd.jobs.states`` and nothing else.
+- ``state.json`` is only ever replaced through ``write_atomic``. A status changes only
+  through ``transition``, one compare-and-set: it checks the status it expects and the edge
+  (``dpd.jobs.states``), writes, and returns the status event with ``previous`` filled in by
+  the store; a lost race is a ``Conflict`` (409), never a half-done change.
 - Every submission carries an identity (source, name, content hash, uid, inode, mtime); a
   spool file re-ingested after a crash between "job durable" and "file removed" maps to the
   job it already became instead of a second job.
@@ -29,7 +31,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import Any, Final, cast
 from dpd.errors import Conflict, DpdError, InsufficientResources, NotFound
 from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import JobSpec
-from dpd.jobs.states import Status, check_transition
+from dpd.jobs.states import Status, can_transition
 from dpd.spool import layout as names
 from dpd.spool.atomic import (
     append_line,
@@ -62,6 +64,23 @@ GENERATED_ID_RE = re.compile(r"^train_\d{8}_\d{2}(\d{6})$")
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A status change as ``transition`` made it: the event to announce (DESIGN §5 ``status``
+    data: ``status``, ``previous`` and the caller's extras) and the state written."""
+
+    task_id: str
+    status: Status
+    previous: Status | None  # None: no status event was ever announced (a crash)
+    extra: Mapping[str, Any]
+    state: Mapping[str, Any]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        previous = None if self.previous is None else self.previous.value
+        return {"status": self.status.value, "previous": previous, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -162,18 +181,15 @@ class JobStore:
             )
         return True
 
-    def take_unannounced(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+    def take_unannounced(self) -> list[StatusEvent]:
         """Tasks whose state.json holds a status no event announced: a crash came between
-        the durable state write and the event's append. Returns (task_id, the status the
-        events last announced, the state now), once; the caller announces them, so a
-        subscriber never sees a task stuck in a status it has left."""
+        the durable state write and the event's append. Returns their status events once
+        (``previous``: what the events last announced, ``recovered``: true); the caller
+        announces them, so a subscriber never sees a task stuck in a status it has left."""
         with self._lock:
             pending, self._unannounced = self._unannounced, []
-            return [
-                (task_id, announced, dict(self._states[task_id]))
-                for task_id, announced in pending
-                if task_id in self._states
-            ]
+            found = [(t, a, dict(self._states[t])) for t, a in pending if t in self._states]
+        return [_recovered(task_id, announced, state) for task_id, announced, state in found]
 
     def _quarantine(self, job_dir: Path, reason: str) -> None:
         self.layout.quarantine.mkdir(parents=True, exist_ok=True)
@@ -388,7 +404,9 @@ class JobStore:
         with self._lock:
             return list(self._states)
 
-    def states(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict]:
+    def states(
+        self, predicate: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         """States in submission order, newest last; filtered by ``predicate``."""
         with self._lock:
             items = list(self._states.values())  # kept in submission order (see load)
@@ -413,7 +431,7 @@ class JobStore:
         self, task_id: str, changes: dict[str, Any] | Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
         """Apply ``changes`` (a dict merged at the top level, or a function mutating a copy)
-        and write state.json atomically. A status change here must pass the state machine."""
+        and write state.json atomically. Never a status change: that is ``transition``."""
         with self._job_lock(task_id):
             state = self.get(task_id)
             before = state["status"]
@@ -422,20 +440,44 @@ class JobStore:
             else:
                 state.update(changes)
             if state["status"] != before:
-                check_transition(Status(before), Status(state["status"]))
-            state["updated_at"] = utc_now()
-            write_json_atomic(self.layout.job_dir(task_id) / names.STATE_FILE, state, 0o640)
-            with self._lock:
-                self._states[task_id] = state
-                self._generation += 1
+                raise ValueError("a status changes only through JobStore.transition")
+            self._write_state(task_id, state)
             return dict(state)
 
-    def set_status(self, task_id: str, status: Status, **fields: Any) -> dict[str, Any]:
-        def change(state: dict[str, Any]) -> None:
+    def transition(
+        self,
+        task_id: str,
+        expect: Status | Collection[Status],
+        to: Status,
+        *,
+        announce: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> StatusEvent:
+        """Compare-and-set: if the task's status is ``expect`` (or one of them) and the edge
+        to ``to`` is allowed, write ``to`` and ``fields`` in one state.json write and return
+        the status event (``announce``: extra data for it). ``Conflict`` otherwise, with the
+        status found: the caller lost a race (a stop and a launch, two stops) and nothing
+        was written."""
+        expected = frozenset({expect} if isinstance(expect, Status) else expect)
+        with self._job_lock(task_id):
+            state = self.get(task_id)
+            current = Status(state["status"])
+            if current not in expected or not can_transition(current, to):
+                raise Conflict(
+                    f"task {task_id} is {current.value}; it cannot become {to.value} now",
+                    {"task_id": task_id, "status": current.value, "wanted": to.value},
+                )
             state.update(fields)
-            state["status"] = status.value
+            state["status"] = to.value
+            self._write_state(task_id, state)
+        return StatusEvent(task_id, to, current, dict(announce or {}), dict(state))
 
-        return self.update_state(task_id, change)
+    def _write_state(self, task_id: str, state: dict[str, Any]) -> None:
+        state["updated_at"] = utc_now()
+        write_json_atomic(self.layout.job_dir(task_id) / names.STATE_FILE, state, 0o640)
+        with self._lock:
+            self._states[task_id] = state
+            self._generation += 1
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         """Number the event and make it durable in events.jsonl; returns the record."""
@@ -500,7 +542,9 @@ class JobStore:
         return event_record(self.node, task_id, seq, kind, data)
 
 
-def event_record(node: str, task_id: str, seq: int, kind: str, data: dict[str, Any]) -> dict:
+def event_record(
+    node: str, task_id: str, seq: int, kind: str, data: dict[str, Any]
+) -> dict[str, Any]:
     """The payload of DESIGN §5: what events.jsonl holds and every outlet sends."""
     return {
         "type": kind,
@@ -535,6 +579,14 @@ class _NewJob:
     state: dict[str, Any]
     build: JobDirBuild
     generated_id: bool
+
+
+def _recovered(task_id: str, announced: str | None, state: dict[str, Any]) -> StatusEvent:
+    extra: dict[str, Any] = {"recovered": True}
+    if state.get("error"):
+        extra["error"] = state["error"]
+    previous = Status(announced) if announced in {s.value for s in Status} else None
+    return StatusEvent(task_id, Status(state["status"]), previous, extra, state)
 
 
 def _taken(task_id: str) -> Conflict:

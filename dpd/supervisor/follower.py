@@ -33,14 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpd.events import EmitEvent
+from dpd.jobs.record import RunRecovery
 from dpd.jobs.states import Phase
 from dpd.spool import layout as names
 from dpd.spool.jsontail import field_bytes, json_lines_backwards
 from dpd.spool.store import JobStore
 from dpd.supervisor import output_parser as obs
-from dpd.supervisor.outcome import RunFacts
+from dpd.supervisor.health import Activity
+from dpd.supervisor.outcome import RunFacts, StopReason
 from dpd.supervisor.output_parser import OutputParser
+from dpd.supervisor.pending import PendingEvents as PendingEvents
 from dpd.supervisor.progress import ProgressTracker
+from dpd.supervisor.seams import SYSTEM_CLOCK, Clock
 from dpd.trainlog.counter import LineCounter
 from dpd.trainlog.follow import LogFollower
 from dpd.trainlog.lineindex import LineIndex
@@ -64,7 +68,8 @@ class FollowState:
     manual_quit: bool = False
     failure: Any = None  # the parser's Failure observation, if any
     run_dir: str | None = None
-    last_output: float = field(default_factory=time.monotonic)
+    activity: Activity = field(default_factory=lambda: Activity(time.monotonic(), 0.0))
+    last_step: int | None = None  # the last step printed, to tell how many a line covers
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES_KEPT))
 
     def to_state(self) -> dict[str, Any]:
@@ -75,15 +80,24 @@ class FollowState:
             "completed": self.completed,
             "manual_quit": self.manual_quit,
             "run_dir": self.run_dir,
+            "steps_seen": self.activity.steps_seen,
+            "slowest_step": self.activity.slowest_step,
+            "last_step": self.last_step,
             "failure": None
             if failure is None
             else [failure.cause, failure.message, list(failure.lines), failure.phase.value],
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> FollowState:
+    def from_state(cls, state: dict[str, Any], now: float) -> FollowState:
+        """Signs of life count from ``now`` (monotonic): a restart is no silence."""
         failure = state["failure"]
+        activity = Activity(now, now)
+        activity.steps_seen = bool(state.get("steps_seen", False))
+        activity.slowest_step = float(state.get("slowest_step") or 0.0)
         return cls(
+            activity=activity,
+            last_step=state.get("last_step"),
             phase=state["phase"],
             completed=state["completed"],
             manual_quit=state["manual_quit"],
@@ -92,27 +106,6 @@ class FollowState:
             if failure is None
             else obs.Failure(failure[0], failure[1], tuple(failure[2]), Phase(failure[3])),
         )
-
-
-class PendingEvents:
-    """Events a follower produced in a worker thread, handed to the bus on the loop in one go
-    once the thread's work is done: one loop wake-up per read rather than one per event
-    (``call_soon_threadsafe`` each), in the same order. Only one thread fills it at a time
-    (a job's reads never overlap), and only the loop empties it, between reads."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[str, str, str, dict[str, Any]]] = []
-
-    def __call__(self, scope: str, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        self._items.append((scope, task_id, kind, data))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def flush(self, emit: EmitEvent) -> None:
-        items, self._items = self._items, []
-        for item in items:
-            emit(*item)
 
 
 class JobFollower:
@@ -128,7 +121,9 @@ class JobFollower:
         max_steps: int | None,
         on_observation: Callable[[str, Any], None] | None = None,
         line_counts: LineCounter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.line_counts = line_counts  # told how many lines were read, for the logs API
         self.emit = emit
@@ -137,7 +132,7 @@ class JobFollower:
         self.parser = OutputParser(epochs=epochs, max_steps=max_steps)
         self.tracker = ProgressTracker(epochs=epochs, max_steps=max_steps)
         self.follower = LogFollower(self.job_dir / names.TRAIN_LOG, 0, index=self._line_index())
-        self.facts = FollowState()
+        self.facts = FollowState(activity=Activity(clock.monotonic(), clock.monotonic()))
         self._on_observation = on_observation
         self._metrics_done = 0  # highest log offset already in metrics.jsonl
         self._log_done = 0  # highest log offset already sent as a log event
@@ -148,21 +143,24 @@ class JobFollower:
 
     # ----------------------------------------------------------- re-attach
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any] | RunRecovery) -> None:
         """Rebuild from disk after a daemon restart (blocking: call in a thread)."""
-        offset = int(state.get("log_offset") or 0)
+        saved = state if isinstance(state, RunRecovery) else RunRecovery.from_state(state)
+        offset = saved.log_offset
         path = self.job_dir / names.TRAIN_LOG
-        if self._take_output_state(state.get("output_state")):
-            known: int | None = state["output_state"]["newlines"]
+        if saved.output_state is not None and self._take_output_state(saved.output_state):
+            known: int | None = saved.output_state["newlines"]
             try:
                 info = os.stat(path)
                 identity: tuple[int, int] | None = (info.st_dev, info.st_ino)
             except FileNotFoundError:
                 identity = None
         else:
-            known, identity = self._replay(int(state.get("run_log_start") or 0), offset)
-        if state.get("progress_state"):
-            self.tracker = ProgressTracker.from_state(state["progress_state"])
+            known, identity = self._replay(saved.run_log_start, offset)
+        if saved.progress_state:
+            self.tracker = ProgressTracker.from_state(
+                saved.progress_state, saved.progress, saved.metrics
+            )
         self.follower = LogFollower(path, offset, known, index=self._line_index())
         self.follower.identity = identity
         self._tell_line_count()
@@ -196,7 +194,7 @@ class JobFollower:
         if parser is None:
             return False
         self.parser = parser
-        self.facts = FollowState.from_state(saved["facts"])
+        self.facts = FollowState.from_state(saved["facts"], self.clock.monotonic())
         return True
 
     def _replay(self, start: int, offset: int) -> tuple[int | None, tuple[int, int] | None]:
@@ -210,8 +208,9 @@ class JobFollower:
             if not lines:
                 break
             for line in lines:
-                for observation in self.parser.feed(line, time.time()):
+                for observation in self.parser.feed(line, self.clock.wall()):
                     self._note(observation, replaying=True)
+                    self._track(observation, self.clock.monotonic())
         return (replay.newlines if replay.offset == offset else None), replay.identity
 
     def _line_index(self) -> LineIndex | None:
@@ -239,13 +238,15 @@ class JobFollower:
         self._tell_line_count()
         if not lines:
             return False
-        now = time.time()
-        self.facts.last_output = time.monotonic()
+        now = self.clock.wall()
+        moment = self.clock.monotonic()
         metric_points: list[dict[str, Any]] = []
         for line in lines:
             for observation in self.parser.feed(line, now):
                 self._note(observation, replaying=False)
+                self._track(observation, moment)
                 self.tracker.observe(observation, now)
+            self.facts.activity.output(moment, line, self.facts.phase)
             self._keep_last(line)
         metric_points = [dict(point, offset=offset) for point in self.tracker.drain_metric_points()]
         if metric_points and offset > self._metrics_done:
@@ -283,7 +284,7 @@ class JobFollower:
     def _state_due(self) -> bool:
         if self.facts.phase != self._phase_written:
             return True
-        since = time.monotonic() - self._state_written
+        since = self.clock.monotonic() - self._state_written
         if since < STATE_WRITE_SECONDS:
             return False
         if self.facts.phase != Phase.TRAINING.value or since >= STATE_WRITE_MAX_SECONDS:
@@ -301,7 +302,7 @@ class JobFollower:
         them: a cache, it needs no more than their cadence."""
         if self.follower.index is not None:
             self.follower.index.save()
-        self._state_written = time.monotonic()
+        self._state_written = self.clock.monotonic()
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase
         fields: dict[str, Any] = {
@@ -339,6 +340,18 @@ class JobFollower:
         if not replaying and self._on_observation is not None:
             self._on_observation(self.task_id, observation)
 
+    def _track(self, observation: Any, moment: float) -> None:
+        """Signs of progress for hang detection (``dpd.supervisor.health``)."""
+        facts = self.facts
+        if isinstance(observation, obs.StepDone):
+            covered = max(1, observation.step - (facts.last_step or observation.step - 1))
+            facts.activity.step(moment, observation.iter_time * covered)
+            facts.last_step = observation.step
+        elif isinstance(observation, obs.PhaseChanged):
+            facts.activity.progressed(moment)
+        elif isinstance(observation, obs.Resumed):
+            facts.last_step = observation.step - 1
+
     def _keep_last(self, line: str) -> None:
         if line.strip():
             self.facts.last_lines.append(line[:500])
@@ -346,7 +359,7 @@ class JobFollower:
     # ------------------------------------------------------------- outcome
 
     def run_facts(
-        self, stop_requested: str | None, exit_status: Any, reason: str | None = None
+        self, stop_requested: StopReason | None, exit_status: Any, reason: str | None = None
     ) -> RunFacts:
         failure = self.facts.failure
         return RunFacts(
@@ -367,6 +380,3 @@ class JobFollower:
             Phase.STARTING.value,
             Phase.CACHING.value,
         )
-
-    def silent_for(self) -> float:
-        return time.monotonic() - self.facts.last_output

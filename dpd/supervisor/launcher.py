@@ -26,312 +26,76 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import os
-import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
-import dpd
-from dpd.errors import InternalError
 from dpd.spool.atomic import write_json_atomic
 from dpd.supervisor import proctree
 from dpd.supervisor.shim import (
     EXIT_ALREADY_RUNNING,
     EXIT_FILE,
     LAUNCH_FILE,
-    LOCK_FILE,
     SHIM_FILE,
     SHIM_LOG,
     JobMark,
 )
-
-# Inherited from systemd by the daemon; a trainer that saw them could talk to systemd as dpd.
-DROPPED_ENV_NAMES = frozenset(
-    {"NOTIFY_SOCKET", "CUDA_VISIBLE_DEVICES", "API_SECRET_KEY", "INVOCATION_ID", "JOURNAL_STREAM"}
+from dpd.supervisor.shim_records import (
+    ExitStatus,
+    LaunchFailed,
+    LaunchSpec,
+    Reattach,
+    RunAlreadyLaunched,
+    ShimError,
+    ShimInfo,
+    StopFailed,
+    read_exit_status,
+    read_json,
+    read_shim_info,
 )
-DROPPED_ENV_PREFIXES = ("WATCHDOG_", "LISTEN_", "DPD_")
+from dpd.supervisor.shimproc import (
+    is_alive,
+    job_alive,
+    kill_marked,
+    lost_status,
+    open_shim_pidfd,
+    resolve,
+    shim_lock_held,
+    signal_group,
+    tail,
+    touch,
+    unlink_quietly,
+)
+from dpd.supervisor.trainer_command import (
+    build_trainer_command,
+    build_trainer_env,
+    shim_environment,
+)
+
+__all__ = [
+    "ExitStatus",
+    "LaunchFailed",
+    "LaunchSpec",
+    "Reattach",
+    "RunAlreadyLaunched",
+    "ShimError",
+    "ShimInfo",
+    "ShimLauncher",
+    "StopFailed",
+    "build_trainer_command",
+    "build_trainer_env",
+    "is_alive",
+    "open_shim_pidfd",
+    "read_exit_status",
+    "read_shim_info",
+    "shim_environment",
+    "shim_lock_held",
+]
+
 SAVE_QUIT = "save_quit"
-PACKAGE_ROOT = str(Path(dpd.__file__).resolve().parent.parent)  # so the shim imports this dpd
-
-
-class ShimError(InternalError):
-    """A launch or stop could not be carried out as the contract requires."""
-
-
-class LaunchFailed(ShimError):
-    default_message = "the trainer could not be launched"
-
-
-class RunAlreadyLaunched(ShimError):
-    default_message = "this run of the job was already launched"
-
-
-class StopFailed(ShimError):
-    default_message = "processes of the job survived the stop"
-
-
-def build_trainer_command(
-    deepspeed: str,
-    diffusion_pipe_dir: Path,
-    gpu_ids: Sequence[int],
-    port: int,
-    config_toml: Path,
-    resume_run: str | None,
-) -> list[str]:
-    """DESIGN §6 exactly: GPUs pinned with --include, the port given to both programs,
-    resume always naming the run directory."""
-    launcher = shlex.split(deepspeed)
-    if not launcher:
-        raise ValueError("trainer.deepspeed is empty")
-    if not gpu_ids or any(gpu < 0 for gpu in gpu_ids):
-        raise ValueError(f"bad GPU ids: {list(gpu_ids)}")
-    if not 0 < port < 65536:
-        raise ValueError(f"bad master port: {port}")
-    command = [
-        *launcher,
-        "--include",
-        "localhost:" + ",".join(str(gpu) for gpu in gpu_ids),
-        f"--master_port={port}",
-        str(Path(diffusion_pipe_dir) / "train.py"),
-        "--deepspeed",
-        "--config",
-        str(config_toml),
-        f"--master_port={port}",
-    ]
-    if resume_run is not None:
-        if not resume_run or "/" in resume_run or resume_run.startswith(("-", ".")):
-            raise ValueError(f"bad run directory name to resume: {resume_run!r}")
-        command += ["--resume_from_checkpoint", resume_run]
-    return command
-
-
-def _dropped(name: str) -> bool:
-    return name in DROPPED_ENV_NAMES or name.startswith(DROPPED_ENV_PREFIXES)
-
-
-def build_trainer_env(
-    base: Mapping[str, str], trainer_env: Mapping[str, str], mark: JobMark
-) -> dict[str, str]:
-    """The daemon's environment minus systemd's sockets, dpd's own settings and secrets and
-    CUDA_VISIBLE_DEVICES (the GPU choice is --include), plus trainer.env, the PCI bus order
-    and the job's markers, which every descendant inherits."""
-    env = {name: value for name, value in base.items() if not _dropped(name)}
-    env.update(
-        (name, value) for name, value in trainer_env.items() if name not in DROPPED_ENV_NAMES
-    )
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env.update(mark.env())
-    return env
-
-
-def shim_environment(base: Mapping[str, str]) -> dict[str, str]:
-    """The shim's own environment: no systemd sockets, no marker, dpd importable."""
-    env = {name: value for name, value in base.items() if not _dropped(name)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    task_id: str
-    run: int
-    command: list[str]
-    cwd: Path
-    env: dict[str, str]
-    log_path: Path
-    job_dir: Path
-
-
-@dataclass(frozen=True)
-class ShimInfo:
-    """What shim.json recorded; goes into state.json as is (``as_dict``)."""
-
-    task_id: str
-    run: int
-    boot_id: str
-    shim_pid: int
-    shim_start_time: int
-    trainer_pid: int
-    trainer_pgid: int
-    trainer_start_time: int
-    started_at: float
-    job_dir: str = ""  # where it was read from, not stored in shim.json
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def mark(self) -> JobMark:
-        return JobMark.of(self.task_id, self.job_dir)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShimInfo:
-        return cls(
-            task_id=str(data["task_id"]),
-            run=int(data["run"]),
-            boot_id=str(data.get("boot_id", "")),
-            shim_pid=int(data["shim_pid"]),
-            shim_start_time=int(data["shim_start_time"]),
-            trainer_pid=int(data["trainer_pid"]),
-            trainer_pgid=int(data["trainer_pgid"]),
-            trainer_start_time=int(data.get("trainer_start_time") or -1),
-            started_at=float(data["started_at"]),
-            job_dir=str(data.get("job_dir", "")),
-        )
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How a run ended: ``returncode`` or ``signal`` (both None when the run was lost or
-    never started); ``reason`` is one line for people."""
-
-    returncode: int | None
-    signal: int | None
-    ended_at: float
-    reason: str
-    leftovers_killed: int = 0
-    run: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Reattach:
-    """What ``ShimLauncher.reattach`` found for a job after a daemon start.
-
-    alive: the shim runs (``info``); exited: the run ended meanwhile (``exit``); lost: the shim
-    vanished without recording an end (reboot, SIGKILL; ``exit.reason`` says which); never
-    started: no shim.json for any run (the daemon stopped during a launch)."""
-
-    kind: Literal["alive", "exited", "lost", "never_started"]
-    info: ShimInfo | None = None
-    exit: ExitStatus | None = None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_shim_info(job_dir: Path) -> ShimInfo | None:
-    data = _read_json(Path(job_dir) / SHIM_FILE)
-    try:
-        return None if data is None else ShimInfo.from_dict({**data, "job_dir": str(job_dir)})
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def read_exit_status(job_dir: Path) -> ExitStatus | None:
-    data = _read_json(Path(job_dir) / EXIT_FILE)
-    if data is None:
-        return None
-    return ExitStatus(
-        returncode=data.get("returncode"),
-        signal=data.get("signal"),
-        ended_at=float(data.get("ended_at", 0.0)),
-        reason=str(data.get("reason", "")),
-        leftovers_killed=int(data.get("leftovers_killed", 0)),
-        run=data.get("run"),
-    )
-
-
-def shim_lock_held(job_dir: Path) -> bool:
-    """True while a shim lives for this job dir. Probing takes the lock for an instant, so a
-    shim starting at that very moment would refuse: call it only when no spawn is under way."""
-    try:
-        fd = os.open(Path(job_dir) / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def is_alive(info: ShimInfo) -> bool:
-    """The recorded shim still runs (same boot, same pid, same start time)."""
-    return info.boot_id == proctree.boot_id() and proctree.is_same_process(
-        info.shim_pid, info.shim_start_time
-    )
-
-
-def signal_group(pgid: int, mark: JobMark, signum: int) -> bool:
-    """killpg only if the group still holds a process of this job: a group id whose members
-    are all gone could name someone else's group after pid reuse."""
-    members = proctree.group_members(pgid)
-    if not any(mark.carried_by(pid) for pid in members):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
-    return True
-
-
-def kill_marked(mark: JobMark) -> list[int]:
-    """SIGKILL every process carrying the job's markers; returns those signalled."""
-    found = mark.processes()
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return found
-
-
-def open_shim_pidfd(info: ShimInfo) -> int | None:
-    """A pidfd of the recorded shim, readable once it has ended (so its end is noticed at
-    once, without polling), or None: the shim is gone already, the pid now names another
-    process, or pidfds are unavailable. The caller closes it. Blocking (/proc read)."""
-    try:
-        pidfd = os.pidfd_open(info.shim_pid)
-    except OSError:
-        return None
-    # checked after opening: the pidfd pins the process, whatever happens to the pid
-    if not is_alive(info):
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
-def _job_alive(info: ShimInfo) -> bool:
-    return is_alive(info) or bool(info.mark.processes())
-
-
-def _touch(path: Path) -> None:
-    path.touch(exist_ok=True)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _lost_status(run: int | None, reason: str, killed: int = 0) -> ExitStatus:
-    return ExitStatus(None, None, time.time(), reason, killed, run)
 
 
 class ShimLauncher:
@@ -393,8 +157,8 @@ class ShimLauncher:
         recorded = [r.run for r in (read_shim_info(job_dir), read_exit_status(job_dir)) if r]
         if any(run is None or run >= spec.run for run in recorded):
             raise RunAlreadyLaunched(f"job {spec.task_id}: run {spec.run} was already launched")
-        _unlink_quietly(job_dir / SHIM_FILE)
-        _unlink_quietly(job_dir / EXIT_FILE)
+        unlink_quietly(job_dir / SHIM_FILE)
+        unlink_quietly(job_dir / EXIT_FILE)
         launch = {
             "task_id": spec.task_id,
             "run": spec.run,
@@ -453,7 +217,7 @@ class ShimLauncher:
             # A dead shim may have written its records just before ending: look once more.
             shim_alive = await asyncio.to_thread(proctree.is_same_process, shim_pid, shim_start)
             if not shim_alive and (await asyncio.to_thread(read_shim_info, job_dir) is None):
-                log_tail = await asyncio.to_thread(_tail, job_dir / SHIM_LOG)
+                log_tail = await asyncio.to_thread(tail, job_dir / SHIM_LOG)
                 raise LaunchFailed(f"job {spec.task_id}: the shim died: {log_tail}")
             await asyncio.sleep(self.poll_interval)
 
@@ -493,10 +257,10 @@ class ShimLauncher:
         else:
             reason = "the job's shim vanished without recording how the trainer ended"
         killed = await self._sweep(info.mark)
-        return Reattach("lost", info, _lost_status(info.run, reason, len(killed)))
+        return Reattach("lost", info, lost_status(info.run, reason, len(killed)))
 
     async def _reattach_unstarted(self, job_dir: Path) -> Reattach:
-        launch = await asyncio.to_thread(_read_json, job_dir / LAUNCH_FILE) or {}
+        launch = await asyncio.to_thread(read_json, job_dir / LAUNCH_FILE) or {}
         if await asyncio.to_thread(shim_lock_held, job_dir):
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:
@@ -522,7 +286,7 @@ class ShimLauncher:
                 return
             loop = asyncio.get_running_loop()
             gone: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(pidfd, _resolve, gone)
+            loop.add_reader(pidfd, resolve, gone)
             try:
                 await gone
             finally:
@@ -534,7 +298,7 @@ class ShimLauncher:
         status = await asyncio.to_thread(read_exit_status, Path(info.job_dir))
         if status is not None and status.run == info.run:
             return status
-        return _lost_status(info.run, "the job's shim ended without recording an exit status")
+        return lost_status(info.run, "the job's shim ended without recording an exit status")
 
     # -- stop --------------------------------------------------------------------------------
 
@@ -555,7 +319,7 @@ class ShimLauncher:
         save_quit = Path(run_dir) / SAVE_QUIT if run_dir is not None else None
         try:
             if graceful and training and save_quit is not None:
-                await asyncio.to_thread(_touch, save_quit)
+                await asyncio.to_thread(touch, save_quit)
                 if await self._wait_job_gone(info, timeout):
                     return await self._final_status(info)
             if graceful:
@@ -567,7 +331,7 @@ class ShimLauncher:
         finally:
             if save_quit is not None:
                 # A stale save_quit would end a resumed run after its first step.
-                await asyncio.to_thread(_unlink_quietly, save_quit)
+                await asyncio.to_thread(unlink_quietly, save_quit)
 
     async def _kill_everything(self, info: ShimInfo) -> None:
         await asyncio.to_thread(signal_group, info.trainer_pgid, info.mark, signal.SIGKILL)
@@ -597,7 +361,7 @@ class ShimLauncher:
     async def _wait_job_gone(self, info: ShimInfo, timeout: float) -> bool:
         """True once the shim and every marked process have ended within ``timeout``."""
         deadline = time.monotonic() + timeout
-        while await asyncio.to_thread(_job_alive, info):
+        while await asyncio.to_thread(job_alive, info):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(self.poll_interval)

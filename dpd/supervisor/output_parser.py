@@ -18,183 +18,54 @@ Speed matters (a chatty run prints millions of lines): each line is routed by ch
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Any, Final
 
 from dpd.jobs.states import Phase
+from dpd.supervisor import output_lines as lines
+from dpd.supervisor.failures import Tracebacks
+from dpd.supervisor.observations import (
+    FAILURE_CAUSES,
+    CheckpointSaved,
+    Completed,
+    EpochEnded,
+    EpochStarted,
+    EvalLoss,
+    EvalStarted,
+    Failure,
+    GlobalBatch,
+    ManualQuit,
+    ModelSaved,
+    Observation,
+    PhaseChanged,
+    Resumed,
+    StepDone,
+    TotalSteps,
+)
+from dpd.supervisor.outcome import killer
 from dpd.trainlog.lines import logger_parts, split_rank
 
-MESSAGE_LIMIT: Final = 1000
-FAILURE_LINES_KEPT: Final = 30
-# A traceback being read keeps at most this many lines (its last): indented lines such as
-# progress bars would otherwise grow it, and state.json with it, until the exception line.
-TRACEBACK_LINES_KEPT: Final = 200
+__all__ = [
+    "FAILURE_CAUSES",
+    "CheckpointSaved",
+    "Completed",
+    "EpochEnded",
+    "EpochStarted",
+    "EvalLoss",
+    "EvalStarted",
+    "Failure",
+    "GlobalBatch",
+    "ManualQuit",
+    "ModelSaved",
+    "Observation",
+    "OutputParser",
+    "PhaseChanged",
+    "Resumed",
+    "StepDone",
+    "TotalSteps",
+    "total_steps",
+]
+
 STATE_VERSION: Final = 1  # of ``OutputParser.to_state``
-
-# ---------------------------------------------------------------- observations
-
-
-@dataclass(frozen=True, slots=True)
-class PhaseChanged:
-    phase: Phase
-
-
-@dataclass(frozen=True, slots=True)
-class StepDone:
-    step: int
-    loss: float  # may be nan/inf, as printed
-    iter_time: float
-    samples_per_sec: float
-    lr: float | None
-    grad_norm: float | None
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class EpochStarted:
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class EpochEnded:
-    epoch: int
-    loss: float | None  # mean of the epoch's finite step losses (TensorBoard train/epoch_loss)
-    step: int
-
-
-@dataclass(frozen=True, slots=True)
-class EvalStarted:
-    step: int
-
-
-@dataclass(frozen=True, slots=True)
-class EvalLoss:
-    """diffusion-pipe at the pinned commit sends eval losses to TensorBoard only; this
-    exists for a trainer that prints ``eval loss: X`` (or ``<name> eval loss: X``)."""
-
-    loss: float
-    step: int
-    name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSaved:
-    name: str  # "epoch3" / "step100"; the files are complete later (no tmp/, weights present)
-    step: int
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointSaved:
-    tag: str  # "global_step100"
-    step: int
-    run_dir: str | None  # the only place the output names the run dir
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalBatch:
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    epoch: int
-    step: int  # the first step this launch will run (saved step + 1)
-
-
-@dataclass(frozen=True, slots=True)
-class TotalSteps:
-    total: int
-    steps_per_epoch: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ManualQuit:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    cause: str  # see FAILURE_CAUSES
-    message: str
-    lines: tuple[str, ...]  # the traceback (rank prefix removed), last lines first-to-last
-    phase: Phase
-
-
-Observation = (
-    PhaseChanged
-    | StepDone
-    | EpochStarted
-    | EpochEnded
-    | EvalStarted
-    | EvalLoss
-    | ModelSaved
-    | CheckpointSaved
-    | GlobalBatch
-    | Resumed
-    | TotalSteps
-    | Completed
-    | ManualQuit
-    | Failure
-)
-
-FAILURE_CAUSES: Final = (
-    "cuda_oom",
-    "port_in_use",
-    "cuda_error",
-    "missing_file",
-    "dataset_error",
-    "checkpoint_missing",
-    "config_error",
-    "worker_killed",
-    "traceback",
-)
-
-# ---------------------------------------------------------------------- patterns
-
-_STEPS: Final = re.compile(
-    r"steps: (\d+) loss: (\S+) ((?:\S+: \S+ )*)iter time \(s\): (\S+) samples/sec: (\S+)"
-)
-_LR: Final = re.compile(r"step=(\d+), skipped=\d+, lr=\[([^,\]]*)")
-_GRAD_NORM: Final = re.compile(r"grad_norm[=:] ?([-+\w.]+)")
-_RESUMED: Final = re.compile(r"Resuming at epoch: (\d+), step: (\d+)")
-_CHECKPOINT_FILE: Final = re.compile(r"Saving model checkpoint: (.+)/(global_step(\d+))/[^/]*$")
-_CHECKPOINT_ANNOUNCED: Final = re.compile(r"\[Torch\] Checkpoint (global_step(\d+)) is about")
-_EVAL_LOSS: Final = re.compile(r"(?:(\S+) )?[Ee]val(?:uation)?(?: -)? [Ll]oss: ([^\s,]+)")
-_RETURN_CODE: Final = re.compile(r"exits with return code = (-\d+)")
-_OOM: Final = re.compile(r"OutOfMemoryError|CUDA out of memory")
-_PORT: Final = re.compile(r"EADDRINUSE|[Aa]ddress already in use")
-_MISSING_FILE: Final = re.compile(r"FileNotFoundError|No such file or directory|Invalid path: ")
-_DATASET: Final = re.compile(
-    r"had no images/videos|Processed dataset was empty|WebP videos are not supported"
-)
-_CACHING_PREFIXES: Final = (
-    "caching latents: ",
-    "caching text embeddings: ",
-    "[CACHE] ",
-    "Grouped metadata is not cached",
-    "Found grouped metadata cache",
-    "Loading grouped metadata",
-    "Building iteration order",
-)
-_LOGGED_MARKERS: Final = (
-    "step=",
-    "Saving model checkpoint: ",
-    "[Torch] Checkpoint ",
-    "Unable to find latest file",
-    "exits with return code = -",
-    "WARNING: ",
-)
-_CHILD_PROCESS: Final = re.compile(r"Process \w*Process-[\d:]+:$")
-_QUIT_WARNINGS: Final = ("WARNING: You have set a lot of resolutions", "WARNING: Cosmos supports")
-_FRAME: Final = re.compile(r'  File "([^"]+)", line (\d+), in (.+)')
-_TRACEBACK: Final = "Traceback (most recent call last):"
-_CHAIN_MARKERS: Final = ("During handling of the above", "The above exception was the direct")
 
 
 def total_steps(
@@ -205,46 +76,6 @@ def total_steps(
     if by_epochs is not None and max_steps:
         return min(by_epochs, max_steps)
     return by_epochs or max_steps or None
-
-
-def classify_failure(exception: str, phase: Phase, missing_latest: bool) -> str:
-    """The cause named in the API error for one exception line."""
-    if _OOM.search(exception):
-        return "cuda_oom"
-    if _PORT.search(exception):
-        return "port_in_use"
-    if "CUDA error" in exception:
-        return "cuda_error"
-    if _MISSING_FILE.search(exception):
-        return "missing_file"
-    if _DATASET.search(exception):
-        return "dataset_error"
-    if missing_latest and exception.startswith("AssertionError"):
-        return "checkpoint_missing"
-    if phase is Phase.STARTING:
-        return "config_error"
-    return "traceback"
-
-
-def describe_exception(exception: str, lines: list[str]) -> str:
-    """The exception line; a bare one (``AssertionError``) gets the failing source line."""
-    if ": " in exception or len(lines) < 3:
-        return exception
-    for index in range(len(lines) - 2, -1, -1):
-        frame = _FRAME.match(lines[index])
-        if frame is not None:
-            code = lines[index + 1].strip() if index + 1 < len(lines) - 1 else ""
-            where = f"{frame.group(1).rsplit('/', 1)[-1]}:{frame.group(2)} in {frame.group(3)}"
-            return f"{exception} at {where}: {code}" if code else f"{exception} at {where}"
-    return exception
-
-
-@dataclass(slots=True)
-class _Traceback:
-    """One traceback being read, per rank (ranks interleave on the shared stream)."""
-
-    lines: list[str]
-    ignored: bool  # after "Exception ignored in": printed at shutdown, not fatal
 
 
 # ------------------------------------------------------------------------ parser
@@ -277,10 +108,7 @@ class OutputParser:
         self._loss_count = 0  # ...and how many there are
         self._ended_epoch = 0
         self._checkpoints: set[str] = set()
-        self._tracebacks: dict[int | None, _Traceback] = {}
-        self._failures: set[str] = set()
-        self._missing_latest: str | None = None  # DeepSpeed's warning, before the assert
-        self._ignore_next_traceback = False
+        self.tracebacks = Tracebacks()
         self._started = False
 
     # ----------------------------------------------------------------- entry
@@ -301,17 +129,13 @@ class OutputParser:
         if not line:
             return
         rank, body = split_rank(line) if line[0] == "[" else (None, line)
-        if self._tracebacks and rank in self._tracebacks and self._traceback_line(rank, body, out):
+        if self.tracebacks.open and self.tracebacks.line(rank, body, self.phase, out):
             return
-        if not body:
-            return
-        if body.startswith(_TRACEBACK):
-            self._tracebacks[rank] = _Traceback([body], self._ignore_next_traceback)
-            self._ignore_next_traceback = False
+        if not body or self.tracebacks.begin(rank, body):
             return
         if body[0] == "[" and body[1:2].isdigit():
             # DeepSpeed logger lines: most are config dumps, skipped on a substring test
-            if any(marker in body for marker in _LOGGED_MARKERS):
+            if any(marker in body for marker in lines.LOGGED_MARKERS):
                 logged = logger_parts(body)
                 if logged is not None:
                     self._logged(logged[1], logged[3], out)
@@ -347,7 +171,7 @@ class OutputParser:
             self._global_batch(int(line[20:]), out)
         elif line.startswith("Resuming training from checkpoint"):
             self._resumed(line, out)
-        elif line.startswith(_CACHING_PREFIXES):
+        elif line.startswith(lines.CACHING_PREFIXES):
             if self.phase is Phase.STARTING:
                 self._set_phase(Phase.CACHING, out)
         else:
@@ -355,19 +179,19 @@ class OutputParser:
 
     def _rare(self, line: str, out: list[Observation]) -> None:
         if line.startswith("Exception ignored in"):
-            self._ignore_next_traceback = True
-        elif line.startswith("Process ") and _CHILD_PROCESS.match(line):
+            self.tracebacks.ignore_next = True
+        elif line.startswith("Process ") and lines.CHILD_PROCESS.match(line):
             # a multiprocessing child died: before training only caching forks those, and
             # it may fail while scanning, before any caching line was printed
             if self.phase is Phase.STARTING:
                 self._set_phase(Phase.CACHING, out)
-        elif line.startswith(_QUIT_WARNINGS):
-            self._fail("config_error", line, (line,), out)
+        elif line.startswith(lines.QUIT_WARNINGS):
+            self.tracebacks.fail("config_error", line, (line,), self.phase, out)
         elif ": error: " in line and line.split(": error: ", 1)[0].endswith(".py"):
-            self._fail("config_error", line, (line,), out)  # argparse, exit 2
+            self.tracebacks.fail("config_error", line, (line,), self.phase, out)  # argparse, exit 2
         elif "val" in line and "oss" in line:
-            match = _EVAL_LOSS.match(line)
-            value = _float(match.group(2)) if match else None
+            match = lines.EVAL_LOSS.match(line)
+            value = lines.to_float(match.group(2)) if match else None
             if value is not None and match is not None:
                 out.append(EvalLoss(value, self.step, match.group(1)))
 
@@ -386,32 +210,25 @@ class OutputParser:
         if message.startswith("[Rank "):
             message = message[message.find("] ") + 2 :]
         if message.startswith("step="):
-            self._lr_line(message)
+            lr = lines.lr_fields(message)
+            if lr is not None:
+                self._lr_step, self.lr, norm = lr
+                self.grad_norm = norm if "grad_norm" in message else self.grad_norm
         elif message.startswith("Saving model checkpoint: "):
             self._checkpoint_file(message, out)
         elif message.startswith("[Torch] Checkpoint ") and "about to be saved" in message:
-            match = _CHECKPOINT_ANNOUNCED.match(message)
+            match = lines.CHECKPOINT_ANNOUNCED.match(message)
             if match is not None:
                 self._set_phase(Phase.SAVING, out)
         elif message.startswith("Unable to find latest file at"):
-            self._missing_latest = message.split(", if trying", 1)[0]
+            self.tracebacks.missing_latest = message.split(", if trying", 1)[0]
         elif "exits with return code = -" in message:
             self._worker_killed(message, out)
-        elif level == "WARNING" and message.startswith(_QUIT_WARNINGS):
-            self._fail("config_error", message, (message,), out)
-
-    def _lr_line(self, message: str) -> None:
-        match = _LR.match(message)
-        if match is None:
-            return
-        self._lr_step = int(match.group(1))
-        self.lr = _float(match.group(2))
-        if "grad_norm" in message:
-            norm = _GRAD_NORM.search(message)
-            self.grad_norm = _float(norm.group(1)) if norm else None
+        elif level == "WARNING" and message.startswith(lines.QUIT_WARNINGS):
+            self.tracebacks.fail("config_error", message, (message,), self.phase, out)
 
     def _checkpoint_file(self, message: str, out: list[Observation]) -> None:
-        match = _CHECKPOINT_FILE.match(message)
+        match = lines.CHECKPOINT_FILE.match(message)
         if match is None:
             return
         run_dir, tag, step = match.group(1), match.group(2), int(match.group(3))
@@ -421,24 +238,24 @@ class OutputParser:
             out.append(CheckpointSaved(tag, step, run_dir))
 
     def _worker_killed(self, message: str, out: list[Observation]) -> None:
-        match = _RETURN_CODE.search(message)
+        match = lines.RETURN_CODE.search(message)
         if match is None or self.completed or self.manual_quit:
             return
         signal = -int(match.group(1))
-        text = f"a trainer worker was killed by signal {signal} (exit code {256 - signal})"
-        self._fail("worker_killed", text, (message,), out)
+        text = f"a trainer worker was killed by {killer(signal)} (exit code {256 - signal})"
+        self.tracebacks.fail("worker_killed", text, (message,), self.phase, out)
 
     # --------------------------------------------------------- training lines
 
     def _steps(self, line: str, out: list[Observation]) -> None:
-        fields = _step_fields(line)
+        fields = lines.step_fields(line)
         if fields is None:
             return
         step, loss, iter_time, samples, extras = fields
         grad_norm = self.grad_norm if self._lr_step == step else None
         if extras and "grad_norm" in extras:
-            norm = _GRAD_NORM.search(extras)
-            grad_norm = _float(norm.group(1)) if norm else grad_norm
+            norm = lines.GRAD_NORM.search(extras)
+            grad_norm = lines.to_float(norm.group(1)) if norm else grad_norm
         self._set_phase(Phase.TRAINING, out)
         self.step = step
         if math.isfinite(loss):
@@ -483,7 +300,7 @@ class OutputParser:
             out.append(GlobalBatch(size))
 
     def _resumed(self, line: str, out: list[Observation]) -> None:
-        match = _RESUMED.search(line)
+        match = lines.RESUMED.search(line)
         if match is None:
             return
         self.epoch, first_step = int(match.group(1)), int(match.group(2))
@@ -491,36 +308,6 @@ class OutputParser:
         self._ended_epoch = self.epoch - 1
         self._loss_sum, self._loss_count = 0.0, 0
         out.append(Resumed(self.epoch, first_step))
-
-    # -------------------------------------------------------------- tracebacks
-
-    def _traceback_line(self, rank: int | None, body: str, out: list[Observation]) -> bool:
-        """False for a line that is not part of it (another process's logger line)."""
-        if body.startswith("["):
-            return False
-        current = self._tracebacks[rank]
-        current.lines.append(body)
-        if len(current.lines) > TRACEBACK_LINES_KEPT:
-            del current.lines[: len(current.lines) - TRACEBACK_LINES_KEPT]
-        if not body or body[0] in " \t" or body.startswith((_TRACEBACK, *_CHAIN_MARKERS)):
-            return True
-        del self._tracebacks[rank]  # the exception line ends it
-        if not current.ignored:
-            cause = classify_failure(body, self.phase, self._missing_latest is not None)
-            message = describe_exception(body, current.lines)
-            if cause == "checkpoint_missing":
-                message = f"{message}: {self._missing_latest}"
-            self._fail(cause, message, tuple(current.lines[-FAILURE_LINES_KEPT:]), out)
-        return True
-
-    def _fail(
-        self, cause: str, message: str, lines: tuple[str, ...], out: list[Observation]
-    ) -> None:
-        if cause in self._failures:  # every rank prints the same error (its own GPU number)
-            return
-        self._failures.add(cause)
-        message = message[:MESSAGE_LIMIT]
-        out.append(Failure(cause, message, lines, self.phase))
 
     # ------------------------------------------------------------ persistence
 
@@ -544,10 +331,7 @@ class OutputParser:
             "epoch_loss": [self._loss_sum, self._loss_count],
             "ended_epoch": self._ended_epoch,
             "checkpoints": sorted(self._checkpoints),
-            "tracebacks": [[rank, t.lines, t.ignored] for rank, t in self._tracebacks.items()],
-            "failures": sorted(self._failures),
-            "missing_latest": self._missing_latest,
-            "ignore_next_traceback": self._ignore_next_traceback,
+            **self.tracebacks.to_state(),
             "started": self._started,
         }
 
@@ -566,12 +350,7 @@ class OutputParser:
         parser._loss_sum, parser._loss_count = state["epoch_loss"]
         parser._ended_epoch = state["ended_epoch"]
         parser._checkpoints = set(state["checkpoints"])
-        parser._tracebacks = {
-            rank: _Traceback(list(lines), ignored) for rank, lines, ignored in state["tracebacks"]
-        }
-        parser._failures = set(state["failures"])
-        parser._missing_latest = state["missing_latest"]
-        parser._ignore_next_traceback = state["ignore_next_traceback"]
+        parser.tracebacks = Tracebacks.from_state(state)
         parser._started = state["started"]
         return parser
 
@@ -600,26 +379,3 @@ _STATE_FIELDS: Final = (
     "manual_quit",
     "misread_lines",
 )
-
-
-def _step_fields(line: str) -> tuple[int, float, float, float, str] | None:
-    """step, loss, iter time, samples/s and any extra ``name: value`` pairs of a steps line;
-    the usual ten-word form is split, anything else goes through the regex."""
-    words = line.split(" ")
-    try:
-        if len(words) == 10 and words[4] == "iter" and words[8] == "samples/sec:":
-            return int(words[1]), float(words[3]), float(words[7]), float(words[9]), ""
-        match = _STEPS.match(line)
-        if match is None:
-            return None
-        step, loss, extras, iter_time, samples = match.groups()
-        return int(step), float(loss), float(iter_time), float(samples), extras
-    except ValueError:
-        return None
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None

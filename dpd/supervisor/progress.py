@@ -22,7 +22,7 @@ from dpd.supervisor import output_parser as obs
 from dpd.supervisor.output_parser import total_steps
 
 SPEED_WINDOW: Final = 20
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2  # 1 held the numbers progress() and metrics() show too
 
 
 class ProgressTracker:
@@ -197,36 +197,44 @@ class ProgressTracker:
     # --------------------------------------------------------------- persist
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-safe; ``from_state`` gives back a tracker with the same answers."""
+        """What ``progress()`` and ``metrics()`` do not show, JSON-safe. state.json keeps
+        those two as ``progress`` and ``metrics``, once: ``from_state`` takes the three back
+        together and gives a tracker with the same answers."""
         return {
             "version": STATE_VERSION,
-            "epochs": self.epochs,
             "max_steps": self.max_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps,
-            "current_step": self.current_step,
-            "current_epoch": self.current_epoch,
             "global_batch": self.global_batch,
             "completed": self.completed,
-            "training_time": self.training_time,
-            "current_loss": self.current_loss,
-            "best_loss": self.best_loss,
-            "best_loss_step": self.best_loss_step,
-            "learning_rate": self.learning_rate,
-            "grad_norm": self.grad_norm,
-            "eval_loss": self.eval_loss,
+            "training_time": self.training_time,  # unrounded
             "epoch_losses": [[e, loss] for e, loss in sorted(self.epoch_losses.items())],
             "iter_times": list(self._iter_times),
             "samples_per_sec": list(self._samples),
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ProgressTracker:
-        """Rebuild from ``to_state()``; unknown or missing fields fall back to defaults."""
-        tracker = cls(state.get("epochs"), state.get("max_steps"), state.get("steps_per_epoch"))
-        for name in _PLAIN_FIELDS:
-            if name in state:
-                setattr(tracker, name, state[name])
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        progress: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> ProgressTracker:
+        """Rebuild from ``to_state()`` with the ``progress`` and ``metrics`` blocks written
+        beside it; a version 1 state (it held every number itself) needs neither."""
+        if state.get("version", 1) == 1:
+            progress = metrics = state
+            epochs, per_epoch = state.get("epochs"), state.get("steps_per_epoch")
+        else:
+            progress, metrics = progress or {}, metrics or {}
+            epochs, per_epoch = progress.get("total_epochs"), progress.get("total_batches")
+        tracker = cls(epochs, state.get("max_steps"), per_epoch)
+        for name in _PROGRESS_FIELDS:
+            if name in progress:
+                setattr(tracker, name, progress[name])
+        for name in _METRICS_FIELDS:
+            if name in metrics:
+                setattr(tracker, name, metrics[name])
+        tracker.global_batch = state.get("global_batch")
+        tracker.completed = bool(state.get("completed", False))
         tracker.training_time = float(state.get("training_time") or 0.0)
         tracker.epoch_losses = {int(e): loss for e, loss in state.get("epoch_losses") or []}
         tracker._iter_times.extend(float(v) for v in state.get("iter_times") or [])
@@ -234,12 +242,8 @@ class ProgressTracker:
         return tracker
 
 
-_PLAIN_FIELDS: Final = (
-    "total_steps",
-    "current_step",
-    "current_epoch",
-    "global_batch",
-    "completed",
+_PROGRESS_FIELDS: Final = ("total_steps", "current_step", "current_epoch")
+_METRICS_FIELDS: Final = (
     "current_loss",
     "best_loss",
     "best_loss_step",

@@ -42,21 +42,21 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dpd.spool.atomic import write_json_atomic
 from dpd.supervisor import proctree
-
-LAUNCH_FILE = "launch.json"
-SHIM_FILE = "shim.json"
-EXIT_FILE = "exit.json"
-LOCK_FILE = "shim.lock"
-SHIM_LOG = "shim.log"
-MARKER = "DPD_TASK_ID"  # the job's task id, for people looking at a process
-JOB_MARKER = "DPD_JOB_DIR"  # its job directory: what dpd recognises the job's processes by
+from dpd.supervisor.shim_protocol import EXIT_FILE as EXIT_FILE
+from dpd.supervisor.shim_protocol import JOB_MARKER as JOB_MARKER
+from dpd.supervisor.shim_protocol import LAUNCH_FILE as LAUNCH_FILE
+from dpd.supervisor.shim_protocol import LOCK_FILE as LOCK_FILE
+from dpd.supervisor.shim_protocol import MARKER as MARKER
+from dpd.supervisor.shim_protocol import SHIM_FILE as SHIM_FILE
+from dpd.supervisor.shim_protocol import SHIM_LOG as SHIM_LOG
+from dpd.supervisor.shim_protocol import JobMark as JobMark
+from dpd.supervisor.shim_protocol import Launch as Launch
 
 EXIT_USAGE = 2
 EXIT_ALREADY_RUNNING = 3
@@ -66,72 +66,6 @@ PR_SET_CHILD_SUBREAPER = 36
 POLL_INTERVAL = 0.05
 KILL_WAIT = 5.0
 RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """launch.json: everything the shim needs, so it never talks to the daemon."""
-
-    task_id: str
-    run: int
-    command: list[str]
-    cwd: str
-    env: dict[str, str]
-    log_path: str
-    orphan_grace: float = 5.0
-    term_grace: float = 5.0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Launch:
-        launch = cls(
-            task_id=str(data["task_id"]),
-            run=int(data["run"]),
-            command=[str(part) for part in data["command"]],
-            cwd=str(data["cwd"]),
-            env={str(key): str(value) for key, value in dict(data["env"]).items()},
-            log_path=str(data["log_path"]),
-            orphan_grace=float(data.get("orphan_grace", 5.0)),
-            term_grace=float(data.get("term_grace", 5.0)),
-        )
-        if not launch.command or not launch.task_id:
-            raise ValueError("launch.json needs a command and a task_id")
-        return launch
-
-    @property
-    def mark(self) -> JobMark:
-        """The markers the trainer is started with (launch.json's environment)."""
-        return JobMark(self.task_id, self.env.get(JOB_MARKER, ""))
-
-
-@dataclass(frozen=True)
-class JobMark:
-    """How the processes of one job are known on this machine: the trainer's environment
-    carries both markers and every descendant inherits them (setsid'ed strays included).
-    The job directory is unique on the machine; a task id is not (another dpd, a demo or a
-    test may run the same id at the same time), so it counts alone only for a process
-    without a directory marker (started by an older dpd)."""
-
-    task_id: str
-    job_dir: str  # as the trainer's environment has it; "" if not known: the task id decides
-
-    @classmethod
-    def of(cls, task_id: str, job_dir: str | os.PathLike[str]) -> JobMark:
-        return cls(task_id, os.path.realpath(job_dir) if os.fspath(job_dir) else "")
-
-    def env(self) -> dict[str, str]:
-        return {MARKER: self.task_id, JOB_MARKER: self.job_dir}
-
-    def carried_by(self, pid: int) -> bool:
-        entries = proctree.environ(pid)
-        prefix = f"{JOB_MARKER}=".encode()
-        marked = next((entry for entry in entries if entry.startswith(prefix)), None)
-        if marked is not None and self.job_dir:
-            return marked == prefix + self.job_dir.encode()
-        return f"{MARKER}={self.task_id}".encode() in entries
-
-    def processes(self, pids: Iterable[int] | None = None) -> list[int]:
-        """Live processes of the job (the calling process excluded)."""
-        return proctree.processes_where(self.carried_by, pids)
 
 
 def log(message: str) -> None:

@@ -27,8 +27,8 @@ def store(tmp_path: Path) -> JobStore:
     for index in range(7):
         add_job(store, data, f"t{index}")
     for task_id in ("t1", "t4"):
-        store.set_status(task_id, Status.RUNNING, gpu_id=1, gpu_ids=[1])
-        store.set_status(task_id, Status.COMPLETED)
+        store.transition(task_id, Status.QUEUED, Status.RUNNING, gpu_id=1, gpu_ids=[1])
+        store.transition(task_id, Status.RUNNING, Status.COMPLETED)
     return store
 
 
@@ -77,7 +77,7 @@ def test_filters_by_status_and_gpu(store: JobStore) -> None:
 def test_a_change_to_the_store_is_seen_by_the_next_request(store: JobStore, tmp_path: Path) -> None:
     pages = ListPages()
     assert answer(pages, store, None, None, 2, 0)["tasks"][1]["status"] == "queued"
-    store.set_status("t5", Status.STOPPED)
+    store.transition("t5", Status.QUEUED, Status.STOPPED)
     assert answer(pages, store, None, None, 2, 0)["tasks"][1]["status"] == "stopped"
     assert answer(pages, store, "stopped", None, 50, 0)["pagination"]["total"] == 1
     add_job(store, tmp_path / "data", "t7")
@@ -114,7 +114,7 @@ async def test_the_route_lists_tasks_created_between_requests(api: Api) -> None:
 def test_progress_views_follow_the_store(store: JobStore) -> None:
     progress = ProgressViews()
     assert json.loads(progress.encoded(store, "t3")) == views.progress_view(store.get("t3"))
-    store.set_status("t3", Status.RUNNING, gpu_id=0, gpu_ids=[0])
+    store.transition("t3", Status.QUEUED, Status.RUNNING, gpu_id=0, gpu_ids=[0])
     store.update_state("t3", {"progress": {"current_step": 7, "total_steps": 16}})
     seen = json.loads(progress.encoded(store, "t3"))
     assert seen == views.progress_view(store.get("t3"))

@@ -9,7 +9,7 @@ import pytest
 
 from dpd.errors import Conflict, NotFound
 from dpd.jobs.spec import validate_job
-from dpd.jobs.states import Status, TransitionError
+from dpd.jobs.states import Status
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
 from tests.jobfiles import job_document
@@ -93,14 +93,40 @@ def test_unreadable_job_directory_is_quarantined_not_guessed(
 
 def test_status_changes_follow_the_state_machine(store: JobStore, data_root: Path) -> None:
     task_id = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
-    with pytest.raises(TransitionError):
-        store.set_status(task_id, Status.COMPLETED)  # never ran
-    store.set_status(task_id, Status.RUNNING, started_at="now")
-    store.set_status(task_id, Status.COMPLETED)
-    with pytest.raises(TransitionError):
-        store.set_status(task_id, Status.RUNNING)
+    with pytest.raises(Conflict):
+        store.transition(task_id, Status.QUEUED, Status.COMPLETED)  # never ran
+    event = store.transition(task_id, Status.QUEUED, Status.RUNNING, started_at="now")
+    assert event.data == {"status": "running", "previous": "queued"}
+    assert event.state["started_at"] == "now"
+    store.transition(task_id, Status.RUNNING, Status.COMPLETED, announce={"error": None})
+    with pytest.raises(Conflict):
+        store.transition(task_id, Status.COMPLETED, Status.RUNNING)
     on_disk = json.loads((store.layout.job_dir(task_id) / "state.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["started_at"] == "now"
+
+
+def test_a_transition_from_a_status_the_task_left_is_a_conflict_and_writes_nothing(
+    store: JobStore, data_root: Path
+) -> None:
+    """The stop/launch race: whoever comes second finds the status moved on."""
+    task_id = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
+    stopped = store.transition(task_id, Status.QUEUED, Status.STOPPED, stopped_at="t")
+    assert stopped.previous is Status.QUEUED
+    with pytest.raises(Conflict) as lost:
+        store.transition(task_id, Status.QUEUED, Status.RUNNING, master_port=123)
+    assert lost.value.code == 409 and lost.value.data["status"] == "stopped"
+    state = store.get(task_id)
+    assert state["status"] == "stopped" and "master_port" not in state
+    # a set of expected statuses: any of them will do
+    store.transition(task_id, {Status.STOPPED, Status.FAILED}, Status.QUEUED)
+    assert store.get(task_id)["status"] == "queued"
+
+
+def test_update_state_never_changes_a_status(store: JobStore, data_root: Path) -> None:
+    task_id = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
+    with pytest.raises(ValueError):
+        store.update_state(task_id, {"status": "running"})
+    assert store.get(task_id)["status"] == "queued"
 
 
 def test_event_seq_is_gapless_and_survives_a_restart(
@@ -129,7 +155,7 @@ def test_spool_submission_identity_finds_the_job(store: JobStore, data_root: Pat
 
 def test_listing_is_in_submission_order_and_filterable(store: JobStore, data_root: Path) -> None:
     ids = [store.create_job(spec_for(data_root), Submission("rest"))["task_id"] for _ in range(4)]
-    store.set_status(ids[1], Status.RUNNING)
+    store.transition(ids[1], Status.QUEUED, Status.RUNNING)
     assert [s["task_id"] for s in store.states()] == ids
     assert [s["task_id"] for s in store.states(lambda s: s["status"] == "running")] == [ids[1]]
     assert store.count_by_status()["queued"] == 3
@@ -142,14 +168,15 @@ def test_a_status_change_without_its_event_is_reported_once_after_load(
     store.load()
     quiet = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
     told = store.create_job(spec_for(data_root), Submission("rest"))["task_id"]
-    store.set_status(quiet, Status.STOPPED)  # a crash before its event was appended
-    store.set_status(told, Status.STOPPED)
+    store.transition(quiet, Status.QUEUED, Status.STOPPED)  # a crash before its event was appended
+    store.transition(told, Status.QUEUED, Status.STOPPED)
     store.append_events(told, [("status", {"status": "stopped", "previous": "queued"})])
     assert store.take_unannounced() == []  # only what load finds is reported
 
     reloaded = JobStore(layout, tmp_path / "outputs", "n")
     reloaded.load()
     pending = reloaded.take_unannounced()
-    assert [(task_id, announced) for task_id, announced, _ in pending] == [(quiet, "queued")]
-    assert pending[0][2]["status"] == "stopped"
+    assert [(e.task_id, e.data) for e in pending] == [
+        (quiet, {"status": "stopped", "previous": "queued", "recovered": True})
+    ]
     assert reloaded.take_unannounced() == []

@@ -26,7 +26,7 @@ TASK = "f"
 def store(tmp_path: Path) -> JobStore:
     store, data = new_store(tmp_path)
     add_job(store, data, TASK)
-    store.set_status(TASK, Status.RUNNING)
+    store.transition(TASK, Status.QUEUED, Status.RUNNING)
     return store
 
 

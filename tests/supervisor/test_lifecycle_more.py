@@ -478,3 +478,42 @@ def test_stop_jobs_on_shutdown_stops_the_training_gracefully_first(
     assert state["last_checkpoint"] and state["error"] is None
     assert statuses(daemon, "s")[-2:] == ["stopping", "stopped"]
     assert "Manually quitting" in (daemon.spool / "jobs" / "s" / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------- hangs
+
+
+def hung_job(tmp_path: Path, daemons: list, fail: str, **trainer: Any) -> dict[str, Any]:
+    """Run a job whose trainer hangs (``DPD_SIM_FAIL``) to its end; returns its state."""
+    daemon = make_daemon(tmp_path, step_seconds=0.05, DPD_SIM_FAIL=fail)
+    daemon.config["trainer"].update(trainer)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.drop("hang.json", long_job(daemon, "hang"))
+    wait_status(daemon, "hang", ("running",))
+    wait_for(lambda: job_processes("hang"))
+    state = wait_status(daemon, "hang", TERMINAL, timeout=30)
+    assert state["status"] == "failed", state
+    assert wait_event_status(daemon, "hang", "failed")[-1] == "failed"
+    wait_for(lambda: job_processes("hang") == [])
+    code, body = daemon.request("GET", "/api/v1/gpu/status")
+    assert code == 200 and body["data"]["gpus"][0]["status"] != "training", body
+    return state
+
+
+def test_a_hang_after_global_batch_size_fails_the_job(tmp_path: Path, daemons: list) -> None:
+    """diffusion-pipe issue 417: set-up printed, then silence before step 1."""
+    state = hung_job(tmp_path, daemons, "hang_after_batch", inactivity_timeout=2)
+    reason = state["error"]["reason"]
+    assert "hung" in reason and "before the first step" in reason, reason
+    assert "no output for 2 s during training" in reason, reason
+    assert "last line: Computed" in reason or "Global batch size" in reason, reason
+    assert state["progress"]["phase"] is None
+
+
+def test_a_hang_mid_training_fails_the_job(tmp_path: Path, daemons: list) -> None:
+    state = hung_job(tmp_path, daemons, "hang:6", inactivity_timeout=1, step_timeout_factor=20)
+    reason = state["error"]["reason"]
+    assert "hung" in reason and "no new step for" in reason and "during training" in reason
+    assert "last line: steps: 5 loss:" in reason, reason
+    assert state["progress"]["current_step"] == 5

@@ -325,7 +325,9 @@ def test_worker_killed_by_a_signal() -> None:
     (failure,) = OutputParser(None, None).feed(line, 0.0)
     assert isinstance(failure, Failure)
     assert failure.cause == "worker_killed"
-    assert failure.message == "a trainer worker was killed by signal 9 (exit code 247)"
+    assert failure.message == (
+        "a trainer worker was killed by SIGKILL (out of memory?) (exit code 247)"
+    )
     parser = OutputParser(None, None)
     parser.feed("Manually quitting", 0.0)
     assert parser.feed(line, 0.0) == []

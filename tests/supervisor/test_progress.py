@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def run(name: str, tracker: ProgressTracker, epochs: int = 2) -> ProgressTracker
     return tracker
 
 
-def json_round_trip(data: object) -> object:
+def json_round_trip(data: Any) -> Any:
     return json.loads(json.dumps(data, allow_nan=False))
 
 
@@ -119,8 +120,10 @@ def test_stop_then_resume_continues_the_same_numbers_through_state_json() -> Non
         66.67,
     )
     assert stopped["eta_seconds"] == 6  # 2 steps left x 3.0 s
-    saved = json_round_trip(first.to_state())
-    resumed = run("resume.log", ProgressTracker.from_state(saved))  # type: ignore[arg-type]
+    state, progress, metrics = json_round_trip(
+        [first.to_state(), first.progress(), first.metrics()]
+    )
+    resumed = run("resume.log", ProgressTracker.from_state(state, progress, metrics))
     progress = resumed.progress()
     assert progress["current_step"] == 6 and progress["overall_progress"] == 100.0
     assert progress["training_time"] == pytest.approx(11.0 + 4.5)  # the gap between runs is not
@@ -132,10 +135,25 @@ def test_stop_then_resume_continues_the_same_numbers_through_state_json() -> Non
 
 def test_to_state_and_from_state_give_the_same_answers() -> None:
     tracker = run("success_2epochs.log", ProgressTracker(epochs=2, max_steps=None))
-    copy = ProgressTracker.from_state(json_round_trip(tracker.to_state()))  # type: ignore[arg-type]
+    state, progress, metrics = json_round_trip(
+        [tracker.to_state(), tracker.progress(), tracker.metrics()]
+    )
+    copy = ProgressTracker.from_state(state, progress, metrics)
     assert copy.progress() == tracker.progress()
     assert copy.metrics() == tracker.metrics()
     assert copy.to_state() == tracker.to_state()
+    # kept once: the private state holds none of the numbers the API shows (the training
+    # time unrounded, and the epochs of the epoch losses, which the API lists without)
+    assert set(state) & {*progress, *metrics} == {"training_time", "epoch_losses"}
+
+
+def test_a_version_1_state_holding_every_number_still_loads() -> None:
+    """What state.json's progress_state held up to commit c9c47b1."""
+    old = json.loads((RECORDED / "state_written_by_c9c47b1.json").read_text())
+    tracker = ProgressTracker.from_state(old["progress_state"])
+    assert tracker.progress()["current_step"] == old["progress"]["current_step"] > 0
+    assert tracker.metrics()["best_loss"] == old["metrics"]["best_loss"]
+    assert tracker.total_steps == old["progress"]["total_steps"]
 
 
 def test_from_state_tolerates_an_empty_or_old_document() -> None:

@@ -1,5 +1,5 @@
 """What wakes a follower task: inotify on train.log (LogChanges), a pidfd on the shim
-(open_shim_pidfd) and the fallback period (supervisor._Wakeups)."""
+(open_shim_pidfd) and the fallback period (wakeups.Wakeups)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from dpd.supervisor import proctree, supervisor
+from dpd.supervisor import proctree
 from dpd.supervisor.launcher import ShimInfo, open_shim_pidfd
+from dpd.supervisor.wakeups import Wakeups, WatchTiming
 from dpd.trainlog.follow import LogChanges, LogFollower
 
 FOREVER = 3600.0  # a wait that must end by an event, never by its timeout
@@ -82,7 +81,7 @@ async def test_a_shim_pidfd_becomes_readable_when_the_process_ends() -> None:
     try:
         pidfd = open_shim_pidfd(shim_info(child.pid))
         assert pidfd is not None
-        wake = supervisor._Wakeups()
+        wake = Wakeups(NO_FALLBACK)
         asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
         assert child.stdin is not None
         child.stdin.close()  # the process ends
@@ -104,15 +103,11 @@ def test_no_pidfd_for_a_process_that_is_not_the_recorded_one() -> None:
     assert open_shim_pidfd(other_start) is None  # the pid names another process
 
 
-@pytest.fixture
-def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supervisor, "WATCH_FALLBACK_PERIOD", FOREVER)
-    monkeypatch.setattr(supervisor, "WATCH_PERIOD", 0.01)
+NO_FALLBACK = WatchTiming(period=0.01, fallback_period=FOREVER)
 
 
-@pytest.mark.usefixtures("no_fallback")
 async def test_output_wakes_a_read_without_looking_for_the_end() -> None:
-    wake = supervisor._Wakeups()
+    wake = Wakeups(NO_FALLBACK)
     waiting = asyncio.create_task(
         wake.wait(read=True, more=False, watched=True, health_due=FOREVER)
     )
@@ -122,9 +117,8 @@ async def test_output_wakes_a_read_without_looking_for_the_end() -> None:
     assert await asyncio.wait_for(waiting, FOREVER) is False
 
 
-@pytest.mark.usefixtures("no_fallback")
 async def test_the_end_of_the_shim_wakes_a_look_for_the_exit_status() -> None:
-    wake = supervisor._Wakeups()
+    wake = Wakeups(NO_FALLBACK)
     reader, writer = os.pipe()  # stands in for the pidfd: readable once the shim ended
     try:
         asyncio.get_running_loop().add_reader(reader, wake.shim_ended, reader)
@@ -139,16 +133,12 @@ async def test_the_end_of_the_shim_wakes_a_look_for_the_exit_status() -> None:
         os.close(writer)
 
 
-@pytest.mark.usefixtures("no_fallback")
 async def test_a_backlog_is_read_on_and_a_due_health_check_ends_the_wait() -> None:
-    wake = supervisor._Wakeups()
+    wake = Wakeups(NO_FALLBACK)
     assert await wake.wait(read=True, more=True, watched=True, health_due=FOREVER) is False
     assert await wake.wait(read=False, more=False, watched=True, health_due=0.01) is True
 
 
-async def test_without_watches_every_pass_looks_for_the_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(supervisor, "WATCH_IDLE_PERIOD", 0.01)
-    wake = supervisor._Wakeups()
+async def test_without_watches_every_pass_looks_for_the_end() -> None:
+    wake = Wakeups(WatchTiming(idle_period=0.01))
     assert await wake.wait(read=False, more=False, watched=False, health_due=FOREVER) is True

@@ -27,7 +27,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JobStore:
     monkeypatch.setattr(lineindex, "RECORD_SPAN", 2048)
     store, data = new_store(tmp_path)
     add_job(store, data, TASK)
-    store.set_status(TASK, Status.RUNNING)
+    store.transition(TASK, Status.QUEUED, Status.RUNNING)
     return store
 
 

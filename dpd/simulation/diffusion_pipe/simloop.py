@@ -25,7 +25,7 @@ from simoutput import (
     paced_bar,
     step_line,
 )
-from simstore import ProcessGroup
+from simstore import ProcessGroup, block_forever
 
 CHECKPOINT_ENGINE = "torch_checkpoint_engine.py"
 
@@ -141,6 +141,8 @@ class TrainingLoop:
             raise OutOfMemoryError(oom_message(0))
         if knobs.fail == "crash":
             raise RuntimeError(CUDA_CRASH_MESSAGE)
+        if knobs.fail == "hang":
+            block_forever()  # a collective that never completes: no output, no exit
 
     def _report(self, step: int, iter_time: float) -> None:
         run = self.run

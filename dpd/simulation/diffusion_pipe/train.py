@@ -16,7 +16,11 @@ Environment knobs (simulation only):
   `crash:<step>` (a CUDA RuntimeError at that step, exit 1), `caching_crash` (the
   RuntimeError during caching, exit 1), `caching_hang` (the caching child prints a
   traceback and dies; the ranks then block forever with no output, like the real hang),
-  `exit_zero_early` (every rank exits 0 after the first step, without a marker line).
+  `exit_zero_early` (every rank exits 0 after the first step, without a marker line),
+  `hang_after_batch` (after `Global batch size = N` and the computed settings every rank
+  blocks forever with no output: diffusion-pipe issue 417, a hang before step 1),
+  `hang:<step>` (every rank blocks forever before printing that step, as an NCCL
+  collective that never completes does mid-training).
 - DPD_SIM_IGNORE_SIGTERM=1: workers ignore SIGTERM (to test SIGKILL escalation).
 - DPD_SIM_GRANDCHILD=1: each worker forks a dataloader-like child at training start; it
   holds no "GPU" and exits within a second once its parent is gone.
@@ -59,7 +63,7 @@ from simoutput import (
     out,
     paced_bar,
 )
-from simstore import ProcessGroup
+from simstore import ProcessGroup, block_forever
 
 LABEL = "[dpd-simulation] simulated diffusion-pipe trainer: no GPU is used and nothing is trained"
 
@@ -294,6 +298,8 @@ class Trainer:
         out(f"Global batch size = {self.plan.global_batch}")
         for line in self.plan.computed:
             out(line)
+        if self.knobs.fail == "hang_after_batch":
+            block_forever()
         self.scheduler = simconfig.check_lr_scheduler(self.config)
         if self.scheduler != "constant":
             self.total_steps = spe * int(self.config["epochs"])

@@ -1,0 +1,117 @@
+"""A run's eyes: its train.log read through the follower, and its shim's end looked for,
+until the shim records how the run ended. The run (``dpd.supervisor.run``) decides what
+what is seen means; this module only sees.
+
+A pass sleeps until something happens: a write to train.log (inotify, shared by all jobs),
+the end of the shim (a pidfd), or time passing (a health check due, the fallback period
+for a lost event). Each pass is one thread hop that reads what is new; its events reach
+the bus in one go afterwards. Without inotify or pidfds (or with the fake launcher) it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dpd.supervisor import health
+from dpd.supervisor.context import RunContext
+from dpd.supervisor.follower import JobFollower
+from dpd.supervisor.pending import PendingEvents
+from dpd.supervisor.shim_records import ExitStatus, ShimInfo
+from dpd.supervisor.wakeups import Wakeups
+
+if TYPE_CHECKING:
+    from dpd.supervisor.run import JobRun
+
+
+class RunWatch:
+    def __init__(self, ctx: RunContext, task_id: str) -> None:
+        self.ctx = ctx
+        self.task_id = task_id
+        config = ctx.store.spec(task_id).config
+        self.pending = PendingEvents()
+        self.follower = JobFollower(
+            ctx.store,
+            self.pending,
+            task_id,
+            epochs=config.get("epochs"),
+            max_steps=config.get("max_steps"),
+            line_counts=ctx.line_counts,
+            clock=ctx.clock,
+        )
+        self.wakeups = Wakeups(ctx.timing)
+        trainer = ctx.config.trainer
+        self.rule = health.HangRule(trainer.inactivity_timeout, trainer.step_timeout_factor)
+
+    async def until_end(self, run: JobRun) -> ExitStatus | None:
+        """Follow the output until the shim records the end of this run (or is gone)."""
+        job_dir = self.ctx.store.layout.job_dir(self.task_id)
+        wake = self.wakeups
+        output = None
+        if run.shim is not None:
+            output = self.ctx.log_changes.watch(self.follower.follower.path, wake.event)
+        launcher = self.ctx.launcher
+        pidfd = await asyncio.to_thread(launcher.open_pidfd, run.shim) if run.shim else None
+        if pidfd is not None:
+            asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
+        try:
+            look_for_exit = True
+            while True:
+                wake.event.clear()
+                # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
+                shim = run.shim
+                read, status, alive = await asyncio.to_thread(
+                    self._observe, shim, job_dir, look_for_exit
+                )
+                self.pending.flush(self.ctx.emit)
+                if run.shim is None:
+                    await self.final_read()
+                    return run.exit_status
+                if status is not None and status.run == run.shim.run:
+                    await self.final_read()
+                    return status
+                await run.check_health(alive)
+                watched = output is not None and pidfd is not None
+                more = read and not self.follower.follower.at_eof
+                look_for_exit = await wake.wait(read, more, watched, self.health_due(run.healthy))
+        finally:
+            if pidfd is not None:
+                asyncio.get_running_loop().remove_reader(pidfd)
+                os.close(pidfd)
+            self.ctx.log_changes.unwatch(output)
+
+    async def final_read(self) -> None:
+        """The writer has ended: take everything, the unterminated last line too."""
+        await asyncio.to_thread(self.follower.drain)
+        self.pending.flush(self.ctx.emit)
+
+    def _observe(
+        self, shim: ShimInfo | None, job_dir: Path, look_for_exit: bool
+    ) -> tuple[bool, ExitStatus | None, bool]:
+        """(new output read, the recorded exit, the shim alive) — blocking, in a thread.
+        Without ``look_for_exit`` the shim is known to run (its pidfd has not fired)."""
+        read = self.follower.poll()
+        if shim is None:
+            return read, None, False
+        if not look_for_exit:
+            return read, None, True
+        status = self.ctx.launcher.read_exit(job_dir)
+        return read, status, status is not None or self.ctx.launcher.is_alive(shim)
+
+    def trouble(self) -> str | None:
+        """Why the run must be ended now, if it must: a traceback during caching (the real
+        trainer then hangs forever) or a hang (``dpd.supervisor.health``)."""
+        facts = self.follower.facts
+        if self.follower.caching_failed():
+            return "a traceback during caching: " + (facts.failure.message or "")
+        hang = health.hang(self.rule, facts.activity, facts.phase, self.ctx.clock.monotonic())
+        return hang.reason() if hang is not None else None
+
+    def health_due(self, checked: bool) -> float:
+        """Seconds until a hang could be declared (a wake-up is due by then)."""
+        if not checked:
+            return self.ctx.timing.fallback_period
+        now = self.ctx.clock.monotonic()
+        return health.due_in(self.rule, self.follower.facts.activity, now) + 0.05
