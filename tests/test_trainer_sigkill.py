@@ -92,11 +92,6 @@ def test_a_sigkilled_trainer_fails_its_job_and_frees_the_gpu(
     wait_for(lambda: status_of(daemon, "after-oom") == "completed", timeout=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the supervisor still says 'killed by signal 9': output_parser._worker_killed and "
-    "outcome._reason are to name SIGKILL and add '(out of memory?)'",
-)
 def test_the_error_suggests_out_of_memory(killed: tuple[DaemonProcess, dict]) -> None:
     _, state = killed
     assert OOM_WORDING in reason_of(state), state.get("error")

@@ -53,9 +53,9 @@ async def get_history(request: web.Request) -> web.Response:
 
 def trainer_pids(services: Services) -> dict[int, str]:
     return {
-        job.shim.trainer_pid: task_id
-        for task_id, job in services.supervisor.running.items()
-        if job.shim is not None and job.shim.trainer_pid
+        run.shim.trainer_pid: run.task_id
+        for run in services.supervisor.running.runs()
+        if run.shim is not None and run.shim.trainer_pid
     }
 
 
