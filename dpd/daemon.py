@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dpd.cli import EXIT_CONFIG
 from dpd.config import Config, load_config
 from dpd.errors import ConfigError
 from dpd.events.bus import EventBus
@@ -103,6 +105,13 @@ class Daemon:
 
     async def run(self) -> None:
         self._install_signal_handlers()
+        if self.config.fleet.enabled:  # fleet mode: refuse an unsafe NATS before anything starts
+            from dpd.fleet.startup import NatsUnreachable, check_fleet_nats
+
+            try:
+                await check_fleet_nats(self.config)
+            except NatsUnreachable as err:
+                log.warning("fleet: %s; fleet work waits for NATS", err)
         try:
             await self.startup()
             await self._stop.wait()
@@ -307,6 +316,10 @@ def serve(config: Config, config_path: str | None = None) -> int:
     """The exit status: non-zero when a component failed (systemd's Restart=on-failure
     then starts dpd again)."""
     daemon = Daemon(config, config_path)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(daemon.run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(daemon.run())
+    except ConfigError as err:  # found at start-up (fleet mode's NATS check): one line
+        print(f"dpd: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_FAILED if daemon.failure is not None else 0
