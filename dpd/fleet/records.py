@@ -16,14 +16,29 @@ The transitions between job states (T1–T14) are in ``dpd.fleet.transitions``.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from dpd.fleet.jsonfields import (
+    Exported,
+    as_object,
+    dump_json,
+    enum_field,
+    int_list,
+    load_json,
+    optional,
+    optional_record,
+    record_list,
+    required,
+    string_table,
+    sub_record,
+)
+from dpd.fleet.jsonfields import RecordError as RecordError  # callers catch it from here
+from dpd.fleet.jsonfields import UnknownVersion as UnknownVersion
 from dpd.jobs.spec import TASK_ID_RE
 
 RECORD_VERSION: Final = 1
@@ -32,14 +47,6 @@ JOB_KEY_PREFIX: Final = "job."
 NODE_KEY_PREFIX: Final = "node."
 MAX_DECLINED: Final = 16
 MAX_HISTORY: Final = 16
-
-
-class RecordError(ValueError):
-    """A record that cannot be read: the message names the field."""
-
-
-class UnknownVersion(RecordError):
-    """A record written by a newer dpd (``v`` this code does not understand)."""
 
 
 class JobState(StrEnum):
@@ -105,107 +112,17 @@ def parse_iso(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
-# --------------------------------------------------------------------- field readers
-
-T = TypeVar("T")
-
-
-def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in d:
-        raise RecordError(f"{where}: missing {key!r}")
-    value = d[key]
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise RecordError(f"{where}.{key}: expected a number, got {value!r}")
-    if not isinstance(value, kind):
-        raise RecordError(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r}")
-    return value
-
-
-def _opt(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if d.get(key) is None:
-        return None
-    return _get(d, key, kind, where)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
-def _enum(d: Mapping[str, Any], key: str, enum: type[T], where: str) -> T:
-    value = _get(d, key, str, where)
-    try:
-        return enum(value)  # type: ignore[call-arg]
-    except ValueError:
-        raise RecordError(f"{where}.{key}: unknown value {value!r}") from None
-
-
-def _sub(d: Mapping[str, Any], key: str, reader: Callable[[Any, str], T], where: str) -> T:
-    return reader(_get(d, key, dict, where), f"{where}.{key}")
-
-
-def _opt_sub(
-    d: Mapping[str, Any], key: str, reader: Callable[[Any, str], T], where: str
-) -> T | None:
-    return None if d.get(key) is None else _sub(d, key, reader, where)
-
-
-def _list_of(
-    d: Mapping[str, Any], key: str, reader: Callable[[Any, str], T], where: str
-) -> tuple[T, ...]:
-    items = _get(d, key, list, where)
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise RecordError(f"{where}.{key}[{i}]: expected an object")
-        out.append(reader(item, f"{where}.{key}[{i}]"))
-    return tuple(out)
-
-
-def _ints(d: Mapping[str, Any], key: str, where: str) -> tuple[int, ...] | None:
-    value = _opt(d, key, list, where)
-    if value is None:
-        return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise RecordError(f"{where}.{key}: expected a list of integers")
-    return tuple(value)
-
-
-def _labels(d: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
-    value = _get(d, key, dict, where)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise RecordError(f"{where}.{key}: expected a table of strings")
-    return dict(value)
-
-
 def _check_version(d: Mapping[str, Any], where: str) -> None:
-    version = _get(d, "v", int, where)
+    version = required(d, "v", int, where)
     if version != RECORD_VERSION:
         raise UnknownVersion(f"{where}: record version {version} (this dpd reads {RECORD_VERSION})")
-
-
-def _as_dict(d: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(d, dict):
-        raise RecordError(f"{where}: expected a JSON object")
-    return d
-
-
-def _load_json(data: bytes | str, where: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RecordError(f"{where}: not JSON: {err}") from None
-
-
-def _dump_json(d: Mapping[str, Any]) -> bytes:
-    return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
 
 
 # ------------------------------------------------------------------ job record parts
 
 
 @dataclass(frozen=True)
-class Constraints:
+class Constraints(Exported):
     """Where a job may run (FLEET.md §9.1.1 step 1)."""
 
     required_gpus: int
@@ -215,26 +132,16 @@ class Constraints:
     min_memory_mb: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "gpu_ids": list(self.gpu_ids) if self.gpu_ids is not None else None,
-            "required_gpus": self.required_gpus,
-            "min_memory_mb": self.min_memory_mb,
-            "filesystem_domain": self.filesystem_domain,
-            "labels": dict(self.labels),
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "constraints") -> Constraints:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            required_gpus=_get(d, "required_gpus", int, where),
-            filesystem_domain=_get(d, "filesystem_domain", str, where),
-            node=_opt(d, "node", str, where),
-            gpu_ids=_ints(d, "gpu_ids", where),
-            min_memory_mb=_opt(d, "min_memory_mb", int, where),
-            labels=_labels(d, "labels", where),
+            required_gpus=required(d, "required_gpus", int, where),
+            filesystem_domain=required(d, "filesystem_domain", str, where),
+            node=optional(d, "node", str, where),
+            gpu_ids=int_list(d, "gpu_ids", where),
+            min_memory_mb=optional(d, "min_memory_mb", int, where),
+            labels=string_table(d, "labels", where),
         )
 
     @property
@@ -244,7 +151,7 @@ class Constraints:
 
 
 @dataclass(frozen=True)
-class Identity:
+class Identity(Exported):
     """A spool file's identity (``SubmittedBy.identity``): a re-ingest finds its own record."""
 
     name: str = ""
@@ -253,73 +160,53 @@ class Identity:
     inode: int | None = None
     mtime_ns: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "sha256": self.sha256,
-            "uid": self.uid,
-            "inode": self.inode,
-            "mtime_ns": self.mtime_ns,
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "identity") -> Identity:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            name=_get(d, "name", str, where),
-            sha256=_get(d, "sha256", str, where),
-            uid=_opt(d, "uid", int, where),
-            inode=_opt(d, "inode", int, where),
-            mtime_ns=_opt(d, "mtime_ns", int, where),
+            name=required(d, "name", str, where),
+            sha256=required(d, "sha256", str, where),
+            uid=optional(d, "uid", int, where),
+            inode=optional(d, "inode", int, where),
+            mtime_ns=optional(d, "mtime_ns", int, where),
         )
 
 
 @dataclass(frozen=True)
-class SubmittedBy:
+class SubmittedBy(Exported):
     node: str
     source: str  # rest | spool | cli | nats
     key_id: str | None = None
     identity: Identity = field(default_factory=Identity)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "source": self.source,
-            "key_id": self.key_id,
-            "identity": self.identity.to_dict(),
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "submitted_by") -> SubmittedBy:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            node=_get(d, "node", str, where),
-            source=_get(d, "source", str, where),
-            key_id=_opt(d, "key_id", str, where),
-            identity=_sub(d, "identity", Identity.from_dict, where),
+            node=required(d, "node", str, where),
+            source=required(d, "source", str, where),
+            key_id=optional(d, "key_id", str, where),
+            identity=sub_record(d, "identity", Identity.from_dict, where),
         )
 
 
 @dataclass(frozen=True)
-class Fence:
+class Fence(Exported):
     """The claimer's own fence contract (FLEET.md §9.4); reapers act on it, never on
     their own settings. ``deadline_s`` is None in hold mode."""
 
     mode: FenceMode = FenceMode.HOLD
     deadline_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "deadline_s": self.deadline_s}
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "fence") -> Fence:
-        d = _as_dict(d, where)
-        deadline = _opt(d, "deadline_s", (int, float), where)
-        return cls(_enum(d, "mode", FenceMode, where), float(deadline) if deadline else None)
+        d = as_object(d, where)
+        deadline = optional(d, "deadline_s", (int, float), where)
+        return cls(enum_field(d, "mode", FenceMode, where), float(deadline) if deadline else None)
 
 
 @dataclass(frozen=True)
-class Owner:
+class Owner(Exported):
     node: str
     instance: str
     boot_id: str
@@ -330,115 +217,87 @@ class Owner:
     port: int | None = None
     run: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "instance": self.instance,
-            "boot_id": self.boot_id,
-            "machine_id": self.machine_id,
-            "fence": self.fence.to_dict(),
-            "gpus": list(self.gpus),
-            "port": self.port,
-            "run": self.run,
-            "claimed_at": self.claimed_at,
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "owner") -> Owner:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            node=_get(d, "node", str, where),
-            instance=_get(d, "instance", str, where),
-            boot_id=_get(d, "boot_id", str, where),
-            machine_id=_get(d, "machine_id", str, where),
-            fence=_sub(d, "fence", Fence.from_dict, where),
-            gpus=_ints(d, "gpus", where) or (),
-            claimed_at=_get(d, "claimed_at", str, where),
-            port=_opt(d, "port", int, where),
-            run=_opt(d, "run", dict, where),
+            node=required(d, "node", str, where),
+            instance=required(d, "instance", str, where),
+            boot_id=required(d, "boot_id", str, where),
+            machine_id=required(d, "machine_id", str, where),
+            fence=sub_record(d, "fence", Fence.from_dict, where),
+            gpus=int_list(d, "gpus", where) or (),
+            claimed_at=required(d, "claimed_at", str, where),
+            port=optional(d, "port", int, where),
+            run=optional(d, "run", dict, where),
         )
 
 
 @dataclass(frozen=True)
-class Lost:
+class Lost(Exported):
     node: str
     since: str
     observed_by: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "since": self.since, "observed_by": self.observed_by}
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "lost") -> Lost:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            _get(d, "node", str, where),
-            _get(d, "since", str, where),
-            _get(d, "observed_by", str, where),
+            required(d, "node", str, where),
+            required(d, "since", str, where),
+            required(d, "observed_by", str, where),
         )
 
 
 @dataclass(frozen=True)
-class Declined:
+class Declined(Exported):
     node: str
     reason: str
     at: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "reason": self.reason, "at": self.at}
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "declined") -> Declined:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            _get(d, "node", str, where), _get(d, "reason", str, where), _get(d, "at", str, where)
+            required(d, "node", str, where),
+            required(d, "reason", str, where),
+            required(d, "at", str, where),
         )
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(Exported):
     attempt: int
     node: str
     outcome: str  # completed | failed | stopped | claim_expired | declined | node_lost | ...
     at: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "node": self.node, "outcome": self.outcome, "at": self.at}
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "history") -> HistoryEntry:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            _get(d, "attempt", int, where),
-            _get(d, "node", str, where),
-            _get(d, "outcome", str, where),
-            _get(d, "at", str, where),
+            required(d, "attempt", int, where),
+            required(d, "node", str, where),
+            required(d, "outcome", str, where),
+            required(d, "at", str, where),
         )
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(Exported):
     status: str
     ended_at: str
     error: dict[str, Any] | None = None
     last_checkpoint: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "error": self.error,
-            "ended_at": self.ended_at,
-            "last_checkpoint": self.last_checkpoint,
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "result") -> Result:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            status=_get(d, "status", str, where),
-            ended_at=_get(d, "ended_at", str, where),
-            error=_opt(d, "error", dict, where),
-            last_checkpoint=_opt(d, "last_checkpoint", str, where),
+            status=required(d, "status", str, where),
+            ended_at=required(d, "ended_at", str, where),
+            error=optional(d, "error", dict, where),
+            last_checkpoint=optional(d, "last_checkpoint", str, where),
         )
 
     @property
@@ -450,7 +309,7 @@ class Result:
 
 
 @dataclass(frozen=True)
-class JobRecord:
+class JobRecord(Exported):
     """One job, fleet-wide (FLEET.md §7.1). ``attempt`` is the fencing token: only a claim
     (T2) raises it. ``spec`` is None once the janitor made the record a tombstone (T14)."""
 
@@ -485,105 +344,71 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "v": self.v,
-            "task_id": self.task_id,
-            "state": self.state.value,
-            "desired": self.desired.value,
-            "attempt": self.attempt,
-            "requeues": self.requeues,
-            "owner": self.owner.to_dict() if self.owner else None,
-            "constraints": self.constraints.to_dict(),
-            "priority": self.priority,
-            "submitted_at": self.submitted_at,
-            "submitted_by": self.submitted_by.to_dict(),
-            "spec": self.spec,
-            "seq": self.seq,
-            "log_head": [dict(e) for e in self.log_head],
-            "head_published": self.head_published,
-            "progress": self.progress,
-            "lost": self.lost.to_dict() if self.lost else None,
-            "declined": [d.to_dict() for d in self.declined],
-            "history": [h.to_dict() for h in self.history],
-            "result": self.result.to_dict() if self.result else None,
-            "updated_by": self.updated_by,
-            "updated_at": self.updated_at,
-        }
-
     def to_json(self) -> bytes:
-        return _dump_json(self.to_dict())
+        return dump_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "job") -> JobRecord:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         _check_version(d, where)
-        task_id = _get(d, "task_id", str, where)
+        task_id = required(d, "task_id", str, where)
         if not TASK_ID_RE.match(task_id):
             raise RecordError(f"{where}.task_id: {task_id!r} is not a valid task id")
-        log_head = _get(d, "log_head", list, where)
+        log_head = required(d, "log_head", list, where)
         if not all(isinstance(e, dict) for e in log_head):
             raise RecordError(f"{where}.log_head: expected a list of events")
         return cls(
             task_id=task_id,
-            state=_enum(d, "state", JobState, where),
-            desired=_enum(d, "desired", Desired, where),
-            attempt=_get(d, "attempt", int, where),
-            requeues=_get(d, "requeues", int, where),
-            owner=_opt_sub(d, "owner", Owner.from_dict, where),
-            constraints=_sub(d, "constraints", Constraints.from_dict, where),
-            priority=_get(d, "priority", int, where),
-            submitted_at=_get(d, "submitted_at", str, where),
-            submitted_by=_sub(d, "submitted_by", SubmittedBy.from_dict, where),
-            spec=_opt(d, "spec", dict, where),
-            seq=_get(d, "seq", int, where),
+            state=enum_field(d, "state", JobState, where),
+            desired=enum_field(d, "desired", Desired, where),
+            attempt=required(d, "attempt", int, where),
+            requeues=required(d, "requeues", int, where),
+            owner=optional_record(d, "owner", Owner.from_dict, where),
+            constraints=sub_record(d, "constraints", Constraints.from_dict, where),
+            priority=required(d, "priority", int, where),
+            submitted_at=required(d, "submitted_at", str, where),
+            submitted_by=sub_record(d, "submitted_by", SubmittedBy.from_dict, where),
+            spec=optional(d, "spec", dict, where),
+            seq=required(d, "seq", int, where),
             log_head=tuple(log_head),
-            head_published=_get(d, "head_published", bool, where),
-            progress=_opt(d, "progress", dict, where),
-            lost=_opt_sub(d, "lost", Lost.from_dict, where),
-            declined=_list_of(d, "declined", Declined.from_dict, where),
-            history=_list_of(d, "history", HistoryEntry.from_dict, where),
-            result=_opt_sub(d, "result", Result.from_dict, where),
-            updated_by=_get(d, "updated_by", str, where),
-            updated_at=_get(d, "updated_at", str, where),
+            head_published=required(d, "head_published", bool, where),
+            progress=optional(d, "progress", dict, where),
+            lost=optional_record(d, "lost", Lost.from_dict, where),
+            declined=record_list(d, "declined", Declined.from_dict, where),
+            history=record_list(d, "history", HistoryEntry.from_dict, where),
+            result=optional_record(d, "result", Result.from_dict, where),
+            updated_by=required(d, "updated_by", str, where),
+            updated_at=required(d, "updated_at", str, where),
         )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> JobRecord:
-        return cls.from_dict(_load_json(data, "job"))
+        return cls.from_dict(load_json(data, "job"))
 
 
 # ------------------------------------------------------------------ registry, alive
 
 
 @dataclass(frozen=True)
-class GpuInfo:
+class GpuInfo(Exported):
     id: int
     name: str
     memory_total: int
     uuid: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "memory_total": self.memory_total,
-            "uuid": self.uuid,
-        }
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "gpu") -> GpuInfo:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         return cls(
-            _get(d, "id", int, where),
-            _get(d, "name", str, where),
-            _get(d, "memory_total", int, where),
-            _get(d, "uuid", str, where),
+            required(d, "id", int, where),
+            required(d, "name", str, where),
+            required(d, "memory_total", int, where),
+            required(d, "uuid", str, where),
         )
 
 
 @dataclass(frozen=True)
-class NodeRecord:
+class NodeRecord(Exported):
     """A node's static facts (``dpd_nodes``, FLEET.md §7.2). ``machine_id`` binds the name
     to one host; ``down`` is an operator's verdict (``dpd fleet node-down``)."""
 
@@ -603,73 +428,51 @@ class NodeRecord:
     down: dict[str, Any] | None = None
     v: int = RECORD_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "v": self.v,
-            "node": self.node,
-            "url": self.url,
-            "gpus": [g.to_dict() for g in self.gpus],
-            "filesystem_domain": self.filesystem_domain,
-            "data_roots": list(self.data_roots),
-            "output_root": self.output_root,
-            "labels": dict(self.labels),
-            "boot_id": self.boot_id,
-            "machine_id": self.machine_id,
-            "instance": self.instance,
-            "version": self.version,
-            "registered_at": self.registered_at,
-            "draining": self.draining,
-            "down": self.down,
-        }
-
     def to_json(self) -> bytes:
-        return _dump_json(self.to_dict())
+        return dump_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "node") -> NodeRecord:
-        d = _as_dict(d, where)
+        d = as_object(d, where)
         _check_version(d, where)
-        roots = _get(d, "data_roots", list, where)
+        roots = required(d, "data_roots", list, where)
         if not all(isinstance(r, str) for r in roots):
             raise RecordError(f"{where}.data_roots: expected a list of paths")
         return cls(
-            node=_get(d, "node", str, where),
-            url=_get(d, "url", str, where),
-            gpus=_list_of(d, "gpus", GpuInfo.from_dict, where),
-            filesystem_domain=_get(d, "filesystem_domain", str, where),
+            node=required(d, "node", str, where),
+            url=required(d, "url", str, where),
+            gpus=record_list(d, "gpus", GpuInfo.from_dict, where),
+            filesystem_domain=required(d, "filesystem_domain", str, where),
             data_roots=tuple(roots),
-            output_root=_get(d, "output_root", str, where),
-            labels=_labels(d, "labels", where),
-            boot_id=_get(d, "boot_id", str, where),
-            machine_id=_get(d, "machine_id", str, where),
-            instance=_get(d, "instance", str, where),
-            version=_get(d, "version", str, where),
-            registered_at=_get(d, "registered_at", str, where),
-            draining=_get(d, "draining", bool, where),
-            down=_opt(d, "down", dict, where),
+            output_root=required(d, "output_root", str, where),
+            labels=string_table(d, "labels", where),
+            boot_id=required(d, "boot_id", str, where),
+            machine_id=required(d, "machine_id", str, where),
+            instance=required(d, "instance", str, where),
+            version=required(d, "version", str, where),
+            registered_at=required(d, "registered_at", str, where),
+            draining=required(d, "draining", bool, where),
+            down=optional(d, "down", dict, where),
         )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> NodeRecord:
-        return cls.from_dict(_load_json(data, "node"))
+        return cls.from_dict(load_json(data, "node"))
 
 
 @dataclass(frozen=True)
-class FreeGpu:
+class FreeGpu(Exported):
     id: int
     memory_free: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "memory_free": self.memory_free}
-
     @classmethod
     def from_dict(cls, d: Any, where: str = "free") -> FreeGpu:
-        d = _as_dict(d, where)
-        return cls(_get(d, "id", int, where), _get(d, "memory_free", int, where))
+        d = as_object(d, where)
+        return cls(required(d, "id", int, where), required(d, "memory_free", int, where))
 
 
 @dataclass(frozen=True)
-class AliveRecord:
+class AliveRecord(Exported):
     """One heartbeat (``dpd_alive``, FLEET.md §7.3); ``n`` counts this instance's beats."""
 
     node: str
@@ -683,42 +486,28 @@ class AliveRecord:
     claiming: int = 0
     draining: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "instance": self.instance,
-            "boot_id": self.boot_id,
-            "machine_id": self.machine_id,
-            "n": self.n,
-            "at": self.at,
-            "free": [g.to_dict() for g in self.free],
-            "running": list(self.running),
-            "claiming": self.claiming,
-            "draining": self.draining,
-        }
-
     def to_json(self) -> bytes:
-        return _dump_json(self.to_dict())
+        return dump_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "alive") -> AliveRecord:
-        d = _as_dict(d, where)
-        running = _get(d, "running", list, where)
+        d = as_object(d, where)
+        running = required(d, "running", list, where)
         if not all(isinstance(t, str) for t in running):
             raise RecordError(f"{where}.running: expected a list of task ids")
         return cls(
-            node=_get(d, "node", str, where),
-            instance=_get(d, "instance", str, where),
-            boot_id=_get(d, "boot_id", str, where),
-            machine_id=_get(d, "machine_id", str, where),
-            n=_get(d, "n", int, where),
-            at=_get(d, "at", str, where),
-            free=_list_of(d, "free", FreeGpu.from_dict, where),
+            node=required(d, "node", str, where),
+            instance=required(d, "instance", str, where),
+            boot_id=required(d, "boot_id", str, where),
+            machine_id=required(d, "machine_id", str, where),
+            n=required(d, "n", int, where),
+            at=required(d, "at", str, where),
+            free=record_list(d, "free", FreeGpu.from_dict, where),
             running=tuple(running),
-            claiming=_get(d, "claiming", int, where),
-            draining=_get(d, "draining", bool, where),
+            claiming=required(d, "claiming", int, where),
+            draining=required(d, "draining", bool, where),
         )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> AliveRecord:
-        return cls.from_dict(_load_json(data, "alive"))
+        return cls.from_dict(load_json(data, "alive"))
