@@ -5,9 +5,12 @@ What it guarantees:
 - ``cas_update`` applies ``fn`` to the key's current value and writes the result only if
   nobody wrote the key meanwhile (``Nats-Expected-Last-Subject-Sequence``); on a conflict it
   reads again and retries, ``max_attempts`` times at most. A write whose reply was lost
-  (timeout, disconnect — expected during a leader change) is resolved by a read from the
-  stream leader and reported as applied or not applied; when the leader cannot tell
-  within ``resolve_timeout``, ``OutcomeUnknown`` is raised. It never guesses.
+  (timeout, disconnect — expected during a leader change) is sent again unchanged (same
+  ``Nats-Msg-Id``, same expected revision) until the stream answers, and a conflict then is
+  settled by a read from the stream leader: reported as applied or not applied, never
+  guessed; ``OutcomeUnknown`` when no answer comes within ``resolve_timeout``. A reply-less
+  write still in flight cannot land after being reported not applied: its expected
+  revision is stale by then.
 - ``create_or_reclaim`` creates a key, or takes over a key whose last message is a delete,
   purge or a server's MaxAge limit marker (nats-py's ``create`` fails on markers, §3.4).
 - ``leader_get`` reads through ``$JS.API.STREAM.MSG.GET`` (answered by the stream leader),
@@ -29,6 +32,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,6 +48,7 @@ log = logging.getLogger("dpd.fleet.kv")
 KV_OPERATION: Final = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
 MARKER_REASON: Final = "Nats-Marker-Reason"
+MSG_ID: Final = "Nats-Msg-Id"
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 DEFAULT_ATTEMPTS: Final = 8
 RESOLVE_TIMEOUT: Final = 20.0  # a leader election takes 4–9 s (FLEET.md §3.6)
@@ -353,7 +358,13 @@ class Bucket:
 
     async def _write(self, key: str, value: bytes, last: int) -> tuple[int, bool]:
         """``write``, and whether its reply was lost and resolved by a leader read."""
-        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last), MSG_ID: uuid.uuid4().hex}
+        try:
+            return await self._publish(key, value, headers), False
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, TimeoutError) as err:
+            return await self._resolve(key, value, headers, err), True
+
+    async def _publish(self, key: str, value: bytes, headers: dict[str, str]) -> int:
         try:
             ack = await self.js.publish(self.subject(key), value, headers=headers)
         except nats.js.errors.APIError as err:
@@ -362,27 +373,33 @@ class Bucket:
             raise Unavailable(f"{key}: {err}") from err
         except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as err:
             raise Unavailable(f"{key}: no stream answered") from err
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, TimeoutError) as err:
-            return await self._resolve(key, value, last, err), True
-        return int(ack.seq), False
+        return int(ack.seq)
 
-    async def _resolve(self, key: str, value: bytes, last: int, err: BaseException) -> int:
-        """The reply of a write was lost: ask the leader whether it was stored. Ours, if
-        stored, is the first message of the key after ``last`` (the CAS allowed nothing
-        else in between)."""
-        log.info("%s: reply of a write lost (%r); asking the stream leader", key, err)
+    async def _resolve(
+        self, key: str, value: bytes, headers: dict[str, str], err: BaseException
+    ) -> int:
+        """The reply of a write was lost. Send the very same message again (same
+        ``Nats-Msg-Id``, same expected revision) until the leader answers: a PubAck (a
+        duplicate of the first, or the first never arrived) means stored, exactly once —
+        two messages expecting one revision cannot both pass. A wrong-last answer means a
+        later message is stored: the first one after the expected revision is ours or
+        not, and ours can never be stored later, its expectation being stale for good."""
+        log.info("%s: reply of a write lost (%r); sending it again", key, err)
+        last = int(headers[EXPECTED_LAST_SUBJECT_SEQUENCE])
         deadline = time.monotonic() + self.resolve_timeout
         while True:
             try:
+                return await self._publish(key, value, headers)
+            except WrongLast:
                 return await self._stored_as(key, value, last)
-            except (OutcomeUnknown, NotStored):
-                raise
-            except (*TRANSIENT, nats.js.errors.APIError) as again:
+            except (Unavailable, *TRANSIENT, nats.errors.ConnectionClosedError) as again:
                 if time.monotonic() > deadline:
-                    raise OutcomeUnknown(f"{key}: no leader answer ({again!r})") from err
+                    raise OutcomeUnknown(f"{key}: no answer from the stream ({again!r})") from err
                 await asyncio.sleep(UNAVAILABLE_PAUSE)
 
     async def _stored_as(self, key: str, value: bytes, last: int) -> int:
+        """After a wrong-last answer to our retry: our revision if the first message after
+        ``last`` is ours, else ``NotStored`` (``OutcomeUnknown`` if trimming hid it)."""
         subject = self.subject(key)
         first_after = await self._leader_msg(subject, seq=last + 1, next_after=True)
         if first_after is None:

@@ -123,6 +123,72 @@ async def test_a_lost_reply_is_resolved_by_the_leader_never_guessed(clients: lis
         await bucket._stored_as("job.k", b"v2", r1)
 
 
+class LosingReplies:
+    """Wraps ``js.publish``: the next publish loses its reply — after its message reached
+    the stream ("stored"), without it ("lost"), or while it is still on its way and lands
+    0.3 s later ("late", as a proposal stuck behind a slow leader)."""
+
+    def __init__(self, bucket: Bucket, message: str) -> None:
+        self.real = bucket.js.publish
+        self.message, self.calls, self.pending = message, 0, 1
+        self.late: list[asyncio.Task[Any]] = []
+        bucket.js.publish = self  # type: ignore[method-assign]
+
+    async def __call__(self, subject: str, payload: bytes, **kw: Any) -> Any:
+        self.calls += 1
+        if not self.pending:
+            return await self.real(subject, payload, **kw)
+        self.pending = 0
+        if self.message == "stored":
+            await self.real(subject, payload, **kw)
+        elif self.message == "late":
+            self.late.append(asyncio.create_task(self._later(subject, payload, **kw)))
+        raise nats.errors.TimeoutError
+
+    async def _later(self, subject: str, payload: bytes, **kw: Any) -> Any:
+        await asyncio.sleep(0.3)
+        try:
+            return await self.real(subject, payload, **kw)
+        except nats.js.errors.APIError as err:
+            return err  # refused: its expected revision is stale
+
+
+@pytest.mark.parametrize("message", ["stored", "lost", "late"])
+async def test_a_lost_reply_is_applied_exactly_once(clients: list[NATS], message: str) -> None:
+    bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
+    await bucket.write("job.n", b"0", 0)
+    losing = LosingReplies(bucket, message)
+    result = await bucket.cas_update("job.n", increment)
+    await asyncio.gather(*losing.late)
+    assert result.written and result.lost_replies == 1 and losing.calls == 2
+    assert await bucket._retained(bucket.subject("job.n")) == 2  # "0", then "1" stored once
+    now = await bucket.leader_get("job.n")
+    assert now is not None and now.value == b"1"
+    assert result.entry is not None and result.entry.revision == now.revision
+
+
+async def test_a_lost_reply_overtaken_by_another_writer_is_not_applied(clients: list[NATS]) -> None:
+    bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
+    other = Bucket(clients[1].jetstream(), bucket.spec)
+    first = await bucket.write("job.n", b"0", 0)
+    real = bucket.js.publish
+
+    async def lost_then_overtaken(subject: str, payload: bytes, **kw: Any) -> Any:
+        bucket.js.publish = real  # type: ignore[method-assign]
+        await other.write("job.n", b"theirs", first)  # ours never arrived; theirs did
+        raise nats.errors.TimeoutError
+
+    bucket.js.publish = lost_then_overtaken  # type: ignore[method-assign]
+    with pytest.raises(NotStored):
+        await bucket.write("job.n", b"mine", first)
+    # cas_update retries such a write on a fresh read: both changes end up applied once
+    bucket.js.publish = lost_then_overtaken  # type: ignore[method-assign]
+    first = (await bucket.leader_get("job.n")).revision  # type: ignore[union-attr]
+    result = await bucket.cas_update("job.n", lambda e: (e.value if e else b"") + b"+mine")
+    assert result.lost_replies == 1
+    assert (await bucket.leader_get("job.n")).value == b"theirs+mine"  # type: ignore[union-attr]
+
+
 async def test_concurrent_cas_from_three_clients_never_loses_an_update(
     clients: list[NATS],
 ) -> None:
