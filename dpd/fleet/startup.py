@@ -90,6 +90,11 @@ def problems(facts: Sequence[ServerFacts], require_sync_always: bool) -> list[st
                 f"nats-server at {f.where} is {f.version or 'of unknown version'}; fleet mode "
                 f"needs >= 2.11 (CAS across leader changes, nats-server#6194)"
             )
+        elif f.api_level is not None and f.api_level < 1:
+            out.append(
+                f"JetStream at {f.where} answers with API level {f.api_level}; fleet mode needs "
+                "level 1 (a server of 2.11 or later) for consistent CAS"
+            )
         if f.jetstream is False:
             out.append(f"nats-server at {f.where} has JetStream disabled")
         if require_sync_always and f.sync_always is False:

@@ -118,6 +118,8 @@ def test_problems_is_pure_and_names_each_server() -> None:
         "(CAS across leader changes, nats-server#6194)"
     ]
     assert problems([lazy, silent], False) == []
+    level0 = ServerFacts("nats://d:4222", "2.11.0", jetstream=True, api_level=0)
+    assert "API level 0" in problems([level0], False)[0]
     assert len(problems([lazy, silent], True)) == 2
 
 
@@ -167,6 +169,23 @@ async def test_unreachable_nats_is_not_a_refusal(tmp_path: Path) -> None:
     config = fleet_config(tmp_path, f"nats://127.0.0.1:{free_port()}")
     with pytest.raises(NatsUnreachable):
         await check_fleet_nats(config, timeout=3)
+
+
+def test_dpd_serve_starts_when_nats_is_unreachable(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "daemon": {"node": "gpu-a"},
+            "nats": {"url": f"nats://127.0.0.1:{free_port()}", "jetstream": True},
+            "fleet": {"enabled": True},
+        },
+    )
+    daemons.append(daemon)
+    daemon.start()  # fleet work waits for NATS; the host serves its own jobs meanwhile
+    assert "fleet: no NATS server at" in daemon.log()
+    assert daemon.stop() == 0
 
 
 @pytest.mark.fleet
