@@ -155,6 +155,100 @@ class ModelsConfig:
     hf_token: str = ""  # for gated repositories; never shown
 
 
+# --- fleet mode (FLEET.md §11): several hosts share one queue on NATS JetStream -------------
+FLEET_NODE_LOSS = ("hold", "requeue")
+FLEET_KILL_GRACE = 45.0  # the launcher's SIGTERM->SIGKILL wait plus its kill wait (§9.4)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Off by default: a single host behaves exactly as without this table."""
+
+    enabled: bool = False
+    filesystem_domain: str = ""  # "" = this node only (private)
+    labels: dict[str, str] = field(default_factory=dict)
+    public_url: str = ""
+    node_ttl: float = 15.0  # what `dpd fleet init` creates dpd_alive with; the bucket's counts
+    heartbeat_interval: float = 3.0
+    node_loss: str = "hold"
+    fence_after: float = 300.0
+    fence_check: float = 1.0
+    lost_after: float = 600.0
+    requeue_on_reboot: bool = True
+    max_attempts: int = 3
+    fence_margin: float = 60.0
+    claim_stagger: float = 0.05
+    rpc_timeout: float = 2.0
+    monitor_url: str = ""  # NATS monitoring URL(s), comma-separated: /varz shows sync_always
+    require_sync_always: bool = False  # refuse to start unless every /varz says sync_always
+    replicas: int = 3
+    keep_terminal_days: int = 30
+    publish_artifacts: bool = False
+    artifact_max_mb: int = 2048
+
+
+def _fleet_value_problem(key: str, value: Any) -> str | None:
+    positive = ("node_ttl", "heartbeat_interval", "fence_after", "fence_check", "rpc_timeout")
+    not_negative = ("lost_after", "max_attempts", "fence_margin", "claim_stagger")
+    if key in positive and value <= 0:
+        return "expected a positive number"
+    if key in not_negative and value < 0:
+        return "expected 0 or more"
+    if key == "node_loss" and value not in FLEET_NODE_LOSS:
+        return f"expected one of {FLEET_NODE_LOSS}"
+    if key == "replicas" and value not in (1, 3, 5):
+        return "expected 1, 3 or 5"
+    if key in ("keep_terminal_days", "artifact_max_mb") and value <= 0:
+        return "expected a positive integer"
+    if key == "public_url" and value and not re.match(r"^https?://", value):
+        return "expected empty or an http(s):// URL"
+    if (
+        key == "monitor_url"
+        and value
+        and not all(re.match(r"^https?://", u.strip()) for u in value.split(","))
+    ):
+        return "expected empty or comma-separated http(s):// URLs"
+    return None
+
+
+def _check_fleet(config: Config) -> None:
+    """What fleet mode needs from the rest of the configuration (FLEET.md §9.4, §11)."""
+    fleet = config.fleet
+    if not fleet.enabled:
+        return
+    if not config.nats.url or not config.nats.jetstream:
+        raise ConfigError("[fleet] enabled needs [nats] url and jetstream = true")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", config.daemon.node):
+        raise ConfigError(
+            f"[fleet] enabled needs [daemon] node to match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,62}}$, "
+            f"got {config.daemon.node!r}"
+        )
+    if fleet.heartbeat_interval > fleet.node_ttl / 4:
+        raise ConfigError(
+            f"[fleet] heartbeat_interval {fleet.heartbeat_interval} must be at most "
+            f"node_ttl / 4 = {fleet.node_ttl / 4}"
+        )
+    if fleet.require_sync_always and not fleet.monitor_url:
+        raise ConfigError("[fleet] require_sync_always needs monitor_url to read /varz")
+    if fleet.node_loss == "requeue":
+        fenced = (
+            fleet.fence_after
+            + fleet.fence_check
+            + config.trainer.stop_timeout
+            + FLEET_KILL_GRACE
+            + fleet.fence_margin
+        )
+        if fenced >= fleet.node_ttl + fleet.lost_after:
+            raise ConfigError(
+                f"[fleet] node_loss = requeue needs fence_after + fence_check + "
+                f"trainer.stop_timeout + {FLEET_KILL_GRACE:g} + fence_margin ({fenced:g}) < "
+                f"node_ttl + lost_after ({fleet.node_ttl + fleet.lost_after:g})"
+            )
+
+
+# --- end of fleet mode ------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     """Training alerts (issue 16): NaN/Inf loss, loss explosion, stalled run."""
@@ -177,6 +271,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source: str = "embedded default"
 
 
@@ -432,6 +527,8 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
         ("alerts", "loss_explosion_factor"): (lambda v: v > 1, "a number above 1"),
         ("alerts", "loss_window"): (lambda v: v >= 10, "an integer of at least 10"),
     }
+    if table == "fleet":
+        return _fleet_value_problem(key, value)
     check = checks.get((table, key))
     if check and not check[0](value):
         return f"expected {check[1]}"
@@ -440,6 +537,7 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
 
 def _check_consistency(config: Config) -> None:
     _check_nats_credentials(config.nats)
+    _check_fleet(config)
     lo, hi = config.trainer.master_port_range
     if config.http.port and lo <= config.http.port <= hi:
         raise ConfigError(

@@ -109,6 +109,13 @@ class Daemon:
 
     async def run(self) -> None:
         self._install_signal_handlers()
+        if self.config.fleet.enabled:  # fleet mode: refuse an unsafe NATS before anything starts
+            from dpd.fleet.startup import NatsUnreachable, check_fleet_nats
+
+            try:
+                await check_fleet_nats(self.config)
+            except NatsUnreachable as err:
+                log.warning("fleet: %s; fleet work waits for NATS", err)
         try:
             await self.startup()
             await self._stop.wait()
@@ -325,7 +332,7 @@ def _bound_port(runner: web.AppRunner) -> int | None:
 def serve(config: Config, config_path: str | None = None) -> int:
     """The exit status: non-zero when a component failed (systemd's Restart=on-failure
     then starts dpd again)."""
-    daemon = Daemon(config, config_path)
+    daemon = Daemon(config, config_path)  # a ConfigError (fleet's NATS check): dpd.cli.serve
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(daemon.run())
     return EXIT_FAILED if daemon.failure is not None else 0

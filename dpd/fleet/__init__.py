@@ -1,0 +1,1 @@
+"""Fleet mode: several dpd hosts share one queue on NATS JetStream (FLEET.md)."""
