@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dpd.http.middlewares import error_middleware
 
 if TYPE_CHECKING:
     from dpd.services import Services
-
-Middleware = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
 @dataclass

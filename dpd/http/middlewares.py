@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -41,7 +42,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if err.status < 400:
             raise
         message = _HTTP_MESSAGES.get(err.status, err.reason)
-        data = None
+        data: dict[str, Any] | None = None
         if err.status == 405:
             allowed = sorted(getattr(err, "allowed_methods", ()) or ())
             data = {"allowed_methods": allowed}

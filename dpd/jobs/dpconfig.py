@@ -145,7 +145,7 @@ def _key_text(key: str) -> str:
 
 def _value_text(value: Any) -> str:
     try:
-        return tomlkit.item(value).as_string()
+        return str(tomlkit.item(value).as_string())
     except (TypeError, ValueError) as err:  # tomlkit's ConvertError is both
         raise ConfigRenderError(f"a value has no TOML form: {err}") from err
 

@@ -64,7 +64,7 @@ class IngestResult:
     name: str
     task_id: str | None = None
     error: DpdError | None = None
-    state: dict | None = None
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

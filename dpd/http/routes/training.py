@@ -343,7 +343,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
     metric = request.query.get("metric") or "loss"
-    kind = query_choice(request, "type", ("step", "epoch", "eval"), "step")
+    kind = query_choice(request, "type", ("step", "epoch", "eval"), "step") or "step"
     limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
     points = await asyncio.to_thread(_newest_points, services, task_id, metric, kind, limit)
     selected = [_metric_view(p, kind) for p in points]
