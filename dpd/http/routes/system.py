@@ -24,7 +24,6 @@ from dpd.services import SERVICES, Services
 
 PREFIX = "/api/v1/system"
 MB = 1024 * 1024
-NATS_EXTRA = "nats"  # services.extras key of the NATS bridge (an object with status())
 
 
 def setup(app: web.Application) -> None:
@@ -70,10 +69,9 @@ def gpu_counts(gpu_summary: dict[str, int]) -> dict[str, int]:
 
 
 def nats_state(services: Services) -> dict[str, Any] | None:
-    bridge = services.extras.get(NATS_EXTRA)
-    if bridge is None:
+    if services.nats is None:
         return None
-    return dict(bridge.status())
+    return dict(services.nats.status())
 
 
 async def get_overview(request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """Training routes (api.md §3, §4): start, stop, resume, list, detail, progress, metrics.
 
-``POST /training/start`` goes through the same path as a dropped file: validate, make the
-job directory durable, announce, wake the scheduler. The same ``task_id`` twice never starts
+``POST /training/start`` goes through the same intake as a dropped file
+(``dpd.spool.intake.JobIntake``): validate, make the job directory durable, announce, wake the
+scheduler. The same ``task_id`` twice never starts
 a second training: the second call answers 200 with the existing task.
 """
 
@@ -26,7 +27,7 @@ from dpd.http.common import (
     rate_limit,
     require_permission,
 )
-from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
+from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
@@ -62,18 +63,13 @@ async def start_training(request: web.Request) -> web.Response:
     await rate_limit(request, "training")
     services = _services(request)
     body = await request.read()
-    spec = validate_job(
-        parse_job_document(body, "json"), data_roots=services.config.daemon.data_roots
-    )
+    spec = services.intake.validate(body, "json")
     if spec.task_id is not None and services.store.exists(spec.task_id):
         state = services.store.get(spec.task_id)
         return envelope_response(_created_view(services, state), 200, "task already exists")
     _check_gpus(services, spec)
     submission = Submission("rest", who.key_id, hashlib.sha256(body).hexdigest())
-    state = await asyncio.to_thread(services.store.create_job, spec, submission)
-    for event in await asyncio.to_thread(services.store.read_events, state["task_id"]):
-        services.bus.announce(event)
-    services.supervisor.wake()
+    state = await services.intake.submit(spec, submission)
     return envelope_response(_created_view(services, state), 201, "training task created")
 
 
