@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dpd.http.common import envelope_response, principal, query_choice, query_int, rate_limit
+from dpd.http.common import envelope_response, query_choice, query_int
+from dpd.http.routing import Route, add_routes
 from dpd.http.views import iso_from_unix
 from dpd.services import SERVICES, Services
 from dpd.supervisor.gpus import AVAILABLE, BUSY, PREPROCESSING, TRAINING, UNKNOWN, GpuInfo
@@ -29,8 +30,7 @@ Recommend = Callable[[int], list[str]]
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/status", get_gpu_status)
-    app.router.add_get(f"{PREFIX}/available", get_available_gpus)
+    add_routes(app, ROUTES)
 
 
 # ----------------------------------------------------------------- pure shaping
@@ -157,8 +157,6 @@ def _state_or_none(services: Services, task_id: str | None) -> dict[str, Any] | 
 
 
 async def get_gpu_status(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "gpu")
     services = request.app[SERVICES]
     entries = current_entries(services)
     return envelope_response(
@@ -167,8 +165,6 @@ async def get_gpu_status(request: web.Request) -> web.Response:
 
 
 async def get_available_gpus(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "gpu")
     min_memory = query_int(request, "min_memory", None, minimum=0)
     task_type = query_choice(request, "task_type", TASK_TYPES)
     services = request.app[SERVICES]
@@ -179,3 +175,9 @@ async def get_available_gpus(request: web.Request) -> web.Response:
 
 def _updated(services: Services) -> str | None:
     return iso_from_unix(services.monitor.updated_at)
+
+
+ROUTES = (
+    Route("GET", f"{PREFIX}/status", get_gpu_status, rate="gpu"),
+    Route("GET", f"{PREFIX}/available", get_available_gpus, rate="gpu"),
+)

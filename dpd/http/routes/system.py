@@ -18,8 +18,9 @@ import psutil
 from aiohttp import web
 
 from dpd import __version__
-from dpd.http.common import envelope_response, principal
+from dpd.http.common import envelope_response
 from dpd.http.routes.gpu import current_entries, summary
+from dpd.http.routing import Route, add_routes
 from dpd.services import SERVICES, Services
 
 PREFIX = "/api/v1/system"
@@ -28,7 +29,7 @@ MB = 1024 * 1024
 
 def setup(app: web.Application) -> None:
     psutil.cpu_percent(interval=None)  # start the CPU sampling window
-    app.router.add_get(f"{PREFIX}/overview", get_overview)
+    add_routes(app, ROUTES)
 
 
 def machine_figures(storage_root: Path) -> dict[str, Any]:
@@ -75,7 +76,6 @@ def nats_state(services: Services) -> dict[str, Any] | None:
 
 
 async def get_overview(request: web.Request) -> web.Response:
-    principal(request)
     services: Services = request.app[SERVICES]
     figures = await asyncio.to_thread(machine_figures, services.config.daemon.storage_root)
     return envelope_response(
@@ -89,3 +89,6 @@ async def get_overview(request: web.Request) -> web.Response:
             "nats": nats_state(services),
         }
     )
+
+
+ROUTES = (Route("GET", f"{PREFIX}/overview", get_overview),)

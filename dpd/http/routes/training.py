@@ -24,9 +24,8 @@ from dpd.http.common import (
     query_bool,
     query_choice,
     query_int,
-    rate_limit,
-    require_permission,
 )
+from dpd.http.routing import Route, add_routes
 from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
@@ -40,15 +39,9 @@ STATUSES = tuple(s.value for s in Status)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(f"{PREFIX}/start", start_training)
-    app.router.add_post(f"{PREFIX}/stop/{{task_id}}", stop_training)
     app[LIST_PAGES] = ListPages()
     app[PROGRESS_VIEWS] = ProgressViews()
-    app.router.add_get(f"{PREFIX}/list", list_trainings)
-    app.router.add_get(f"{PREFIX}/{{task_id}}", get_training)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/progress", get_progress)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/metrics", get_metrics)
-    app.router.add_post(f"{PREFIX}/{{task_id}}/resume", resume_training)
+    add_routes(app, ROUTES)
 
 
 def _services(request: web.Request) -> Services:
@@ -59,8 +52,7 @@ def _services(request: web.Request) -> Services:
 
 
 async def start_training(request: web.Request) -> web.Response:
-    who = require_permission(request, "training")
-    await rate_limit(request, "training")
+    who = principal(request)
     services = _services(request)
     body = await request.read()
     spec = services.intake.validate(body, "json")
@@ -127,7 +119,6 @@ def _created_view(services: Services, state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stop_training(request: web.Request) -> web.Response:
-    require_permission(request, "training")
     force = query_bool(request, "force", False)
     if request.can_read_body:
         force = _force_from_body(await request.read(), force)
@@ -151,7 +142,6 @@ def _force_from_body(body: bytes, default: bool) -> bool:
 
 
 async def resume_training(request: web.Request) -> web.Response:
-    require_permission(request, "training")
     state = await _services(request).supervisor.resume(request.match_info["task_id"])
     return envelope_response(views.task_detail(state), 200, "training task queued for resume")
 
@@ -160,7 +150,6 @@ async def resume_training(request: web.Request) -> web.Response:
 
 
 async def list_trainings(request: web.Request) -> web.Response:
-    principal(request)
     status = query_choice(request, "status", STATUSES)
     gpu_id = query_int(request, "gpu_id", None, minimum=0)
     limit = query_int(request, "limit", 50, minimum=1, maximum=1000) or 50
@@ -244,7 +233,6 @@ def _summary_json(state: dict[str, Any]) -> bytes:
 
 
 async def get_training(request: web.Request) -> web.Response:
-    principal(request)
     services = _services(request)
     state = services.store.get(request.match_info["task_id"])
     detail = views.task_detail(state)
@@ -300,7 +288,6 @@ def _newest_points(
 
 
 async def get_progress(request: web.Request) -> web.Response:
-    principal(request)
     store, task_id = _services(request).store, request.match_info["task_id"]
     data = request.app[PROGRESS_VIEWS].encoded(store, task_id)
     body = b'{"code":200,"message":"success","data":%s,"timestamp":%d}' % (data, time.time())
@@ -334,7 +321,6 @@ PROGRESS_VIEWS: web.AppKey[ProgressViews] = web.AppKey("dpd.training.progress", 
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    principal(request)
     services = _services(request)
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
@@ -353,3 +339,14 @@ def _metric_view(point: dict[str, Any], kind: str | None) -> dict[str, Any]:
     else:
         view = {"step": point.get("step"), "epoch": point.get("epoch"), **view}
     return view
+
+
+ROUTES = (
+    Route("POST", f"{PREFIX}/start", start_training, permission="training", rate="training"),
+    Route("POST", f"{PREFIX}/stop/{{task_id}}", stop_training, permission="training"),
+    Route("GET", f"{PREFIX}/list", list_trainings),
+    Route("GET", f"{PREFIX}/{{task_id}}", get_training),
+    Route("GET", f"{PREFIX}/{{task_id}}/progress", get_progress),
+    Route("GET", f"{PREFIX}/{{task_id}}/metrics", get_metrics),
+    Route("POST", f"{PREFIX}/{{task_id}}/resume", resume_training, permission="training"),
+)
