@@ -55,8 +55,12 @@ class JobIntake:
         )
         return results
 
-    def validate(self, body: bytes, document_format: str = "json") -> JobSpec:
-        """Parse and validate a submitted document; ``BadRequest``/``ValidationFailed``."""
+    async def validate(self, body: bytes, document_format: str = "json") -> JobSpec:
+        """Parse and validate a submitted document; ``BadRequest``/``ValidationFailed``. In a
+        thread: validation resolves paths and looks at the dataset directories on disk."""
+        return await asyncio.to_thread(self._validate, body, document_format)
+
+    def _validate(self, body: bytes, document_format: str) -> JobSpec:
         return validate_job(parse_job_document(body, document_format), data_roots=self.data_roots)
 
     async def submit(self, spec: JobSpec, submission: Submission) -> dict[str, Any]:

@@ -3,7 +3,6 @@ line by line against the Prometheus text format's grammar."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import shutil
@@ -18,6 +17,7 @@ from dpd.daemon import Daemon
 from dpd.http.prometheus import Family, escape_label, render
 from dpd.services import SERVICES
 from tests.http.conftest import Api, MakeApi
+from tests.waiting import wait_until
 
 SAMPLE_LINE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? '
@@ -130,13 +130,12 @@ async def test_metrics_exposition(make_api: MakeApi) -> None:
 async def test_events_published_counts_up(api: Api) -> None:
     before = parse_metrics((await api.get("/metrics", key=None)).text)
     await api.post("/api/v1/training/start", json=await api.parked_job("e1"))
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def published_more() -> bool:
         after = parse_metrics((await api.get("/metrics", key=None)).text)
-        if after["dpd_events_published_total"] > before["dpd_events_published_total"]:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+        return after["dpd_events_published_total"] > before["dpd_events_published_total"]
+
+    await wait_until(published_more, interval=0.05)
 
 
 def test_render_escapes_labels_and_formats_values() -> None:

@@ -53,7 +53,7 @@ async def test_a_rest_submission_is_written_then_announced_then_wakes(
     intake: JobIntake, store: JobStore, data_root: Path, recorder: Recorder
 ) -> None:
     body = json.dumps(job_document(data_root, task_id="cats")).encode()
-    state = await intake.submit(intake.validate(body), rest(body))
+    state = await intake.submit(await intake.validate(body), rest(body))
     assert state["task_id"] == "cats" and store.get("cats")["status"] == "queued"
     queued = {"status": "queued", "previous": None}
     assert recorder.steps == [("announce", ("cats", 1, queued)), ("wake", None)]
@@ -87,11 +87,11 @@ async def test_bad_documents_are_refused_before_anything_is_written(
     intake: JobIntake, store: JobStore, data_root: Path, recorder: Recorder
 ) -> None:
     with pytest.raises(BadRequest):
-        intake.validate(b'{"model_type": ')
+        await intake.validate(b'{"model_type": ')
     doc = job_document(data_root)
     doc["model_type"] = "no-such-model"
     with pytest.raises(ValidationFailed):
-        intake.validate(json.dumps(doc).encode())
+        await intake.validate(json.dumps(doc).encode())
     assert store.task_ids() == [] and recorder.steps == []
 
 
@@ -99,8 +99,8 @@ async def test_a_taken_task_id_is_a_conflict_and_is_not_announced_again(
     intake: JobIntake, data_root: Path, recorder: Recorder
 ) -> None:
     first = json.dumps(job_document(data_root, task_id="cats")).encode()
-    await intake.submit(intake.validate(first), rest(first))
+    await intake.submit(await intake.validate(first), rest(first))
     second = json.dumps(job_document(data_root, task_id="cats", description="other")).encode()
     with pytest.raises(Conflict):
-        await intake.submit(intake.validate(second), rest(second))
+        await intake.submit(await intake.validate(second), rest(second))
     assert [step[0] for step in recorder.steps] == ["announce", "wake"]

@@ -55,7 +55,7 @@ async def start_training(request: web.Request) -> web.Response:
     who = principal(request)
     services = _services(request)
     body = await request.read()
-    spec = services.intake.validate(body, "json")
+    spec = await services.intake.validate(body, "json")
     if spec.task_id is not None and services.store.exists(spec.task_id):
         state = services.store.get(spec.task_id)
         return envelope_response(_created_view(services, state), 200, "task already exists")
