@@ -22,15 +22,16 @@ DPD = Path(__file__).resolve().parent.parent / "dpd"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
-        # leaves: import nothing of dpd (simulation is the stand-in trainer, its own program)
-        "dpd errors logsetup notify simulation",
+        # leaves: import nothing of dpd (simulation is the stand-in trainer, its own program;
+        # web holds the dashboard's static files)
+        "dpd errors logsetup notify simulation web",
         "config envelope",
         "jobs",  # pure domain: specs, states, the diffusion-pipe config renderer
         "spool",  # atomic files, the durable job store, spool intake
         "keys trainlog",
-        "events",
-        "supervisor preprocess models",
-        "logs",
+        "events local_key",
+        "supervisor preprocess models alerts",
+        "logs fleet",
         "services",  # the components one daemon is made of, as HTTP reaches them
         "http",
         "daemon client",
