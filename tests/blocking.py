@@ -73,12 +73,15 @@ ALLOWED: tuple[tuple[str, str, frozenset[str], str], ...] = (
         frozenset({"make_store", "create_job", "new_job", "disk_events"}),
         "test set-up and checks: a fresh store, its jobs and what it wrote, in tmp_path",
     ),
-    (
-        "os.path.abspath",
-        "dpd/supervisor/shim.py",
-        frozenset({"of"}),
-        "JobMark.of resolves the job directory at launch; the supervisor is being rebuilt "
-        "(issue 15 items 1-4) and is to call it in its launch thread",
+    *(
+        (
+            "os.path.abspath",
+            where,  # JobMark's home today, and after the supervisor's rebuild
+            frozenset({"of"}),
+            "JobMark.of resolves the job directory (realpath) when a run is launched, on the "
+            "loop; to move into the launch's worker thread",
+        )
+        for where in ("dpd/supervisor/shim.py", "dpd/supervisor/shim_protocol.py")
     ),
 )
 
