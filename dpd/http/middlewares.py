@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -42,7 +41,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if err.status < 400:
             raise
         message = _HTTP_MESSAGES.get(err.status, err.reason)
-        data: dict[str, Any] | None = None
+        data: dict[str, object] | None = None
         if err.status == 405:
             allowed = sorted(getattr(err, "allowed_methods", ()) or ())
             data = {"allowed_methods": allowed}

@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,6 @@ import tomlkit
 from dpd.http.common import PERMISSIONS as HTTP_PERMISSIONS
 from dpd.keys import PERMISSIONS, KeyStore, hash_key
 from tests.http.conftest import MakeApi
-from tests.waiting import wait_until
 
 # ------------------------------------------------------------------ the store
 
@@ -187,7 +187,9 @@ async def test_a_running_daemon_sees_cli_keys_without_restart(make_api: MakeApi)
 
 
 async def wait_status(api, raw: str, wanted: int, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    async def answered() -> bool:
-        return (await api.get("/api/v1/gpu/status", raw)).status == wanted
-
-    return await wait_until(answered, timeout, interval=0.05)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await api.get("/api/v1/gpu/status", raw)).status == wanted:
+            return True
+        await asyncio.sleep(0.05)
+    return False
