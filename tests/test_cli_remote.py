@@ -15,10 +15,9 @@ import pytest
 import yaml
 
 from dpd.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from tests.daemon_harness import DaemonProcess, free_port
+from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.jobfiles import job_document
 from tests.test_client import KEY, start_daemon
-from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
