@@ -2,8 +2,8 @@
 
 ``POST /training/start`` goes through the same intake as a dropped file
 (``dpd.spool.intake.JobIntake``): validate, make the job directory durable, announce, wake the
-scheduler. The same ``task_id`` twice never starts
-a second training: the second call answers 200 with the existing task.
+scheduler. The same ``task_id`` twice never starts a second training: the second call answers
+200 with the existing task.
 """
 
 from __future__ import annotations
