@@ -352,10 +352,10 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, A
     for name, text in environ.items():
         if not name.startswith("DPD_") or name in NON_KEY_ENV:
             continue
-        table, key = _split_env_name(name)
-        if table is None:
+        found, key = _split_env_name(name)
+        if found is None:
             continue
-        overrides.append((table, key, _EnvText(name, text)))
+        overrides.append((found, key, _EnvText(name, text)))
     return overrides
 
 

@@ -41,7 +41,7 @@ from dpd.models.downloads import DownloadManager
 from dpd.notify import Notifier, status_line
 from dpd.preprocess.tasks import PreprocessManager
 from dpd.services import SERVICES, Services
-from dpd.spool.ingest import IngestResult, Outcome, ingest_files
+from dpd.spool.intake import JobIntake
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore
 from dpd.spool.watcher import SpoolWatcher
@@ -72,22 +72,32 @@ class Daemon:
         bus = EventBus(store, config.daemon.node)
         monitor = GpuMonitor(open_inventory(config.gpus), config.gpus.monitor_interval)
         supervisor = Supervisor(config, store, bus.emit, monitor, ShimLauncher())
-        self.services = Services(config, layout, store, bus, monitor, supervisor, time.time())
+        intake = JobIntake(layout, store, config.daemon.data_roots, bus.announce, supervisor.wake)
         catalog = load_catalog(Path(config.models.catalog) if config.models.catalog else None)
         self.preprocess = PreprocessManager(config, bus.emit)
         self.downloads = DownloadManager.from_config(config, catalog, bus.emit)
-        self.services.extras.update(
-            catalog=catalog, preprocess=self.preprocess, downloads=self.downloads
-        )
         self.nats: NatsBridge | None = None
         if config.nats.url:
             self.nats = NatsBridge(
                 config.nats, bus, store, config.daemon.node, config.daemon.state_dir
             )
             monitor.add_listener(self.nats.publish_gpus)
-            self.services.extras["nats"] = self.nats
+        self.services = Services(
+            config=config,
+            layout=layout,
+            store=store,
+            bus=bus,
+            monitor=monitor,
+            supervisor=supervisor,
+            intake=intake,
+            catalog=catalog,
+            preprocess=self.preprocess,
+            downloads=self.downloads,
+            nats=self.nats,
+            started_at=time.time(),
+        )
         self.alerts = AlertWatcher(bus, alert_rules(config), config.alerts.webhook_url)
-        self.watcher = SpoolWatcher(layout, self._ingest, workers=INGEST_WORKERS)
+        self.watcher = SpoolWatcher(layout, intake.ingest, workers=INGEST_WORKERS)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
             config.auth.enabled, config.auth.bootstrap_key, StoreChecker(self.keys)
@@ -215,7 +225,7 @@ class Daemon:
 
     def status_text(self) -> str:
         counts = self.services.store.count_by_status()
-        nats = self.services.extras.get("nats")
+        nats = self.services.nats
         nats_state = None
         if nats is not None:
             nats_state = "connected" if nats.status().get("connected") else "disconnected"
@@ -258,21 +268,6 @@ class Daemon:
             )
             log.info("configuration reloaded from %s", new.source)
 
-    # -------------------------------------------------------------- intake
-
-    async def _ingest(self, names: Sequence[str]) -> list[IngestResult]:
-        services = self.services
-        results = await asyncio.to_thread(
-            ingest_files, services.layout, services.store, names, self.config.daemon.data_roots
-        )
-        accepted = [r.task_id for r in results if r.outcome is Outcome.ACCEPTED and r.task_id]
-        if accepted:
-            first = await asyncio.to_thread(_first_events, services.store, accepted)
-            for event in first:
-                services.bus.announce(event)
-            services.supervisor.wake()
-        return results
-
     # ------------------------------------------------------------- shutdown
 
     async def shutdown(self) -> None:
@@ -310,11 +305,6 @@ class Daemon:
             log.warning("shutdown: %s took longer than %ss; going on", what, timeout)
         except Exception:
             log.exception("shutdown: %s failed; going on", what)
-
-
-def _first_events(store: JobStore, task_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The events new jobs were written with, in job order (blocking: reads the files)."""
-    return [event for task_id in task_ids for event in store.read_events(task_id)]
 
 
 def alert_rules(config: Config) -> AlertRules:

@@ -1,23 +1,37 @@
-"""The components one daemon is made of, as route modules and the CLI's demo reach them."""
+"""The components one daemon is made of, as the HTTP routes and the CLI's demo reach them.
+
+Built once by the composition root (``dpd.daemon``) and frozen: a route reads its
+components here and never stores anything in it (a route's own caches live under its own
+``web.AppKey``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from dpd.config import Config
 from dpd.events.bus import EventBus
+from dpd.models.catalog import Catalog
+from dpd.models.downloads import DownloadManager
+from dpd.preprocess.tasks import PreprocessManager
+from dpd.spool.intake import JobIntake
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore
-
-if TYPE_CHECKING:
-    from dpd.supervisor.gpu_monitor import GpuMonitor
-    from dpd.supervisor.supervisor import Supervisor
+from dpd.supervisor.gpu_monitor import GpuMonitor
+from dpd.supervisor.supervisor import Supervisor
 
 
-@dataclass
+class ConnectionStatus(Protocol):
+    """What the routes read of the NATS bridge: ``connected``, ``url``, ``pending``..."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
 class Services:
     config: Config
     layout: SpoolLayout
@@ -25,8 +39,12 @@ class Services:
     bus: EventBus
     monitor: GpuMonitor
     supervisor: Supervisor
+    intake: JobIntake
+    catalog: Catalog
+    preprocess: PreprocessManager
+    downloads: DownloadManager
+    nats: ConnectionStatus | None = None  # None: no NATS URL configured
     started_at: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("dpd.services", Services)

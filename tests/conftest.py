@@ -3,14 +3,30 @@ conftest.py; fakes (the stand-in trainer, a fake NOTIFY_SOCKET...) live in tests
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.blocking import UNGUARDED, Detected, blocking_calls_fail
 from tests.daemon_harness import DaemonProcess, kill_daemons
 from tests.events.nats_server import NatsServer
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop(request: pytest.FixtureRequest) -> Iterator[Detected | None]:
+    """In-process async tests fail on a blocking call dpd makes on the event loop, even one
+    that dpd's code caught (see tests/blocking.py). Synchronous tests are left alone."""
+    folder = request.node.path.parent.name
+    if not inspect.iscoroutinefunction(getattr(request, "function", None)) or folder in UNGUARDED:
+        yield None
+        return
+    with blocking_calls_fail() as detected:
+        yield detected
+    if detected.calls:
+        pytest.fail("blocking calls on the event loop: " + "; ".join(detected.calls))
 
 
 @pytest.fixture

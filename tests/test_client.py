@@ -22,8 +22,9 @@ from dpd.client import (
     ValidationError,
 )
 from dpd.simulation import simulation_paths
-from tests.daemon_harness import DaemonProcess, free_port, wait_for
+from tests.daemon_harness import DaemonProcess, free_port
 from tests.jobfiles import job_document, make_data_root
+from tests.waiting import wait_for
 
 KEY = "sdk-test-bootstrap-key"
 TERMINAL = ("completed", "failed", "stopped")

@@ -15,6 +15,7 @@ import pytest
 
 from dpd.notify import Notifier, clean_child_env, status_line
 from tests.fakes.notify_socket import Message, NotifySocket
+from tests.waiting import wait_until
 
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -224,13 +225,20 @@ async def test_an_unhealthy_component_withholds_the_ping(
     notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    healthy = True
-    task = asyncio.create_task(Notifier().run_watchdog(lambda: healthy))
+    healthy, asked = True, 0
+
+    def health() -> bool:
+        nonlocal asked
+        asked += 1
+        return healthy
+
+    task = asyncio.create_task(Notifier().run_watchdog(health))
     try:
         await asyncio.to_thread(notify_socket.wait_for, lambda ms: len(ms) >= 2)
         healthy = False
         sick_since = time.monotonic() + 0.01
-        await asyncio.sleep(0.6)  # three periods; the assertion is on what arrived
+        asked_then = asked
+        await wait_until(lambda: asked >= asked_then + 3)  # three periods withheld
         count = len([m for m in notify_socket.messages if m.received > sick_since])
         healthy = True
         await asyncio.to_thread(notify_socket.wait_for, lambda ms: ms[-1].received > sick_since)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.daemon_harness import DaemonProcess, wait_for
+from tests.daemon_harness import DaemonProcess
 from tests.jobfiles import job_document, make_data_root
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_kill_9_during_ingestion_loses_nothing_and_duplicates_nothing(
     count = 60
     for index in range(count):
         daemon.drop(f"job{index:03d}.json", job_document(daemon.data, description=f"drop {index}"))
-    time.sleep(0.05)  # let ingestion get under way
+    wait_for(lambda: len(os.listdir(daemon.incoming)) < count, interval=0.002)  # under way
     daemon.kill9()
     daemon.start()
     wait_for(lambda: os.listdir(daemon.incoming) == [], timeout=20)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dpd.http.middlewares import error_middleware
 
 if TYPE_CHECKING:
     from dpd.services import Services
-
-Middleware = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -73,9 +72,9 @@ def setup_routes(app: web.Application, services: Services) -> None:
     keys.setup(app)
     openapi.setup(app)
     prometheus.setup(app)
-    preprocess.setup(app, services.extras["preprocess"], services.config)
+    preprocess.setup(app, services.preprocess, services.config)
     datasets.setup(app, services.config)
-    models.setup(app, services.extras["downloads"], services.extras["catalog"])
+    models.setup(app, services.downloads, services.catalog)
     logs.setup(app)
     stream.setup(app)
     ws.setup(app)

@@ -37,7 +37,7 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("dpd.principal", Principal
 # A coroutine ``(request, route_class) -> None`` that raises TooManyRequests past the limit
 # and records the X-RateLimit-* headers in request[RATE_HEADERS]; absent means unlimited.
 RateLimitCheck = Callable[[web.Request, str], Awaitable[None]]
-RATE_LIMITER: web.AppKey[RateLimitCheck] = web.AppKey("dpd.rate_limiter", RateLimitCheck)
+RATE_LIMITER = web.AppKey[RateLimitCheck]("dpd.rate_limiter")
 RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("dpd.rate_headers", dict)
 
 
@@ -48,7 +48,7 @@ def envelope_response(
 
 
 def principal(request: web.Request) -> Principal:
-    who = request.get(PRINCIPAL)
+    who: Principal | None = request.get(PRINCIPAL)
     if who is None:
         raise Unauthorized()
     return who

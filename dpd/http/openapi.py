@@ -25,6 +25,7 @@ _REGEX_PART = re.compile(r"\{([^}:]+):[^}]*\}")  # aiohttp's {name:regex} -> {na
 
 
 def setup(app: web.Application) -> None:
+    _document_bytes()  # read the file now, not on the loop at the first request
     app.router.add_get(PATH, get_openapi)
 
 

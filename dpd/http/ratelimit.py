@@ -1,8 +1,8 @@
 """Per-key rate limits by route class (api.md §11, DESIGN §4, ``[ratelimit]``).
 
 Route classes: ``auth`` (/auth/*), ``training`` (POST /training/start), ``preprocess``
-(POST /preprocess/upload), ``logs`` (/training/{id}/logs*), ``gpu`` (/gpu/*). A handler opts in
-with ``await dpd.http.common.rate_limit(request, "<class>")``; a class whose limit is 0 (or
+(POST /preprocess/upload), ``logs`` (/training/{id}/logs*), ``gpu`` (/gpu/*). A route declares
+its class (``Route(..., rate="<class>")``, ``dpd.http.routing``); a class whose limit is 0 (or
 that the configuration does not know) is unlimited and sends no headers.
 
 The counting (``WindowCounter``) is pure: fixed windows of ``window`` seconds per (key, class),

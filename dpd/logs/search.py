@@ -19,6 +19,7 @@ of the candidate lines.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ class _Scan:
         self.page = SearchPage()
         self.last_stamp: str | None = None  # of the last logger line before the next block
 
-    def run(self, handle: IO[bytes], start: int, end: int) -> None:
+    def run(self, handle: io.BufferedReader, start: int, end: int) -> None:
         self.last_stamp = _stamp_before(handle, start)
         handle.seek(start)
         buffer = bytearray(min(BLOCK, max(1, end - start)))
@@ -187,7 +188,7 @@ class _Scan:
             page.results.append(search_hit(line, stamp, self.line_number, matched))
 
 
-def _read_into(handle: IO[bytes], buffer: bytearray, filled: int, left: int) -> int:
+def _read_into(handle: io.BufferedReader, buffer: bytearray, filled: int, left: int) -> int:
     """Append up to ``left`` bytes of the file to ``buffer[:filled]``, as room allows."""
     room = min(len(buffer) - filled, left)
     if room <= 0:

@@ -71,6 +71,10 @@ PARTIAL_DIR: Final = Path(".dpd") / "partial"
 DISK_RESERVE_BYTES: Final = 64 * 1024 * 1024  # never fill the disk to the last byte
 
 
+# Plans and records; a name of its own because DownloadManager.list shadows ``list``.
+Records = list[dict[str, Any]]
+
+
 @dataclass
 class _Running:
     control: TransferControl = field(default_factory=TransferControl)
@@ -148,7 +152,7 @@ class DownloadManager:
         self._check_conflicts(components)
         await asyncio.to_thread(self._check_space, components)
         now = _now()
-        record = {
+        record: dict[str, Any] = {
             "download_id": self._new_id(),
             "model_id": request.model.id,
             "version": request.version,
@@ -197,7 +201,7 @@ class DownloadManager:
 
     # ------------------------------------------------------------- planning (threads)
 
-    def _plan(self, request: DownloadRequest) -> list[dict[str, Any]]:
+    def _plan(self, request: DownloadRequest) -> Records:
         return [self._plan_component(request.model.id, c) for c in request.components]
 
     def _plan_component(self, model_id: str, component: Component) -> dict[str, Any]:
@@ -235,7 +239,7 @@ class DownloadManager:
             "files": files,
         }
 
-    def _check_conflicts(self, components: list[dict[str, Any]]) -> None:
+    def _check_conflicts(self, components: Records) -> None:
         wanted = {f["dest"] for c in components for f in c["files"] if not f["done"]}
         for other in self._records.values():
             if other["status"] != DOWNLOADING:
@@ -247,7 +251,7 @@ class DownloadManager:
                     {"download_id": other["download_id"]},
                 )
 
-    def _check_space(self, components: list[dict[str, Any]]) -> None:
+    def _check_space(self, components: Records) -> None:
         required = sum(
             f["size"] - _file_size(self._partial_path(f))
             for c in components
@@ -384,7 +388,7 @@ class DownloadManager:
             path = self.records_dir / f"{record['download_id']}.json"
             await asyncio.to_thread(_write_record, path, snapshot)
 
-    def _load_records(self) -> list[dict[str, Any]]:
+    def _load_records(self) -> Records:
         records = []
         for path in sorted(self.records_dir.glob("dl_*.json")):
             try:

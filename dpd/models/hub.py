@@ -42,7 +42,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # lazy export
 from yarl import URL
 
 from dpd.errors import BadGateway, DpdError, Forbidden, NotFound

@@ -128,7 +128,8 @@ class PreprocessManager:
         for task_id, state in sorted(self._states.items()):
             if state.get("status") in TERMINAL:
                 continue
-            if not Path(state.get("upload", {}).get("path", "")).is_file():
+            upload = Path(state.get("upload", {}).get("path", ""))
+            if not await asyncio.to_thread(upload.is_file):
                 await self._set(task_id, status="failed", error="the stored upload is missing")
                 continue
             log.info("re-running preprocess task %s after a restart", task_id)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from dpd.jobs.spec import validate_job
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
 from tests.jobfiles import job_document, make_data_root
+from tests.waiting import wait_until
 
 
 def make_store(root: Path) -> tuple[JobStore, Path]:
@@ -36,17 +36,6 @@ def make_store(root: Path) -> tuple[JobStore, Path]:
 def create_job(store: JobStore, data_root: Path, task_id: str) -> None:
     spec = validate_job(job_document(data_root, task_id=task_id), data_roots=[data_root])
     store.create_job(spec, Submission("rest"))
-
-
-async def wait_until(condition: Callable[[], Any], timeout: float = 8.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 class Outlet:
@@ -84,7 +73,7 @@ class Outlet:
         loaded from disk, a new bus, a new bridge."""
         await self.stop(drain=False)
         self.store = JobStore(self.store.layout, self.root / "outputs", "test-node")
-        self.store.load()
+        await asyncio.to_thread(self.store.load)  # as the daemon does at start
         self.bus = EventBus(self.store, "test-node", progress_interval=0.25)
         self.bridge = self._new_bridge()
 
@@ -147,15 +136,14 @@ async def durable_consumer(url: str, name: str = "watcher") -> None:
 
 
 async def wait_stream(js: Any) -> None:
-    deadline = time.monotonic() + 8
-    while True:
+    async def stream_exists() -> bool:
         try:
             await js.stream_info("DPD")
-            return
         except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await wait_until(stream_exists, 8, interval=0.05, what="the DPD stream")
 
 
 async def consume_all(

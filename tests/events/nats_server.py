@@ -12,8 +12,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from tests.waiting import wait_for
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 READY = "Server is ready"
@@ -46,13 +47,14 @@ class NatsServer:
         ready_before = self._log().count(READY)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while self._log().count(READY) <= ready_before:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"nats-server exited:\n{self._log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start:\n{self._log()}")
-            time.sleep(0.02)
+            return self._log().count(READY) > ready_before
+
+        wait_for(ready, timeout, what=lambda: f"nats-server to start:\n{self._log()}")
         self.port = int(LISTENING.findall(self._log())[-1])
         return self
 

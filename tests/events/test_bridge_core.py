@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from dpd.supervisor.gpus import GpuInfo
-from tests.events.harness import Outlet, collecting, nats_config, wait_until
+from tests.events.harness import Outlet, collecting, nats_config
 from tests.events.nats_server import NatsServer, free_port
+from tests.waiting import wait_until
 
 
 def gpu(gpu_id: int) -> GpuInfo:

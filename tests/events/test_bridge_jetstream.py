@@ -99,7 +99,8 @@ async def test_nats_killed_mid_stream_every_seq_arrives_exactly_once(
     await wait_until(lambda: outlet.bridge.status()["acked"] > 100)
     nats_server.kill()  # in the middle: some publishes in flight, some in kernel buffers
     await wait_until(lambda: not outlet.bridge.connected)
-    await asyncio.sleep(0.3)
+    at_kill = outlet.store.last_event_seq("one")  # the producer goes on while it is down
+    await wait_until(lambda: outlet.store.last_event_seq("one") >= at_kill + 40)
     nats_server.start()
     await producer
     await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0)
@@ -120,7 +121,8 @@ async def test_daemon_crash_republishes_what_was_not_acked(
     await outlet.crash()  # no drain: acks in flight, acked.json behind, queue lost
     # while the daemon is down, more happened on disk (the trainer kept running)
     for step in range(301, 311):
-        outlet.store.append_event("t", "metrics", {"metric": "loss", "step": step})
+        data = {"metric": "loss", "step": step}
+        await asyncio.to_thread(outlet.store.append_event, "t", "metrics", data)
     await outlet.start()
     await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0)
     assert outlet.bridge.status()["republished"] > 0

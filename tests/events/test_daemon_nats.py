@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from dpd.trainlog.follow import split_lines
-from tests.daemon_harness import DaemonProcess, free_port, wait_for
-from tests.events.harness import collecting, consume_all, durable_consumer, wait_until
+from tests.daemon_harness import DaemonProcess, free_port
+from tests.events.harness import collecting, consume_all, durable_consumer
 from tests.events.nats_server import NatsServer
 from tests.jobfiles import job_document
 from tests.supervisor.test_lifecycle import make_daemon
+from tests.waiting import wait_for, wait_until
 
 TERMINAL = ("completed", "failed", "stopped")
 
@@ -133,7 +134,10 @@ async def test_nats_kill9_mid_training_every_seq_once_on_the_durable_consumer(
         wait_for, lambda: len(disk_events(daemon, "cats")) > 8 if daemon.job_ids() else False, 20
     )
     nats_server.kill()
-    await asyncio.sleep(1.0)  # the training goes on without NATS
+    seen = len(disk_events(daemon, "cats"))
+    await asyncio.to_thread(  # the training goes on without NATS
+        wait_for, lambda: len(disk_events(daemon, "cats")) >= seen + 3, 20
+    )
     assert daemon.healthy()
     nats_server.start()
     await wait_status(daemon, "cats", TERMINAL)

@@ -18,8 +18,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dpd.events.publish_window import PublishWindow, ack_verdict
-from tests.events.harness import wait_until
 from tests.events.nats_server import NatsServer
+from tests.waiting import wait_until
 
 
 class Outcomes:
@@ -83,6 +83,13 @@ async def held_replies(nc: NATS, subject: str) -> list[Msg]:
     return held
 
 
+async def acked_after_the_replies_before(window: PublishWindow, seen: Outcomes) -> None:
+    """Publish one more message and wait for its ack: replies reach the window in the order
+    they were sent, so every reply sent before has been handled by then."""
+    await window.publish("w.barrier", b"{}", "barrier:1", "barrier")
+    await wait_until(lambda: ("barrier", False) in seen.acked)
+
+
 async def test_an_overdue_ack_fails_and_a_late_one_is_ignored(nc: NATS) -> None:
     held = await held_replies(nc, "slow.x")
     seen = Outcomes()
@@ -94,9 +101,8 @@ async def test_an_overdue_ack_fails_and_a_late_one_is_ignored(nc: NATS) -> None:
     assert window.expire(now=time.monotonic() + 31) == 1
     assert seen.failed == ["slow"] and window.in_flight == 0
     await nc.publish(held[0].reply, b'{"stream":"W","seq":1}')  # the ack, too late
-    await nc.flush()
-    await asyncio.sleep(0.1)
-    assert seen.acked == [] and seen.failed == ["slow"]
+    await acked_after_the_replies_before(window, seen)
+    assert seen.acked == [("barrier", False)] and seen.failed == ["slow"]
 
 
 async def test_a_full_window_waits_for_an_ack(nc: NATS) -> None:
@@ -108,7 +114,9 @@ async def test_a_full_window_waits_for_an_ack(nc: NATS) -> None:
         await window.publish("slow.x", b"{}", f"s:{n}", n)
     fifth = asyncio.create_task(window.publish("slow.x", b"{}", "s:4", 4))
     await wait_until(lambda: len(held) == 4)
-    await asyncio.sleep(0.1)
+    await nc.publish("slow.x", b"marker")  # sent after the fifth would have been
+    await wait_until(lambda: len(held) == 5)
+    assert held[4].data == b"marker"
     assert not fifth.done() and window.in_flight == 4
     for msg in held[:2]:  # down to half the limit: room again
         await nc.publish(msg.reply, b'{"stream":"W","seq":1}')
@@ -128,9 +136,8 @@ async def test_losing_the_connection_fails_everything_in_flight_once(nc: NATS) -
     assert seen.failed == [0, 1, 2, 3, 4] and window.in_flight == 0
     for msg in held:
         await nc.publish(msg.reply, b'{"stream":"W","seq":1}')
-    await nc.flush()
-    await asyncio.sleep(0.1)
-    assert seen.acked == [] and window.expire(now=float("inf")) == 0
+    await acked_after_the_replies_before(window, seen)
+    assert seen.acked == [("barrier", False)] and window.expire(now=float("inf")) == 0
 
 
 async def test_nothing_is_sent_while_disconnected(nats_server: NatsServer, tmp_path: Path) -> None:

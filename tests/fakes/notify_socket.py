@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.waiting import wait_for
+
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -99,15 +101,18 @@ class NotifySocket:
         self, predicate: Callable[[list[Message]], bool], timeout: float = 5.0
     ) -> list[Message]:
         """Wait until ``predicate(messages)`` holds; AssertionError with what came otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def holds() -> tuple[list[Message]] | None:
             messages = self.messages
-            if predicate(messages):
-                return messages
-            if time.monotonic() > deadline:
-                shown = [m.assignments for m in messages][-20:]
-                raise AssertionError(f"notify condition not met within {timeout} s; got {shown}")
-            time.sleep(0.01)
+            return (messages,) if predicate(messages) else None  # a tuple: true when empty
+
+        (messages,) = wait_for(
+            holds,
+            timeout,
+            interval=0.01,
+            what=lambda: f"notify condition; got {[m.assignments for m in self.messages][-20:]}",
+        )
+        return messages
 
     def wait_for_key(self, key: str, value: str | None = None, timeout: float = 5.0) -> Message:
         self.wait_for(lambda ms: any(m.has(key, value) for m in ms), timeout)

@@ -3,6 +3,7 @@ plus the bootstrap key, revoked and expired keys, auth disabled, and WebSocket t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -96,10 +97,11 @@ async def test_generated_key_works_at_once_and_is_shown_once(api: Api) -> None:
 async def test_revoked_and_expired_keys_get_401(api: Api) -> None:
     raw = api.key("training")
     assert (await api.get("/api/v1/gpu/status", raw)).status == 200
-    api.daemon.keys.revoke(api.daemon.keys.lookup(raw).key_id)  # type: ignore[union-attr]
+    keys = api.daemon.keys
+    await asyncio.to_thread(keys.revoke, keys.lookup(raw).key_id)  # type: ignore[union-attr]
     assert (await api.get("/api/v1/gpu/status", raw)).status == 401
     past = datetime.now(UTC) - timedelta(days=10)
-    expired, _ = api.daemon.keys.create("old", ["admin"], expire_days=1, now=past)
+    expired, _ = await asyncio.to_thread(keys.create, "old", ["admin"], 1, now=past)
     assert (await api.get("/api/v1/gpu/status", expired)).status == 401
 
 

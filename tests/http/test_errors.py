@@ -5,7 +5,6 @@ in the log)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import time
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from dpd.daemon import Daemon
 from tests.http.conftest import Api, MakeApi
+from tests.waiting import wait_until
 
 
 def assert_envelope(body: dict, code: int) -> None:  # type: ignore[type-arg]
@@ -129,15 +129,16 @@ async def test_queued_jobs_wait_while_the_spool_is_short_of_room(api: Api) -> No
     store.min_free = shutil.disk_usage(store.layout.root).free + 2**40
     monitor.inventory.set_usage(1, 0)  # type: ignore[attr-defined]
     await monitor.poll_now()
-    api.daemon.services.supervisor.wake()
-    await asyncio.sleep(2.5)  # two scheduling passes and more
+    supervisor = api.daemon.services.supervisor
+    for _ in range(2):  # scheduling passes that would place it, were there room
+        await supervisor.schedule_once()
     assert store.get("waits")["status"] == "queued"
     store.min_free = 0
-    api.daemon.services.supervisor.wake()
-    deadline = time.monotonic() + 10
-    while store.get("waits")["status"] == "queued":
-        assert time.monotonic() < deadline, "the job did not start once there was room"
-        await asyncio.sleep(0.05)
+    supervisor.wake()
+    await wait_until(
+        lambda: store.get("waits")["status"] != "queued",
+        what="the job to start once there was room",
+    )
 
 
 async def test_500_exploding_handler(make_api: MakeApi, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,7 +4,6 @@ static GPUs and a stand-in training occupying one of them."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from dpd.http.routes.gpu import available_entries, gpu_entry, summary, task_fields
 from dpd.supervisor.gpus import GpuInfo, unknown_gpu
 from tests.http.conftest import Api
+from tests.waiting import wait_until
 
 GPU_FIELDS = {
     "gpu_id", "name", "memory_total", "memory_used", "memory_free", "memory_utilization",
@@ -111,11 +111,11 @@ async def test_a_training_shows_on_its_gpu_and_leaves_the_available_list(api: Ap
     async def gpu0() -> dict[str, Any]:
         return (await api.get("/api/v1/gpu/status")).body["data"]["gpus"][0]
 
-    deadline = time.monotonic() + 10
-    while (await gpu0())["status"] != "training":
-        assert time.monotonic() < deadline, await gpu0()
-        await asyncio.sleep(0.05)
-    busy = await gpu0()
+    async def training_on_gpu0() -> dict[str, Any] | None:
+        entry = await gpu0()
+        return entry if entry["status"] == "training" else None
+
+    busy = await wait_until(training_on_gpu0)
     assert busy["current_task"] == "cats"
     assert busy["task_type"] == "sdxl_lora"
     status = (await api.get("/api/v1/gpu/status")).body["data"]["summary"]
@@ -141,7 +141,7 @@ async def test_available_query_parameters(api: Api) -> None:
 
 async def test_recommended_for_comes_from_the_model_catalog(api: Api) -> None:
     catalog_module = pytest.importorskip("dpd.models.catalog")
-    catalog = catalog_module.load_catalog()
+    catalog = await asyncio.to_thread(catalog_module.load_catalog)
     available = (await api.get("/api/v1/gpu/available")).body["data"]["available_gpus"]
     for gpu in available:
         assert gpu["recommended_for"] == list(catalog.recommended_for(gpu["memory_free"]))

@@ -3,7 +3,10 @@ whole-file model of tests/logs."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -99,7 +102,7 @@ async def test_logs_say_which_event_seq_a_follower_streams_from(api: Api) -> Non
     assert before >= 1  # the queued status
     data = (await api.get("/api/v1/training/seq/logs")).body["data"]
     assert data["last_seq"] == before
-    store.append_event("seq", "log", {"lines": ["x"], "offset": 2})
+    await asyncio.to_thread(store.append_event, "seq", "log", {"lines": ["x"], "offset": 2})
     data = (await api.get("/api/v1/training/seq/logs")).body["data"]
     assert data["last_seq"] == before + 1
 
@@ -125,9 +128,7 @@ async def test_a_level_filtered_tail_answers_the_same_through_the_line_index(
     await api.post("/api/v1/training/start", json=await api.parked_job("logged"))
     path = make_hinted_log(log_path(api), steps=1500)
     keep = make_filter("ERROR", None)
-    with path.open("rb") as handle:
-        walked = _collect(backward_blocks(handle, path.stat().st_size),
-                          len(naive_lines(path)), 100, keep, None)  # fmt: skip
+    walked = await asyncio.to_thread(walked_tail, path, keep)
     for _ in range(2):
         data = (await api.get(f"{BASE}/logs?tail=100&level=ERROR")).body["data"]
         assert data["logs"] == walked and data["returned_lines"] == len(walked) > 50
@@ -137,3 +138,10 @@ async def test_a_level_filtered_tail_answers_the_same_through_the_line_index(
     found = (await api.get(f"{BASE}/logs/search?keyword=step&start_time={start}&limit=5")).body
     expected = naive_search(path, "step", LineFilter(), parse_time("s", start))
     assert found["data"]["results"] == expected[:5]
+
+
+def walked_tail(path: Path, keep: LineFilter) -> list[dict[str, Any]]:
+    """The last 100 lines ``keep`` lets through, walking the file backwards line by line."""
+    with path.open("rb") as handle:
+        blocks = backward_blocks(handle, path.stat().st_size)
+        return _collect(blocks, len(naive_lines(path)), 100, keep, None)

@@ -32,6 +32,7 @@ from dpd.http.openapi import (
 )
 from dpd.http.routes import logs as logs_routes
 from dpd.http.routes import stream as stream_routes
+from dpd.http.routing import declared_routes
 from dpd.logs.entries import LEVELS
 from tests.http.conftest import UNLIMITED, Api, Reply
 
@@ -107,6 +108,24 @@ def test_every_secured_operation_documents_401_and_every_operation_500(
             if path.startswith("/api/v1/") and secured and "101" not in operation["responses"]:
                 has_500 = "500" in operation["responses"] or "logs/stream" in path
                 assert has_500, (method, path)
+
+
+async def test_documented_403_and_429_answers_follow_the_route_table(
+    api: Api, document: dict[str, Any]
+) -> None:
+    """A declared route documents 403 exactly when it needs a permission, and 429 exactly
+    when it has a rate class (``dpd.http.routing``: the table the checks run from)."""
+    declared = declared_routes(api.daemon.app)
+    assert len(declared) >= 25
+    problems = []
+    for route in declared:
+        template = route.path  # no route of the table uses aiohttp's {name:regex} form
+        responses = document["paths"][template][route.method.lower()]["responses"]
+        if ("403" in responses) != (route.permission is not None):
+            problems.append((route.method, template, "403", route.permission))
+        if ("429" in responses) != (route.rate is not None):
+            problems.append((route.method, template, "429", route.rate))
+    assert not problems, "\n".join(map(str, problems))
 
 
 async def test_document_and_app_routes_agree(api: Api, document: dict[str, Any]) -> None:

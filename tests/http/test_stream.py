@@ -18,6 +18,7 @@ from dpd.http.routes import stream
 from dpd.logs.entries import LineFilter
 from dpd.logs.sse import event_messages, parse_kinds
 from tests.http.conftest import BOOTSTRAP, Api, MakeApi, make_config
+from tests.waiting import wait_until
 
 TERMINAL = ("completed", "failed", "stopped")
 
@@ -82,7 +83,7 @@ async def test_resume_with_last_event_id_loses_nothing_during_a_training(
     assert rest[-1].event == "end"
     got = [(e.event, e.id, e.data) for e in first + rest[:-1]]
     assert api.daemon.services.store.get("s1")["status"] == "completed"
-    assert got == expected_stream(api, "s1")
+    assert got == await asyncio.to_thread(expected_stream, api, "s1")
     kinds = {event for event, _, _ in got}
     assert {"message", "status", "progress", "metrics"} <= kinds
 
@@ -99,8 +100,7 @@ async def test_the_replay_live_seam_under_a_burst_of_events(api: Api) -> None:
                 await asyncio.sleep(0.001)
 
     producer = asyncio.create_task(produce())
-    while store.last_event_seq("burst") < 300:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: store.last_event_seq("burst") >= 300, interval=0.001)
     final_seq = 1 + total  # the job's queued status is seq 1
     events, _ = await read_sse(
         api, "burst", lambda e: e[-1].id == str(final_seq), last_event_id="1", query="?kinds=log"
@@ -131,9 +131,7 @@ async def test_a_finished_task_replays_and_ends(make_api: MakeApi, tmp_path: Pat
     api = await fast_api(make_api, tmp_path)
     await api.post("/api/v1/training/start", json=api.job(task_id="done"))
     store = api.daemon.services.store
-    async with asyncio.timeout(10):
-        while store.get("done")["status"] not in TERMINAL:
-            await asyncio.sleep(0.05)
+    await wait_until(lambda: store.get("done")["status"] in TERMINAL)
     await api.daemon.services.bus.drain(2)
     now_only, _ = await read_sse(api, "done", ended)
     assert [e.event for e in now_only] == ["end"]

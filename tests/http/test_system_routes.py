@@ -3,17 +3,21 @@ line by line against the Prometheus text format's grammar."""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import re
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
 from dpd import __version__
+from dpd.daemon import Daemon
 from dpd.http.prometheus import Family, escape_label, render
-from tests.http.conftest import Api
+from dpd.services import SERVICES
+from tests.http.conftest import Api, MakeApi
+from tests.waiting import wait_until
 
 SAMPLE_LINE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\["\\n])*",?)*\})? '
@@ -52,11 +56,22 @@ async def test_overview_fields_and_figures(api: Api) -> None:
     assert data["nats"] is None
 
 
-async def test_overview_counts_tasks_and_shows_nats(api: Api) -> None:
+def with_services(**changes: Any) -> Callable[[Daemon], None]:
+    """A ``make_api`` preparation: the daemon's components with ``changes`` (they are frozen
+    once built, so they are replaced before start-up)."""
+
+    def prepare(daemon: Daemon) -> None:
+        daemon.services = dataclasses.replace(daemon.services, **changes)
+        daemon.app[SERVICES] = daemon.services
+
+    return prepare
+
+
+async def test_overview_counts_tasks_and_shows_nats(make_api: MakeApi) -> None:
+    api = await make_api(with_services(nats=FakeNats(connected=True)))
     for name in ("a", "b"):
         reply = await api.post("/api/v1/training/start", json=await api.parked_job(name))
         assert reply.status == 201, reply.body
-    api.daemon.services.extras["nats"] = FakeNats(connected=True)
     data = (await api.get("/api/v1/system/overview")).body["data"]
     assert data["tasks"]["total"] == 2
     assert data["tasks"]["queued"] == 2
@@ -69,8 +84,8 @@ async def test_overview_on_a_storage_root_not_created_yet(api: Api) -> None:
     assert reply.status == 200 and reply.body["data"]["system"]["disk_total"] > 0
 
 
-async def test_uptime_counts_from_start(api: Api) -> None:
-    api.daemon.services.started_at = time.time() - 86400
+async def test_uptime_counts_from_start(make_api: MakeApi) -> None:
+    api = await make_api(with_services(started_at=time.time() - 86400))
     assert (await api.get("/api/v1/system/overview")).body["data"]["uptime"] >= 86400
 
 
@@ -89,10 +104,10 @@ def parse_metrics(text: str) -> dict[str, float]:
     return samples
 
 
-async def test_metrics_exposition(api: Api) -> None:
+async def test_metrics_exposition(make_api: MakeApi) -> None:
+    api = await make_api(with_services(nats=FakeNats(connected=False)))
     reply = await api.post("/api/v1/training/start", json=await api.parked_job("m1"))
     assert reply.status == 201
-    api.daemon.services.extras["nats"] = FakeNats(connected=False)
     metrics = await api.get("/metrics", key=None)
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -115,13 +130,12 @@ async def test_metrics_exposition(api: Api) -> None:
 async def test_events_published_counts_up(api: Api) -> None:
     before = parse_metrics((await api.get("/metrics", key=None)).text)
     await api.post("/api/v1/training/start", json=await api.parked_job("e1"))
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def published_more() -> bool:
         after = parse_metrics((await api.get("/metrics", key=None)).text)
-        if after["dpd_events_published_total"] > before["dpd_events_published_total"]:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+        return after["dpd_events_published_total"] > before["dpd_events_published_total"]
+
+    await wait_until(published_more, interval=0.05)
 
 
 def test_render_escapes_labels_and_formats_values() -> None:

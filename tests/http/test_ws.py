@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.http.conftest import BOOTSTRAP, Api, MakeApi, make_config
+from tests.waiting import wait_until
 
 TERMINAL = ("completed", "failed", "stopped")
 
@@ -60,15 +61,13 @@ async def test_since_seq_replays_everything_without_gaps(make_api: MakeApi, tmp_
     api = await fast_api(make_api, tmp_path)
     await api.post("/api/v1/training/start", json=api.job(task_id="w2"))
     store = api.daemon.services.store
-    async with asyncio.timeout(10):
-        while store.get("w2")["status"] not in TERMINAL:
-            await asyncio.sleep(0.05)
+    await wait_until(lambda: store.get("w2")["status"] in TERMINAL)
     await api.daemon.services.bus.drain(2)
     headers = {"Authorization": f"Bearer {BOOTSTRAP}"}
     url = f"{api.url}/api/v1/ws/training/w2?since_seq=3"
     async with api.session.ws_connect(url, headers=headers) as ws:
         messages = await receive_all(ws)
-    recorded = store.read_events("w2", 3)
+    recorded = await asyncio.to_thread(store.read_events, "w2", 3)
     assert [m["seq"] for m in messages] == [e["seq"] for e in recorded]
     assert [m["type"] for m in messages] == [e["type"] for e in recorded]
 

@@ -190,11 +190,3 @@ async def make_manager(
     hub.release()
     for manager in managers:
         await manager.close(timeout=5)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)

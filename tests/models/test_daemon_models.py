@@ -14,11 +14,12 @@ from typing import Any
 
 import yaml
 
-from tests.daemon_harness import DaemonProcess, wait_for
-from tests.events.harness import collecting, wait_until
+from tests.daemon_harness import DaemonProcess
+from tests.events.harness import collecting
 from tests.events.nats_server import NatsServer
 from tests.models.conftest import CATALOG, GATED_TOKEN, MIB, REPO_FILES
 from tests.models.hub_server import FakeHub
+from tests.waiting import wait_for, wait_until
 
 BIG = "transformer/diffusion_pytorch_model.safetensors"
 
@@ -48,11 +49,7 @@ async def wait_download(daemon: DaemonProcess, download_id: str) -> dict[str, An
         view: dict[str, Any] = envelope["data"]
         return view if view["status"] not in ("queued", "downloading") else None
 
-    for _ in range(500):
-        if (view := await finished()) is not None:
-            return view
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{download_id} did not finish")
+    return await wait_until(finished, 25, interval=0.05, what=f"{download_id} to finish")
 
 
 async def test_a_download_through_the_daemon_is_published_on_nats(

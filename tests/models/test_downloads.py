@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -14,8 +15,9 @@ import pytest
 
 from dpd.errors import Conflict, Forbidden, InsufficientResources, NotFound, ValidationFailed
 from dpd.models.catalog import installed_state
-from tests.models.conftest import GATED_TOKEN, MIB, REPO_FILES, wait_for
+from tests.models.conftest import GATED_TOKEN, MIB, REPO_FILES
 from tests.models.hub_server import FakeHub, HubFile, write_file
+from tests.waiting import wait_until
 
 BIG = "transformer/diffusion_pytorch_model.safetensors"
 
@@ -39,7 +41,9 @@ async def test_full_download_of_a_multi_component_model(make_manager, hub, tmp_p
     for path, content in REPO_FILES.items():
         assert (root / path).read_bytes() == content
         assert hub.served[path] == len(content)  # each byte crossed the wire once
-    state = installed_state(manager.catalog.get("flux"), tmp_path / "models")
+    state = await asyncio.to_thread(
+        installed_state, manager.catalog.get("flux"), tmp_path / "models"
+    )
     assert all(entry["installed"] for entry in state.values())
     record = json.loads(
         (tmp_path / "state" / "downloads" / f"{final['download_id']}.json").read_text()
@@ -78,7 +82,9 @@ async def test_hash_mismatch_is_rejected_and_nothing_is_installed(make_manager, 
     assert not (tmp_path / "models/flux/tiny/vae/diffusion_pytorch_model.safetensors").exists()
     assert final["components"][0]["status"] == "failed"
     assert _partials(tmp_path) == []
-    state = installed_state(manager.catalog.get("flux"), tmp_path / "models")
+    state = await asyncio.to_thread(
+        installed_state, manager.catalog.get("flux"), tmp_path / "models"
+    )
     assert state["vae"]["installed"] is False
 
 
@@ -127,7 +133,7 @@ async def test_cancel_stops_the_transfer_and_removes_partial_files(
     manager = await make_manager()
     started = await manager.submit({"model_id": "flux", "components": ["diffusion_model"]})
     download_id = started["download_id"]
-    await wait_for(lambda: manager.get(download_id)["bytes_done"] >= 2 * MIB)
+    await wait_until(lambda: manager.get(download_id)["bytes_done"] >= 2 * MIB)
     assert any(p.stat().st_size == 2 * MIB for p in _partials(tmp_path))
 
     cancelled = await manager.cancel(download_id)
@@ -201,7 +207,7 @@ async def test_daemon_killed_mid_download_resumes_on_restart(make_manager, hub, 
         cwd=Path(__file__).parents[2],
     )
     try:
-        await wait_for(lambda: any(p.stat().st_size == 2 * MIB for p in _partials(tmp_path)))
+        await wait_until(lambda: any(p.stat().st_size == 2 * MIB for p in _partials(tmp_path)))
     finally:
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
@@ -211,7 +217,7 @@ async def test_daemon_killed_mid_download_resumes_on_restart(make_manager, hub, 
 
     manager = await make_manager()  # start() resumes it
     download_id = records[0].stem
-    await wait_for(lambda: manager.get(download_id)["status"] != "downloading")
+    await wait_until(lambda: manager.get(download_id)["status"] != "downloading")
 
     assert manager.get(download_id)["status"] == "completed"
     content = (tmp_path / "models/flux/tiny" / BIG).read_bytes()

@@ -20,7 +20,8 @@ from dpd.models.partial import (
     TransferControl,
     TransferStopped,
 )
-from tests.models.conftest import MIB, pseudo_random, wait_for
+from tests.models.conftest import MIB, pseudo_random
+from tests.waiting import wait_until
 
 DATA = pseudo_random(3 * MIB + 5, 7)
 PIECE = 256 * 1024
@@ -178,7 +179,7 @@ async def test_a_stalled_transfer_writes_out_what_it_received(tmp_path, monkeypa
         sink.start()
         await sink.feed(DATA[:MIB])
 
-        await wait_for(lambda: control.file_bytes == MIB)
+        await wait_until(lambda: control.file_bytes == MIB)
         assert path.read_bytes() == DATA[:MIB]
 
         await sink.feed(DATA[MIB:])

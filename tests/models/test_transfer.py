@@ -13,7 +13,8 @@ from huggingface_hub import constants
 from dpd.errors import BadGateway
 from dpd.models.downloads import DownloadManager
 from dpd.models.hub import HubClient, TransientHubError
-from tests.models.conftest import GATED_TOKEN, MIB, REPO_FILES, wait_for
+from tests.models.conftest import GATED_TOKEN, MIB, REPO_FILES
+from tests.waiting import wait_until
 
 BIG = "transformer/diffusion_pytorch_model.safetensors"
 VAE = "vae/diffusion_pytorch_model.safetensors"
@@ -112,7 +113,7 @@ async def test_cancel_closes_a_stalled_connection(make_manager, hub, endless_rea
     download_id = (await manager.submit({"model_id": "flux", "components": ["diffusion_model"]}))[
         "download_id"
     ]
-    await wait_for(lambda: manager.get(download_id)["bytes_done"] >= MIB)
+    await wait_until(lambda: manager.get(download_id)["bytes_done"] >= MIB)
 
     await manager.cancel(download_id)
     final = await asyncio.wait_for(manager.wait(download_id), 30)
@@ -129,7 +130,7 @@ async def test_shutdown_closes_a_stalled_connection_and_keeps_the_partial_file(
     download_id = (await manager.submit({"model_id": "flux", "components": ["diffusion_model"]}))[
         "download_id"
     ]
-    await wait_for(lambda: manager.get(download_id)["bytes_done"] >= MIB)
+    await wait_until(lambda: manager.get(download_id)["bytes_done"] >= MIB)
 
     await manager.close(timeout=30)
 

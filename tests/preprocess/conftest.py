@@ -7,11 +7,9 @@ multiple of real time (``-readrate``): long enough to observe, cancel or interru
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import stat
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -120,14 +118,6 @@ class Events:
 
     def statuses(self, task_id: str) -> list[str]:
         return [d["status"] for _, t, k, d in self.records if t == task_id and k == "status"]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from dpd.http.routes import datasets as dataset_routes
 from dpd.http.routes import preprocess as preprocess_routes
 from dpd.preprocess.tasks import PreprocessManager
 from tests.preprocess.conftest import Events, make_config
+from tests.waiting import wait_until
 
 KEYS = {
     "pre": frozenset({"preprocessing"}),
@@ -69,14 +70,12 @@ AUTH = {"Authorization": "Bearer pre"}
 
 
 async def wait_status(client: TestClient, task_id: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    async def ended() -> dict[str, Any] | None:
         resp = await client.get(f"/api/v1/preprocess/status/{task_id}", headers=AUTH)
-        data = (await resp.json())["data"]
-        if data["status"] in ("completed", "failed", "stopped"):
-            return data
-        assert asyncio.get_running_loop().time() < deadline, data
-        await asyncio.sleep(0.05)
+        data: dict[str, Any] = (await resp.json())["data"]
+        return data if data["status"] in ("completed", "failed", "stopped") else None
+
+    return await wait_until(ended, timeout, interval=0.05, what=f"{task_id} to end")
 
 
 async def test_upload_then_status_until_completed(setup: Any, clip: Callable[..., Path]) -> None:

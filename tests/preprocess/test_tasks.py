@@ -21,7 +21,8 @@ from dpd.preprocess import tasks
 from dpd.preprocess.probe import probe_media
 from dpd.preprocess.tasks import PreprocessManager, UploadRequest
 from dpd.preprocess.taskstore import ID_RE
-from tests.preprocess.conftest import Events, ffmpeg, make_config, wait_until
+from tests.preprocess.conftest import Events, ffmpeg, make_config
+from tests.waiting import wait_until
 
 
 def staged_copy(manager: PreprocessManager, source: Path) -> Path:

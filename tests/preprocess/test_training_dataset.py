@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 
 from dpd.errors import ValidationFailed
 from dpd.preprocess.tasks import PreprocessManager
-from tests.preprocess.conftest import wait_until
 from tests.preprocess.test_tasks import done, request
+from tests.waiting import wait_until
 
 spec = pytest.importorskip("dpd.jobs.spec")
 
@@ -39,7 +40,7 @@ async def test_processed_dataset_passes_job_validation(
         },
     }
     try:
-        job = spec.validate_job(document, data_roots=[tmp_path / "data"])
+        job = await asyncio.to_thread(spec.validate_job, document, data_roots=[tmp_path / "data"])
     except ValidationFailed as err:
         pytest.fail(f"refused: {err.errors}")
     assert job.dataset["directories"][0]["path"] == dataset_dir

@@ -15,7 +15,8 @@ import pytest
 from dpd.preprocess.plan import ClipPlan, ffmpeg_command, filter_chain, plan_clip
 from dpd.preprocess.probe import probe_media
 from dpd.preprocess.transcode import start_transcode
-from tests.preprocess.conftest import ffmpeg, wait_until
+from tests.preprocess.conftest import ffmpeg
+from tests.waiting import wait_until
 
 
 def stream_facts(path: Path) -> dict[str, object]:

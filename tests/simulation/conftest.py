@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dpd.simulation import simulation_paths
+from tests.waiting import wait_for
 
 FAST = {
     "DPD_SIM_STEP_SECONDS": "0.02",
@@ -105,15 +105,6 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Sim:
     """One launch of the runner (process A) in its own session, output captured live."""
 
@@ -167,11 +158,11 @@ class Sim:
                     return True
             return False
 
-        wait_until(seen, timeout, f"stdout line {pattern!r}")
+        wait_for(seen, timeout, what=f"stdout line {pattern!r}")
         return found[0]
 
     def wait_stderr(self, text: str, timeout: float = 5.0) -> None:
-        wait_until(lambda: text in self.stderr, timeout, f"stderr text {text!r}")
+        wait_for(lambda: text in self.stderr, timeout, what=f"stderr text {text!r}")
 
     def finish(self, timeout: float = 8.0) -> int:
         """A's exit status; all output is collected when no descendant keeps the pipes."""
@@ -192,7 +183,7 @@ class Sim:
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        wait_until(lambda: not group_members(self.proc.pid), 5, "the process group to empty")
+        wait_for(lambda: not group_members(self.proc.pid), 5, what="the process group to empty")
         if self.proc.poll() is None:
             self.proc.wait(5)
 

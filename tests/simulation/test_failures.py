@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dpd.simulation import simulation_paths
-from tests.simulation.conftest import FAST, group_members, wait_until, write_job
+from tests.simulation.conftest import FAST, group_members, write_job
+from tests.waiting import wait_for
 
 
 def test_port_clash_fails_rank0_with_the_torch_error(tmp_path, launch):
@@ -267,4 +268,4 @@ def test_busy_gpu_gives_cuda_oom(tmp_path, launch):
         sim = launch(job)
         assert sim.finish() == 1
     assert "[rank0]: torch.OutOfMemoryError: CUDA out of memory." in sim.stderr
-    wait_until(lambda: not group_members(sim.proc.pid), 5, "the group to empty")
+    wait_for(lambda: not group_members(sim.proc.pid), 5, what="the group to empty")

@@ -6,7 +6,8 @@ import os
 import signal
 import time
 
-from tests.simulation.conftest import group_members, wait_until, write_job
+from tests.simulation.conftest import group_members, write_job
+from tests.waiting import wait_for
 
 SLOW = {"DPD_SIM_STEP_SECONDS": "0.1"}
 
@@ -17,7 +18,7 @@ def test_sigterm_to_the_group_stops_everything_and_b_reports_it(tmp_path, launch
     sim.wait_line(r"^steps: 2 ")
     os.killpg(sim.proc.pid, signal.SIGTERM)
     assert sim.finish() == -signal.SIGTERM  # A has no handler: it dies by the signal
-    wait_until(lambda: not group_members(sim.proc.pid), 5, "the group to empty")
+    wait_for(lambda: not group_members(sim.proc.pid), 5, what="the group to empty")
     sim.wait_line(r"\[launch\.py:\d+:sigkill_handler\] Killing subprocess \d+$")
     sim.wait_line(r"Main process received SIGTERM, exiting$")
     assert "TRAINING COMPLETE!" not in sim.stdout
@@ -30,7 +31,7 @@ def test_sigterm_to_a_only_orphans_b_and_the_workers(tmp_path, launch):
     os.kill(sim.proc.pid, signal.SIGTERM)
     assert sim.finish() == -signal.SIGTERM
     seen = len(sim.lines_matching(r"^steps: "))
-    wait_until(lambda: len(sim.lines_matching(r"^steps: ")) >= seen + 2, 5, "orphans training")
+    wait_for(lambda: len(sim.lines_matching(r"^steps: ")) >= seen + 2, 5, what="orphans training")
     assert len(group_members(sim.proc.pid)) == 2  # B and the worker, still alive
     assert not sim.lines_matching(r"Killing subprocess")
     sim.kill_group()
@@ -45,7 +46,7 @@ def test_worker_killed_by_sigkill_gives_247_and_its_grandchild_goes_away(tmp_pat
     os.kill(worker, signal.SIGKILL)
     assert sim.finish() == 247
     sim.wait_line(r"exits with return code = -9$")
-    wait_until(lambda: not group_members(sim.proc.pid), 5, "the grandchild to exit")
+    wait_for(lambda: not group_members(sim.proc.pid), 5, what="the grandchild to exit")
 
 
 def test_b_escalates_to_sigkill_for_a_worker_ignoring_sigterm(tmp_path, launch):
@@ -60,7 +61,7 @@ def test_b_escalates_to_sigkill_for_a_worker_ignoring_sigterm(tmp_path, launch):
     assert sim.finish() == 1  # B's handler exits 1 and A propagates it
     assert time.monotonic() - started >= 0.5  # the worker survived SIGTERM until SIGKILL
     sim.wait_line(r"Main process received SIGTERM, exiting$")
-    wait_until(lambda: not group_members(sim.proc.pid), 5, "the group to empty")
+    wait_for(lambda: not group_members(sim.proc.pid), 5, what="the group to empty")
 
 
 def test_b_killed_by_sigkill_makes_a_exit_zero(tmp_path, launch):

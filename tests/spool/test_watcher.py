@@ -11,6 +11,7 @@ import pytest
 from dpd.spool.ingest import IngestResult, Outcome
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.watcher import SpoolWatcher
+from tests.waiting import wait_until
 
 
 class Recorder:
@@ -51,12 +52,6 @@ async def watching(
             await task
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def put(layout: SpoolLayout, name: str) -> None:
     temporary = layout.incoming / f".{name}.tmp"
     temporary.write_text("{}")
@@ -67,7 +62,7 @@ async def test_a_lone_file_is_ingested_at_once_alone(layout: SpoolLayout) -> Non
     ingest = Recorder()
     async with watching(layout, ingest, workers=2):
         put(layout, "one.json")
-        await until(lambda: ingest.batches == [["one.json"]])
+        await wait_until(lambda: ingest.batches == [["one.json"]])
 
 
 async def test_files_waiting_together_are_one_batch(layout: SpoolLayout) -> None:
@@ -75,12 +70,12 @@ async def test_files_waiting_together_are_one_batch(layout: SpoolLayout) -> None
     async with watching(layout, ingest, workers=1, batch_size=4) as watcher:
         ingest.gate.clear()  # the only worker is held up by the first file...
         put(layout, "first.json")
-        await until(lambda: len(ingest.batches) == 1)
+        await wait_until(lambda: len(ingest.batches) == 1)
         for index in range(6):  # ...while six more arrive
             put(layout, f"job{index}.json")
-        await until(lambda: len(watcher._pending) == 7)
+        await wait_until(lambda: len(watcher._pending) == 7)
         ingest.gate.set()
-        await until(lambda: len(ingest.names) == 7)
+        await wait_until(lambda: len(ingest.names) == 7)
         await watcher.drain()
     assert ingest.batches == [
         ["first.json"],
@@ -102,7 +97,7 @@ async def test_deferred_names_of_a_batch_are_tried_again(layout: SpoolLayout) ->
     for name in ("fast.json", "slow.json"):
         put(layout, name)
     async with watching(layout, ingest, workers=1, retry_delay=0.01) as watcher:
-        await until(lambda: attempts.get("slow.json") == 3)
+        await wait_until(lambda: attempts.get("slow.json") == 3)
         await watcher.drain()
     assert attempts == {"fast.json": 1, "slow.json": 3}
     assert ingest.batches[0] == ["fast.json", "slow.json"]
@@ -117,8 +112,8 @@ async def test_a_failed_batch_is_released_for_the_next_scan(
     for name in ("a.json", "b.json"):
         put(layout, name)
     async with watching(layout, ingest, workers=workers) as watcher:
-        await until(lambda: len(ingest.batches) == 1)
+        await wait_until(lambda: len(ingest.batches) == 1)
         await watcher.drain()  # nothing is left pending after the failure
         await watcher.scan()
-        await until(lambda: sorted(ingest.names) == ["a.json", "a.json", "b.json", "b.json"])
+        await wait_until(lambda: sorted(ingest.names) == ["a.json", "a.json", "b.json", "b.json"])
     assert ingest.batches[0] == ["a.json", "b.json"]

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from dpd.config import Config
 from dpd.errors import BadRequest, NotFound
-from dpd.http.common import envelope_response, principal
+from dpd.http.common import envelope_response
+from dpd.http.routing import Route, add_routes
 from dpd.preprocess.datasets import DatasetCatalog, bucket_report, summarize
 from dpd.preprocess.plan import parse_frame_buckets
 from dpd.preprocess.uploads import DATASET_RE
@@ -26,12 +27,10 @@ CATALOG: web.AppKey[DatasetCatalog] = web.AppKey("dpd.datasets.catalog", Dataset
 
 def setup(app: web.Application, config: Config) -> None:
     app[CATALOG] = DatasetCatalog(config.daemon.preprocessed_root, config.preprocess.ffprobe)
-    app.router.add_get(PREFIX, list_datasets)
-    app.router.add_get(f"{PREFIX}/{{name}}", get_dataset)
+    add_routes(app, ROUTES)
 
 
 async def list_datasets(request: web.Request) -> web.Response:
-    principal(request)
     catalog = request.app[CATALOG]
     names = await asyncio.to_thread(catalog.names)
     datasets = []
@@ -42,7 +41,6 @@ async def list_datasets(request: web.Request) -> web.Response:
 
 
 async def get_dataset(request: web.Request) -> web.Response:
-    principal(request)
     catalog = request.app[CATALOG]
     name = request.match_info["name"]
     if not DATASET_RE.match(name) or ".." in name:
@@ -65,3 +63,9 @@ def _report(items: list[Any], model_type: str, buckets_text: str | None) -> dict
         return bucket_report(items, model_type, buckets)
     except ValueError as err:
         raise BadRequest(str(err)) from err
+
+
+ROUTES = (
+    Route("GET", PREFIX, list_datasets),
+    Route("GET", f"{PREFIX}/{{name}}", get_dataset),
+)

@@ -11,31 +11,27 @@ the model catalog (``dpd.models.catalog``). The shaping functions are pure and t
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from dpd.http.common import envelope_response, principal, query_choice, query_int, rate_limit
+from dpd.http.common import envelope_response, query_choice, query_int
 from dpd.http.routes.gpu_dashboard import add_processes
+from dpd.http.routing import Route, add_routes
 from dpd.http.views import iso_from_unix
-from dpd.models.catalog import load_catalog
 from dpd.services import SERVICES, Services
 from dpd.supervisor.gpus import AVAILABLE, BUSY, PREPROCESSING, TRAINING, UNKNOWN, GpuInfo
 
 PREFIX = "/api/v1/gpu"
 TASK_TYPES = ("training", "preprocessing")
 OCCUPIED = (TRAINING, PREPROCESSING, BUSY)
-CATALOG_EXTRA = "catalog"  # services.extras key of the loaded model catalog
 
 Recommend = Callable[[int], list[str]]
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/status", get_gpu_status)
-    app.router.add_get(f"{PREFIX}/available", get_available_gpus)
+    add_routes(app, ROUTES)
 
 
 # ----------------------------------------------------------------- pure shaping
@@ -161,21 +157,7 @@ def _state_or_none(services: Services, task_id: str | None) -> dict[str, Any] | 
     return services.store.get(task_id)
 
 
-def recommender(services: Services) -> Recommend:
-    """The catalog's ``recommended_for``: the daemon's catalog in ``services.extras`` when it
-    put one there, else the configured one (``models.catalog`` or the shipped file), loaded
-    once and kept there."""
-    catalog = services.extras.get(CATALOG_EXTRA)
-    if catalog is None:
-        configured = services.config.models.catalog
-        catalog = load_catalog(Path(configured) if configured else None)
-        services.extras[CATALOG_EXTRA] = catalog
-    return catalog.recommended_for
-
-
 async def get_gpu_status(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "gpu")
     services = request.app[SERVICES]
     entries = current_entries(services)
     await add_processes(services, entries)  # the dashboard's per-process view (issue 16)
@@ -185,18 +167,19 @@ async def get_gpu_status(request: web.Request) -> web.Response:
 
 
 async def get_available_gpus(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "gpu")
     min_memory = query_int(request, "min_memory", None, minimum=0)
     task_type = query_choice(request, "task_type", TASK_TYPES)
     services = request.app[SERVICES]
-    if CATALOG_EXTRA in services.extras:
-        recommend = recommender(services)
-    else:  # the first call reads the catalog file, in a thread
-        recommend = await asyncio.to_thread(recommender, services)
+    recommend = services.catalog.recommended_for
     chosen = available_entries(current_entries(services), recommend, min_memory, task_type)
     return envelope_response({"available_gpus": chosen})
 
 
 def _updated(services: Services) -> str | None:
     return iso_from_unix(services.monitor.updated_at)
+
+
+ROUTES = (
+    Route("GET", f"{PREFIX}/status", get_gpu_status, rate="gpu"),
+    Route("GET", f"{PREFIX}/available", get_available_gpus, rate="gpu"),
+)

@@ -36,7 +36,7 @@ from dpd.jobs import series
 from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import MAX_PRIORITY, JobSpec, parse_job_document, validate_job
 from dpd.jobs.states import Status
-from dpd.models.catalog import Catalog, load_catalog
+from dpd.models.catalog import Catalog
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
 from dpd.spool.jsontail import field_bytes
@@ -216,12 +216,7 @@ async def set_priority(request: web.Request) -> web.Response:
 
 
 def catalog_of(services: Services) -> Catalog:
-    catalog = services.extras.get("catalog")
-    if catalog is None:
-        configured = services.config.models.catalog
-        catalog = load_catalog(Path(configured) if configured else None)
-        services.extras["catalog"] = catalog
-    return catalog
+    return services.catalog
 
 
 def min_vram_gb(catalog: Catalog, model_type: str) -> float | None:

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from dpd.errors import BadRequest, FieldError, ValidationFailed
 from dpd.http.auth import KEY_STORE
-from dpd.http.common import envelope_response, parse_json, rate_limit, require_permission
+from dpd.http.common import envelope_response, parse_json
+from dpd.http.routing import Route, add_routes
 from dpd.keys import EXPIRE_DAYS_RULE, PERMISSIONS, ApiKey, valid_expire_days
 from dpd.services import SERVICES
 
@@ -22,7 +23,7 @@ MAX_USER_LENGTH = 128
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(f"{PREFIX}/generate-key", generate_key)
+    add_routes(app, ROUTES)
 
 
 def parse_key_request(body: bytes, default_expire_days: int) -> tuple[str, list[str], int]:
@@ -66,10 +67,11 @@ def key_view(raw_key: str, record: ApiKey) -> dict[str, Any]:
 
 
 async def generate_key(request: web.Request) -> web.Response:
-    require_permission(request, "admin")
-    await rate_limit(request, "auth")
     default_days = request.app[SERVICES].config.auth.key_expire_days
     user, permissions, expire_days = parse_key_request(await request.read(), default_days)
     store = request.app[KEY_STORE]
     raw_key, record = await asyncio.to_thread(store.create, user, permissions, expire_days)
     return envelope_response(key_view(raw_key, record), 201, "API key generated")
+
+
+ROUTES = (Route("POST", f"{PREFIX}/generate-key", generate_key, permission="admin", rate="auth"),)

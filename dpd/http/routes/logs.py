@@ -18,14 +18,8 @@ from typing import Final
 from aiohttp import web
 
 from dpd.errors import BadRequest
-from dpd.http.common import (
-    envelope_response,
-    principal,
-    query_bool,
-    query_choice,
-    query_int,
-    rate_limit,
-)
+from dpd.http.common import envelope_response, query_bool, query_choice, query_int
+from dpd.http.routing import Route, add_routes
 from dpd.logs.entries import LEVELS, TYPES, make_filter, parse_time
 from dpd.logs.reader import read_tail
 from dpd.logs.search import SearchQuery, search_log
@@ -38,8 +32,7 @@ MAX_LINES: Final = 10_000
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/{{task_id}}/logs", get_logs)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/logs/search", search_logs)
+    add_routes(app, ROUTES)
 
 
 def _log_file(request: web.Request) -> tuple[Services, str, Path]:
@@ -51,8 +44,6 @@ def _log_file(request: web.Request) -> tuple[Services, str, Path]:
 
 
 async def get_logs(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "logs")
     keep = make_filter(query_choice(request, "level", LEVELS), query_choice(request, "type", TYPES))
     tail = query_int(request, "tail", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
     since = parse_time("since", request.query.get("since"))
@@ -76,8 +67,6 @@ async def get_logs(request: web.Request) -> web.Response:
 
 
 async def search_logs(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "logs")
     level = query_choice(request, "level", LEVELS)
     type_ = query_choice(request, "type", TYPES)
     limit = query_int(request, "limit", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
@@ -107,3 +96,9 @@ async def search_logs(request: web.Request) -> web.Response:
             "results": page.results,
         }
     )
+
+
+ROUTES = (
+    Route("GET", f"{PREFIX}/{{task_id}}/logs", get_logs, rate="logs"),
+    Route("GET", f"{PREFIX}/{{task_id}}/logs/search", search_logs, rate="logs"),
+)

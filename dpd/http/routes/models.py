@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dpd.http.common import envelope_response, parse_json, principal, require_permission
+from dpd.http.common import envelope_response, parse_json
+from dpd.http.routing import Route, add_routes
 from dpd.models.catalog import Catalog, CatalogModel, installed_state
 from dpd.models.downloads import DownloadManager
 
@@ -28,11 +29,7 @@ CATALOG: web.AppKey[Catalog] = web.AppKey("dpd.models.catalog", Catalog)
 def setup(app: web.Application, manager: DownloadManager, catalog: Catalog) -> None:
     app[MANAGER] = manager
     app[CATALOG] = catalog
-    app.router.add_get(f"{PREFIX}/list", list_models)
-    app.router.add_post(f"{PREFIX}/download", start_download)
-    app.router.add_get(f"{PREFIX}/downloads", list_downloads)
-    app.router.add_get(f"{PREFIX}/download/{{download_id}}", get_download)
-    app.router.add_post(f"{PREFIX}/download/{{download_id}}/cancel", cancel_download)
+    add_routes(app, ROUTES)
 
 
 def model_entry(model: CatalogModel, installed: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -73,31 +70,37 @@ def catalog_entries(catalog: Catalog, models_root: Path) -> list[dict[str, Any]]
 
 
 async def list_models(request: web.Request) -> web.Response:
-    principal(request)
     manager = request.app[MANAGER]
     entries = await asyncio.to_thread(catalog_entries, request.app[CATALOG], manager.models_root)
     return envelope_response({"models": entries})
 
 
 async def start_download(request: web.Request) -> web.Response:
-    require_permission(request, PERMISSION)
     body = parse_json(await request.read())
     view = await request.app[MANAGER].submit(body)
     return envelope_response(view, code=202, message="model download started")
 
 
 async def list_downloads(request: web.Request) -> web.Response:
-    require_permission(request, PERMISSION)
     downloads = request.app[MANAGER].list()
     return envelope_response({"downloads": downloads, "total": len(downloads)})
 
 
 async def get_download(request: web.Request) -> web.Response:
-    require_permission(request, PERMISSION)
     return envelope_response(request.app[MANAGER].get(request.match_info["download_id"]))
 
 
 async def cancel_download(request: web.Request) -> web.Response:
-    require_permission(request, PERMISSION)
     view = await request.app[MANAGER].cancel(request.match_info["download_id"])
     return envelope_response(view, message="model download cancelled")
+
+
+ROUTES = (
+    Route("GET", f"{PREFIX}/list", list_models),
+    Route("POST", f"{PREFIX}/download", start_download, permission=PERMISSION),
+    Route("GET", f"{PREFIX}/downloads", list_downloads, permission=PERMISSION),
+    Route("GET", f"{PREFIX}/download/{{download_id}}", get_download, permission=PERMISSION),
+    Route(
+        "POST", f"{PREFIX}/download/{{download_id}}/cancel", cancel_download, permission=PERMISSION
+    ),
+)

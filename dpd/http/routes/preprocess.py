@@ -17,7 +17,8 @@ from aiohttp import BodyPartReader, web
 
 from dpd.config import Config
 from dpd.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
-from dpd.http.common import envelope_response, rate_limit, require_permission
+from dpd.http.common import envelope_response
+from dpd.http.routing import Route, add_routes
 from dpd.preprocess.plan import parse_frame_buckets, parse_resolution
 from dpd.preprocess.tasks import PreprocessManager, UploadRequest
 from dpd.preprocess.uploads import (
@@ -40,9 +41,7 @@ HIDDEN = ("version",)
 def setup(app: web.Application, manager: PreprocessManager, config: Config) -> None:
     app[MANAGER] = manager
     app[UPLOAD_LIMIT] = config.http.max_upload_mb * 1024 * 1024
-    app.router.add_post(f"{PREFIX}/upload", upload)
-    app.router.add_get(f"{PREFIX}/status/{{task_id}}", status)
-    app.router.add_post(f"{PREFIX}/stop/{{task_id}}", stop)
+    add_routes(app, ROUTES)
 
 
 def task_view(state: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +49,6 @@ def task_view(state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def upload(request: web.Request) -> web.Response:
-    require_permission(request, "preprocessing")
-    await rate_limit(request, "preprocess")
     manager = request.app[MANAGER]
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("expected multipart/form-data with a 'video' file part")
@@ -171,12 +168,17 @@ def _parse_dataset(text: str) -> str:
 
 
 async def status(request: web.Request) -> web.Response:
-    require_permission(request, "preprocessing")
     state = request.app[MANAGER].get(request.match_info["task_id"])
     return envelope_response(task_view(state))
 
 
 async def stop(request: web.Request) -> web.Response:
-    require_permission(request, "preprocessing")
     state = await request.app[MANAGER].cancel(request.match_info["task_id"])
     return envelope_response(task_view(state), 200, "preprocessing stopped")
+
+
+ROUTES = (
+    Route("POST", f"{PREFIX}/upload", upload, permission="preprocessing", rate="preprocess"),
+    Route("GET", f"{PREFIX}/status/{{task_id}}", status, permission="preprocessing"),
+    Route("POST", f"{PREFIX}/stop/{{task_id}}", stop, permission="preprocessing"),
+)

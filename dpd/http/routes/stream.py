@@ -20,7 +20,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from dpd.http.common import principal, query_choice, rate_limit
+from dpd.http.common import query_choice
+from dpd.http.routing import Route, add_routes
 from dpd.logs.entries import LEVELS, TYPES, make_filter
 from dpd.logs.feed import Finished, TaskFeed
 from dpd.logs.sse import HEARTBEAT, event_messages, message, parse_cursor, parse_kinds, retry_hint
@@ -41,7 +42,7 @@ def setup(app: web.Application) -> None:
     streams: set[asyncio.Task[Any]] = set()
     app[OPEN_STREAMS] = streams
     app.on_shutdown.append(_end_streams)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/logs/stream", stream_logs)
+    add_routes(app, ROUTES)
 
 
 async def _end_streams(app: web.Application) -> None:
@@ -51,8 +52,6 @@ async def _end_streams(app: web.Application) -> None:
 
 
 async def stream_logs(request: web.Request) -> web.StreamResponse:
-    principal(request)
-    await rate_limit(request, "logs")
     keep = make_filter(query_choice(request, "level", LEVELS), query_choice(request, "type", TYPES))
     kinds = parse_kinds(request.query.get("kinds"))
     cursor = parse_cursor(
@@ -113,3 +112,6 @@ async def _send_events(
         for chunk in render(event):
             await response.write(chunk)
         quiet_since = time.monotonic()
+
+
+ROUTES = (Route("GET", f"{PREFIX}/{{task_id}}/logs/stream", stream_logs, rate="logs"),)

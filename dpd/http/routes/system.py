@@ -18,18 +18,18 @@ import psutil
 from aiohttp import web
 
 from dpd import __version__
-from dpd.http.common import envelope_response, principal
+from dpd.http.common import envelope_response
 from dpd.http.routes.gpu import current_entries, summary
+from dpd.http.routing import Route, add_routes
 from dpd.services import SERVICES, Services
 
 PREFIX = "/api/v1/system"
 MB = 1024 * 1024
-NATS_EXTRA = "nats"  # services.extras key of the NATS bridge (an object with status())
 
 
 def setup(app: web.Application) -> None:
     psutil.cpu_percent(interval=None)  # start the CPU sampling window
-    app.router.add_get(f"{PREFIX}/overview", get_overview)
+    add_routes(app, ROUTES)
 
 
 def machine_figures(storage_root: Path) -> dict[str, Any]:
@@ -70,14 +70,12 @@ def gpu_counts(gpu_summary: dict[str, int]) -> dict[str, int]:
 
 
 def nats_state(services: Services) -> dict[str, Any] | None:
-    bridge = services.extras.get(NATS_EXTRA)
-    if bridge is None:
+    if services.nats is None:
         return None
-    return dict(bridge.status())
+    return dict(services.nats.status())
 
 
 async def get_overview(request: web.Request) -> web.Response:
-    principal(request)
     services: Services = request.app[SERVICES]
     figures = await asyncio.to_thread(machine_figures, services.config.daemon.storage_root)
     return envelope_response(
@@ -91,3 +89,6 @@ async def get_overview(request: web.Request) -> web.Response:
             "nats": nats_state(services),
         }
     )
+
+
+ROUTES = (Route("GET", f"{PREFIX}/overview", get_overview),)

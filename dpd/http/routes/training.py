@@ -1,8 +1,9 @@
 """Training routes (api.md §3, §4): start, stop, resume, list, detail, progress, metrics.
 
-``POST /training/start`` goes through the same path as a dropped file: validate, make the
-job directory durable, announce, wake the scheduler. The same ``task_id`` twice never starts
-a second training: the second call answers 200 with the existing task.
+``POST /training/start`` goes through the same intake as a dropped file
+(``dpd.spool.intake.JobIntake``): validate, make the job directory durable, announce, wake the
+scheduler. The same ``task_id`` twice never starts a second training: the second call answers
+200 with the existing task.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from dpd.http.common import (
     query_bool,
     query_choice,
     query_int,
-    rate_limit,
-    require_permission,
 )
-from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
+from dpd.http.routing import Route, add_routes
+from dpd.jobs.spec import JobSpec
 from dpd.jobs.states import Status
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
@@ -40,15 +40,9 @@ STATUSES = tuple(s.value for s in Status)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(f"{PREFIX}/start", start_training)
-    app.router.add_post(f"{PREFIX}/stop/{{task_id}}", stop_training)
     app[LIST_PAGES] = ListPages()
     app[PROGRESS_VIEWS] = ProgressViews()
-    app.router.add_get(f"{PREFIX}/list", list_trainings)
-    app.router.add_get(f"{PREFIX}/{{task_id}}", get_training)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/progress", get_progress)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/metrics", get_metrics)
-    app.router.add_post(f"{PREFIX}/{{task_id}}/resume", resume_training)
+    add_routes(app, ROUTES)
 
 
 def _services(request: web.Request) -> Services:
@@ -59,22 +53,16 @@ def _services(request: web.Request) -> Services:
 
 
 async def start_training(request: web.Request) -> web.Response:
-    who = require_permission(request, "training")
-    await rate_limit(request, "training")
+    who = principal(request)
     services = _services(request)
     body = await request.read()
-    spec = validate_job(
-        parse_job_document(body, "json"), data_roots=services.config.daemon.data_roots
-    )
+    spec = await services.intake.validate(body, "json")
     if spec.task_id is not None and services.store.exists(spec.task_id):
         state = services.store.get(spec.task_id)
         return envelope_response(_created_view(services, state), 200, "task already exists")
     _check_gpus(services, spec)
     submission = Submission("rest", who.key_id, hashlib.sha256(body).hexdigest())
-    state = await asyncio.to_thread(services.store.create_job, spec, submission)
-    for event in await asyncio.to_thread(services.store.read_events, state["task_id"]):
-        services.bus.announce(event)
-    services.supervisor.wake()
+    state = await services.intake.submit(spec, submission)
     return envelope_response(_created_view(services, state), 201, "training task created")
 
 
@@ -132,7 +120,6 @@ def _created_view(services: Services, state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stop_training(request: web.Request) -> web.Response:
-    require_permission(request, "training")
     force = query_bool(request, "force", False)
     if request.can_read_body:
         force = _force_from_body(await request.read(), force)
@@ -153,7 +140,6 @@ def _force_from_body(body: bytes, default: bool) -> bool:
 
 
 async def resume_training(request: web.Request) -> web.Response:
-    require_permission(request, "training")
     state = await _services(request).supervisor.resume(request.match_info["task_id"])
     return envelope_response(views.task_detail(state), 200, "training task queued for resume")
 
@@ -162,7 +148,6 @@ async def resume_training(request: web.Request) -> web.Response:
 
 
 async def list_trainings(request: web.Request) -> web.Response:
-    principal(request)
     status = query_choice(request, "status", STATUSES)
     gpu_id = query_int(request, "gpu_id", None, minimum=0)
     limit = query_int(request, "limit", 50, minimum=1, maximum=1000) or 50
@@ -246,7 +231,6 @@ def _summary_json(state: dict[str, Any]) -> bytes:
 
 
 async def get_training(request: web.Request) -> web.Response:
-    principal(request)
     services = _services(request)
     state = services.store.get(request.match_info["task_id"])
     detail = views.task_detail(state)
@@ -302,7 +286,6 @@ def _newest_points(
 
 
 async def get_progress(request: web.Request) -> web.Response:
-    principal(request)
     store, task_id = _services(request).store, request.match_info["task_id"]
     data = request.app[PROGRESS_VIEWS].encoded(store, task_id)
     body = b'{"code":200,"message":"success","data":%s,"timestamp":%d}' % (data, time.time())
@@ -336,12 +319,11 @@ PROGRESS_VIEWS: web.AppKey[ProgressViews] = web.AppKey("dpd.training.progress", 
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    principal(request)
     services = _services(request)
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
     metric = request.query.get("metric") or "loss"
-    kind = query_choice(request, "type", ("step", "epoch", "eval"), "step")
+    kind = query_choice(request, "type", ("step", "epoch", "eval"), "step") or "step"
     limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
     points = await asyncio.to_thread(_newest_points, services, task_id, metric, kind, limit)
     selected = [_metric_view(p, kind) for p in points]
@@ -355,3 +337,14 @@ def _metric_view(point: dict[str, Any], kind: str | None) -> dict[str, Any]:
     else:
         view = {"step": point.get("step"), "epoch": point.get("epoch"), **view}
     return view
+
+
+ROUTES = (
+    Route("POST", f"{PREFIX}/start", start_training, permission="training", rate="training"),
+    Route("POST", f"{PREFIX}/stop/{{task_id}}", stop_training, permission="training"),
+    Route("GET", f"{PREFIX}/list", list_trainings),
+    Route("GET", f"{PREFIX}/{{task_id}}", get_training),
+    Route("GET", f"{PREFIX}/{{task_id}}/progress", get_progress),
+    Route("GET", f"{PREFIX}/{{task_id}}/metrics", get_metrics),
+    Route("POST", f"{PREFIX}/{{task_id}}/resume", resume_training, permission="training"),
+)

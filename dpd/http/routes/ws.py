@@ -20,7 +20,8 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, web
 
 from dpd.errors import BadRequest
-from dpd.http.common import principal, query_int, rate_limit
+from dpd.http.common import query_int
+from dpd.http.routing import Route, add_routes
 from dpd.logs.feed import Finished, TaskFeed
 from dpd.logs.wsmessages import MessageBuilder
 from dpd.services import SERVICES
@@ -38,7 +39,7 @@ def setup(app: web.Application) -> None:
     sockets: set[web.WebSocketResponse] = set()
     app[OPEN_SOCKETS] = sockets
     app.on_shutdown.append(_close_sockets)
-    app.router.add_get(PATH, training_socket)
+    add_routes(app, ROUTES)
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -48,8 +49,6 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 async def training_socket(request: web.Request) -> web.WebSocketResponse:
-    principal(request)
-    await rate_limit(request, "logs")
     since = query_int(request, "since_seq", None, minimum=0)
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
@@ -93,3 +92,6 @@ async def _push(socket: web.WebSocketResponse, feed: TaskFeed, builder: MessageB
         message: dict[str, Any] | None = builder.message(event)
         if message is not None:
             await socket.send_json(message)
+
+
+ROUTES = (Route("GET", PATH, training_socket, rate="logs"),)
