@@ -74,13 +74,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--diffusion-pipe", type=Path, help="the checkout (holds train.py)")
     parser.add_argument("--deepspeed", help="the launcher command dpd runs")
     parser.add_argument("--model", type=Path, help="the tiny diffusers-format Flux model")
+    parser.add_argument(
+        "--trainer-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more environment for the trainer (dpd's trainer.env)",
+    )
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument(
         "--dead-seconds",
         type=float,
-        default=5.0,
+        default=3.0,
         help="how long dpd stays killed while the trainer runs on",
     )
     parser.add_argument(
@@ -127,6 +134,12 @@ class Conformance:
             (self.model_dir / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
         else:
             shutil.copytree(self.args.model, self.model_dir)
+            self.report.environment["tiny_model_bytes"] = sum(
+                f.stat().st_size for f in self.model_dir.rglob("*") if f.is_file()
+            )
+            self.report.environment["tiny_model_bytes"] = sum(
+                f.stat().st_size for f in self.model_dir.rglob("*") if f.is_file()
+            )
         trainer = self._trainer()
         base = 29500 + os.getpid() % 200 * 2
         config = dpd_config(
@@ -170,6 +183,7 @@ class Conformance:
             "WANDB_MODE": "disabled",
             "TOKENIZERS_PARALLELISM": "false",
         }
+        env.update(item.split("=", 1) for item in self.args.trainer_env)
         return TrainerSetup(
             self.args.diffusion_pipe.resolve(), self.args.deepspeed, env, stop_timeout=300
         )
@@ -340,12 +354,6 @@ class Conformance:
 
     def kill_dpd_and_reattach(self) -> None:
         assert self.dpd is not None
-        stop = self.stop_step or 0
-        self.follow(
-            LORA_TASK,
-            lambda s: (s.get("current_step") or 0) >= stop + 3,
-            "three steps after the resume",
-        )
         run_before = self.api.task(LORA_TASK).get("run")
         pids_before = job_pids(LORA_TASK)
         self.dpd.kill9()
@@ -355,15 +363,15 @@ class Conformance:
         def written_while_dead() -> list[ev.StepLine]:
             return ev.step_lines(self.log_bytes(LORA_TASK)[dead_from:])
 
-        wait_until(
-            lambda: (
-                len(written_while_dead()) >= 3
-                and time.monotonic() - killed_at >= self.args.dead_seconds
-            ),
-            self.args.timeout,
-            "steps written while dpd is dead",
-            interval=0.2,
-        )
+        def enough() -> bool:
+            seen = len(written_while_dead()) >= 3
+            if seen and time.monotonic() - killed_at >= self.args.dead_seconds:
+                return True
+            # ended while dpd was dead: stop waiting, the checks below say what was seen
+            log = self.log_bytes(LORA_TASK)
+            return ev.has_line(log, "TRAINING COMPLETE!") or not job_pids(LORA_TASK)
+
+        wait_until(enough, self.args.timeout, "steps written while dpd is dead", interval=0.2)
         dead = written_while_dead()
         alive = job_pids(LORA_TASK)
         dead_to = len(self.log_bytes(LORA_TASK))
@@ -376,20 +384,21 @@ class Conformance:
             "s",
             "SIGKILLed dpd started again until /healthz answered",
         )
+        after = self.api.task(LORA_TASK)  # at once: the job must still be running
+        pids_after = job_pids(LORA_TASK)
         last_dead = dead[-1].step if dead else None
         sample = self.follow(
             LORA_TASK,
-            lambda s: (s.get("current_step") or 0) >= (last_dead or 0),
+            lambda s: (s.get("current_step") or 0) >= (last_dead or 0) or s["status"] in TERMINAL,
             "dpd to catch up with the steps it missed",
         )
-        after = self.api.task(LORA_TASK)
         self.report.add(
             ev.check_reattach(
                 after.get("status"),
                 run_before,
                 after.get("run"),
                 pids_before,
-                job_pids(LORA_TASK),
+                pids_after,
                 last_dead,
                 sample.get("current_step"),
             )

@@ -23,7 +23,7 @@ class Plan:
 
     images: int = 8
     repeats: int = 16
-    epochs: int = 3
+    epochs: int = 4
     resolution: int = 64
     rank: int = 4
 
