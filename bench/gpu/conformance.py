@@ -175,6 +175,7 @@ class Conformance:
                 "DPD_SIM_STARTUP_SECONDS": "0.5",
                 "DPD_SIM_POLL_SECONDS": "0.2",
             }
+            env.update(item.split("=", 1) for item in self.args.trainer_env)
             return TrainerSetup(directory, deepspeed, env, stop_timeout=30)
         env = {
             "NCCL_P2P_DISABLE": "1",
