@@ -8,7 +8,8 @@
 # the sources in bench/gpu/diffusion-pipe/ or as the tarball in the wheelhouse) and a python
 # with PyTorch and CUDA (TRAINER_PYTHON, default python3). It
 #   1. unpacks diffusion-pipe at the pinned commit (pins.sh) unless it is there already;
-#   2. installs what the trainer's python lacks from the wheelhouse (pip --no-index);
+#   2. installs what the trainer's python lacks from the wheelhouse (pip --no-index), and
+#      checks that train.py's imports resolve;
 #   3. makes a venv for dpd (system site packages + dpd's missing dependencies);
 #   4. builds the tiny Flux model (bench/gpu/tiny_flux.py) and loads it back once;
 #   5. runs the scenario (bench/gpu/conformance.py) against a real `dpd serve`.
@@ -84,10 +85,24 @@ say "installing the trainer's missing packages from the wheelhouse"
     || { tail -20 "$results/pip-trainer.log" >&2; die "pip could not install the trainer's packages"; }
 
 trainer_env=()
+placeholders=""
 if ! "$trainer_python" -c "import wandb" 2>/dev/null; then
     say "wandb is not installed: the trainer gets the placeholder (monitoring stays off)"
-    trainer_env=(--trainer-env "PYTHONPATH=$KIT/placeholders")
+    placeholders="$KIT/placeholders"
+    trainer_env=(--trainer-env "PYTHONPATH=$placeholders")
 fi
+
+say "checking that diffusion-pipe's imports resolve (before any device time is spent on dpd)"
+(cd "$checkout" && PYTHONPATH="$placeholders" "$trainer_python" - >"$results/preflight.log" 2>&1 <<'PY'
+import sys
+sys.argv = ["train.py"]
+import deepspeed, multiprocess, optimi, toml, wandb  # noqa: F401  (train.py's own imports)
+from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+import utils.patches, utils.dataset, utils.saver  # noqa: F401,E401  (ComfyUI, HunyuanVideo)
+import models.flux  # noqa: F401
+print("imports resolve")
+PY
+) || { tail -25 "$results/preflight.log" >&2; die "diffusion-pipe's imports do not resolve"; }
 
 say "making dpd's venv"
 venv="$results/venv-dpd"

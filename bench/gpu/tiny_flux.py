@@ -61,7 +61,13 @@ def clip_tokenizer() -> Any:
             vocab, [], unk_token=eos, end_of_word_suffix="</w>", continuing_subword_prefix=""
         )
     )
-    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # CLIP splits on whitespace (dropping it), then maps bytes to its alphabet
+    model.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     model.decoder = decoders.ByteLevel()
     model.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]

@@ -40,12 +40,29 @@ def test_the_tiny_flux_loads_encodes_and_denoises(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_tokenizers_split_captions_into_known_tokens() -> None:
-    clip = tiny_flux.clip_tokenizer()
-    ids = clip("a red square").input_ids
-    assert ids[0] == clip.bos_token_id and ids[-1] == clip.eos_token_id
-    assert clip.unk_token_id not in ids[1:-1] or clip.unk_token_id == clip.eos_token_id
-    assert clip.convert_ids_to_tokens(ids)[1:4] == ["a</w>", "r", "e"]
-    t5 = tiny_flux.t5_tokenizer()
-    t5_ids = t5("a red square").input_ids
-    assert t5_ids[-1] == t5.eos_token_id and t5.unk_token_id not in t5_ids
+def test_the_tokenizers_split_captions_into_known_tokens(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    tiny_flux.clip_tokenizer().save_pretrained(tmp_path / "clip")
+    tiny_flux.t5_tokenizer().save_pretrained(tmp_path / "t5")
+    for clip in (tiny_flux.clip_tokenizer(), CLIPTokenizer.from_pretrained(tmp_path / "clip")):
+        ids = clip("a red square").input_ids
+        tokens = clip.convert_ids_to_tokens(ids)
+        assert tokens == [
+            "<|startoftext|>",
+            "a</w>",
+            "r",
+            "e",
+            "d</w>",
+            "s",
+            "q",
+            "u",
+            "a",
+            "r",
+            "e</w>",
+            "<|endoftext|>",
+        ]
+    for t5 in (tiny_flux.t5_tokenizer(), T5TokenizerFast.from_pretrained(tmp_path / "t5")):
+        t5_ids = t5("a red square").input_ids
+        assert t5_ids[-1] == t5.eos_token_id and t5.unk_token_id not in t5_ids
+        assert len(t5_ids) == len("a red square") - 2 + 1  # one per character, spaces joined
