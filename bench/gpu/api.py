@@ -49,7 +49,9 @@ class Api:
             return False
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
     """Poll ``condition`` until it returns something true; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:

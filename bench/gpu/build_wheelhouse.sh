@@ -5,10 +5,10 @@
 #   bench/gpu/build_wheelhouse.sh [--sources-from TARBALL | --skip-sources] [--with-wandb]
 #
 # Writes bench/gpu/wheelhouse/ (ignored by git):
-#   trainer/   wheels of what diffusion-pipe needs beyond the GPU image
-#              (requirements-trainer.txt, resolved with dependencies, minus
-#              image-packages.txt), and their requirements.txt
-#   dpd/       wheels of dpd's own dependencies (pyproject.toml) the image lacks, ditto
+#   trainer/   wheels of what diffusion-pipe needs beyond the GPU image (image-packages.txt):
+#              requirements-trainer.txt without dependencies (they would bring torch and
+#              CUDA), requirements-trainer-deps.txt with theirs; requirements.txt for pip
+#   dpd/       wheels of dpd's dependencies (pyproject.toml) with theirs, and requirements.txt
 #   diffusion-pipe-<commit>.tar.xz
 #              diffusion-pipe at the commit of pins.sh, with the ComfyUI and HunyuanVideo
 #              submodules at the commits it records, no .git, and a COMMIT file
@@ -53,14 +53,6 @@ target=(--only-binary=:all: --python-version 3.12 --implementation cp
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64)
 
-pins_of_image() {  # constraints: the image's known versions
-    grep -v '^#' "$KIT/image-packages.txt" | grep '==' || true
-}
-
-names_of_image() {
-    grep -v '^#' "$KIT/image-packages.txt" | sed 's/==.*//' | grep . || true
-}
-
 # ------------------------------------------------------------------ sources
 fetch_sources() {
     local src="$scratch/diffusion-pipe"
@@ -82,53 +74,73 @@ fetch_sources() {
     for module in $DIFFUSION_PIPE_SUBMODULES; do
         [ -n "$(ls -A "$src/$module" 2>/dev/null)" ] || { say "$module is empty"; exit 1; }
     done
-    # Only what training imports: no history, tests, CI or pictures of the submodules.
+    # The tree as it is, less what the flux path never reads and the budget cannot hold:
+    # history, CI, tests and pictures, and every data file over 512 KiB (tokenizers and
+    # vocabularies of other models' text encoders: diffusion-pipe's configs/ alone hold
+    # about 20 MB of them). No file is changed; EXCLUDED.txt lists what was left out.
+    (cd "$src" && find . -type f -size +512k ! -name '*.py' ! -path './.git/*' \
+        ! -path '*/.git/*' | sort >"$src/EXCLUDED.txt")
+    say "leaving out $(wc -l <"$src/EXCLUDED.txt") data files over 512 KiB (EXCLUDED.txt)"
     tar -cJf "$wheelhouse/diffusion-pipe-$DIFFUSION_PIPE_COMMIT.tar.xz" -C "$src" \
         --exclude=.git --exclude='.github' --exclude='submodules/*/tests' \
         --exclude='submodules/*/tests-unit' --exclude='submodules/HunyuanVideo/assets' \
-        --exclude='submodules/*/*.png' --exclude='submodules/*/*.jpg' .
+        --exclude='*.png' --exclude='*.jpg' --exclude='*.webp' --exclude='*.mp4' \
+        --exclude-from="$src/EXCLUDED.txt" .
     comfy_requirements="$src/submodules/ComfyUI/requirements.txt"
 }
 
 # ------------------------------------------------------------------ wheels
-build_deepspeed() {
-    say "building DeepSpeed $DEEPSPEED_VERSION's wheel (pure Python, ops built at run time)"
+build_source_only() {
+    # Published as source only, all pure Python: DeepSpeed (its CUDA ops are built at run
+    # time, and the kit's optimizer needs none), antlr4 4.9 (hydra-core pins it), sdnotify.
+    say "building the wheels of source-only packages"
     DS_BUILD_OPS=0 python3 -m pip wheel --quiet --no-deps --wheel-dir "$scratch/built" \
-        "deepspeed==$DEEPSPEED_VERSION" >/dev/null
+        "deepspeed==$DEEPSPEED_VERSION" "antlr4-python3-runtime==4.9.3" "sdnotify>=0.3.2" \
+        >/dev/null
 }
 
-# resolve REQUIREMENTS OUTDIR: resolve with dependencies for the target, keep what the image
-# lacks, download those wheels, and write OUTDIR/requirements.txt (exact pins).
-resolve() {
-    local wanted="$1" out="$2" report="$scratch/report-$(basename "$2").json"
-    pins_of_image >"$scratch/constraints.txt"
-    python3 -m pip install --quiet --dry-run --ignore-installed --report "$report" \
-        --target "$scratch/target" "${target[@]}" --find-links "$scratch/built" \
-        -c "$scratch/constraints.txt" -r "$wanted"
-    names_of_image >"$scratch/image-names.txt"
-    python3 - "$report" "$scratch/image-names.txt" >"$out/requirements.txt" <<'PY'
-import json, re, sys
-report = json.load(open(sys.argv[1]))
-image = {re.sub(r"[-_.]+", "-", n.strip().lower()) for n in open(sys.argv[2]) if n.strip()}
-for item in report["install"]:
-    meta = item["metadata"]
-    name = re.sub(r"[-_.]+", "-", meta["name"].lower())
-    if name not in image:
-        print(f"{name}=={meta['version']}")
+# fetch REQUIREMENTS OUTDIR [--no-deps]: download the wheels for the GPU image's python.
+fetch() {
+    local wanted="$1" out="$2"
+    shift 2
+    python3 -m pip download --quiet "$@" "${target[@]}" --find-links "$scratch/built" \
+        --dest "$out" -r "$wanted"
+}
+
+# drop_image_packages OUTDIR [KEEP...]: remove the wheels of packages the GPU image holds
+# (image-packages.txt), except those named; pip then uses the image's.
+drop_image_packages() {
+    local out="$1"
+    shift
+    python3 - "$out" "$KIT/image-packages.txt" "$@" <<'PY'
+import pathlib, re, sys
+out, listing, keep = pathlib.Path(sys.argv[1]), sys.argv[2], set(sys.argv[3:])
+norm = lambda name: re.sub(r"[-_.]+", "-", name.lower())
+image = {norm(line.split("==")[0].strip()) for line in open(listing)
+         if line.strip() and not line.startswith("#")}
+for wheel in out.glob("*.whl"):
+    name = norm(wheel.name.split("-")[0])
+    if name in image and name not in {norm(k) for k in keep}:
+        wheel.unlink()
 PY
-    python3 -m pip download --quiet --no-deps "${target[@]}" --find-links "$scratch/built" \
-        --dest "$out" -r "$out/requirements.txt"
-    # comfy-kitchen ships a pure-Python wheel beside 60+ MB of CUDA kernels; take the former
-    if grep -q '^comfy-kitchen==' "$out/requirements.txt"; then
-        rm -f "$out"/comfy_kitchen-*.whl
-        python3 -m pip download --quiet --no-deps --only-binary=:all: --platform any \
-            --python-version 3.12 --dest "$out" "$(grep '^comfy-kitchen==' "$out/requirements.txt")"
-    fi
+}
+
+# pure_comfy_kitchen OUTDIR: comfy-kitchen ships a pure-Python wheel beside 60+ MB of CUDA
+# kernels; keep the former (ComfyUI falls back to its eager backend).
+pure_comfy_kitchen() {
+    local out="$1" found
+    found="$(ls "$out"/comfy_kitchen-*.whl 2>/dev/null | head -1)"
+    [ -n "$found" ] || return 0
+    local version
+    version="$(basename "$found" | cut -d- -f2)"
+    rm -f "$out"/comfy_kitchen-*.whl
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform any \
+        --python-version 3.12 --dest "$out" "comfy-kitchen==$version"
 }
 
 comfy_requirements=""
 fetch_sources
-build_deepspeed
+build_source_only
 
 wanted="$scratch/trainer-wanted.txt"
 grep -v '^#' "$KIT/requirements-trainer.txt" | grep . >"$wanted"
@@ -138,19 +150,25 @@ if [ -n "$comfy_requirements" ] && [ -f "$comfy_requirements" ]; then
     grep -iE '^(comfy-kitchen|comfy-aimdo|av|torchsde|simpleeval|blake3)\b' \
         "$comfy_requirements" >>"$wanted" || true
 fi
-say "resolving the trainer's packages"
-resolve "$wanted" "$wheelhouse/trainer"
+say "downloading the trainer's packages"
+fetch "$wanted" "$wheelhouse/trainer" --no-deps
+fetch "$KIT/requirements-trainer-deps.txt" "$wheelhouse/trainer"
+pure_comfy_kitchen "$wheelhouse/trainer"
+drop_image_packages "$wheelhouse/trainer" fsspec  # datasets caps fsspec below the newest
+cp "$wanted" "$wheelhouse/trainer/requirements.txt"
 
-say "resolving dpd's dependencies"
+say "downloading dpd's dependencies (its venv sees the image's packages too)"
 python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-    "$REPO/pyproject.toml" >"$scratch/dpd-wanted.txt"
-resolve "$scratch/dpd-wanted.txt" "$wheelhouse/dpd"
+    "$REPO/pyproject.toml" >"$wheelhouse/dpd/requirements.txt"
+fetch "$wheelhouse/dpd/requirements.txt" "$wheelhouse/dpd"
+# aiohttp and click: dpd and huggingface_hub 2 want versions the image may predate
+drop_image_packages "$wheelhouse/dpd" aiohttp click
 
 # ------------------------------------------------------------------ size
 total=$(du -sb "$wheelhouse" | cut -f1)
 limit=$((WHEELHOUSE_LIMIT_MIB * 1024 * 1024))
 echo "wheelhouse: trainer $(du -sh "$wheelhouse/trainer" | cut -f1), dpd $(du -sh "$wheelhouse/dpd" | cut -f1), sources $(du -ch "$wheelhouse"/*.tar.xz 2>/dev/null | tail -1 | cut -f1)"
-ls -S "$wheelhouse"/trainer/*.whl "$wheelhouse"/dpd/*.whl | head -8 | while read -r f; do
+ls -S "$wheelhouse"/trainer/*.whl "$wheelhouse"/dpd/*.whl | sed -n 1,8p | while read -r f; do
     echo "  $(du -h "$f" | cut -f1)  $(basename "$f")"
 done
 echo "wheelhouse total: $(awk -v b="$total" 'BEGIN { printf "%.1f", b / 1048576 }') MiB (limit $WHEELHOUSE_LIMIT_MIB MiB)"

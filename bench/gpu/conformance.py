@@ -183,6 +183,7 @@ class Conformance:
             "HF_HUB_OFFLINE": "1",
             "WANDB_MODE": "disabled",
             "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": "",  # never dpd's own: its venv's packages are not the trainer's
         }
         env.update(item.split("=", 1) for item in self.args.trainer_env)
         return TrainerSetup(
@@ -306,11 +307,12 @@ class Conformance:
     def stop_gracefully(self) -> None:
         status, body = self.api.call("POST", f"/api/v1/training/stop/{LORA_TASK}", {})
         answer = body.get("data") or {}
-        state = wait_until(
-            lambda: (s := self.api.task(LORA_TASK))["status"] in TERMINAL and s,
-            self.args.timeout,
-            "the stop",
-        )
+
+        def ended() -> dict[str, Any] | None:
+            state = self.api.task(LORA_TASK)
+            return state if state["status"] in TERMINAL else None
+
+        state = wait_until(ended, self.args.timeout, "the stop")
         run_dir = Path(state.get("run_dir") or "/nonexistent")
         latest_path = run_dir / "latest"
         latest = latest_path.read_text().strip() if latest_path.exists() else None

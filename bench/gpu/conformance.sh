@@ -10,7 +10,7 @@
 #   1. unpacks diffusion-pipe at the pinned commit (pins.sh) unless it is there already;
 #   2. installs what the trainer's python lacks from the wheelhouse (pip --no-index), and
 #      checks that train.py's imports resolve;
-#   3. makes a venv for dpd (system site packages + dpd's missing dependencies);
+#   3. makes a venv for dpd (the image's packages + dpd's missing dependencies);
 #   4. builds the tiny Flux model (bench/gpu/tiny_flux.py) and loads it back once;
 #   5. runs the scenario (bench/gpu/conformance.py) against a real `dpd serve`.
 # --simulate skips 1-4 and runs the scenario with dpd's stand-in trainer; the python that
@@ -106,7 +106,13 @@ PY
 
 say "making dpd's venv"
 venv="$results/venv-dpd"
-python3 -m venv --system-site-packages "$venv"
+python3 -m venv "$venv"
+# The image's python is itself a venv, so --system-site-packages would not show its
+# packages: a .pth file appends its site-packages after the venv's own (huggingface_hub 2
+# for dpd shadows the image's 1.x there, and only there).
+image_site="$("$trainer_python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+venv_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+echo "$image_site" >"$venv_site/zz-gpu-image.pth"
 "$venv/bin/python" -m pip install --no-index --find-links "$wheelhouse/dpd" \
     -r "$wheelhouse/dpd/requirements.txt" >"$results/pip-dpd.log" 2>&1 \
     || { tail -20 "$results/pip-dpd.log" >&2; die "pip could not install dpd's dependencies"; }

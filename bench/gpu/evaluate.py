@@ -112,7 +112,7 @@ def check_phases(observed: Sequence[str | None]) -> Check:
 
 def check_steps_and_losses(samples: Sequence[Mapping[str, Any]]) -> Check:
     """API samples (progress and metrics of GET /training/{id}) show steps rising, losses."""
-    steps = [s.get("current_step") for s in samples if s.get("current_step") is not None]
+    steps: list[int] = [s["current_step"] for s in samples if s.get("current_step") is not None]
     losses = [s.get("current_loss") for s in samples if s.get("current_loss") is not None]
     distinct = sorted(set(steps))
     rising = steps == sorted(steps)
@@ -385,7 +385,8 @@ def split_step_times(
     ``dead_from``/``dead_to`` are train.log sizes when dpd was killed and restarted. The
     first step of each run is left out (it includes warm-up)."""
     first_steps = {s.step for s in steps[:1]}
-    following, dead = [], []
+    following: list[float] = []
+    dead: list[float] = []
     for line in steps:
         if line.step in first_steps:
             continue
