@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="more environment for the trainer (dpd's trainer.env)",
     )
+    parser.add_argument(
+        "--gpus-backend",
+        choices=("nvml", "static"),
+        help="dpd's gpus.backend (default: nvml, or static with --simulate)",
+    )
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
@@ -146,7 +151,7 @@ class Conformance:
             self.layout,
             free_port(),
             trainer,
-            "static" if self.args.simulate else "nvml",
+            self.args.gpus_backend or ("static" if self.args.simulate else "nvml"),
             [base, base + 40],
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DPD_", "NOTIFY_"))}
@@ -567,13 +572,21 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "trainer_python": args.trainer_python,
     }
     if not args.simulate:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        found["gpu"] = done.stdout.strip() or done.stderr.strip()
+        try:
+            done = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,memory.total,driver_version",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            found["gpu"] = done.stdout.strip() or done.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            found["gpu"] = f"nvidia-smi failed: {err}"
         found["diffusion_pipe"] = str(args.diffusion_pipe)
         found["deepspeed"] = args.deepspeed
         commit = args.diffusion_pipe / "COMMIT"
