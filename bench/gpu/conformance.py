@@ -371,9 +371,14 @@ class Conformance:
         def written_while_dead() -> list[ev.StepLine]:
             return ev.step_lines(self.log_bytes(LORA_TASK)[dead_from:])
 
+        # dpd stays dead for dead_seconds, or for a quarter of the steps left if the steps
+        # are fast, so that the run is still going when it comes back
+        budget = max(3, (self.plan.total_steps - (self.stop_step or 0)) // 4)
+
         def enough() -> bool:
-            seen = len(written_while_dead()) >= 3
-            if seen and time.monotonic() - killed_at >= self.args.dead_seconds:
+            written = len(written_while_dead())
+            waited = time.monotonic() - killed_at >= self.args.dead_seconds
+            if written >= 3 and (waited or written >= budget):
                 return True
             # ended while dpd was dead: stop waiting, the checks below say what was seen
             log = self.log_bytes(LORA_TASK)
