@@ -161,8 +161,9 @@ say "downloading dpd's dependencies (its venv sees the image's packages too)"
 python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
     "$REPO/pyproject.toml" >"$wheelhouse/dpd/requirements.txt"
 fetch "$wheelhouse/dpd/requirements.txt" "$wheelhouse/dpd"
-# aiohttp and click: dpd and huggingface_hub 2 want versions the image may predate
-drop_image_packages "$wheelhouse/dpd" aiohttp click
+# kept although the image has them: dpd needs huggingface_hub 2 (the image: 1.33), and
+# aiohttp and click at versions the image may predate
+drop_image_packages "$wheelhouse/dpd" huggingface-hub aiohttp click
 
 # ------------------------------------------------------------------ size
 total=$(du -sb "$wheelhouse" | cut -f1)
