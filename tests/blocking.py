@@ -73,6 +73,13 @@ ALLOWED: tuple[tuple[str, str, frozenset[str], str], ...] = (
         frozenset({"make_store", "create_job", "new_job", "disk_events"}),
         "test set-up and checks: a fresh store, its jobs and what it wrote, in tmp_path",
     ),
+    (
+        "os.stat",
+        "dpd/http/auth.py",
+        frozenset({"_changed"}),
+        "one stat of keys.json per authenticated request (StoreChecker): about a microsecond, "
+        "and what makes a revocation count from the next request; the re-read is in a thread",
+    ),
     *(
         (
             "os.path.abspath",

@@ -181,6 +181,20 @@ def test_every_package_is_placed_in_a_layer() -> None:
     assert unplaced() == set(), "place these in LAYERS (and in the README's Layout)"
 
 
+def readme_layers(readme: str) -> list[frozenset[str]]:
+    """The layer order the README's Layout states: "a, b < c < ..." after "Packages form
+    layers"."""
+    paragraph = readme.split("Packages form layers", 1)[1].split("\n\n", 1)[0]
+    order = " ".join(paragraph.split(":", 1)[1].split()).rstrip(".")
+    return [frozenset(n.strip() for n in layer.split(",")) for layer in order.split("<")]
+
+
+def test_the_readme_states_the_same_layers() -> None:
+    readme = (DPD.parent / "README.md").read_text(encoding="utf-8")
+    stated = [layer - {"dpd", "__main__"} for layer in LAYERS]
+    assert readme_layers(readme) == [layer for layer in stated if layer]
+
+
 def test_no_package_imports_a_peer_or_a_higher_layer(imports: list[Import]) -> None:
     assert layer_violations(imports) == []
 

@@ -68,4 +68,9 @@ def route_operation(route: web.AbstractRoute) -> tuple[str, str] | None:
     path = info.get("path") or info.get("formatter") or info.get("prefix")
     if not path or route.method in ("HEAD", "*"):
         return None
-    return route.method, _REGEX_PART.sub(r"{\1}", path)
+    return route.method, openapi_path(path)
+
+
+def openapi_path(path: str) -> str:
+    """An aiohttp path template in OpenAPI's notation: ``{name:regex}`` becomes ``{name}``."""
+    return _REGEX_PART.sub(r"{\1}", path)

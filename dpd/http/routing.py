@@ -10,8 +10,10 @@ keep the document's 403 and 429 answers true.
 ``dpd.http.common.require_permission`` and ``rate_limit`` remain for checks a table cannot
 express (a permission that depends on the body).
 
-Routes outside /api/v1 that need no key (``/healthz``, ``/metrics``, the OpenAPI document)
-are added directly, not through this table.
+Routes that need no key are added directly, not through this table: those outside /api/v1
+(``/healthz``, ``/metrics``, the dashboard's pages and ``/login``) and the open paths of
+``dpd.http.auth.OPEN_PATHS`` (the OpenAPI document, ``/auth/session``, which checks its
+caller itself). Every other /api/v1 route is in the table (tests/http/test_openapi.py).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ def document() -> dict[str, Any]:
 
 async def test_dashboard_answers_match_the_document(api: Api, document: dict[str, Any]) -> None:
     admin, plain = api.key("admin"), api.key("preprocessing")
-    raw, record = api.daemon.keys.create("doc-user", ["training"])
+    raw, record = await asyncio.to_thread(api.daemon.keys.create, "doc-user", ["training"])
     await api.post("/api/v1/training/start", json=await api.parked_job("doc-a"))
     await api.post("/api/v1/training/start", json=await api.parked_job("doc-b"))
     login = await api.post("/api/v1/auth/session", key=None, json={"api_key": raw})

@@ -55,7 +55,7 @@ async def test_a_long_series_is_thinned_keeping_its_spikes(api: Api) -> None:
     values: list[float | None] = [1.0] * 10_000
     values[4321] = 500.0  # one spike
     values[77] = None  # a NaN the parser wrote as null
-    write_metrics(api, "series-task", values)
+    await asyncio.to_thread(write_metrics, api, "series-task", values)
     reply = await api.get("/api/v1/training/series-task/series?kind=step_loss&max_points=100")
     assert reply.status == 200, reply.body
     data = reply.body["data"]

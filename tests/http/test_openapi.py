@@ -23,11 +23,12 @@ from referencing.jsonschema import DRAFT202012
 
 from dpd import __version__
 from dpd.config import RateLimit
-from dpd.http.auth import WS_PREFIX, Authenticator
+from dpd.http.auth import API_PREFIX, OPEN_PATHS, WS_PREFIX, Authenticator
 from dpd.http.openapi import (
     app_operations,
     documented_operations,
     load_document,
+    openapi_path,
     route_operation,
 )
 from dpd.http.routes import logs as logs_routes
@@ -119,13 +120,27 @@ async def test_documented_403_and_429_answers_follow_the_route_table(
     assert len(declared) >= 25
     problems = []
     for route in declared:
-        template = route.path  # no route of the table uses aiohttp's {name:regex} form
+        template = openapi_path(route.path)  # {path:.+} -> {path}
         responses = document["paths"][template][route.method.lower()]["responses"]
         if ("403" in responses) != (route.permission is not None):
             problems.append((route.method, template, "403", route.permission))
         if ("429" in responses) != (route.rate is not None):
             problems.append((route.method, template, "429", route.rate))
     assert not problems, "\n".join(map(str, problems))
+
+
+async def test_every_api_route_that_needs_a_key_is_in_the_route_table(api: Api) -> None:
+    """Only the open paths (the login, the document itself) are added outside the table, so
+    no /api/v1 handler runs before its key, permission and rate limit are checked."""
+    declared = {(r.method, openapi_path(r.path)) for r in declared_routes(api.daemon.app)}
+    outside = sorted(
+        (method, template)
+        for method, template in app_operations(api.daemon.app)
+        if template.startswith(API_PREFIX)
+        and template not in OPEN_PATHS
+        and (method, template) not in declared
+    )
+    assert outside == []
 
 
 async def test_document_and_app_routes_agree(api: Api, document: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""Every status a route can answer is in the OpenAPI document: found in each handler's
-source (and the functions of its module it calls, transitively) by the calls that answer
-them: a permission check (401, 403), a rate limit (429), reading a body (400, 413), parsing
-query parameters or Last-Event-ID (400), validating a job (422), and every ``dpd.errors``
-class raised by name."""
+"""Every status a route can answer is in the OpenAPI document: found in the route table's
+checks (``dpd.http.routing``: a key, 401; a permission, 403; a rate class, 429) and in each
+handler's source (and the functions of its module it calls, transitively) by the calls that
+answer them: a permission check (401, 403), a rate limit (429), reading a body (400, 413),
+parsing query parameters or Last-Event-ID (400), validating a job (422), and every
+``dpd.errors`` class raised by name."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from types import ModuleType
 from typing import Any
 
 from dpd import errors
-from dpd.http.openapi import load_document, route_operation
+from dpd.http.openapi import load_document, openapi_path, route_operation
+from dpd.http.routing import Route, declared_routes
 from tests.http.conftest import Api
 
 CALLS_ANSWER: dict[str, set[int]] = {
@@ -96,16 +98,26 @@ def handler_statuses(handler: Any) -> set[int]:
     return total
 
 
-def test_the_finder_sees_permissions_bodies_and_raised_errors() -> None:
-    from dpd.http.routes import keys, preprocess, stream
+def table_statuses(route: Route) -> set[int]:
+    """What the checks ``add_routes`` runs before the handler can answer."""
+    return {401} | ({403} if route.permission else set()) | ({429} if route.rate else set())
 
-    assert handler_statuses(keys.generate_key) >= {400, 401, 403, 413, 422, 429}
-    assert handler_statuses(preprocess.upload) >= {400, 403, 413, 422}
+
+def test_the_finder_sees_permissions_bodies_and_raised_errors() -> None:
+    from dpd.http.routes import keys, preprocess, stream, training
+
+    assert handler_statuses(keys.generate_key) >= {400, 413, 422}
+    assert table_statuses(keys.ROUTES[0]) == {401, 403, 429}
+    assert handler_statuses(preprocess.upload) >= {400, 413, 422}
     assert 400 in handler_statuses(stream.stream_logs)
+    assert 401 in handler_statuses(training.start_training)  # principal(request)
 
 
 async def test_every_status_a_route_can_answer_is_documented(api: Api) -> None:
     document = load_document()
+    checks = {
+        (r.method, openapi_path(r.path)): table_statuses(r) for r in declared_routes(api.daemon.app)
+    }
     missing = []
     checked = 0
     for route in api.daemon.app.router.routes():
@@ -114,7 +126,8 @@ async def test_every_status_a_route_can_answer_is_documented(api: Api) -> None:
             continue
         method, template = served
         documented = set(document["paths"][template][method.lower()]["responses"])
-        wanted = {str(code) for code in handler_statuses(route.handler)}
+        statuses = handler_statuses(route.handler) | checks.get(served, set())
+        wanted = {str(code) for code in statuses}
         if wanted - documented:
             missing.append(f"{method} {template}: {sorted(wanted - documented)}")
         checked += 1

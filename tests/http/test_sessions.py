@@ -112,7 +112,7 @@ async def test_a_mutation_with_the_cookie_needs_the_csrf_token(api: Api) -> None
 
 async def test_revoking_the_key_ends_its_session(api: Api) -> None:
     admin = api.key("admin")
-    raw, record = api.daemon.keys.create("bob", ["training"])
+    raw, record = await asyncio.to_thread(api.daemon.keys.create, "bob", ["training"])
     cookie, _ = await log_in(api, raw)
     before = await api.get("/api/v1/training/list", key=None, headers=with_cookie(cookie))
     assert before.status == 200
@@ -257,7 +257,7 @@ async def test_an_expired_session_gets_401(api: Api) -> None:
 
 async def test_a_key_revoked_by_dpd_keys_ends_its_session(api: Api) -> None:
     """``dpd keys revoke`` writes keys.json from another process; the daemon re-reads it."""
-    raw, record = api.daemon.keys.create("carol", ["training"])
+    raw, record = await asyncio.to_thread(api.daemon.keys.create, "carol", ["training"])
     cookie, _ = await log_in(api, raw)
     other_process = KeyStore(api.daemon.keys.path)  # its own view of keys.json
     await asyncio.to_thread(other_process.revoke, record.key_id)

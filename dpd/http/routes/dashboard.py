@@ -13,6 +13,7 @@ files and anything that is not a regular file are 404.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Final
 
@@ -79,11 +80,13 @@ def file_response(path: Path) -> web.FileResponse:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return file_response(confined_file(request.app[STATIC_DIR], "index.html"))
+    path = await asyncio.to_thread(confined_file, request.app[STATIC_DIR], "index.html")
+    return file_response(path)
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
-    return file_response(confined_file(request.app[STATIC_DIR], request.match_info["path"]))
+    relative = request.match_info["path"]
+    return file_response(await asyncio.to_thread(confined_file, request.app[STATIC_DIR], relative))
 
 
 async def login_with_link(request: web.Request) -> web.StreamResponse:

@@ -28,7 +28,7 @@ from aiohttp import web
 from dpd.errors import BadRequest
 from dpd.events.bus import Subscription
 from dpd.events.ring import EventRing
-from dpd.http.common import principal
+from dpd.http.routing import Route, add_routes
 from dpd.logs.sse import HEARTBEAT, retry_hint
 from dpd.services import SERVICES
 from dpd.supervisor.gpus import GpuInfo
@@ -62,7 +62,7 @@ def setup(app: web.Application, ring: EventRing | None = None) -> None:
     app[OPEN] = set()
     app.cleanup_ctx.append(_feed_ring)
     app.on_shutdown.append(_end_streams)
-    app.router.add_get(PATH, stream_events)
+    add_routes(app, ROUTES)
 
 
 def gpu_event(node: str, seq: int, snapshot: list[GpuInfo]) -> dict[str, Any]:
@@ -125,7 +125,6 @@ def resync_message(ring: EventRing) -> bytes:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    principal(request)
     kinds = parse_stream_kinds(request.query.get("kinds"))
     resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     ring = request.app[EVENT_RING]
@@ -188,3 +187,6 @@ async def _send(
         if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
             await response.write(HEARTBEAT)
             quiet_since = time.monotonic()
+
+
+ROUTES = (Route("GET", PATH, stream_events),)

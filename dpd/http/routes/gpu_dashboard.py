@@ -13,8 +13,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from dpd.http.common import envelope_response, principal, query_int, rate_limit
+from dpd.http.common import envelope_response, query_int
 from dpd.http.gpu_history import KEEP_SECONDS, GpuHistory, process_entries, process_owners
+from dpd.http.routing import Route, add_routes
 from dpd.services import SERVICES, Services
 from dpd.supervisor.gpus import GpuProcess
 
@@ -25,7 +26,7 @@ GPU_HISTORY: web.AppKey[GpuHistory] = web.AppKey("dpd.gpu_history", GpuHistory)
 def setup(app: web.Application) -> None:
     app[GPU_HISTORY] = GpuHistory()
     app.cleanup_ctx.append(_record_history)
-    app.router.add_get(PATH, get_history)
+    add_routes(app, ROUTES)
 
 
 async def _record_history(app: web.Application) -> AsyncIterator[None]:
@@ -43,8 +44,6 @@ async def _record_history(app: web.Application) -> AsyncIterator[None]:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    principal(request)
-    await rate_limit(request, "gpu")
     seconds = query_int(request, "seconds", 3600, 1, 3600) or 3600
     services = request.app[SERVICES]
     gpus = request.app[GPU_HISTORY].view(min(seconds, KEEP_SECONDS))
@@ -70,3 +69,6 @@ async def add_processes(services: Services, entries: list[dict[str, Any]]) -> No
         processes = by_gpu.get(entry["gpu_id"], ())
         entry["processes"] = process_entries(processes, owners)
         entry["foreign_processes"] = sum(1 for p in entry["processes"] if p["foreign"])
+
+
+ROUTES = (Route("GET", PATH, get_history, rate="gpu"),)

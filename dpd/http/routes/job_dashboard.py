@@ -25,13 +25,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from dpd.errors import BadRequest, Conflict, FieldError, ValidationFailed
-from dpd.http.common import (
-    envelope_response,
-    principal,
-    query_choice,
-    query_int,
-    require_permission,
-)
+from dpd.http.common import envelope_response, query_choice, query_int
+from dpd.http.routing import Route, add_routes
 from dpd.jobs import series
 from dpd.jobs.dpconfig import render_configs
 from dpd.jobs.spec import MAX_PRIORITY, JobSpec, parse_job_document, validate_job
@@ -50,12 +45,7 @@ SERIES_KINDS: Final = tuple(series.SERIES)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(f"{PREFIX}/validate", validate_training)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/series", get_series)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/markers", get_markers)
-    app.router.add_post(f"{PREFIX}/{{task_id}}/priority", set_priority)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/config", get_config)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/alerts", get_alerts)
+    add_routes(app, ROUTES)
 
 
 # ------------------------------------------------------------------ reading job files
@@ -94,7 +84,6 @@ def metric_records(services: Services, task_id: str, kind: str) -> list[dict[str
 
 
 async def get_series(request: web.Request) -> web.Response:
-    principal(request)
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
@@ -149,7 +138,6 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 async def get_markers(request: web.Request) -> web.Response:
-    principal(request)
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     state = services.store.get(task_id)
@@ -190,7 +178,6 @@ def _change_priority(services: Services, task_id: str, priority: int) -> dict[st
 
 
 async def set_priority(request: web.Request) -> web.Response:
-    require_permission(request, "training")
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     priority = parse_priority(await request.read())
@@ -215,10 +202,6 @@ async def set_priority(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ validate and config
 
 
-def catalog_of(services: Services) -> Catalog:
-    return services.catalog
-
-
 def min_vram_gb(catalog: Catalog, model_type: str) -> float | None:
     model = catalog.get(model_type)
     return model.min_vram_gb if model is not None else None
@@ -234,12 +217,12 @@ def vram_warning(needed_gb: float | None, free_mb: list[int]) -> str | None:
     )
 
 
-def validation_warnings(services: Services, spec: JobSpec, catalog: Catalog) -> list[str]:
+def validation_warnings(services: Services, spec: JobSpec) -> list[str]:
     warnings = []
     if spec.task_id is not None and services.store.exists(spec.task_id):
         warnings.append(f"task {spec.task_id} exists: starting would return the existing task")
     free = [g.memory_free for g in services.monitor.latest if g.error is None]
-    vram = vram_warning(min_vram_gb(catalog, spec.model_type), free)
+    vram = vram_warning(min_vram_gb(services.catalog, spec.model_type), free)
     if vram:
         warnings.append(vram)
     job = QueuedJob(spec.task_id or "(new)", spec.priority, 0, spec.gpu_ids,
@@ -252,7 +235,6 @@ def validation_warnings(services: Services, spec: JobSpec, catalog: Catalog) -> 
 
 async def validate_training(request: web.Request) -> web.Response:
     """422 with ``data.errors`` as start gives; else the files start would generate."""
-    require_permission(request, "training")
     services = request.app[SERVICES]
     body = await request.read()
     spec = await asyncio.to_thread(
@@ -260,7 +242,6 @@ async def validate_training(request: web.Request) -> web.Response:
             parse_job_document(body, "json"), data_roots=services.config.daemon.data_roots
         )
     )
-    catalog = await asyncio.to_thread(catalog_of, services)
     task_dir = spec.task_id or "<task_id>"
     config_toml, dataset_toml = render_configs(
         spec,
@@ -270,11 +251,11 @@ async def validate_training(request: web.Request) -> web.Response:
     return envelope_response(
         {
             "valid": True,
-            "warnings": validation_warnings(services, spec, catalog),
+            "warnings": validation_warnings(services, spec),
             "config_toml": config_toml,
             "dataset_toml": dataset_toml,
             "required_gpus": len(spec.gpu_ids) if spec.gpu_ids else spec.required_gpus,
-            "min_vram_gb": min_vram_gb(catalog, spec.model_type),
+            "min_vram_gb": min_vram_gb(services.catalog, spec.model_type),
         }
     )
 
@@ -289,7 +270,6 @@ def _read_config(job_dir: Path) -> dict[str, Any]:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    principal(request)
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
@@ -304,9 +284,18 @@ def _alert_events(services: Services, task_id: str) -> list[dict[str, Any]]:
 
 
 async def get_alerts(request: web.Request) -> web.Response:
-    principal(request)
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
     alerts = await asyncio.to_thread(_alert_events, services, task_id)
     return envelope_response({"task_id": task_id, "alerts": alerts})
+
+
+ROUTES = (
+    Route("POST", f"{PREFIX}/validate", validate_training, permission="training"),
+    Route("GET", f"{PREFIX}/{{task_id}}/series", get_series),
+    Route("GET", f"{PREFIX}/{{task_id}}/markers", get_markers),
+    Route("POST", f"{PREFIX}/{{task_id}}/priority", set_priority, permission="training"),
+    Route("GET", f"{PREFIX}/{{task_id}}/config", get_config),
+    Route("GET", f"{PREFIX}/{{task_id}}/alerts", get_alerts),
+)

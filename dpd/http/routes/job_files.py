@@ -18,7 +18,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from dpd.errors import NotFound
-from dpd.http.common import envelope_response, principal
+from dpd.http.common import envelope_response
+from dpd.http.routing import Route, add_routes
 from dpd.services import SERVICES
 from dpd.supervisor import outputs
 
@@ -27,8 +28,7 @@ MAX_FILES: Final = 5000
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/{{task_id}}/files", list_files)
-    app.router.add_get(f"{PREFIX}/{{task_id}}/files/{{path:.+}}", download_file)
+    add_routes(app, ROUTES)
 
 
 def file_kind(relative: Path) -> str:
@@ -85,7 +85,6 @@ def _output_dir(request: web.Request) -> Path:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    principal(request)
     root = _output_dir(request)
     files, truncated = await asyncio.to_thread(list_output_files, root)
     return envelope_response(
@@ -94,7 +93,6 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
-    principal(request)
     root = _output_dir(request)
     path = await asyncio.to_thread(confined_output_file, root, request.match_info["path"])
     disposition = f"attachment; filename*=UTF-8''{quote(path.name, safe='')}"
@@ -106,3 +104,9 @@ async def download_file(request: web.Request) -> web.StreamResponse:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+ROUTES = (
+    Route("GET", f"{PREFIX}/{{task_id}}/files", list_files),
+    Route("GET", f"{PREFIX}/{{task_id}}/files/{{path:.+}}", download_file),
+)

@@ -8,7 +8,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from dpd.http.routes.models import PREFIX, list_models
+from dpd.http.routing import Route, add_routes
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/catalog", list_models)
+    add_routes(app, ROUTES)
+
+
+ROUTES = (Route("GET", f"{PREFIX}/catalog", list_models),)

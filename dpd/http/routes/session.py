@@ -3,7 +3,8 @@ and the keys page (``GET /auth/keys``, ``DELETE /auth/keys/{key_id}``).
 
 ``/auth/session`` is open in the auth middleware: logging in is how a browser gets its
 credentials, so each handler checks its caller itself (the key in the body, the cookie, or
-``Authorization: Bearer``). The rest go through the middleware like every /api/v1 route.
+``Authorization: Bearer``), and these routes are added directly. The rest go through the
+middleware like every /api/v1 route and are declared in ``ROUTES`` (``dpd.http.routing``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from aiohttp import web
 
 from dpd.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from dpd.http.auth import KEY_STORE, LOCAL_ADMIN, Authenticator, bearer_key
-from dpd.http.common import Principal, envelope_response, rate_limit, require_permission
+from dpd.http.common import Principal, envelope_response, principal
+from dpd.http.routing import Route, add_routes
 from dpd.http.sessions import (
     LOGIN_PATH,
     SESSIONS,
@@ -44,12 +46,11 @@ def install(app: web.Application, authenticator: Authenticator, session_hours: f
 
 
 def setup(app: web.Application) -> None:
+    # open (dpd.http.auth.OPEN_PATHS): no key is checked before these handlers
     app.router.add_post(f"{PREFIX}/session", log_in)
     app.router.add_get(f"{PREFIX}/session", get_session)
     app.router.add_delete(f"{PREFIX}/session", log_out)
-    app.router.add_post(f"{PREFIX}/login-link", make_login_link)
-    app.router.add_get(f"{PREFIX}/keys", list_keys)
-    app.router.add_delete(f"{PREFIX}/keys/{{key_id}}", revoke_key)
+    add_routes(app, ROUTES)
 
 
 def session_view(
@@ -131,8 +132,7 @@ async def log_out(request: web.Request) -> web.Response:
 
 async def make_login_link(request: web.Request) -> web.Response:
     """A one-time link that logs a browser in as the caller (admin only)."""
-    who = require_permission(request, "admin")
-    await rate_limit(request, "auth")
+    who = principal(request)  # an admin: the route's permission is checked before this
     sessions = request.app[SESSIONS]
     raw_key, fixed = _caller_credential(request, sessions, who)
     token, expires = sessions.make_link(raw_key, fixed)
@@ -170,16 +170,19 @@ def start_link(app: web.Application, base_url: str) -> str:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    require_permission(request, "admin")
-    await rate_limit(request, "auth")
     keys = await asyncio.to_thread(request.app[KEY_STORE].list_keys)
     return envelope_response({"keys": [k.public() for k in keys]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke a key; its browser sessions end at their next request (the key is re-checked)."""
-    require_permission(request, "admin")
-    await rate_limit(request, "auth")
     key_id = request.match_info["key_id"]
     revoked = await asyncio.to_thread(request.app[KEY_STORE].revoke, key_id)
     return envelope_response(revoked.public(), 200, "API key revoked")
+
+
+ROUTES = (
+    Route("POST", f"{PREFIX}/login-link", make_login_link, permission="admin", rate="auth"),
+    Route("GET", f"{PREFIX}/keys", list_keys, permission="admin", rate="auth"),
+    Route("DELETE", f"{PREFIX}/keys/{{key_id}}", revoke_key, permission="admin", rate="auth"),
+)
