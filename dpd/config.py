@@ -85,6 +85,7 @@ class HttpConfig:
     port: int = 5000
     max_upload_mb: int = 4096
     max_body_kb: int = 1024
+    session_hours: float = 12.0  # lifetime of a dashboard login (issue 16)
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,7 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
         ("http", "port"): (lambda v: 0 <= v <= 65535, "an integer from 0 to 65535"),
         ("http", "max_upload_mb"): (lambda v: v > 0, "a positive integer"),
         ("http", "max_body_kb"): (lambda v: v > 0, "a positive integer"),
+        ("http", "session_hours"): (lambda v: v > 0, "a positive number of hours"),
         ("auth", "key_expire_days"): (lambda v: v >= 0, "0 (never) or a positive integer"),
         ("nats", "subject_prefix"): (
             lambda v: re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v),

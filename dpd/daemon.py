@@ -30,6 +30,7 @@ from dpd.http.app import HEALTH, build_app, setup_routes
 from dpd.http.auth import KEY_STORE, Authenticator, StoreChecker
 from dpd.http.common import RATE_LIMITER
 from dpd.http.ratelimit import RateLimiter
+from dpd.http.routes import session as session_routes
 from dpd.keys import KEYS_FILE, KeyStore
 from dpd.logsetup import set_level
 from dpd.models.catalog import load_catalog
@@ -91,6 +92,7 @@ class Daemon:
         self.app = build_app(config.http.max_body_kb * 1024, [self.auth.middleware])
         self.app[SERVICES] = self.services
         self.app[KEY_STORE] = self.keys
+        session_routes.install(self.app, self.auth, config.http.session_hours)  # dashboard
         self.rate_limiter.install(self.app)
         setup_routes(self.app, self.services)
         self.runner: web.AppRunner | None = None
@@ -170,6 +172,14 @@ class Daemon:
             config.daemon.spool_dir,
             config.source,
         )
+        log.info("dashboard: %s", self.dashboard_link())
+
+    def dashboard_link(self) -> str:
+        """A one-time link that opens the dashboard logged in (printed at start)."""
+        host = self.config.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return session_routes.start_link(self.app, f"http://{host}:{self.port}")
 
     def _prepare_directories(self) -> None:
         self.services.layout.ensure()

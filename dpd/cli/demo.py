@@ -134,6 +134,7 @@ async def _demo(root: Path, args: argparse.Namespace) -> int:
         print(
             f"[dpd demo] dropped {incoming / 'demo-lora.json'}; API on http://127.0.0.1:{daemon.port}"
         )
+        print(f"[dpd demo] dashboard: {daemon.dashboard_link()}")
         final = await _show_progress(events)
         state = daemon.services.store.get("demo-lora")
         print(f"[dpd demo] task demo-lora {final}; outputs in {state['output_dir']}")

@@ -48,12 +48,15 @@ def setup_routes(app: web.Application, services: Services) -> None:
     """Every route module; each registers its own paths."""
     from dpd.http import openapi, prometheus
     from dpd.http.routes import (
+        dashboard,
         datasets,
+        events_stream,
         gpu,
         keys,
         logs,
         models,
         preprocess,
+        session,
         stream,
         system,
         training,
@@ -72,3 +75,7 @@ def setup_routes(app: web.Application, services: Services) -> None:
     logs.setup(app)
     stream.setup(app)
     ws.setup(app)
+    # the dashboard (issue 16): its pages, login and live data
+    dashboard.setup(app)
+    session.setup(app)
+    events_stream.setup(app)

@@ -27,13 +27,15 @@ from aiohttp import web
 from dpd.config import AuthConfig
 from dpd.errors import Unauthorized
 from dpd.http.common import PRINCIPAL, Principal
+from dpd.http.sessions import SessionStore, cookie_principal
 from dpd.keys import ApiKey, KeyStore
 
 log = logging.getLogger("dpd.http.auth")
 
 API_PREFIX = "/api/v1/"
 WS_PREFIX = "/api/v1/ws/"  # WebSocket routes also accept the key as ?token=
-OPEN_PATHS = frozenset({"/api/v1/openapi.json"})
+# /auth/session checks its caller itself: logging in is how a browser gets credentials
+OPEN_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/auth/session"})
 LOCAL_ADMIN = Principal("local", "local", frozenset({"admin"}))
 BOOTSTRAP = Principal("bootstrap", "bootstrap", frozenset({"admin"}))
 DEFAULT_REFRESH_INTERVAL = 1.0  # seconds between looks at keys.json's inode/mtime
@@ -90,6 +92,7 @@ class Authenticator:
         self.enabled = enabled
         self.bootstrap_key = bootstrap_key
         self.checker = checker
+        self.sessions: SessionStore | None = None  # browser sessions (dpd.http.sessions)
 
     def set_config(self, auth: AuthConfig) -> None:
         self.enabled = auth.enabled
@@ -118,6 +121,11 @@ class Authenticator:
         raw_key = bearer_key(request)
         if raw_key is None and request.path.startswith(WS_PREFIX):
             raw_key = request.query.get("token") or None  # browsers cannot set headers
+        if raw_key is None and self.sessions is not None:  # the dashboard's session cookie
+            by_cookie = await cookie_principal(request, self.sessions, self.identify)
+            if by_cookie is not None:
+                request[PRINCIPAL] = by_cookie
+                return await handler(request)
         if raw_key is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key>")
         who = await self.identify(raw_key)
