@@ -83,7 +83,7 @@ function Summary({ job }) {
   const m = job.metrics ?? {};
   return html`<section class="summary card">
     <div class="row-head"><h1 class="job-id">${job.task_id}</h1><${StatusPill} status=${job.status} />
-      ${p.phase && html`<span class="phase">${p.phase}</span>`}</div>
+      ${p.phase && (ACTIVE.has(job.status)) && html`<span class="phase">${p.phase}</span>`}</div>
     ${job.description && html`<p class="muted">${job.description}</p>`}
     <${ProgressBar} value=${p.overall_progress} />
     <dl class="facts-grid">

@@ -6,6 +6,7 @@
 import { html, useEffect, useRef } from "../html.js";
 import { debiasedEma } from "../pure/smoothing.js";
 import { thin } from "../pure/thinning.js";
+import { number } from "../pure/format.js";
 
 export const MAX_DRAWN = 4000; // points per series drawn; beyond, min/max buckets
 const HEIGHT = 180;
@@ -67,10 +68,13 @@ function options(panel, width, logY, syncKey, markersRef) {
       x: { time: false },
       y: logY ? { distr: 3, log: 10 } : { auto: true },
     },
-    axes: [{ ...axis, label: "step", labelSize: 18 }, { ...axis, size: 60 }],
+    axes: [
+      { ...axis, label: "step", labelSize: 18 },
+      { ...axis, size: 64, values: (u, splits) => splits.map((v) => number(v, 3)) },
+    ],
     series: [
       { label: "step" },
-      { label: panel.title, stroke: panel.smooth ? colour + "55" : colour, width: 1, spanGaps: true,
+      { label: panel.title, stroke: panel.smooth ? colour + "66" : colour, width: 1, spanGaps: true,
         points: { show: panel.sparse ?? false } },
       { label: "smoothed", stroke: colour, width: 2, show: !!panel.smooth, spanGaps: true, points: { show: false } },
       { label: "min", stroke: "transparent", points: { show: false } },
@@ -109,7 +113,7 @@ export function ChartPanel({ panel, smoothing, logY, syncKey, markers }) {
   useEffect(() => { if (plot.current) plot.current.redraw(false, false); }, [markers]);
 
   const drawnPoints = panel.series.x.length;
-  return html`<figure class="chart" data-series=${panel.key} data-points=${drawnPoints}>
+  return html`<figure class=${`chart${panel.smooth ? "" : " nosmooth"}`} data-series=${panel.key} data-points=${drawnPoints}>
     <figcaption>${panel.title}${panel.thinned ? html` <span class="muted">(thinned: band = min/max)</span>` : ""}</figcaption>
     <div ref=${box} class="plot"></div>
   </figure>`;

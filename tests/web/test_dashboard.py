@@ -1,0 +1,276 @@
+"""The dashboard in a real browser against a real daemon: login, overview, the job page's
+live chart, stop, log search, submit with a field error, compare, upload, keys, the phone
+width, and that nothing leaves 127.0.0.1 and the CSP holds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_harness import DaemonProcess, wait_for
+from tests.jobfiles import job_document
+from tests.web.conftest import (
+    ADMIN_KEY,
+    PHONE,
+    job_status,
+    login,
+    no_horizontal_scroll,
+    shoot,
+    submit_job,
+    wait_status,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def long_job(daemon: DaemonProcess, task_id: str, **overrides: Any) -> dict[str, Any]:
+    """A job that trains for minutes (8 steps per epoch at 0.3 s a step)."""
+    config = {**job_document(daemon.data)["config"], "epochs": 200}
+    return submit_job(daemon, task_id, config=config, **overrides)
+
+
+def stop_all(daemon: DaemonProcess, *task_ids: str) -> None:
+    for task_id in task_ids:
+        daemon.request("POST", f"/api/v1/training/stop/{task_id}", {"force": True}, key=ADMIN_KEY)
+
+
+def chart_points(page: Any, series: str = "step_loss") -> int:
+    value = page.get_attribute(f'figure.chart[data-series="{series}"]', "data-points")
+    return int(value or 0)
+
+
+def test_login_then_overview_shows_gpus_queue_and_running(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    long_job(daemon, "ov-running")
+    long_job(daemon, "ov-queued")
+    wait_status(daemon, "ov-running", "running")
+    watched = open_page(daemon)
+    page = watched.page
+    page.goto(daemon.url + "/")
+    expect(page.locator("#api-key")).to_be_visible()
+    shoot(watched, screenshots, "login-desktop")
+    page.fill("#api-key", "not-a-key")
+    page.click("button[type=submit]")
+    expect(page.locator(".login .field-error")).to_contain_text("not valid")
+    page.fill("#api-key", ADMIN_KEY)
+    page.click("button[type=submit]")
+    expect(page.locator("article.gpu")).to_have_count(1)
+    expect(page.locator("article.gpu")).to_contain_text("Simulated RTX 4090")
+    expect(page.locator(".running li[data-task=ov-running]")).to_contain_text("ETA")
+    expect(page.locator(".queue li[data-task=ov-queued]")).to_be_visible()
+    expect(page.locator("article.gpu .on-gpu")).to_contain_text("ov-running")
+    # progress arrives live: the tab title counts up without a reload
+    expect(page).to_have_title(re.compile(r"^\[\d+%\] ov-running · dpd$"))
+    shoot(watched, screenshots, "overview-desktop")
+    # the session cookie is HttpOnly: scripts cannot read it
+    assert "dpd_session" not in page.evaluate("document.cookie")
+    watched.clean()
+    stop_all(daemon, "ov-running", "ov-queued")
+
+
+def test_queue_priority_and_cancel_from_the_overview(
+    daemon: DaemonProcess, open_page: Any
+) -> None:
+    long_job(daemon, "q-blocker")
+    long_job(daemon, "q-first")
+    long_job(daemon, "q-second")
+    wait_status(daemon, "q-blocker", "running")
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    rows = page.locator(".queue li")
+    expect(rows.first).to_have_attribute("data-task", "q-first")
+    page.locator(".queue li[data-task=q-second] button[aria-label='Raise priority']").click()
+    expect(rows.first).to_have_attribute("data-task", "q-second")
+    assert daemon.request("GET", "/api/v1/training/q-second", key=ADMIN_KEY)[1]["data"]["priority"] == 1
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(".queue li[data-task=q-first] button.danger").click()
+    expect(page.locator(".queue li[data-task=q-first]")).to_have_count(0)
+    assert wait_status(daemon, "q-first", "stopped", "failed") in ("stopped", "failed")
+    watched.clean()
+    stop_all(daemon, "q-blocker", "q-second")
+
+
+def test_job_page_chart_gains_points_live_and_stop_stops_it(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    long_job(daemon, "live-job")
+    wait_status(daemon, "live-job", "running")
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/job/live-job")
+    expect(page.locator('figure.chart[data-series="step_loss"]')).to_be_visible()
+    wait_for(lambda: chart_points(page) >= 2, timeout=30)
+    first = chart_points(page)
+    metric_fetches = sum("/metrics" in url for url in watched.requests)
+    page.wait_for_function(
+        f"Number(document.querySelector('figure.chart[data-series=step_loss]').dataset.points) >= {first + 5}",
+        timeout=30_000,
+    )
+    # the new points came over the event stream, not by asking the metrics route again
+    assert sum("/metrics" in url for url in watched.requests) == metric_fetches
+    expect(page.locator("canvas").first).to_be_visible()
+    expect(page).to_have_title(re.compile(r"^\[\d+%\] live-job · dpd$"))
+    shoot(watched, screenshots, "job-desktop")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator(".summary .pill")).to_have_text("stopped", timeout=60_000)
+    assert job_status(daemon, "live-job") == "stopped"
+    expect(page.get_by_role("button", name="Resume from checkpoint")).to_be_visible()
+    watched.clean()
+
+
+def test_log_search_and_level_filter(daemon: DaemonProcess, open_page: Any) -> None:
+    submit_job(daemon, "log-job")
+    wait_status(daemon, "log-job", "completed")
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/job/log-job")
+    expect(page.locator(".log-lines .ln").first).to_be_visible()
+    page.fill("input[aria-label='search the log']", "TRAINING COMPLETE")
+    page.click(".log-tools .search button[type=submit]")
+    expect(page.locator("[data-role=search-count]")).to_have_text("1 matching line(s)")
+    expect(page.locator(".log-lines .ln")).to_have_count(1)
+    expect(page.locator(".log-lines .ln .msg")).to_have_text("TRAINING COMPLETE!")
+    page.get_by_role("button", name="Back to tail").click()
+    all_lines = page.locator(".log-lines .ln").count()
+    page.select_option("select[aria-label='minimum level']", "WARNING")
+    warnings = page.locator(".log-lines .ln")
+    assert 0 < warnings.count() < all_lines
+    for level_class in page.eval_on_selector_all(".log-lines .ln", "els => els.map(e => e.className)"):
+        assert "lv-WARNING" in level_class or "lv-ERROR" in level_class or "lv-CRITICAL" in level_class
+    watched.clean()
+
+
+def test_submit_form_shows_the_servers_field_error_then_starts(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/submit")
+    page.select_option("#f-model_type", "sdxl")
+    page.fill("#f-task_id", "form-job")
+    page.fill("[id='f-path:checkpoint_path']", str(daemon.data / "models" / "sdxl.safetensors"))
+    page.fill("#f-dataset", str(daemon.data / "datasets" / "cats"))
+    page.fill("#f-epochs", "0")
+    page.get_by_role("button", name="Check").click()
+    error = page.locator(".field[data-field=epochs] .field-error")
+    expect(error).to_contain_text(">= 1")
+    shoot(watched, screenshots, "submit-field-error-desktop")
+    assert daemon.request("GET", "/api/v1/training/form-job", key=ADMIN_KEY)[0] == 404
+    page.fill("#f-epochs", "1")
+    page.get_by_role("button", name="Start training").click()
+    expect(page).to_have_url(re.compile(r"#/job/form-job$"))
+    expect(page.locator(".summary .job-id")).to_have_text("form-job")
+    wait_status(daemon, "form-job", "running", "completed")
+    watched.clean(allowed={("/api/v1/training/validate", 422)})
+
+
+def test_compare_overlays_runs_and_lists_differing_keys(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    base = job_document(daemon.data)["config"]
+    submit_job(daemon, "cmp-a", config={**base, "optimizer": {"type": "adamw_optimi", "lr": 2e-5}})
+    submit_job(daemon, "cmp-b", config={**base, "optimizer": {"type": "adamw_optimi", "lr": 1e-4}})
+    wait_status(daemon, "cmp-a", "completed")
+    wait_status(daemon, "cmp-b", "completed")
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/compare?ids=cmp-a,cmp-b")
+    expect(page.locator('figure.chart[data-series="compare"]')).to_have_attribute("data-runs", "2")
+    expect(page.locator("table.diff tr[data-key='config.optimizer.lr']")).to_be_visible()
+    assert page.locator("table.diff tr[data-key='config.epochs']").count() == 0
+    shoot(watched, screenshots, "compare-desktop")
+    watched.clean()
+
+
+def test_upload_a_clip_shows_progress_and_the_preprocessing_task(
+    daemon: DaemonProcess, open_page: Any, tmp_path: Path, screenshots: Path
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=16",
+         "-t", "3", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+    )
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/data")
+    page.set_input_files("#u-video", str(clip))
+    page.fill("#u-prompt", "a test pattern")
+    page.fill("#u-dataset", "patterns")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("[data-role=upload-progress]")).to_contain_text("100% uploaded")
+    task = page.locator(".rows li[data-task]").first
+    expect(task).to_be_visible()
+    task_id = task.get_attribute("data-task")
+    status, body = daemon.request("GET", f"/api/v1/preprocess/status/{task_id}", key=ADMIN_KEY)
+    assert status == 200, body
+    expect(task.locator(".pill")).to_have_text(re.compile("queued|processing|running|completed"))
+    shoot(watched, screenshots, "data-desktop")
+    watched.clean()
+
+
+def test_keys_create_shows_the_secret_once_and_revoke(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    watched = open_page(daemon)
+    login(watched)
+    page = watched.page
+    watched.goto("#/keys")
+    page.fill("#k-user", "alice")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("[data-role=new-key] pre.secret")
+    expect(secret).to_be_visible()
+    key = secret.inner_text().strip()
+    assert daemon.request("GET", "/api/v1/training/list", key=key)[0] == 200
+    shoot(watched, screenshots, "keys-desktop")
+    page.get_by_role("button", name="I have copied it").click()
+    expect(secret).to_have_count(0)
+    row = page.locator("tr", has_text="alice")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke").click()
+    wait_for(lambda: daemon.request("GET", "/api/v1/training/list", key=key)[0] == 401, timeout=10)
+    watched.clean()
+
+
+def test_phone_width_overview_and_job_page_do_not_scroll_sideways(
+    daemon: DaemonProcess, open_page: Any, screenshots: Path
+) -> None:
+    long_job(daemon, "phone-job-with-a-rather-long-name")
+    wait_status(daemon, "phone-job-with-a-rather-long-name", "running")
+    watched = open_page(daemon, viewport=PHONE, is_mobile=True, has_touch=True)
+    login(watched)
+    page = watched.page
+    expect(page.locator("article.gpu")).to_have_count(1)
+    assert no_horizontal_scroll(watched)
+    shoot(watched, screenshots, "overview-phone")
+    watched.goto("#/job/phone-job-with-a-rather-long-name")
+    expect(page.locator("figure.chart canvas").first).to_be_visible()
+    wait_for(lambda: chart_points(page) >= 3, timeout=30)
+    assert no_horizontal_scroll(watched)
+    shoot(watched, screenshots, "job-phone")
+    for route, name in (("#/submit", "submit"), ("#/data", "data"), ("#/models", "models"),
+                        ("#/keys", "keys"), ("#/compare", "compare")):
+        watched.goto(route)
+        page.wait_for_selector("main h1")
+        shoot(watched, screenshots, f"{name}-phone")
+        assert no_horizontal_scroll(watched), route
+    watched.clean()
+    stop_all(daemon, "phone-job-with-a-rather-long-name")
