@@ -154,6 +154,16 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Training alerts (issue 16): NaN/Inf loss, loss explosion, stalled run."""
+
+    webhook_url: str = ""  # POST every alert event here as JSON; empty: no webhook
+    stall_seconds: float = 600.0  # no step for this long (after the first) -> "stalled"
+    loss_explosion_factor: float = 10.0  # a loss above this times the recent median
+    loss_window: int = 50  # finite step losses the median is taken over
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -164,6 +174,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "embedded default"
 
 
@@ -410,6 +421,13 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
         ("trainer", "inactivity_timeout"): (lambda v: v > 0, "a positive number of seconds"),
         ("trainer", "deepspeed"): (bool, "a command name or path"),
         ("preprocess", "max_concurrent"): (lambda v: v >= 0, "0 (automatic) or a positive integer"),
+        ("alerts", "webhook_url"): (
+            lambda v: v == "" or re.match(r"^https?://", v),
+            "empty or an http:// or https:// URL",
+        ),
+        ("alerts", "stall_seconds"): (lambda v: v > 0, "a positive number of seconds"),
+        ("alerts", "loss_explosion_factor"): (lambda v: v > 1, "a number above 1"),
+        ("alerts", "loss_window"): (lambda v: v >= 10, "an integer of at least 10"),
     }
     check = checks.get((table, key))
     if check and not check[0](value):

@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from dpd.alerts.rules import AlertRules
+from dpd.alerts.watcher import AlertWatcher
 from dpd.config import Config, load_config
 from dpd.errors import ConfigError
 from dpd.events.bus import EventBus
@@ -83,6 +85,7 @@ class Daemon:
             )
             monitor.add_listener(self.nats.publish_gpus)
             self.services.extras["nats"] = self.nats
+        self.alerts = AlertWatcher(bus, alert_rules(config), config.alerts.webhook_url)
         self.watcher = SpoolWatcher(layout, self._ingest, workers=INGEST_WORKERS)
         self.keys = KeyStore(config.daemon.state_dir / KEYS_FILE)
         self.auth = Authenticator(
@@ -144,6 +147,7 @@ class Daemon:
         loaded = await asyncio.to_thread(services.store.load)
         log.info("job store recovered: %d jobs in %s", len(loaded), services.layout.jobs)
         self._spawn(services.bus.run(), "event bus")
+        self._spawn(self.alerts.run(), "training alerts")
         self._announce_recovered_statuses()
         if self.nats is not None:
             self._spawn(self.nats.run(), "NATS bridge")  # connects in the background
@@ -304,6 +308,11 @@ class Daemon:
 def _first_events(store: JobStore, task_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The events new jobs were written with, in job order (blocking: reads the files)."""
     return [event for task_id in task_ids for event in store.read_events(task_id)]
+
+
+def alert_rules(config: Config) -> AlertRules:
+    alerts = config.alerts
+    return AlertRules(alerts.loss_explosion_factor, alerts.loss_window, alerts.stall_seconds)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

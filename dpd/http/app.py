@@ -52,6 +52,9 @@ def setup_routes(app: web.Application, services: Services) -> None:
         datasets,
         events_stream,
         gpu,
+        gpu_dashboard,
+        job_dashboard,
+        job_files,
         keys,
         logs,
         models,
@@ -79,3 +82,6 @@ def setup_routes(app: web.Application, services: Services) -> None:
     dashboard.setup(app)
     session.setup(app)
     events_stream.setup(app)
+    job_dashboard.setup(app)
+    job_files.setup(app)
+    gpu_dashboard.setup(app)

@@ -10,6 +10,10 @@ Guarantees:
 - A request authenticated by the cookie that changes something (POST, PUT, PATCH, DELETE)
   must carry the session's CSRF token in ``X-CSRF-Token`` (403 otherwise): a cross-site form
   cannot read the token, and SameSite=Strict already keeps the cookie off cross-site requests.
+- A request authenticated by the cookie that names another origin (``Origin``) is refused
+  (403): browsers send ``Origin`` on every cross-origin request and on WebSocket handshakes,
+  so no other site's page can use the session, not even over a WebSocket (where neither
+  SameSite nor a CSRF header is guaranteed to apply).
 - A login link's token is used at most once and expires (``LINK_SECONDS``).
 
 Known weaknesses: sessions live in the daemon's memory only, so a restart logs every browser
@@ -27,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -168,6 +173,7 @@ async def cookie_principal(
     session = sessions.get(cookie)
     if session is None:
         raise Unauthorized("the session has expired or was logged out: log in again")
+    check_origin(request)
     if request.method in MUTATING:
         check_csrf(request, session)
     who = session.fixed
@@ -177,6 +183,17 @@ async def cookie_principal(
         sessions.close(cookie)
         raise Unauthorized("the session's API key was revoked or has expired")
     return who
+
+
+def check_origin(request: web.Request) -> None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    # behind a proxy that rewrites Host, the browser's host arrives as X-Forwarded-Host (a
+    # page of another site cannot set that header without a CORS preflight dpd never grants)
+    hosts = {request.host, request.headers.get("X-Forwarded-Host", "")}
+    if urlsplit(origin).netloc not in hosts:
+        raise Forbidden("the session cookie is not accepted from another origin")
 
 
 def check_csrf(request: web.Request, session: Session) -> None:

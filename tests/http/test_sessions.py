@@ -60,6 +60,18 @@ async def test_a_bad_key_gets_401_and_no_cookie(api: Api) -> None:
     assert missing.status == 422
 
 
+async def test_login_takes_json_only_so_no_cross_site_form_can_log_in(api: Api) -> None:
+    raw = api.key("training")
+    form = await api.post(
+        "/api/v1/auth/session",
+        key=None,
+        data=f'{{"api_key": "{raw}"}}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert form.status == 400
+    assert "Set-Cookie" not in form.headers
+
+
 async def test_the_cookie_works_like_the_key_and_with_its_permissions(api: Api) -> None:
     cookie, data = await log_in(api, api.key("preprocessing"))
     listed = await api.get("/api/v1/training/list", key=None, headers=with_cookie(cookie))
@@ -147,6 +159,20 @@ async def test_the_cookie_opens_streams_and_websockets(api: Api) -> None:
         assert not ws.closed
     async with api.session.get(url) as refused:
         assert refused.status == 401
+    evil = {**with_cookie(cookie), "Origin": "http://evil.example"}
+    async with api.session.get(url, headers=evil) as cross_site:
+        assert cross_site.status == 403
+    same = {**with_cookie(cookie), "Origin": api.url}
+    async with api.session.get(url, headers=same) as same_site:
+        assert same_site.status == 200
+    proxied = {**same, "Origin": "https://dash.example", "X-Forwarded-Host": "dash.example"}
+    async with api.session.get(url, headers=proxied) as behind_a_proxy:
+        assert behind_a_proxy.status == 200
+    try:
+        async with api.session.ws_connect(ws_url, headers=evil):
+            raise AssertionError("a cross-site WebSocket was accepted")
+    except aiohttp.WSServerHandshakeError as err:
+        assert err.status == 403
 
 
 async def test_a_login_link_works_once(api: Api) -> None:

@@ -7,7 +7,8 @@ Each message is ``id: <boot_id>:<n>``, ``event: <name>``, ``data: <the event as 
 event from the in-memory ring; an id from another daemon run or one the ring no longer
 holds first gets ``event: resync`` (the client refetches its REST state) and then the
 stream goes on from now. A client that falls behind the ring while connected gets the same.
-A comment line every ``HEARTBEAT_SECONDS`` keeps proxies from closing a quiet stream.
+A comment line every ``HEARTBEAT_SECONDS`` keeps proxies from closing a quiet stream; events
+are written at most every ``BATCH_SECONDS``, several per write when they come fast.
 
 Owns: the ring and the task that feeds it from the bus (started and stopped with the app),
 and a GPU-monitor listener that adds one ``gpu`` event per snapshot.
@@ -33,9 +34,23 @@ from dpd.services import SERVICES
 from dpd.supervisor.gpus import GpuInfo
 
 PATH: Final = "/api/v1/events/stream"
-KINDS: Final = ("status", "progress", "metrics", "alert", "gpu", "preprocess", "download", "log")
+KINDS: Final = (
+    "status",
+    "progress",
+    "metrics",
+    "alert",
+    "priority",
+    "gpu",
+    "preprocess",
+    "download",
+    "log",
+)
 DEFAULT_KINDS: Final = frozenset(KINDS) - {"log"}
 HEARTBEAT_SECONDS: float = 15.0
+# After each write a stream gathers events this long before the next one: a browser needs no
+# more than a few updates a second, and with many tabs open the daemon then wakes each
+# stream a few times a second, not once per event (bench/bench_dashboard_api.py).
+BATCH_SECONDS: float = 0.2
 CLIENT_CHECK_SECONDS: float = 1.0
 RETRY_MILLISECONDS: Final = 2000
 EVENT_RING: web.AppKey[EventRing] = web.AppKey("dpd.event_ring", EventRing)
@@ -88,7 +103,8 @@ async def _pump(subscription: Subscription, ring: EventRing) -> None:
 
 
 async def _end_streams(app: web.Application) -> None:
-    for task in list(app[OPEN]):
+    opened = app[OPEN]
+    for task in list(opened):
         task.cancel()
 
 
@@ -161,6 +177,7 @@ async def _send(
             if chunk:
                 await response.write(chunk)
                 quiet_since = time.monotonic()
+                await asyncio.sleep(BATCH_SECONDS)
             continue
         await ring.wait(cursor, min(HEARTBEAT_SECONDS, CLIENT_CHECK_SECONDS))
         if ring.last > cursor:

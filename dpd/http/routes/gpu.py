@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from dpd.http.common import envelope_response, principal, query_choice, query_int, rate_limit
+from dpd.http.routes.gpu_dashboard import add_processes
 from dpd.http.views import iso_from_unix
 from dpd.models.catalog import load_catalog
 from dpd.services import SERVICES, Services
@@ -177,6 +178,7 @@ async def get_gpu_status(request: web.Request) -> web.Response:
     await rate_limit(request, "gpu")
     services = request.app[SERVICES]
     entries = current_entries(services)
+    await add_processes(services, entries)  # the dashboard's per-process view (issue 16)
     return envelope_response(
         {"gpus": entries, "summary": summary(entries), "updated_at": _updated(services)}
     )

@@ -79,7 +79,11 @@ def _api_key_from_body(body: bytes) -> str:
 
 
 async def log_in(request: web.Request) -> web.Response:
+    """JSON only: a cross-site form cannot send it (without a CORS preflight this daemon
+    never grants), so no other site can log a browser in under its own key."""
     authenticator = request.app[AUTHENTICATOR]
+    if request.content_type != "application/json":
+        raise BadRequest("send the key as a JSON body (Content-Type: application/json)")
     raw_key = _api_key_from_body(await request.read())
     if not authenticator.enabled:
         return envelope_response(session_view(LOCAL_ADMIN, False), 200, "auth is disabled")
