@@ -110,11 +110,16 @@ def stop_everything(daemon: DaemonProcess) -> None:
     status, body = daemon.request("GET", "/api/v1/training/list?limit=1000", key=ADMIN_KEY)
     if status != 200:
         return
-    active = [t["task_id"] for t in body["data"]["tasks"] if t["status"] in ACTIVE]
-    for task_id in active:
-        daemon.request("POST", f"/api/v1/training/stop/{task_id}", {"force": True}, key=ADMIN_KEY)
-    for task_id in active:
-        wait_for(lambda t=task_id: job_status(daemon, t) not in ACTIVE, timeout=60)
+    tasks = body["data"]["tasks"]
+    # Queued ones first: a queued job must not be handed the GPU a stopping one frees.
+    for wave in (("queued",), ("running", "stopping")):
+        stopping = [t["task_id"] for t in tasks if t["status"] in wave]
+        for task_id in stopping:
+            daemon.request(
+                "POST", f"/api/v1/training/stop/{task_id}", {"force": True}, key=ADMIN_KEY
+            )
+        for task_id in stopping:
+            wait_for(lambda t=task_id: job_status(daemon, t) not in ACTIVE, timeout=60)
 
 
 # Answers a page may get without anything being wrong: the session probe of a browser that
@@ -169,7 +174,7 @@ def watch(context: Any, base: str) -> Watched:
     context.on("request", lambda r: watched.requests.append(r.url))
     page.on("response", response)
     page.on("console", console)
-    page.on("pageerror", lambda e: watched.errors.append(f"page error: {e}"))
+    page.on("pageerror", lambda e: watched.errors.append(f"page error: {e} at {e.stack}"))
     return watched
 
 
@@ -214,7 +219,13 @@ def job_status(daemon: DaemonProcess, task_id: str) -> str:
 
 
 def wait_status(daemon: DaemonProcess, task_id: str, *wanted: str, timeout: float = 60) -> str:
-    return str(wait_for(lambda: job_status(daemon, task_id) in wanted and job_status(daemon, task_id), timeout))
+    try:
+        return str(wait_for(lambda: (s := job_status(daemon, task_id)) in wanted and s, timeout))
+    except AssertionError:
+        jobs = daemon.request("GET", "/api/v1/training/list?limit=1000", key=ADMIN_KEY)[1]
+        gpus = daemon.request("GET", "/api/v1/gpu/status", key=ADMIN_KEY)[1]
+        states = {t["task_id"]: t["status"] for t in jobs["data"]["tasks"]}
+        raise AssertionError(f"{task_id} not {wanted} in {timeout} s; jobs {states}; gpus {gpus}") from None
 
 
 def shoot(watched: Watched, folder: Path, name: str) -> Path:

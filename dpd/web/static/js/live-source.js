@@ -10,7 +10,7 @@
 export const STREAM = "/api/v1/events/stream";
 export const EVENT_TYPES = [
   "status", "progress", "metrics", "alert", "gpu", "preprocess", "download", "log", "resync",
-  "queue", "job",
+  "priority",
 ];
 
 export function createLiveSource(send) {

@@ -20,7 +20,7 @@ const empty = () => ({ x: [], y: [], lo: [], hi: [], thinned: false });
 /** Points of the metrics answer, whichever of the API's shapes it has. */
 export function toSeries(answer) {
   const out = empty();
-  const points = answer?.points ?? answer?.data ?? [];
+  const points = answer?.points ?? [];
   for (const p of points) {
     if (p.step === null || p.step === undefined) continue;
     out.x.push(p.step);
@@ -33,8 +33,7 @@ export function toSeries(answer) {
 }
 
 export async function fetchSeries(taskId, def, maxPoints = MAX_POINTS) {
-  const q = `kind=${def.key}&metric=${def.metric}&type=${def.type}&max_points=${maxPoints}`;
-  return toSeries(await get(`/training/${seg(taskId)}/metrics?${q}`));
+  return toSeries(await get(`/training/${seg(taskId)}/series?kind=${def.key}&max_points=${maxPoints}`));
 }
 
 export function useJobSeries(taskId) {

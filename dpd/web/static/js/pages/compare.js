@@ -6,6 +6,7 @@ import { SERIES, fetchSeries } from "../series.js";
 import { configDiff } from "../pure/configdiff.js";
 import { debiasedEma } from "../pure/smoothing.js";
 import { thin } from "../pure/thinning.js";
+import { stepRange } from "../ui/charts.js";
 import { ErrorText } from "../ui/widgets.js";
 
 const COLOURS = ["#58a6ff", "#ff7b72", "#3fb950", "#d2a8ff", "#e3b341", "#39c5cf", "#f778ba", "#a5d6ff"];
@@ -25,7 +26,7 @@ function Overlay({ runs, smoothing }) {
     const axis = { stroke: muted, grid: { stroke: "rgba(128,128,128,0.2)" }, ticks: { stroke: "rgba(128,128,128,0.2)" } };
     const plot = new window.uPlot({
       width: Math.max(200, box.current.clientWidth), height: 300,
-      scales: { x: { time: false } },
+      scales: { x: { time: false, range: stepRange } },
       axes: [{ ...axis, label: "step" }, { ...axis, size: 60 }],
       series: [{ label: "step" }, ...runs.map((r, i) => ({ label: r.id, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true }))],
     }, aligned, box.current);

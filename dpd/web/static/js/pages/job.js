@@ -47,8 +47,7 @@ function useJob(id) {
 function useMarkers(id, status) {
   const [markers, setMarkers] = useState([]);
   useEffect(() => {
-    get(`/training/${seg(id)}/markers`).then((m) => setMarkers(Array.isArray(m) ? m : (m?.markers ?? [])),
-      () => setMarkers([]));
+    get(`/training/${seg(id)}/markers`).then((m) => setMarkers(m.markers ?? []), () => setMarkers([]));
   }, [id, status]);
   return markers;
 }
@@ -134,7 +133,7 @@ function Files({ id, status }) {
   const [files, setFiles] = useState(null);
   const [error, setError] = useState(null);
   useEffect(() => {
-    get(`/training/${seg(id)}/files`).then((f) => setFiles(Array.isArray(f) ? f : (f?.files ?? [])), setError);
+    get(`/training/${seg(id)}/files`).then((f) => setFiles(f.files ?? []), setError);
   }, [id, status]);
   return html`<section class="card files"><h2>Saved files</h2>
     <${ErrorText} error=${error} />
@@ -142,22 +141,33 @@ function Files({ id, status }) {
     ${files && files.length > 0 && html`<ul class="rows">${files.map((f) => html`<li>
       <a href=${`${BASE}/training/${seg(id)}/files/${f.path.split("/").map(encodeURIComponent).join("/")}`}
         download=${f.path.split("/").pop()}>${f.path}</a>
-      <span class="muted">${f.kind ?? ""}</span><span>${bytes(f.size)}</span></li>`)}</ul>`}
+      <span class="muted">${f.kind ?? ""}</span><span>${bytes(f.size)}</span><span class="muted">${when(f.mtime)}</span></li>`)}</ul>`}
   </section>`;
+}
+
+/** Live alerts first, then the recorded ones not already among them. */
+function mergeAlerts(live, recorded) {
+  const seen = new Set(live.map((a) => `${a.kind}:${a.step}:${a.timestamp}`));
+  return [...live, ...recorded.filter((a) => !seen.has(`${a.kind}:${a.step}:${a.timestamp}`))];
 }
 
 export function JobPage({ id }) {
   const { job, error, reload } = useJob(id);
   const [alerts] = useAlerts(id);
+  const [recorded, setRecorded] = useState([]);
+  useEffect(() => {
+    get(`/training/${seg(id)}/alerts`).then(
+      (a) => setRecorded((a.alerts ?? []).map((e) => ({ task_id: id, timestamp: e.timestamp, ...e.data })).reverse()),
+      () => setRecorded([]));
+  }, [id]);
   useEffect(() => {
     document.title = pageTitle(id, job && job.status !== "queued" ? job.progress?.overall_progress : null);
   }, [id, job?.progress?.overall_progress, job?.status]);
   if (error && !job) return html`<${ErrorText} error=${error} />`;
   if (!job) return html`<p class="muted">Loading ${id}…</p>`;
-  const storedAlerts = (job.alerts ?? []).map((a) => ({ task_id: id, ...a }));
   return html`<div class="job">
     <${Summary} job=${job} />
-    <${Alerts} alerts=${[...alerts, ...storedAlerts]} />
+    <${Alerts} alerts=${mergeAlerts(alerts, recorded)} />
     <${Controls} job=${job} onDone=${reload} />
     <${Charts} id=${id} status=${job.status} />
     <${LogView} id=${id} status=${job.status} />

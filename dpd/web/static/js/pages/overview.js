@@ -84,8 +84,8 @@ function useOverviewData() {
       setLosses((l) => ({ ...l, [id]: [...(l[id] ?? []).slice(-499), data.value] }));
     } else if (type === "gpu") {
       applyGpuEvent(data, setGpus, setHistory);
-    } else if (type === "queue" || type === "job") {
-      reloadSoon();
+    } else if (type === "priority") {
+      setJobs((list) => list.map((j) => (j.task_id === id ? { ...j, priority: data.priority } : j)));
     }
   }, []);
 
@@ -130,8 +130,8 @@ function GpuCard({ gpu, samples, jobs }) {
       : gpu.current_task ? html`<p class="on-gpu">Task <a href=${jobLink(gpu.current_task)}>${gpu.current_task}</a></p>` : null}
     ${procs.length > 0 && html`<ul class="procs">
       ${procs.map((p) => html`<li class=${p.foreign ? "foreign" : ""}>
-        <span>${p.task_id ? html`<a href=${jobLink(p.task_id)}>${p.task_id}</a>` : (p.name ?? "process")} · pid ${p.pid}</span>
-        <span>${mib(p.memory_used ?? p.used_memory ?? p.memory_mb)}${p.foreign ? " · not dpd's" : ""}</span></li>`)}
+        <span>${p.task_id ? html`<a href=${jobLink(p.task_id)}>${p.task_id}</a>` : "process"} · pid ${p.pid}</span>
+        <span>${mib(p.used_memory_mb)}${p.foreign ? " · not dpd's" : ""}</span></li>`)}
     </ul>`}
     ${foreign.length > 0 && html`<p class="warn">${foreign.length} process(es) not started by dpd use this GPU</p>`}
   </article>`;

@@ -14,8 +14,7 @@ function useCatalog() {
   const [models, setModels] = useState([]);
   const [datasets, setDatasets] = useState([]);
   useEffect(() => {
-    get("/models/catalog").catch(() => get("/models/list"))
-      .then((d) => setModels(d.models ?? d.model_types ?? []), () => setModels([]));
+    get("/models/list").then((d) => setModels(d.models ?? []), () => setModels([]));
     get("/datasets").then((d) => setDatasets(d.datasets ?? []), () => setDatasets([]));
   }, []);
   return { models, datasets };

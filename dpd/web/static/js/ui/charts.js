@@ -55,6 +55,12 @@ export function panelData(series, smoothing, logY) {
   };
 }
 
+/** The x range; one point (or none) would give uPlot an empty range it cannot split. */
+export function stepRange(u, min, max) {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+  return min === max ? [min - 1, max + 1] : [min, max];
+}
+
 function options(panel, width, logY, syncKey, markersRef) {
   const fg = css("--muted", "#8b949e");
   const grid = css("--grid", "rgba(128,128,128,0.2)");
@@ -65,7 +71,7 @@ function options(panel, width, logY, syncKey, markersRef) {
     cursor: { sync: { key: syncKey, setSeries: false }, drag: { x: true, y: false } },
     legend: { live: true },
     scales: {
-      x: { time: false },
+      x: { time: false, range: stepRange },
       y: logY ? { distr: 3, log: 10 } : { auto: true },
     },
     axes: [
