@@ -225,7 +225,9 @@ def wait_status(daemon: DaemonProcess, task_id: str, *wanted: str, timeout: floa
         jobs = daemon.request("GET", "/api/v1/training/list?limit=1000", key=ADMIN_KEY)[1]
         gpus = daemon.request("GET", "/api/v1/gpu/status", key=ADMIN_KEY)[1]
         states = {t["task_id"]: t["status"] for t in jobs["data"]["tasks"]}
-        raise AssertionError(f"{task_id} not {wanted} in {timeout} s; jobs {states}; gpus {gpus}") from None
+        raise AssertionError(
+            f"{task_id} not {wanted} in {timeout} s; jobs {states}; gpus {gpus}"
+        ) from None
 
 
 def shoot(watched: Watched, folder: Path, name: str) -> Path:
@@ -240,4 +242,3 @@ def no_horizontal_scroll(watched: Watched) -> bool:
             "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
         )
     )
-

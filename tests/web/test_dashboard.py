@@ -74,9 +74,7 @@ def test_login_then_overview_shows_gpus_queue_and_running(
     watched.clean()
 
 
-def test_queue_priority_and_cancel_from_the_overview(
-    daemon: DaemonProcess, open_page: Any
-) -> None:
+def test_queue_priority_and_cancel_from_the_overview(daemon: DaemonProcess, open_page: Any) -> None:
     long_job(daemon, "q-blocker")
     long_job(daemon, "q-first")
     long_job(daemon, "q-second")
@@ -88,7 +86,10 @@ def test_queue_priority_and_cancel_from_the_overview(
     expect(rows.first).to_have_attribute("data-task", "q-first")
     page.locator(".queue li[data-task=q-second] button[aria-label='Raise priority']").click()
     expect(rows.first).to_have_attribute("data-task", "q-second")
-    assert daemon.request("GET", "/api/v1/training/q-second", key=ADMIN_KEY)[1]["data"]["priority"] == 1
+    assert (
+        daemon.request("GET", "/api/v1/training/q-second", key=ADMIN_KEY)[1]["data"]["priority"]
+        == 1
+    )
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator(".queue li[data-task=q-first] button.danger").click()
     expect(page.locator(".queue li[data-task=q-first]")).to_have_count(0)
@@ -141,8 +142,12 @@ def test_log_search_and_level_filter(daemon: DaemonProcess, open_page: Any) -> N
     page.select_option("select[aria-label='minimum level']", "WARNING")
     warnings = page.locator(".log-lines .ln")
     assert 0 < warnings.count() < all_lines
-    for level_class in page.eval_on_selector_all(".log-lines .ln", "els => els.map(e => e.className)"):
-        assert "lv-WARNING" in level_class or "lv-ERROR" in level_class or "lv-CRITICAL" in level_class
+    for level_class in page.eval_on_selector_all(
+        ".log-lines .ln", "els => els.map(e => e.className)"
+    ):
+        assert (
+            "lv-WARNING" in level_class or "lv-ERROR" in level_class or "lv-CRITICAL" in level_class
+        )
     watched.clean()
 
 
@@ -176,7 +181,11 @@ def test_compare_overlays_runs_and_lists_differing_keys(
 ) -> None:
     base = job_document(daemon.data)["config"]
     submit_job(daemon, "cmp-a", config={**base, "optimizer": {"type": "adamw_optimi", "lr": 2e-5}})
-    submit_job(daemon, "cmp-b", config={**base, "optimizer": {"type": "adamw_optimi", "lr": 1e-4}})
+    submit_job(
+        daemon,
+        "cmp-b",
+        config={**base, "epochs": 3, "optimizer": {"type": "adamw_optimi", "lr": 1e-4}},
+    )
     wait_status(daemon, "cmp-a", "completed")
     wait_status(daemon, "cmp-b", "completed")
     watched = open_page(daemon)
@@ -185,7 +194,9 @@ def test_compare_overlays_runs_and_lists_differing_keys(
     watched.goto("#/compare?ids=cmp-a,cmp-b")
     expect(page.locator('figure.chart[data-series="compare"]')).to_have_attribute("data-runs", "2")
     expect(page.locator("table.diff tr[data-key='config.optimizer.lr']")).to_be_visible()
-    assert page.locator("table.diff tr[data-key='config.epochs']").count() == 0
+    expect(page.locator("table.diff tr[data-key='config.epochs']")).to_contain_text("3")
+    assert page.locator("table.diff tr[data-key='config.adapter.rank']").count() == 0
+    assert page.locator("table.diff tbody tr").count() == 2
     shoot(watched, screenshots, "compare-desktop")
     watched.clean()
 
@@ -195,8 +206,20 @@ def test_upload_a_clip_shows_progress_and_the_preprocessing_task(
 ) -> None:
     clip = tmp_path / "clip.mp4"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=16",
-         "-t", "3", "-pix_fmt", "yuv420p", str(clip)],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=16",
+            "-t",
+            "3",
+            "-pix_fmt",
+            "yuv420p",
+            str(clip),
+        ],
         check=True,
     )
     watched = open_page(daemon)
@@ -257,8 +280,13 @@ def test_phone_width_overview_and_job_page_do_not_scroll_sideways(
     wait_for(lambda: chart_points(page) >= 3, timeout=30)
     assert no_horizontal_scroll(watched)
     shoot(watched, screenshots, "job-phone")
-    for route, name in (("#/submit", "submit"), ("#/data", "data"), ("#/models", "models"),
-                        ("#/keys", "keys"), ("#/compare", "compare")):
+    for route, name in (
+        ("#/submit", "submit"),
+        ("#/data", "data"),
+        ("#/models", "models"),
+        ("#/keys", "keys"),
+        ("#/compare", "compare"),
+    ):
         watched.goto(route)
         page.wait_for_selector("main h1")
         shoot(watched, screenshots, f"{name}-phone")

@@ -29,6 +29,7 @@ export function startLive() {
       worker.port.start();
       addEventListener("pagehide", () => worker.port.postMessage("bye"));
       control = { restart: () => worker.port.postMessage("restart"), mode: "shared-worker" };
+      document.documentElement.dataset.live = control.mode;
       return;
     } catch {
       // fall through to a stream of this tab's own
@@ -37,6 +38,7 @@ export function startLive() {
   const source = createLiveSource(dispatch);
   source.start();
   control = { restart: () => source.restart(), mode: "tab" };
+  document.documentElement.dataset.live = control.mode;
 }
 
 export function restartLive() { if (control) control.restart(); }

@@ -6,7 +6,7 @@ import { SERIES, fetchSeries } from "../series.js";
 import { configDiff } from "../pure/configdiff.js";
 import { debiasedEma } from "../pure/smoothing.js";
 import { thin } from "../pure/thinning.js";
-import { stepRange } from "../ui/charts.js";
+import { STEP_INCREMENTS, stepRange } from "../ui/charts.js";
 import { ErrorText } from "../ui/widgets.js";
 
 const COLOURS = ["#58a6ff", "#ff7b72", "#3fb950", "#d2a8ff", "#e3b341", "#39c5cf", "#f778ba", "#a5d6ff"];
@@ -27,7 +27,7 @@ function Overlay({ runs, smoothing }) {
     const plot = new window.uPlot({
       width: Math.max(200, box.current.clientWidth), height: 300,
       scales: { x: { time: false, range: stepRange } },
-      axes: [{ ...axis, label: "step" }, { ...axis, size: 60 }],
+      axes: [{ ...axis, label: "step", incrs: STEP_INCREMENTS }, { ...axis, size: 60 }],
       series: [{ label: "step" }, ...runs.map((r, i) => ({ label: r.id, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true }))],
     }, aligned, box.current);
     const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(200, box.current.clientWidth), height: 300 }));

@@ -10,6 +10,9 @@ import { number } from "../pure/format.js";
 
 export const MAX_DRAWN = 4000; // points per series drawn; beyond, min/max buckets
 const HEIGHT = 180;
+// Steps are whole numbers: no tick at step 1.5.
+export const STEP_INCREMENTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4,
+  1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7];
 const MARKER_COLOURS = { resume: "#e3b341", checkpoint: "#3fb950", save: "#58a6ff" };
 
 function css(name, fallback) {
@@ -75,7 +78,7 @@ function options(panel, width, logY, syncKey, markersRef) {
       y: logY ? { distr: 3, log: 10 } : { auto: true },
     },
     axes: [
-      { ...axis, label: "step", labelSize: 18 },
+      { ...axis, label: "step", labelSize: 18, incrs: STEP_INCREMENTS },
       { ...axis, size: 64, values: (u, splits) => splits.map((v) => number(v, 3)) },
     ],
     series: [
@@ -119,7 +122,8 @@ export function ChartPanel({ panel, smoothing, logY, syncKey, markers }) {
   useEffect(() => { if (plot.current) plot.current.redraw(false, false); }, [markers]);
 
   const drawnPoints = panel.series.x.length;
-  return html`<figure class=${`chart${panel.smooth ? "" : " nosmooth"}`} data-series=${panel.key} data-points=${drawnPoints}>
+  return html`<figure class=${`chart${panel.smooth ? "" : " nosmooth"}`} data-series=${panel.key}
+    data-points=${drawnPoints} data-markers=${(markers ?? []).length}>
     <figcaption>${panel.title}${panel.thinned ? html` <span class="muted">(thinned: band = min/max)</span>` : ""}</figcaption>
     <div ref=${box} class="plot"></div>
   </figure>`;
