@@ -67,7 +67,10 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def start_daemon(root: Path, auth: bool, step_seconds: str = "0.3") -> DaemonProcess:
+def start_daemon(
+    root: Path, auth: bool, step_seconds: str = "0.3", **trainer_env: str
+) -> DaemonProcess:
+    """``trainer_env``: more DPD_SIM_* settings of the stand-in trainer."""
     deepspeed, diffusion_pipe_dir = simulation_paths()
     daemon = DaemonProcess(
         root,
@@ -82,7 +85,11 @@ def start_daemon(root: Path, auth: bool, step_seconds: str = "0.3") -> DaemonPro
             "trainer": {
                 "deepspeed": str(deepspeed),
                 "diffusion_pipe_dir": str(diffusion_pipe_dir),
-                "env": {"DPD_SIM_STEP_SECONDS": step_seconds, "DPD_SIM_CACHE_SECONDS": "0.1"},
+                "env": {
+                    "DPD_SIM_STEP_SECONDS": step_seconds,
+                    "DPD_SIM_CACHE_SECONDS": "0.1",
+                    **trainer_env,
+                },
                 "stop_timeout": 3,
             },
         },

@@ -41,7 +41,14 @@ export function when(iso) {
 /** First line of an error, cut to fit one row. */
 export function oneLine(text, max = 140) {
   if (!text) return "";
-  const s = String(typeof text === "object" ? (text.message ?? JSON.stringify(text)) : text);
+  const s = String(typeof text === "object" ? errorText(text) : text);
   const line = s.split("\n").find((l) => l.trim()) ?? "";
   return line.length > max ? line.slice(0, max - 1) + "…" : line;
+}
+
+/** A job's error record ({reason, cause, exit_code, …}) as the sentence that explains it. */
+export function errorText(error) {
+  if (!error) return "";
+  if (typeof error !== "object") return String(error);
+  return error.reason || error.message || error.cause || JSON.stringify(error);
 }

@@ -1,6 +1,7 @@
 // Browser notifications when a job finishes or fails (only after the user allowed them).
 import { html, useState } from "../html.js";
 import { onEvent } from "../live.js";
+import { errorText } from "../pure/format.js";
 
 const ENDED = { completed: "finished", failed: "failed", stopped: "was stopped" };
 let started = false;
@@ -15,7 +16,7 @@ export function startNotifications() {
     // One notification per job and outcome, however many tabs are open: same tag, replaced.
     const note = new Notification(`dpd: ${event.task_id} ${verb}`, {
       tag: `dpd-${event.task_id}-${event.data.status}`,
-      body: event.data.error ? String(event.data.error.message ?? event.data.error) : "",
+      body: errorText(event.data.error),
     });
     note.onclick = () => { focus(); location.hash = `#/job/${encodeURIComponent(event.task_id)}`; };
   });
