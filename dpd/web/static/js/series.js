@@ -51,6 +51,7 @@ export function useJobSeries(taskId) {
       try { loaded[def.key] = await fetchSeries(taskId, def); } catch { loaded[def.key] = empty(); }
     }));
     store.current = loaded;
+    performance.mark("dpd:series-loaded");
     bump();
   };
   useEffect(() => { store.current = {}; load(); return () => cancelAnimationFrame(frame.current); }, [taskId]);

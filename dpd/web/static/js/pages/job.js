@@ -101,6 +101,17 @@ function Summary({ job }) {
   </section>`;
 }
 
+/** The first and last step over all series (x arrays are sorted). */
+function stepExtent(list) {
+  let lo = Infinity, hi = -Infinity;
+  for (const s of list) {
+    if (!s.x.length) continue;
+    lo = Math.min(lo, s.x[0]);
+    hi = Math.max(hi, s.x[s.x.length - 1]);
+  }
+  return Number.isFinite(lo) ? [lo, hi] : null;
+}
+
 function Charts({ id, status }) {
   const { series, version } = useJobSeries(id);
   const markers = useMarkers(id, status);
@@ -109,11 +120,12 @@ function Charts({ id, status }) {
   const panels = SERIES.filter((def) => def.key === "step_loss" || series[def.key]?.x.length)
     .filter((def) => series[def.key])
     .map((def) => ({ ...def, series: series[def.key], thinned: series[def.key].thinned, version }));
+  const xRange = stepExtent(panels.map((p) => p.series));
   return html`<section class="charts card">
     <${ChartControls} smoothing=${smoothing} setSmoothing=${setSmoothing} logY=${logY} setLogY=${setLogY} />
     ${panels.length === 0 && html`<p class="muted">Loading metrics…</p>`}
     ${panels.map((panel) => html`<${ChartPanel} key=${panel.key} panel=${panel} smoothing=${smoothing}
-      logY=${logY} syncKey=${`job-${id}`} markers=${markers} />`)}
+      logY=${logY} syncKey=${`job-${id}`} markers=${markers} xRange=${xRange} />`)}
   </section>`;
 }
 
@@ -167,7 +179,7 @@ export function JobPage({ id }) {
   if (!job) return html`<p class="muted">Loading ${id}…</p>`;
   return html`<div class="job">
     <${Summary} job=${job} />
-    <${Alerts} alerts=${mergeAlerts(alerts, recorded)} />
+    <${Alerts} alerts=${mergeAlerts(alerts, recorded)} showTask=${false} />
     <${Controls} job=${job} onDone=${reload} />
     <${Charts} id=${id} status=${job.status} />
     <${LogView} id=${id} status=${job.status} />

@@ -15,13 +15,12 @@ export function useAlerts(taskId, initial = []) {
   return [alerts, setAlerts];
 }
 
-export function Alerts({ alerts }) {
+export function Alerts({ alerts, showTask = true }) {
   const list = alerts ?? [];
   if (!list.length) return null;
   return html`<ul class="alerts" role="alert">
     ${list.map((a) => html`<li class=${`alert a-${a.kind}`}>
       <strong>${a.kind?.replace("_", " ")}</strong>
-      ${" "}<a href=${jobLink(a.task_id)}>${a.task_id}</a>: ${a.message}
-      ${a.step !== undefined && a.step !== null ? ` (step ${a.step})` : ""}</li>`)}
+      ${showTask ? html` <a href=${jobLink(a.task_id)}>${a.task_id}</a>` : null}: ${a.message}</li>`)}
   </ul>`;
 }

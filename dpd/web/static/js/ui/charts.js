@@ -46,6 +46,20 @@ function markerPlugin(markersRef) {
   };
 }
 
+/** A performance mark when a panel has first drawn its data (read by bench_dashboard.py). */
+function firstDrawMark(key) {
+  let done = false;
+  return {
+    hooks: {
+      draw: [(u) => {
+        if (done || !u.data[0].length) return;
+        done = true;
+        performance.mark(`dpd:chart-drawn:${key}`, { detail: { points: u.data[0].length } });
+      }],
+    },
+  };
+}
+
 /** The arrays one panel draws: x, raw, smoothed, min, max (null where absent). */
 export function panelData(series, smoothing, logY) {
   const drawn = thin(series, MAX_DRAWN);
@@ -64,7 +78,7 @@ export function stepRange(u, min, max) {
   return min === max ? [min - 1, max + 1] : [min, max];
 }
 
-function options(panel, width, logY, syncKey, markersRef) {
+function options(panel, width, logY, syncKey, markersRef, xRangeRef) {
   const fg = css("--muted", "#8b949e");
   const grid = css("--grid", "rgba(128,128,128,0.2)");
   const colour = panel.colour;
@@ -74,7 +88,8 @@ function options(panel, width, logY, syncKey, markersRef) {
     cursor: { sync: { key: syncKey, setSeries: false }, drag: { x: true, y: false } },
     legend: { live: true },
     scales: {
-      x: { time: false, range: stepRange },
+      // every panel spans the same steps, so the synced cursor lines up across them
+      x: { time: false, range: (u, min, max) => stepRange(u, xRangeRef.current?.[0] ?? min, xRangeRef.current?.[1] ?? max) },
       y: logY ? { distr: 3, log: 10 } : { auto: true },
     },
     axes: [
@@ -90,11 +105,13 @@ function options(panel, width, logY, syncKey, markersRef) {
       { label: "max", stroke: "transparent", points: { show: false } },
     ],
     bands: [{ series: [4, 3], fill: colour + "33" }],
-    plugins: [markerPlugin(markersRef)],
+    plugins: [markerPlugin(markersRef), firstDrawMark(panel.key)],
   };
 }
 
-export function ChartPanel({ panel, smoothing, logY, syncKey, markers }) {
+export function ChartPanel({ panel, smoothing, logY, syncKey, markers, xRange }) {
+  const xRangeRef = useRef(xRange);
+  xRangeRef.current = xRange;
   const box = useRef(null);
   const plot = useRef(null);
   const markersRef = useRef(markers);
@@ -104,7 +121,7 @@ export function ChartPanel({ panel, smoothing, logY, syncKey, markers }) {
     const el = box.current;
     const width = Math.max(200, el.clientWidth);
     const { data } = panelData(panel.series, smoothing, logY);
-    plot.current = new window.uPlot(options(panel, width, logY, syncKey, markersRef), data, el);
+    plot.current = new window.uPlot(options(panel, width, logY, syncKey, markersRef, xRangeRef), data, el);
     const resize = new ResizeObserver(() => {
       const w = Math.max(200, el.clientWidth);
       if (plot.current && Math.abs(plot.current.width - w) > 2) plot.current.setSize({ width: w, height: HEIGHT });
