@@ -68,9 +68,10 @@ def browser() -> Iterator[Any]:
 
 
 def start_daemon(
-    root: Path, auth: bool, step_seconds: str = "0.3", **trainer_env: str
+    root: Path, auth: bool, step_seconds: str = "0.3", gpu_mb: int = 24576, **trainer_env: str
 ) -> DaemonProcess:
-    """``trainer_env``: more DPD_SIM_* settings of the stand-in trainer."""
+    """One simulated GPU of ``gpu_mb``; ``trainer_env``: more DPD_SIM_* settings of the
+    stand-in trainer."""
     deepspeed, diffusion_pipe_dir = simulation_paths()
     daemon = DaemonProcess(
         root,
@@ -80,7 +81,7 @@ def start_daemon(
             "gpus": {
                 "backend": "static",
                 "monitor_interval": 0.5,
-                "static": [{"name": "Simulated RTX 4090", "memory_mb": 24576}],
+                "static": [{"name": "Simulated RTX 4090", "memory_mb": gpu_mb}],
             },
             "trainer": {
                 "deepspeed": str(deepspeed),
@@ -100,7 +101,8 @@ def start_daemon(
 
 @pytest.fixture(scope="module")
 def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    started = start_daemon(tmp_path_factory.mktemp("dpd-web"), auth=True)
+    # 8 GiB: less than the catalog's SDXL asks for, so the submit form warns about it
+    started = start_daemon(tmp_path_factory.mktemp("dpd-web"), auth=True, gpu_mb=8192)
     yield started
     kill_daemons([started])
 

@@ -120,7 +120,20 @@ def test_job_page_chart_gains_points_live_and_stop_stops_it(
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator(".summary .pill")).to_have_text("stopped", timeout=60_000)
     assert job_status(daemon, "live-job") == "stopped"
-    expect(page.get_by_role("button", name="Resume from checkpoint")).to_be_visible()
+    # resumed from its checkpoint, the run gets a resume marker on the charts
+    page.get_by_role("button", name="Resume from checkpoint").click()
+    expect(page.locator(".summary .pill")).not_to_have_text("stopped")
+    wait_status(daemon, "live-job", "running")
+
+    def markers() -> list[dict[str, Any]]:
+        answer = daemon.request("GET", "/api/v1/training/live-job/markers", key=ADMIN_KEY)[1]
+        return answer["data"]["markers"]  # type: ignore[no-any-return]
+
+    wait_for(lambda: any(m["kind"] == "resume" for m in markers()), timeout=30)
+    chart = page.locator('figure.chart[data-series="step_loss"]')
+    wait_for(lambda: int(chart.get_attribute("data-markers") or 0) == len(markers()), timeout=30)
+    assert int(chart.get_attribute("data-markers") or 0) >= 1
+    shoot(watched, screenshots, "job-resumed-desktop")
     watched.clean()
 
 
@@ -166,9 +179,16 @@ def test_submit_form_shows_the_servers_field_error_then_starts(
     page.get_by_role("button", name="Check").click()
     error = page.locator(".field[data-field=epochs] .field-error")
     expect(error).to_contain_text(">= 1")
+    expect(page.locator(".field.invalid")).to_have_count(1)
     shoot(watched, screenshots, "submit-field-error-desktop")
     assert daemon.request("GET", "/api/v1/training/form-job", key=ADMIN_KEY)[0] == 404
     page.fill("#f-epochs", "1")
+    page.get_by_role("button", name="Check").click()
+    expect(page.locator("[data-role=validation] .ok")).to_be_visible()
+    expect(page.locator(".field-error")).to_have_count(0)
+    # the catalog says SDXL needs 10 GB; this daemon's only GPU has 8
+    expect(page.locator("[data-role=warning]")).to_contain_text("10 GB")
+    shoot(watched, screenshots, "submit-vram-warning-desktop")
     page.get_by_role("button", name="Start training").click()
     expect(page).to_have_url(re.compile(r"#/job/form-job$"))
     expect(page.locator(".summary .job-id")).to_have_text("form-job")

@@ -45,13 +45,17 @@ export function useJobSeries(taskId) {
     frame.current = requestAnimationFrame(() => { frame.current = 0; setVersion((v) => v + 1); });
   };
 
+  // Step loss first, drawn as soon as it is here; the other series follow together.
   const load = async () => {
-    const loaded = {};
-    await Promise.all(SERIES.map(async (def) => {
-      try { loaded[def.key] = await fetchSeries(taskId, def); } catch { loaded[def.key] = empty(); }
-    }));
+    const one = (def) => fetchSeries(taskId, def).catch(() => empty());
+    const [first, ...rest] = SERIES;
+    const loaded = { [first.key]: await one(first) };
     store.current = loaded;
     performance.mark("dpd:series-loaded");
+    bump();
+    const others = await Promise.all(rest.map(one));
+    rest.forEach((def, i) => { loaded[def.key] = others[i]; });
+    store.current = { ...loaded };
     bump();
   };
   useEffect(() => { store.current = {}; load(); return () => cancelAnimationFrame(frame.current); }, [taskId]);

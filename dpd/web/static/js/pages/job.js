@@ -44,11 +44,19 @@ function useJob(id) {
   return { job, error, reload: load };
 }
 
-function useMarkers(id, status) {
+/** Resume, save and checkpoint markers: fetched again when the status changes and when a
+ * saving phase ends (that is when a save or checkpoint marker appears). */
+function useMarkers(id, status, ready) {
   const [markers, setMarkers] = useState([]);
-  useEffect(() => {
-    get(`/training/${seg(id)}/markers`).then((m) => setMarkers(m.markers ?? []), () => setMarkers([]));
-  }, [id, status]);
+  const phase = useRef(null);
+  const load = () => get(`/training/${seg(id)}/markers`).then((m) => setMarkers(m.markers ?? []), () => {});
+  useEffect(() => { if (ready) load(); }, [id, status, ready]);
+  useLiveEvents((type, event) => {
+    if (type !== "progress" || event.task_id !== id) return;
+    const next = event.data?.phase ?? null;
+    if (phase.current === "saving" && next !== "saving") load();
+    phase.current = next;
+  }, [id]);
   return markers;
 }
 
@@ -112,9 +120,8 @@ function stepExtent(list) {
   return Number.isFinite(lo) ? [lo, hi] : null;
 }
 
-function Charts({ id, status }) {
-  const { series, version } = useJobSeries(id);
-  const markers = useMarkers(id, status);
+function Charts({ id, status, series, version }) {
+  const markers = useMarkers(id, status, version > 0);
   const [smoothing, setSmoothing] = useStored(`${SETTINGS}.smoothing`, 0.6);
   const [logY, setLogY] = useStored(`${SETTINGS}.logy`, false);
   const panels = SERIES.filter((def) => def.key === "step_loss" || series[def.key]?.x.length)
@@ -166,12 +173,16 @@ function mergeAlerts(live, recorded) {
 export function JobPage({ id }) {
   const { job, error, reload } = useJob(id);
   const [alerts] = useAlerts(id);
+  const { series, version } = useJobSeries(id);
+  // Asked for once the step loss is drawn: on a long run these scans compete with its series.
+  const ready = version > 0;
   const [recorded, setRecorded] = useState([]);
   useEffect(() => {
+    if (!ready) return;
     get(`/training/${seg(id)}/alerts`).then(
       (a) => setRecorded((a.alerts ?? []).map((e) => ({ task_id: id, timestamp: e.timestamp, ...e.data })).reverse()),
       () => setRecorded([]));
-  }, [id]);
+  }, [id, ready]);
   useEffect(() => {
     document.title = pageTitle(id, job && job.status !== "queued" ? job.progress?.overall_progress : null);
   }, [id, job?.progress?.overall_progress, job?.status]);
@@ -181,7 +192,7 @@ export function JobPage({ id }) {
     <${Summary} job=${job} />
     <${Alerts} alerts=${mergeAlerts(alerts, recorded)} showTask=${false} />
     <${Controls} job=${job} onDone=${reload} />
-    <${Charts} id=${id} status=${job.status} />
+    <${Charts} id=${id} status=${job.status} series=${series} version=${version} />
     <${LogView} id=${id} status=${job.status} />
     <${Configs} id=${id} />
     <${Files} id=${id} status=${job.status} />

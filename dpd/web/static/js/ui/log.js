@@ -35,8 +35,12 @@ function useLogTail(id, active) {
     const wait = Math.max(0, REFRESH_MS - (Date.now() - last.current));
     timer.current = setTimeout(() => { timer.current = null; load(); }, wait);
   };
+  const wasActive = useRef(active);
   useEffect(() => { load(); return () => clearTimeout(timer.current); }, [id]);
-  useEffect(() => { if (!active) loadSoon(); }, [active]);
+  useEffect(() => { // the last lines of a run that just ended
+    if (wasActive.current && !active) loadSoon();
+    wasActive.current = active;
+  }, [active]);
   useLiveEvents((type, event) => {
     if (event?.task_id === id && type !== "alert") loadSoon();
   }, [id]);
