@@ -281,6 +281,7 @@ def test_keys_create_shows_the_secret_once_and_revoke(
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Revoke").click()
     wait_for(lambda: daemon.request("GET", "/api/v1/training/list", key=key)[0] == 401, timeout=10)
+    expect(row.locator(".pill")).to_have_text("revoked")
     watched.clean()
 
 

@@ -44,10 +44,11 @@ export function KeysPage({ session }) {
       <div class="controls"><button type="submit">Create key</button></div>
     </form>
     <section class="card"><h2>Keys</h2>
-      ${keys && html`<div class="table-wrap"><table><thead><tr><th>id</th><th>user</th><th>permissions</th><th>created</th><th>expires</th><th>last used</th><th></th></tr></thead>
+      ${keys && html`<div class="table-wrap"><table><thead><tr><th>id</th><th>user</th><th>permissions</th><th>created</th><th>expires</th><th></th></tr></thead>
         <tbody>${keys.map((k) => html`<tr data-key=${k.key_id ?? k.id}><td><code>${k.key_id ?? k.id}</code></td><td>${k.user ?? k.user_id}</td>
           <td>${(k.permissions ?? []).join(", ")}</td><td>${when(k.created_at)}</td><td>${when(k.expires_at)}</td>
-          <td>${when(k.last_used)}</td><td><button class="small danger" onClick=${() => revoke(k)}>Revoke</button></td></tr>`)}</tbody></table></div>`}
+          <td>${k.revoked ? html`<span class="pill s-failed">revoked</span>`
+            : html`<button class="small danger" onClick=${() => revoke(k)}>Revoke</button>`}</td></tr>`)}</tbody></table></div>`}
     </section>
   </div>`;
 }
