@@ -34,3 +34,4 @@ def test_demo_runs_a_simulated_job_to_completion() -> None:
     assert "[dpd demo] status: completed" in result.stdout
     assert "task demo-lora completed" in result.stdout
     assert "saved (simulated) epoch2" in result.stdout
+    assert "[dpd demo] dashboard: http://127.0.0.1:" in result.stdout  # the dashboard's link

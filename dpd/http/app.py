@@ -57,6 +57,7 @@ def setup_routes(app: web.Application, services: Services) -> None:
         job_files,
         keys,
         logs,
+        model_catalog,
         models,
         preprocess,
         session,
@@ -85,3 +86,4 @@ def setup_routes(app: web.Application, services: Services) -> None:
     job_dashboard.setup(app)
     job_files.setup(app)
     gpu_dashboard.setup(app)
+    model_catalog.setup(app)

@@ -64,3 +64,14 @@ async def test_dashboard_answers_match_the_document(api: Api, document: dict[str
         check_reply(document, method, template, reply)
         statuses.add(reply.status)
     assert {200, 201, 401, 403, 404, 422} <= statuses
+
+
+async def test_the_catalog_route_answers_what_models_list_does(api: Api) -> None:
+    catalog = await api.get("/api/v1/models/catalog", key=api.key("preprocessing"))
+    listed = await api.get("/api/v1/models/list")
+    assert catalog.status == 200
+    assert catalog.body["data"] == listed.body["data"]
+    sdxl = next(m for m in catalog.body["data"]["models"] if m["id"] == "sdxl")
+    assert sdxl["min_vram_gb"] == 10 and "installed" in sdxl
+    assert sdxl["components"][0]["config_key"]
+    assert (await api.get("/api/v1/models/catalog", key=None)).status == 401

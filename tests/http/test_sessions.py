@@ -5,13 +5,17 @@ all with auth disabled."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from dpd.config import AuthConfig
 from dpd.http.sessions import COOKIE, CSRF_HEADER, SESSIONS, SessionStore
+from dpd.keys import KeyStore
 from tests.http.conftest import Api, MakeApi, Reply
 
 
@@ -154,6 +158,18 @@ async def test_the_cookie_opens_streams_and_websockets(api: Api) -> None:
     async with api.session.get(url, headers=with_cookie(cookie)) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
+    async with api.session.get(
+        f"{api.url}/api/v1/events/stream", headers=with_cookie(cookie)
+    ) as events:
+        assert events.status == 200
+    output = Path(api.daemon.services.store.get("stream-task")["output_dir"])
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "lora.safetensors").write_bytes(b"0123456789")
+    file_url = f"{api.url}/api/v1/training/stream-task/files/lora.safetensors"
+    async with api.session.get(
+        file_url, headers={**with_cookie(cookie), "Range": "bytes=3-4"}
+    ) as part:
+        assert part.status == 206 and await part.read() == b"34"
     ws_url = f"{api.url}/api/v1/ws/training/stream-task"
     async with api.session.ws_connect(ws_url, headers=with_cookie(cookie)) as ws:
         assert not ws.closed
@@ -237,3 +253,18 @@ async def test_an_expired_session_gets_401(api: Api) -> None:
     api.daemon.app[SESSIONS].clock = lambda: 10.0**12
     reply = await api.get("/api/v1/training/list", key=None, headers=with_cookie(cookie))
     assert reply.status == 401
+
+
+async def test_a_key_revoked_by_dpd_keys_ends_its_session(api: Api) -> None:
+    """``dpd keys revoke`` writes keys.json from another process; the daemon re-reads it."""
+    raw, record = api.daemon.keys.create("carol", ["training"])
+    cookie, _ = await log_in(api, raw)
+    other_process = KeyStore(api.daemon.keys.path)  # its own view of keys.json
+    await asyncio.to_thread(other_process.revoke, record.key_id)
+    deadline = time.monotonic() + 10
+    while True:
+        reply = await api.get("/api/v1/training/list", key=None, headers=with_cookie(cookie))
+        if reply.status == 401:
+            break
+        assert reply.status == 200 and time.monotonic() < deadline
+        await asyncio.sleep(0.1)
