@@ -91,7 +91,8 @@ def start_daemon(
                     "DPD_SIM_CACHE_SECONDS": "0.1",
                     **trainer_env,
                 },
-                "stop_timeout": 3,
+                # a graceful stop saves a checkpoint first; on a busy machine that takes time
+                "stop_timeout": 30,
             },
         },
     )

@@ -17,7 +17,6 @@ from tests.web.conftest import (
     ADMIN_KEY,
     EXPECTED_FAILURES,
     PHONE,
-    job_status,
     login,
     no_horizontal_scroll,
     shoot,
@@ -34,9 +33,11 @@ def expect(locator: Any) -> Any:
     return playwright_expect(locator)
 
 
-def long_job(daemon: DaemonProcess, task_id: str, **overrides: Any) -> dict[str, Any]:
+def long_job(
+    daemon: DaemonProcess, task_id: str, config: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
     """A job that trains for minutes (8 steps per epoch at 0.3 s a step)."""
-    config = {**job_document(daemon.data)["config"], "epochs": 200}
+    config = {**job_document(daemon.data)["config"], "epochs": 200, **(config or {})}
     return submit_job(daemon, task_id, config=config, **overrides)
 
 
@@ -100,7 +101,7 @@ def test_queue_priority_and_cancel_from_the_overview(daemon: DaemonProcess, open
 def test_job_page_chart_gains_points_live_and_stop_stops_it(
     daemon: DaemonProcess, open_page: Any, screenshots: Path
 ) -> None:
-    long_job(daemon, "live-job")
+    long_job(daemon, "live-job", config={"checkpoint_every_n_minutes": 0.01})
     wait_status(daemon, "live-job", "running")
     watched = open_page(daemon)
     login(watched)
@@ -116,10 +117,18 @@ def test_job_page_chart_gains_points_live_and_stop_stops_it(
     expect(page.locator("canvas").first).to_be_visible()
     expect(page).to_have_title(re.compile(r"^\[\d+%\] live-job · dpd$"))
     shoot(watched, screenshots, "job-desktop")
+
+    def checkpointed() -> bool:
+        answer = daemon.request("GET", "/api/v1/training/live-job/files", key=ADMIN_KEY)[1]
+        return any(f["kind"] == "checkpoint" for f in answer["data"]["files"])
+
+    wait_for(checkpointed, timeout=30)  # so that there is something to resume from
+
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator(".summary .pill")).to_have_text("stopped", timeout=60_000)
-    assert job_status(daemon, "live-job") == "stopped"
+    stopped = daemon.request("GET", "/api/v1/training/live-job", key=ADMIN_KEY)[1]["data"]
+    assert stopped["status"] == "stopped"
     # resumed from its checkpoint, the run gets a resume marker on the charts
     page.get_by_role("button", name="Resume from checkpoint").click()
     expect(page.locator(".summary .pill")).not_to_have_text("stopped")

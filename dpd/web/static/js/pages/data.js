@@ -2,7 +2,8 @@
 import { html, useEffect, useRef, useState } from "../html.js";
 import { ApiError, get, post, seg, upload } from "../api.js";
 import { useLiveEvents } from "../live.js";
-import { bytes, percent, when } from "../pure/format.js";
+import { bytes, percent } from "../pure/format.js";
+import { REFETCH_MS } from "../throttle.js";
 import { ErrorText, ProgressBar, StatusPill } from "../ui/widgets.js";
 
 const TRACKED = "dpd.preprocess.ids";
@@ -21,7 +22,7 @@ function useTracked(ids, fetchOne) {
     setRecords((all) => ({ ...all, [id]: { ...(all[id] ?? {}), ...(d.status ? { status: d.status } : {}),
       ...(Number.isFinite(d.progress) ? { progress: d.progress } : {}) } }));
     const now = Date.now();
-    if (!last.current[id] || now - last.current[id] >= 5000 || TERMINAL.has(d.status)) {
+    if (!last.current[id] || now - last.current[id] >= REFETCH_MS) {
       last.current[id] = now;
       refresh(id);
     }

@@ -8,6 +8,7 @@ import { pageTitle } from "../pure/title.js";
 import { duration, mib, number, oneLine, percent, when } from "../pure/format.js";
 import { ErrorText, ProgressBar, Sparkline, StatusPill } from "../ui/widgets.js";
 import { Alerts, useAlerts } from "../ui/alerts.js";
+import { throttled } from "../throttle.js";
 
 const SMOOTHING = 0.6;
 const HISTORY_SECONDS = 3600;
@@ -21,7 +22,6 @@ function useOverviewData() {
   const [losses, setLosses] = useState({});
   const [errors, setErrors] = useState({});
   const [error, setError] = useState(null);
-  const reloadTimer = useRef(null);
 
   const loadJobs = useCallback(async () => {
     try {
@@ -60,24 +60,30 @@ function useOverviewData() {
     }
   }, []);
 
-  useEffect(() => { loadJobs(); loadGpus(); }, []);
-
-  const reloadSoon = () => {
-    if (reloadTimer.current) return;
-    reloadTimer.current = setTimeout(() => { reloadTimer.current = null; loadJobs(); }, 500);
-  };
+  // After events that the list cannot be patched from: a refetch, at most every 5 s.
+  const jobsLater = useMemo(() => throttled(loadJobs), []);
+  const gpusLater = useMemo(() => throttled(loadGpus), []);
+  useEffect(() => {
+    jobsLater();
+    gpusLater();
+    return () => { jobsLater.cancel(); gpusLater.cancel(); };
+  }, []);
+  const reloadSoon = jobsLater;
 
   useLiveEvents((type, event) => {
     const id = event?.task_id;
     const data = event?.data ?? {};
-    if (type === "resync") { loadJobs(); loadGpus(); return; }
+    if (type === "resync") { jobsLater(); gpusLater(); return; }
     if (type === "status") {
       setJobs((list) => {
-        if (!list.some((j) => j.task_id === id)) { reloadSoon(); return list; }
+        if (!list.some((j) => j.task_id === id)) {
+          reloadSoon();
+          return [{ task_id: id, status: data.status, priority: 0, progress: {} }, ...list];
+        }
         return list.map((j) => (j.task_id === id ? { ...j, status: data.status } : j));
       });
       if (data.status === "failed" || data.status === "running") reloadSoon();
-      if (["running", "completed", "failed", "stopped"].includes(data.status)) loadGpus();
+      if (["running", "completed", "failed", "stopped"].includes(data.status)) gpusLater();
     } else if (type === "progress") {
       setJobs((list) => list.map((j) => (j.task_id === id ? { ...j, progress: { ...j.progress, ...data } } : j)));
     } else if (type === "metrics" && data.metric === "loss" && data.type === "step") {

@@ -1,14 +1,14 @@
 // The job's log: the tail, refreshed when the job reports something (never more often than
 // every 5 s), a level filter, keyword search through the logs search API, jump to the first
 // error, and download.
-import { html, useEffect, useRef, useState } from "../html.js";
+import { html, useEffect, useMemo, useRef, useState } from "../html.js";
 import { get, seg } from "../api.js";
 import { useLiveEvents } from "../live.js";
+import { throttled } from "../throttle.js";
 import { ErrorText } from "./widgets.js";
 
 const TAIL = 500;
 const MAX_LINES = 10000;
-const REFRESH_MS = 5000;
 const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 const RANK = Object.fromEntries(LEVELS.map((l, i) => [l, i]));
 const ERRORISH = /Traceback|\bError\b|Exception/;
@@ -20,23 +20,16 @@ function isError(line) {
 function useLogTail(id, active) {
   const [lines, setLines] = useState([]);
   const [error, setError] = useState(null);
-  const last = useRef(0);
-  const timer = useRef(null);
   const load = async () => {
-    last.current = Date.now();
     try {
       const data = await get(`/training/${seg(id)}/logs?tail=${TAIL}`);
       setLines(data.logs ?? []);
       setError(null);
     } catch (err) { setError(err); }
   };
-  const loadSoon = () => {
-    if (timer.current) return;
-    const wait = Math.max(0, REFRESH_MS - (Date.now() - last.current));
-    timer.current = setTimeout(() => { timer.current = null; load(); }, wait);
-  };
+  const loadSoon = useMemo(() => throttled(load), [id]);
   const wasActive = useRef(active);
-  useEffect(() => { load(); return () => clearTimeout(timer.current); }, [id]);
+  useEffect(() => { loadSoon(); return () => loadSoon.cancel(); }, [id]);
   useEffect(() => { // the last lines of a run that just ended
     if (wasActive.current && !active) loadSoon();
     wasActive.current = active;
