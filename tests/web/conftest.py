@@ -129,7 +129,7 @@ def stop_everything(daemon: DaemonProcess) -> None:
                 "POST", f"/api/v1/training/stop/{task_id}", {"force": True}, key=ADMIN_KEY
             )
         for task_id in stopping:
-            wait_for(lambda t=task_id: job_status(daemon, t) not in ACTIVE, timeout=60)
+            wait_status(daemon, task_id, "completed", "failed", "stopped")
 
 
 # Answers a page may get without anything being wrong: the session probe of a browser that

@@ -170,6 +170,23 @@ def test_log_search_and_level_filter(daemon: DaemonProcess, open_page: Any) -> N
         assert (
             "lv-WARNING" in level_class or "lv-ERROR" in level_class or "lv-CRITICAL" in level_class
         )
+    with page.expect_download() as log_download:
+        page.get_by_role("button", name="Download").click()
+    text = Path(log_download.value.path()).read_text()
+    assert "TRAINING COMPLETE!" in text
+    assert text.count("\n") >= all_lines
+    # a saved LoRA file comes down through the authenticated files route, byte for byte
+    lora = page.locator(".files a", has_text="lora.safetensors").first
+    with page.expect_download() as file_download:
+        lora.click()
+    on_disk = next((daemon.data / "training_runs" / "log-job").rglob("lora.safetensors"))
+    assert Path(file_download.value.path()).read_bytes() == on_disk.read_bytes()
+    # duplicate: the submit page opens with this job's spec to edit, without its task id
+    page.get_by_role("button", name="Duplicate as new job").click()
+    expect(page).to_have_url(re.compile(r"#/submit\?from=log-job$"))
+    document = page.locator("textarea[name=document]")
+    expect(document).to_have_value(re.compile('"model_type": "sdxl"'))
+    assert '"task_id"' not in document.input_value()
     watched.clean()
 
 

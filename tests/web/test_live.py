@@ -41,6 +41,12 @@ def chart_points(page: Any) -> int:
     return int(value or 0)
 
 
+def gains_points(page: Any, more: int = 3) -> None:
+    """The page's step-loss chart grows by ``more`` points without a reload."""
+    start = wait_for(lambda: chart_points(page), timeout=30)
+    wait_for(lambda: chart_points(page) >= start + more, timeout=30)
+
+
 def test_without_auth_no_login_and_tabs_share_one_stream(
     open_daemon: DaemonProcess, browser: Any, open_page: Any
 ) -> None:
@@ -53,8 +59,7 @@ def test_without_auth_no_login_and_tabs_share_one_stream(
     second.goto(f"{open_daemon.url}/#/job/shared")
     for page in (first.page, second):
         expect(page.locator("html")).to_have_attribute("data-live", "shared-worker")
-        start = wait_for(lambda p=page: chart_points(p), timeout=30)
-        wait_for(lambda p=page, s=start: chart_points(p) >= s + 3, timeout=30)
+        gains_points(page)
     cdp = browser.new_browser_cdp_session()
     targets = cdp.send("Target.getTargets")["targetInfos"]
     workers = [t for t in targets if t["type"] == "shared_worker"]

@@ -148,9 +148,9 @@ export function ChartPanel({ panel, smoothing, logY, syncKey, markers, xRange })
 
 export function ChartControls({ smoothing, setSmoothing, logY, setLogY }) {
   return html`<div class="chart-controls">
-    <label>Smoothing <input type="range" min="0" max="0.99" step="0.01" value=${smoothing}
+    <label>Smoothing <input type="range" min="0" max="0.999" step="0.001" value=${smoothing}
       onInput=${(e) => setSmoothing(Number(e.target.value))} aria-label="smoothing" />
-      <output>${smoothing.toFixed(2)}</output></label>
+      <output>${smoothing.toFixed(3)}</output></label>
     <label><input type="checkbox" checked=${logY} onChange=${(e) => setLogY(e.target.checked)} /> log y</label>
     <span class="legend-markers"><i class="mk resume"></i>resume <i class="mk checkpoint"></i>checkpoint <i class="mk save"></i>save</span>
   </div>`;
