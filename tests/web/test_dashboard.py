@@ -70,8 +70,20 @@ def test_login_then_overview_shows_gpus_queue_and_running(
     # progress arrives live: the tab title counts up without a reload
     expect(page).to_have_title(re.compile(r"^\[\d+%\] ov-running · dpd$"))
     shoot(watched, screenshots, "overview-desktop")
+    # an hour of GPU history from /gpu/history, extended by the stream's snapshots
+    line = page.locator("article.gpu svg.spark[aria-label^=utilisation] polyline")
+
+    def sparkline_points() -> int:
+        return len((line.get_attribute("points") or "").split()) if line.count() else 0
+
+    drawn = wait_for(lambda: sparkline_points() >= 2 and sparkline_points(), timeout=15)
+    wait_for(lambda: sparkline_points() >= drawn + 2, timeout=15)  # gpu events, live
     # the session cookie is HttpOnly: scripts cannot read it
     assert "dpd_session" not in page.evaluate("document.cookie")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("#api-key")).to_be_visible()
+    page.reload()
+    expect(page.locator("#api-key")).to_be_visible()  # the session is gone, not just hidden
     watched.clean()
 
 
