@@ -44,7 +44,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return
     skip = pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     for item in items:
-        if "tests/web/" in str(item.fspath).replace(os.sep, "/"):
+        in_here = "tests/web/" in str(item.fspath).replace(os.sep, "/")
+        if in_here and "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
 
 
