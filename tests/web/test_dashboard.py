@@ -312,6 +312,14 @@ def test_keys_create_shows_the_secret_once_and_revoke(
     expect(secret).to_be_visible()
     key = secret.inner_text().strip()
     assert daemon.request("GET", "/api/v1/training/list", key=key)[0] == 200
+    # logged in with alice's key, the page has her permissions: no Keys page
+    alice = open_page(daemon)
+    login(alice, key)
+    expect(alice.page.locator("header.top nav a", has_text="Overview")).to_be_visible()
+    expect(alice.page.locator("header.top nav a", has_text="Keys")).to_have_count(0)
+    alice.goto("#/keys")
+    expect(alice.page.locator("main")).to_contain_text("admins only")
+    alice.clean()
     shoot(watched, screenshots, "keys-desktop")
     page.get_by_role("button", name="I have copied it").click()
     expect(secret).to_have_count(0)

@@ -13,8 +13,9 @@ export function KeysPage({ session }) {
   const [user, setUser] = useState("");
   const [perms, setPerms] = useState(["training"]);
   const load = () => get("/auth/keys").then((d) => setKeys(Array.isArray(d) ? d : (d.keys ?? [])), setError);
-  useEffect(() => { document.title = "Keys · dpd"; load(); }, []);
-  if (!session.permissions?.includes("admin")) return html`<p class="error">Keys are for admins only.</p>`;
+  const admin = session.permissions?.includes("admin");
+  useEffect(() => { document.title = "Keys · dpd"; if (admin) load(); }, [admin]);
+  if (!admin) return html`<p class="error">Keys are for admins only.</p>`;
   const create = async (e) => {
     e.preventDefault();
     setError(null);
