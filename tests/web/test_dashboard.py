@@ -208,10 +208,15 @@ def test_submit_form_shows_the_servers_field_error_then_starts(
     watched = open_page(daemon)
     login(watched)
     page = watched.page
+    # SDXL installed where the catalog expects it: the form fills its path in by itself
+    installed = daemon.data / "models" / "sdxl" / "sd_xl_base_1.0.safetensors"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.write_bytes(b"weights")
     watched.goto("#/submit")
     page.select_option("#f-model_type", "sdxl")
+    expect(page.locator("#f-model_type option[value=sdxl]")).to_contain_text("(installed)")
+    expect(page.locator("[id='f-path:checkpoint_path']")).to_have_value(str(installed))
     page.fill("#f-task_id", "form-job")
-    page.fill("[id='f-path:checkpoint_path']", str(daemon.data / "models" / "sdxl.safetensors"))
     page.fill("#f-dataset", str(daemon.data / "datasets" / "cats"))
     page.fill("#f-epochs", "0")
     page.get_by_role("button", name="Check").click()
