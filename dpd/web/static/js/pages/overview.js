@@ -89,7 +89,7 @@ function useOverviewData() {
     } else if (type === "metrics" && data.metric === "loss" && data.type === "step") {
       setLosses((l) => ({ ...l, [id]: [...(l[id] ?? []).slice(-499), data.value] }));
     } else if (type === "gpu") {
-      applyGpuEvent(data, setGpus, setHistory);
+      applyGpuEvent(data, setGpus, setHistory, gpusLater);
     } else if (type === "priority") {
       setJobs((list) => list.map((j) => (j.task_id === id ? { ...j, priority: data.priority } : j)));
     }
@@ -98,10 +98,20 @@ function useOverviewData() {
   return { gpus, history, jobs, losses, errors, error, reload: loadJobs };
 }
 
-function applyGpuEvent(data, setGpus, setHistory) {
-  const list = Array.isArray(data.gpus) ? data.gpus : (data.gpu_id !== undefined ? [data] : []);
+const pids = (processes) => (processes ?? []).map((p) => p.pid).sort().join(",");
+
+/** A monitor snapshot from the stream: its readings replace the card's; its processes carry
+ * no attribution (which job, foreign or not), so a change of them asks /gpu/status again. */
+function applyGpuEvent(data, setGpus, setHistory, refetchStatus) {
+  const list = Array.isArray(data.gpus) ? data.gpus : [];
   if (!list.length) return;
-  setGpus((gpus) => gpus.map((g) => ({ ...g, ...(list.find((x) => x.gpu_id === g.gpu_id) ?? {}) })));
+  setGpus((gpus) => gpus.map((g) => {
+    const seen = list.find((x) => x.gpu_id === g.gpu_id);
+    if (!seen) return g;
+    const { processes, ...readings } = seen;
+    if (pids(processes) !== pids(g.processes)) refetchStatus();
+    return { ...g, ...readings };
+  }));
   const t = Date.now() / 1000;
   setHistory((h) => {
     const next = { ...h };
