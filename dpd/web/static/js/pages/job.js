@@ -1,5 +1,5 @@
 // Job page: state and progress, the charts, alerts, the log, configs, files and controls.
-import { html, useCallback, useEffect, useMemo, useRef, useState } from "../html.js";
+import { html, useCallback, useEffect, useRef, useState } from "../html.js";
 import { BASE, get, post, seg } from "../api.js";
 import { useLiveEvents } from "../live.js";
 import { go } from "../router.js";

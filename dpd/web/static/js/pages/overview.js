@@ -1,5 +1,5 @@
 // Overview: the GPUs with an hour of history, the queue, running jobs, recent outcomes.
-import { html, useCallback, useEffect, useMemo, useRef, useState } from "../html.js";
+import { html, useCallback, useEffect, useMemo, useState } from "../html.js";
 import { get, post, seg } from "../api.js";
 import { useLiveEvents } from "../live.js";
 import { jobLink } from "../router.js";
