@@ -128,6 +128,22 @@ def test_job_page_chart_gains_points_live_and_stop_stops_it(
     assert sum("/metrics" in url for url in watched.requests) == metric_fetches
     expect(page.locator("canvas").first).to_be_visible()
     expect(page).to_have_title(re.compile(r"^\[\d+%\] live-job · dpd$"))
+    # one cursor for all panels: hovering the step loss moves the learning rate's too
+    lr_value = (
+        page.locator('figure.chart[data-series="lr"] .u-legend .u-series')
+        .nth(1)
+        .locator(".u-value")
+    )
+    expect(lr_value).to_have_text("--")
+    over = page.locator('figure.chart[data-series="step_loss"] .u-over')
+    box = over.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(lr_value).not_to_have_text("--")
+    step_value = page.locator('figure.chart[data-series="step_loss"] .u-legend .u-series').first
+    lr_step = page.locator('figure.chart[data-series="lr"] .u-legend .u-series').first
+    assert step_value.locator(".u-value").inner_text() == lr_step.locator(".u-value").inner_text()
+    page.mouse.move(0, 0)
     shoot(watched, screenshots, "job-desktop")
 
     def checkpointed() -> bool:
