@@ -1,4 +1,4 @@
-"""What the dashboard shows when a training goes wrong: the failure's error in one line, the
+"""What the dashboard shows when a training goes wrong, or runs long: the error in one line, the
 first error in the log, a browser notification, and the daemon's health alerts."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import DaemonProcess, kill_daemons, wait_for
+from tests.jobfiles import job_document
 from tests.web.conftest import shoot, start_daemon, submit_job, wait_status, watch
 
 pytestmark = pytest.mark.slow
@@ -102,3 +103,21 @@ def test_loss_explosion_alert_on_the_overview_live_and_on_the_job_page(
     expect(recorded).to_contain_text("step")
     shoot(watched, screenshots, "job-alert-desktop")
     watched.clean()
+
+
+def test_a_long_run_is_drawn_thinned_with_its_min_max_band(tmp_path: Path, open_page: Any) -> None:
+    daemon = start_daemon(
+        tmp_path / "dpd", auth=False, step_seconds="0", DPD_SIM_STEPS_PER_EPOCH="5000"
+    )
+    try:
+        submit_job(daemon, "long", config={**job_document(daemon.data)["config"], "epochs": 1})
+        wait_status(daemon, "long", "completed", timeout=120)
+        watched = open_page(daemon)
+        page = watched.page
+        watched.goto("#/job/long")
+        chart = page.locator('figure.chart[data-series="step_loss"]')
+        expect(chart.locator("figcaption")).to_contain_text("thinned: band = min/max")
+        assert int(chart.get_attribute("data-points") or 0) == 2000  # the server's buckets
+        watched.clean()
+    finally:
+        kill_daemons([daemon])
