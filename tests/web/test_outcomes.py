@@ -1,5 +1,6 @@
 """What the dashboard shows when a training goes wrong, or runs long: the error in one line, the
-first error in the log, a browser notification, and the daemon's health alerts."""
+first error in the log, a browser notification, the daemon's health alerts, and a long run's
+thinned step loss with its min/max band."""
 
 from __future__ import annotations
 
