@@ -66,10 +66,8 @@ export function SubmitPage({ from }) {
     setAdvanced(!advanced);
   };
   const send = async (path) => {
-    const body = documentText();
-    let contentType = "application/json";
-    try { JSON.parse(body); } catch { contentType = "application/yaml"; }
-    return post(path, body, { contentType });
+    // Sent as typed: a JSON mistake comes back from the daemon as a clear 400.
+    return post(path, documentText());
   };
   const run = async (start) => {
     setBusy(true); setErrors({}); setGeneral(null); setResult(null);
@@ -125,7 +123,7 @@ export function SubmitPage({ from }) {
         <div class="field check"><label><input type="checkbox" name="queue" checked=${form.queue} onChange=${set("queue")} /> Queue when no GPU is free</label></div>
       </div>
       <details class="advanced" open=${advanced} onToggle=${(e) => { if (e.target.open !== advanced) toggleAdvanced(); }}>
-        <summary>Advanced: edit the whole job as JSON or YAML</summary>
+        <summary>Advanced: edit the whole job as JSON</summary>
         <textarea name="document" rows="18" spellcheck="false" aria-label="job document" value=${text}
           onInput=${(e) => setText(e.target.value)}></textarea>
         <small class="muted">While this is open, the document here is what is sent; the form above is ignored.</small>
