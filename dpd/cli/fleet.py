@@ -15,16 +15,21 @@ import json
 import sys
 
 from dpd.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
+from dpd.cli.connection import add_config_option, shared
 from dpd.config import load_config
 from dpd.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("fleet", help="fleet mode: check the NATS deployment")
-    parser.add_argument("--config", metavar="PATH", help="dpd.toml (default: as dpd serve)")
+    group, repeated = shared(add_config_option)
+    parser = subparsers.add_parser(
+        "fleet", parents=[group], help="fleet mode: check the NATS deployment"
+    )
     actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION", required=True)
     doctor = actions.add_parser(
-        "doctor", help="servers, sync setting, buckets, nodes; non-zero exit when unsafe"
+        "doctor",
+        parents=[repeated],
+        help="servers, sync setting, buckets, nodes; non-zero exit when unsafe",
     )
     doctor.add_argument("--json", action="store_true", help="JSON for scripts")
     doctor.add_argument(

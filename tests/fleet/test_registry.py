@@ -32,6 +32,7 @@ from dpd.fleet.registry import (
 from dpd.fleet.table import TableEntry, WatchedTable
 from dpd.fleet.transitions import Actor, AliveRead
 from tests.fleet.natscluster import NatsCluster
+from tests.waiting import wait_until
 
 TTL = 2.0
 BEAT = 0.4
@@ -157,7 +158,13 @@ async def test_a_silent_node_is_judged_lost_after_node_ttl_and_alive_again_when_
                 is Verdict.ALIVE
             )
             await asyncio.sleep(BEAT)
-        assert heart.beats >= 5 and read_lease(tmp_path) == pytest.approx(heart.last_ok, abs=1e-5)
+        assert heart.beats >= 5
+
+        async def lease_is_the_last_beat() -> bool:  # written in a thread after each beat
+            lease = await asyncio.to_thread(read_lease, tmp_path)
+            return lease == pytest.approx(heart.last_ok, abs=1e-5)
+
+        await wait_until(lease_is_the_last_beat, what="the lease file holds the last beat")
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
         last_sent = time.monotonic()  # no beat is sent after this point

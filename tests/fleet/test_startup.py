@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import subprocess
@@ -130,7 +131,7 @@ def test_problems_is_pure_and_names_each_server() -> None:
 async def test_debian_nats_2_9_is_refused(tmp_path: Path, debian_server: NatsCluster) -> None:
     version = server_version(DEBIAN_NATS)
     assert version is not None and version < (2, 11, 0), version
-    config = fleet_config(tmp_path, debian_server.url(0))
+    config = await asyncio.to_thread(fleet_config, tmp_path, debian_server.url(0))
     with pytest.raises(FleetUnsafe, match=r"is 2\.9\.\d+; fleet mode needs >= 2\.11"):
         await check_fleet_nats(config)
 
@@ -140,14 +141,16 @@ async def test_sync_interval_is_refused_only_when_required(
     tmp_path: Path, lazy_server: NatsCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     monitor = lazy_server.monitor_url(0)
-    strict = fleet_config(
-        tmp_path, lazy_server.url(0), monitor_url=monitor, require_sync_always=True
+    strict = await asyncio.to_thread(
+        fleet_config, tmp_path, lazy_server.url(0), monitor_url=monitor, require_sync_always=True
     )
     with pytest.raises(
         FleetUnsafe, match=r"does not run with jetstream \{ sync_interval: always \}"
     ):
         await check_fleet_nats(strict)
-    relaxed = fleet_config(tmp_path, lazy_server.url(0), monitor_url=monitor)
+    relaxed = await asyncio.to_thread(
+        fleet_config, tmp_path, lazy_server.url(0), monitor_url=monitor
+    )
     with caplog.at_level(logging.WARNING, logger="dpd.fleet.startup"):
         facts = await check_fleet_nats(relaxed)
     assert facts[1].sync_always is False and "without sync_interval: always" in caplog.text
@@ -156,8 +159,8 @@ async def test_sync_interval_is_refused_only_when_required(
 @pytest.mark.fleet
 async def test_a_sync_always_cluster_passes(tmp_path: Path, cluster: NatsCluster) -> None:
     monitors = ",".join(cluster.monitor_url(i) for i in range(3))
-    config = fleet_config(
-        tmp_path, cluster.url_list, monitor_url=monitors, require_sync_always=True
+    config = await asyncio.to_thread(
+        fleet_config, tmp_path, cluster.url_list, monitor_url=monitors, require_sync_always=True
     )
     facts = await check_fleet_nats(config)
     assert facts[0].jetstream and facts[0].api_level and facts[0].api_level >= 1
@@ -166,7 +169,7 @@ async def test_a_sync_always_cluster_passes(tmp_path: Path, cluster: NatsCluster
 
 
 async def test_unreachable_nats_is_not_a_refusal(tmp_path: Path) -> None:
-    config = fleet_config(tmp_path, f"nats://127.0.0.1:{free_port()}")
+    config = await asyncio.to_thread(fleet_config, tmp_path, f"nats://127.0.0.1:{free_port()}")
     with pytest.raises(NatsUnreachable):
         await check_fleet_nats(config, timeout=3)
 
