@@ -48,6 +48,7 @@ python3 -m pip install "${pip_args[@]}"
 # part of any library.
 rm -rf "$lib/bin" "$lib/example.py" "$lib/tqdm/completion.sh"
 find "$lib" \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
+rm -f "$lib/dpd/web/vendor.sh"  # a developer's tool (refreshes vendored JS), not the runtime
 compiled="$(find "$lib" -name '*.so' -o -name '*.so.*' -o -name '*.pyd' | head -5)"
 if [ -n "$compiled" ]; then
     echo "build.sh: compiled code in an Architecture: all package:" >&2
