@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from dpd.fleet.kv import TRANSIENT, Bucket, KeyExists, OutcomeUnknown, Unavailable
+from dpd.fleet.kv import TRANSIENT, Bucket, KeyExists, OutcomeUnknown, Unavailable, WrongLast
 from dpd.fleet.records import Constraints, Identity, JobRecord, SubmittedBy, enc
 from dpd.fleet.transitions import submit as t1_submit
 from dpd.jobs.spec import JobSpec
@@ -109,7 +109,7 @@ async def commit(
             if submission.source == "spool" and existing.submitted_by.identity == by.identity:
                 return Committed(existing, False)
             continue
-        except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
+        except (Unavailable, OutcomeUnknown, WrongLast, *TRANSIENT) as err:
             raise QueueUnavailable(str(err)) from err
         return Committed(record, True)
     raise QueueUnavailable(f"no free task id among {ID_CANDIDATES} candidates")

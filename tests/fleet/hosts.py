@@ -93,6 +93,7 @@ class Fleet:
                         "master_port_range": [low, low + 19],
                     },
                     "nats": {"url": cluster.url_list, "jetstream": True},
+                    "ratelimit": {"training": "0"},  # bursts of submissions
                     "fleet": {"enabled": True, **FLEET_TIMING},
                 },
             )
