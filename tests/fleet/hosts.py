@@ -74,8 +74,7 @@ class Fleet:
                         "backend": "static",
                         "monitor_interval": 0.5,
                         "static": [
-                            {"name": "Simulated 80GB GPU", "memory_mb": 81920}
-                            for _ in range(gpus)
+                            {"name": "Simulated 80GB GPU", "memory_mb": 81920} for _ in range(gpus)
                         ],
                     },
                     "trainer": {

@@ -108,7 +108,9 @@ def test_fl1_jobs_from_every_host_run_once_each_on_a_host_that_fits(
         lambda: (lambda rs: rs if all(r.terminal for r in rs.values()) else None)(ours()),
         timeout=240,
         interval=1,
-        what=lambda: str(sorted((r.state.value, r.owner and r.owner.node) for r in ours().values())),  # noqa: E501
+        what=lambda: str(
+            sorted((r.state.value, r.owner and r.owner.node) for r in ours().values())
+        ),
     )
     assert set(rest_ids) <= set(records)
     descriptions = sorted((r.spec or {})["description"] for r in records.values())
