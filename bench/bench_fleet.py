@@ -168,7 +168,7 @@ def main() -> int:
         print("  " + show("fleet of 3, R3 sync always", idle))
         print(f"  target p99 < {P99_TARGET * 1000:.0f} ms (fleet)")
         print(
-            f"burst of {args.burst} jobs (1/2/4 GPUs) over a, b, c: all running in {placed_in:.1f} s"
+            f"burst of {args.burst} jobs (1/2/4 GPUs) on a, b, c: all running in {placed_in:.1f} s"
         )
         print(
             f"  lost CAS per placed job {lost / max(1, won):.2f} ({lost} lost, {won} claims won)"
