@@ -63,11 +63,12 @@ def submit(fleet: Fleet, host: str, doc: dict[str, Any]) -> tuple[int, dict[str,
     return fleet[host].request("POST", "/api/v1/training/start", doc)
 
 
-def all_done(cluster: NatsCluster, ids: set[str]) -> dict[str, JobRecord] | None:
+def all_done(cluster: NatsCluster, ids: set[str]) -> dict[str, JobRecord]:
+    """The records once every one of ``ids`` is terminal; empty (falsy) until then."""
     records = kv_records(cluster)
     if ids <= set(records) and all(records[t].terminal for t in ids):
         return records
-    return None
+    return {}
 
 
 def test_fl1_jobs_from_every_host_run_once_each_on_a_host_that_fits(
@@ -105,7 +106,7 @@ def test_fl1_jobs_from_every_host_run_once_each_on_a_host_that_fits(
 
     wait_for(lambda: len(ours()) == 30, timeout=30, what=lambda: f"{len(ours())} records")
     records = wait_for(
-        lambda: (lambda rs: rs if all(r.terminal for r in rs.values()) else None)(ours()),
+        lambda: (lambda rs: rs if all(r.terminal for r in rs.values()) else {})(ours()),
         timeout=240,
         interval=1,
         what=lambda: str(

@@ -87,7 +87,9 @@ def test_fl8_killing_the_kv_leader_mid_burst_loses_and_duplicates_nothing(
         assert records[task_id].state is JobState.COMPLETED, records[task_id]
         mine = [r for r in runs if r.task == task_id]
         assert len(mine) == 1 and mine[0].completed, mine
-        assert [h for h, _ in fleet.local_jobs()[task_id]] == [records[task_id].owner.node]  # type: ignore[union-attr]
+        owner = records[task_id].owner
+        assert owner is not None
+        assert [h for h, _ in fleet.local_jobs()[task_id]] == [owner.node]
     assert not duplicates([r for r in runs if r.task in records])
     print(
         f"FL8: {JOBS} jobs, leader {leader} killed after {KILL_AFTER} acks; "
