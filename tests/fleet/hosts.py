@@ -52,55 +52,62 @@ class Fleet:
         self.shared = make_data_root(root / "shared")
         self.ledger = root / "ledger"
         self.ledger.mkdir(parents=True, exist_ok=True)
-        deepspeed, dp_dir = simulation_paths()
+        self.step_seconds = step_seconds
         # master ports: disjoint per host, and per test run (other tests may run beside)
-        base = base_port if base_port is not None else 30000 + (os.getpid() % 500) * 60
+        self.base = base_port if base_port is not None else 30000 + (os.getpid() % 500) * 60
         self.hosts: dict[str, DaemonProcess] = {}
         for index, (name, gpus) in enumerate(hosts.items()):
-            low = base + 20 * index
-            host = DaemonProcess(
-                root / name,
-                {
-                    "daemon": {
-                        "node": name,
-                        "storage_root": str(self.shared),
-                        "output_root": str(self.shared / "training_runs"),
-                        "models_root": str(self.shared / "models"),
-                        "preprocessed_root": str(self.shared / "preprocessed"),
-                        "data_roots": [str(self.shared)],
-                        "log_level": "INFO",
-                    },
-                    "gpus": {
-                        "backend": "static",
-                        "monitor_interval": 0.5,
-                        "static": [
-                            {"name": "Simulated 80GB GPU", "memory_mb": 81920} for _ in range(gpus)
-                        ],
-                    },
-                    "trainer": {
-                        "deepspeed": deepspeed,
-                        "diffusion_pipe_dir": str(dp_dir),
-                        "env": {
-                            "DPD_SIM_STEP_SECONDS": str(step_seconds),
-                            "DPD_SIM_CACHE_SECONDS": "0.02",
-                            "DPD_SIM_POLL_SECONDS": "0.1",
-                            "DPD_SIM_TERMINATE_SECONDS": "1",
-                            "DPD_SIM_RUN_LEDGER": str(self.ledger),
-                            "DPD_SIM_HOST": name,
-                        },
-                        "stop_timeout": 2,
-                        "master_port_range": [low, low + 19],
-                    },
-                    "nats": {"url": cluster.url_list, "jetstream": True},
-                    "ratelimit": {"training": "0"},  # bursts of submissions
-                    "fleet": {"enabled": True, **FLEET_TIMING},
+            self.hosts[name] = self.make_host(name, gpus, index)
+
+    def make_host(self, name: str, gpus: int, index: int, directory: str = "") -> DaemonProcess:
+        """One host's daemon (not started); ``index`` picks its master ports."""
+        deepspeed, dp_dir = simulation_paths()
+        low = self.base + 20 * index
+        step_seconds = self.step_seconds
+        cluster = self.cluster
+        host = DaemonProcess(
+            self.root / (directory or name),
+            {
+                "daemon": {
+                    "node": name,
+                    "storage_root": str(self.shared),
+                    "output_root": str(self.shared / "training_runs"),
+                    "models_root": str(self.shared / "models"),
+                    "preprocessed_root": str(self.shared / "preprocessed"),
+                    "data_roots": [str(self.shared)],
+                    "log_level": "INFO",
                 },
-            )
-            host.env = {
-                "DPD_TEST_BOOT_ID": str(uuid.uuid4()),
-                "DPD_TEST_MACHINE_ID": f"machine-{name}",
-            }
-            self.hosts[name] = host
+                "gpus": {
+                    "backend": "static",
+                    "monitor_interval": 0.5,
+                    "static": [
+                        {"name": "Simulated 80GB GPU", "memory_mb": 81920} for _ in range(gpus)
+                    ],
+                },
+                "trainer": {
+                    "deepspeed": deepspeed,
+                    "diffusion_pipe_dir": str(dp_dir),
+                    "env": {
+                        "DPD_SIM_STEP_SECONDS": str(step_seconds),
+                        "DPD_SIM_CACHE_SECONDS": "0.02",
+                        "DPD_SIM_POLL_SECONDS": "0.1",
+                        "DPD_SIM_TERMINATE_SECONDS": "1",
+                        "DPD_SIM_RUN_LEDGER": str(self.ledger),
+                        "DPD_SIM_HOST": name,
+                    },
+                    "stop_timeout": 2,
+                    "master_port_range": [low, low + 19],
+                },
+                "nats": {"url": cluster.url_list, "jetstream": True},
+                "ratelimit": {"training": "0"},  # bursts of submissions
+                "fleet": {"enabled": True, **FLEET_TIMING},
+            },
+        )
+        host.env = {
+            "DPD_TEST_BOOT_ID": str(uuid.uuid4()),
+            "DPD_TEST_MACHINE_ID": f"machine-{name}",
+        }
+        return host
 
     def __getitem__(self, name: str) -> DaemonProcess:
         return self.hosts[name]

@@ -187,3 +187,23 @@ def test_a_job_no_node_can_hold_is_refused_with_507_and_nothing_is_queued(
     assert code == 507, body
     assert body["data"]["fleet"] == {"largest_node_gpus": 4}
     assert task_id not in kv_records(cluster)
+
+
+def test_fl2_a_second_host_with_a_taken_node_name_exits_1_and_the_first_goes_on(
+    fleet: Fleet, cluster: NatsCluster
+) -> None:
+    """FL2, second part: a daemon on another machine configured with node name "a" refuses
+    to run (exit status 1, the reason in its log); host a keeps placing jobs."""
+    impostor = fleet.make_host("a", 1, index=7, directory="impostor")
+    impostor.env["DPD_TEST_MACHINE_ID"] = "machine-elsewhere"
+    impostor.start(wait=False)
+    assert impostor.process is not None
+    assert impostor.process.wait(60) == 1
+    assert "is registered by machine machine-a" in impostor.log()
+    task_id = f"fl2-after-{uuid.uuid4().hex[:8]}"
+    code, body = submit(fleet, "a", fleet.job(task_id=task_id, data_parallel=2))
+    assert code == 201, body
+    records = wait_for(lambda: all_done(cluster, {task_id}), timeout=60, interval=0.5)
+    owner = records[task_id].owner
+    assert records[task_id].state is JobState.COMPLETED and owner is not None
+    assert owner.node in ("a", "c") and owner.machine_id == f"machine-{owner.node}"
