@@ -76,6 +76,7 @@ from dpd.fleet.transitions import (
     decline,
     finish,
     mark_running,
+    may_spawn,
     start,
 )
 from dpd.jobs.spec import JobSpec
@@ -403,6 +404,7 @@ class FleetAgent:
             return
         now = time.time()
         records = [r for r, _ in self.records() if r.task_id not in self.claiming]
+        self._resume_own(records)
         claims = plan_claims(
             records,
             self.facts(),
@@ -416,6 +418,35 @@ class FleetAgent:
             if c.delay:
                 await asyncio.sleep(c.delay)
             await self._try_claim(c)
+
+    def _resume_own(self, records: Sequence[JobRecord]) -> None:
+        """Self-audit, the part phase 1 needs (§9.2 step 8): a record this daemon instance
+        claimed or fenced whose take was cut short (an unanswered CAS during a leader change,
+        a failed write) is taken again: materialised if needed, fenced unless a leader read
+        shows the fence already passed, launched. Its GPUs are held meanwhile."""
+        busy = self._claimed_gpus() | {
+            v.gpu_id for v in self.supervisor.gpu_views() if v.status != AVAILABLE
+        }
+        for record in records:
+            owner = record.owner
+            if owner is None or owner.instance != self.me.instance:
+                continue
+            if record.state not in (JobState.CLAIMED, JobState.STARTING):
+                continue
+            task_id = record.task_id
+            if task_id in self.claiming or task_id in self.supervisor.running:
+                continue
+            if self.store.exists(task_id) and self.store.get(task_id)["status"] != "queued":
+                continue  # its run exists or ended here: the outbox reports it
+            if busy & set(owner.gpus):
+                continue
+            log.info("%s: resuming this daemon's unfinished claim (attempt %d)", task_id,
+                     record.attempt)  # fmt: skip
+            self.claiming[task_id] = owner.gpus
+            busy |= set(owner.gpus)
+            task = asyncio.create_task(self._take(record, owner.gpus), name=f"take {task_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _try_claim(self, c: Claim) -> None:
         assert self.jobs is not None and self.heartbeat is not None
@@ -466,7 +497,8 @@ class FleetAgent:
         task_id, attempt = record.task_id, record.attempt
         try:
             try:
-                await asyncio.to_thread(self._materialize, record)
+                for event in await asyncio.to_thread(self._materialize, record):
+                    self.announce(event)  # on the loop: the bus is not thread-safe
             except DpdError as err:
                 reason = err.message
                 log.warning("%s: cannot run here (%s); declining", task_id, reason)
@@ -488,9 +520,10 @@ class FleetAgent:
             self.claiming.pop(task_id, None)
             self.wake()
 
-    def _materialize(self, record: JobRecord) -> None:
+    def _materialize(self, record: JobRecord) -> list[dict[str, Any]]:
         """The job directory the supervisor runs, built with the store's own machinery
-        (state.json ``queued`` with ``fleet.attempt``, the first event). Blocking."""
+        (state.json ``queued`` with ``fleet.attempt``, the first event); the events to
+        announce (none if the directory existed). Blocking."""
         if record.spec is None:
             raise InsufficientResources("the record has no spec (a tombstone)")
         task_id = record.task_id
@@ -501,11 +534,13 @@ class FleetAgent:
                 ident.mtime_ns,
             )  # fmt: skip
             self.store.create_job(JobSpec.from_dict(record.spec), submission)
-            for event in self.store.read_events(task_id):
-                self.announce(event)
+            events = self.store.read_events(task_id)
         elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
             raise Conflict(f"task {task_id} already has a local job here")
+        else:
+            events = []
         self._set_stage(task_id, record.attempt, "claimed")
+        return events
 
     def _set_stage(self, task_id: str, attempt: int, stage: str) -> None:
         self.store.update_state(
@@ -513,12 +548,19 @@ class FleetAgent:
         )
 
     async def _fence(self, task_id: str, attempt: int) -> bool:
-        """T3 claimed → starting. Refused (cancelled, superseded): the local job is
-        stopped and nothing is spawned."""
+        """T3 claimed → starting, or a leader read showing it passed already (our own
+        earlier T3 whose answer was lost). Refused (cancelled, superseded): the local job is
+        stopped and nothing is spawned. No answer: raises, nothing is decided (the
+        self-audit takes the claim again)."""
+        assert self.jobs is not None
         try:
             await self._cas(task_id, lambda r: start(r, self.me, attempt, time.time()))
             return True
         except (TransitionRefused, CasConflict) as err:
+            current = await self.jobs.leader_get(enc(task_id))
+            now = JobRecord.from_json(current.value) if current and current.present else None
+            if now is not None and may_spawn(now, self.me, attempt):
+                return True
             log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, err, attempt)
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
