@@ -102,7 +102,7 @@ _TERMINAL_LOCAL: Final = {
 
 @dataclasses.dataclass
 class AgentStats:
-    """Counters the bench reads (``GET /api/v1/fleet`` later)."""
+    """What this agent did since it started (``GET /api/v1/fleet/stats``, the bench)."""
 
     claims_won: int = 0
     claims_lost: int = 0  # T2 CAS conflicts and refusals after the plan chose a job
