@@ -144,6 +144,10 @@ class FleetAgent:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
     async def run(self) -> None:
         """Connect (retrying while NATS is unreachable), register, then heartbeat, watch
         and place until cancelled. ``NameTaken`` and a closed connection propagate."""
@@ -342,6 +346,8 @@ class FleetAgent:
         """T1 for one validated job (REST); ``QueueUnavailable`` when it cannot be made."""
         if self.jobs is None or not self.ready.is_set():
             raise fleet_submit.QueueUnavailable("the fleet agent is not connected yet")
+        if not self.connected:  # answer now, not after a write's resolve timeout
+            raise fleet_submit.QueueUnavailable("not connected to any NATS server")
         done = await fleet_submit.commit(
             self.jobs, spec, submission, self.node, self.fleet.filesystem_domain, time.time(),
             key_id,
@@ -351,7 +357,7 @@ class FleetAgent:
 
     async def existing(self, task_id: str) -> JobRecord | None:
         """The task's record if it exists (a direct read: a hint; the create decides)."""
-        if self.jobs is None:
+        if self.jobs is None or not self.connected:
             return None
         try:
             entry = await self.jobs.get(enc(task_id))

@@ -63,9 +63,7 @@ async def start_training(
     body = await request.read()
     spec = await intake.validate(body, "json")
     if not agent.ready.is_set():
-        raise ServiceUnavailable(
-            "fleet queue unavailable", {"retry_after": RETRY_AFTER, "reason": "not connected yet"}
-        )
+        return unavailable("not connected yet")
     if spec.task_id is not None:
         existing = await agent.existing(spec.task_id)
         if existing is not None:
@@ -75,12 +73,17 @@ async def start_training(
     try:
         done = await agent.commit(spec, submission, who.key_id)
     except QueueUnavailable as err:
-        raise ServiceUnavailable(
-            "fleet queue unavailable", {"retry_after": RETRY_AFTER, "reason": str(err)}
-        ) from err
+        return unavailable(str(err))
     if not done.created:
         return envelope_response(created_view(done.record), 200, "task already exists")
     return envelope_response(created_view(done.record), 201, "training task created")
+
+
+def unavailable(reason: str) -> web.Response:
+    """503: nothing was created; the same request (same task_id) may be sent again."""
+    data = {"retry_after": RETRY_AFTER, "reason": reason}
+    headers = {"Retry-After": str(RETRY_AFTER)}
+    return envelope_response(data, ServiceUnavailable.code, "fleet queue unavailable", headers)
 
 
 def check_feasible(agent: FleetAgent, spec: JobSpec) -> None:

@@ -112,7 +112,7 @@ def ingest_files(
     name given twice is ingested once). Blocking: run it in a worker thread. A failed write
     raises for the whole batch; every file it had not yet removed stays in incoming/.
     ``create`` replaces ``store.create_jobs`` (fleet mode); its ``ServiceUnavailable``
-    leaves the batch in incoming/ for a later scan."""
+    leaves the batch in incoming/, deferred (the watcher looks again shortly)."""
     results: dict[str, IngestResult] = {}
     valid: list[_Valid] = []
     for name in dict.fromkeys(names):
@@ -127,7 +127,10 @@ def ingest_files(
             created = (create or store.create_jobs)([(v.spec, v.submission) for v in valid])
         except (InsufficientResources, ServiceUnavailable) as err:
             log.warning("%s; %s stay in incoming/", err.message, ", ".join(v.name for v in valid))
-            results.update((v.name, IngestResult(Outcome.NO_ROOM, v.name)) for v in valid)
+            # no room: a later scan; the fleet queue unreachable: looked at again shortly
+            no_room = isinstance(err, InsufficientResources)
+            waiting = Outcome.NO_ROOM if no_room else Outcome.DEFERRED
+            results.update((v.name, IngestResult(waiting, v.name)) for v in valid)
             valid = []
     for checked, outcome in zip(valid, created, strict=True):
         if isinstance(outcome, DpdError):

@@ -19,7 +19,7 @@ import pytest
 from dpd.fleet.records import JobState
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
-from tests.fleet.test_fleet_hosts import HOSTS, all_done, submit
+from tests.fleet.test_fleet_hosts import HOSTS, all_done, kv_records, submit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.fleet
@@ -96,3 +96,42 @@ def test_fl8_killing_the_kv_leader_mid_burst_loses_and_duplicates_nothing(
         f"{unavailable} submissions answered 503 and retried; "
         f"all done {time.monotonic() - killed_at:.1f} s after the kill"
     )
+
+
+def test_with_every_nats_server_down_rest_answers_503_and_spool_files_wait_in_incoming(
+    fleet: Fleet, cluster: NatsCluster
+) -> None:
+    """The whole cluster down (FL9's first half, reduced): a REST submission answers 503
+    with retry_after and creates nothing; a dropped file stays in incoming/. Once the
+    servers are back, the client's retry with the same task_id is a 201, the file is
+    ingested, and each becomes one job that runs once."""
+    tag = uuid.uuid4().hex[:6]
+    task_id = f"outage-{tag}"
+    for i in range(cluster.n):
+        cluster.kill(i)
+    code, body = submit(fleet, "b", fleet.job(task_id=task_id))
+    assert code == 503, body
+    assert body["data"]["retry_after"] == 5
+    dropped = fleet["a"].drop(f"outage-{tag}.json", fleet.job(description=f"outage-{tag}"))
+    wait_for(lambda: "stay in incoming/" in fleet["a"].log(), timeout=60)
+    assert dropped.exists()
+    for i in range(cluster.n):
+        cluster.start(i, wait=False)
+    cluster.wait_healthy()
+    deadline = time.monotonic() + 90
+    while (code := submit(fleet, "b", fleet.job(task_id=task_id))[0]) == 503:
+        assert time.monotonic() < deadline, "still 503 after the servers came back"
+        time.sleep(0.5)
+    assert code == 201
+    wait_for(lambda: not dropped.exists(), timeout=60)
+    spool_ids = [
+        t
+        for t, r in kv_records(cluster).items()
+        if (r.spec or {}).get("description") == f"outage-{tag}"
+    ]
+    assert len(spool_ids) == 1
+    done = wait_for(lambda: all_done(cluster, {task_id, *spool_ids}), timeout=120, interval=1)
+    runs = fleet.runs()
+    for tid in (task_id, *spool_ids):
+        assert done[tid].state is JobState.COMPLETED
+        assert len([r for r in runs if r.task == tid]) == 1
