@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import nats
@@ -89,6 +89,8 @@ from dpd.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("dpd.fleet.agent")
 
+Change = Callable[[JobRecord], JobRecord]  # a transition with its facts bound (T3, T5, T7…)
+
 PASS_PERIOD: Final = 1.0  # a pass at least this often (SCHEDULE_PERIOD, §9.2)
 CLAIM_ATTEMPTS: Final = 3
 CONNECT_PAUSE: Final = 1.0
@@ -117,7 +119,7 @@ class FleetAgent:
         store: JobStore,
         supervisor: Supervisor,
         monitor: GpuMonitor,
-        announce: Any,
+        announce: Callable[[dict[str, Any]], None],
     ) -> None:
         self.config = config
         self.fleet = config.fleet
@@ -576,14 +578,13 @@ class FleetAgent:
             )  # fmt: skip
         return False
 
-    async def _cas(self, task_id: str, change: Any) -> JobRecord:
+    async def _cas(self, task_id: str, change: Change) -> JobRecord:
         assert self.jobs is not None
 
         def fn(entry: Entry | None) -> bytes | None:
             if entry is None:
                 raise TransitionRefused("CAS", "the record is gone")
-            changed: JobRecord = change(JobRecord.from_json(entry.value))
-            return changed.to_json()
+            return change(JobRecord.from_json(entry.value)).to_json()
 
         result = await self.jobs.cas_update(enc(task_id), fn)
         assert result.entry is not None
@@ -631,7 +632,9 @@ class FleetAgent:
 
         await self.jobs.cas_update(enc(task_id), fn)
 
-    def _outbox_change(self, record: JobRecord, state: dict[str, Any], attempt: int) -> Any:
+    def _outbox_change(
+        self, record: JobRecord, state: dict[str, Any], attempt: int
+    ) -> Change | None:
         if record.attempt != attempt or record.state not in SPAWNABLE:
             return None
         owner = record.owner

@@ -181,11 +181,10 @@ class Supervisor:
         """Fleet mode: launch a job this node claimed and fenced (T3 passed) on the GPUs of
         its claim. False (nothing launched) if it is no longer queued here or already has a
         run; ``NoFreePort`` if no master port is free."""
-        port = self.running.ports.allocate(task_id)
         state = self.store.get(task_id)
         if state["status"] != Status.QUEUED.value or task_id in self.running:
-            self.running.ports.release(task_id)
             return False
+        port = self.running.ports.allocate(task_id)
         run = JobRun(self.ctx, task_id, tuple(gpu_ids), port)
         self.running.add(run)
         run.launch(state)
