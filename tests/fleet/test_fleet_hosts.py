@@ -207,3 +207,30 @@ def test_fl2_a_second_host_with_a_taken_node_name_exits_1_and_the_first_goes_on(
     owner = records[task_id].owner
     assert records[task_id].state is JobState.COMPLETED and owner is not None
     assert owner.node in ("a", "c") and owner.machine_id == f"machine-{owner.node}"
+
+
+def test_fl3_reduced_a_host_killed_mid_run_and_restarted_finishes_its_job_once(
+    fleet: Fleet, cluster: NatsCluster
+) -> None:
+    """FL3, first case, reduced: kill -9 b's daemon while its training runs, restart it a
+    moment later (same boot): the training was never interrupted, the restarted daemon
+    re-adopts it and reports its end to the fleet record; one run. (The ``node_state: lost``
+    flag while b is away is phase 3's reaper.)"""
+    task_id = f"fl3-{uuid.uuid4().hex[:8]}"
+    doc = fleet.job(task_id=task_id, gpu_ids=[0])  # explicit GPUs pin the job to b
+    doc["config"]["epochs"] = 40
+    code, body = submit(fleet, "b", doc)
+    assert code == 201, body
+    b = fleet["b"]
+    wait_for(lambda: (b.job_state(task_id) or {}).get("status") == "running", timeout=60)
+    wait_for(lambda: any(r.task == task_id for r in fleet.runs()), timeout=30)
+    b.kill9()
+    assert [r.end for r in fleet.runs() if r.task == task_id] == [None]  # still training
+    b.start()
+    records = wait_for(lambda: all_done(cluster, {task_id}), timeout=120, interval=0.5)
+    record = records[task_id]
+    assert record.state is JobState.COMPLETED and record.attempt == 1, record
+    assert record.owner is not None and record.owner.node == "b"
+    runs = [r for r in fleet.runs() if r.task == task_id]
+    assert len(runs) == 1 and runs[0].completed and runs[0].host == "b"
+    wait_for(lambda: fleet._sees_all(b), timeout=30)  # the fleet is whole for the next test
