@@ -103,12 +103,27 @@ class Daemon:
             config.auth.enabled, config.auth.bootstrap_key, StoreChecker(self.keys)
         )
         self.rate_limiter = RateLimiter(config.ratelimit)
-        self.app = build_app(config.http.max_body_kb * 1024, [self.auth.middleware])
+        middlewares = [self.auth.middleware]
+        # --- fleet mode (FLEET.md §15 phase 1): the fleet queue takes every submission
+        self.fleet: Any = None
+        if config.fleet.enabled:
+            from dpd.fleet.agent import FleetAgent
+            from dpd.http import fleet_submit
+
+            self.fleet = FleetAgent(config, store, supervisor, monitor, bus.announce)
+            intake.commit = self.fleet.commit_batch
+            middlewares.append(fleet_submit.middleware(self.fleet, intake))
+        # --- end of fleet mode
+        self.app = build_app(config.http.max_body_kb * 1024, middlewares)
         self.app[SERVICES] = self.services
         self.app[KEY_STORE] = self.keys
         session_routes.install(self.app, self.auth, config.http.session_hours)  # dashboard
         self.rate_limiter.install(self.app)
         setup_routes(self.app, self.services)
+        if self.fleet is not None:  # fleet mode: /api/v1/fleet/*
+            from dpd.http.routes import fleet as fleet_routes
+
+            fleet_routes.setup(self.app, self.fleet)
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,6 +186,8 @@ class Daemon:
         await services.monitor.poll_now()
         await services.supervisor.start()
         self._spawn(services.supervisor.failure(), "job supervision")
+        if self.fleet is not None:  # fleet mode: register, heartbeat, place (FLEET.md §9)
+            self._spawn(self.fleet.run(), "fleet agent")
         await self.preprocess.start()
         await self.downloads.start()
         self._spawn(self.watcher.run(), "spool watcher")

@@ -114,6 +114,14 @@ class BadGateway(DpdError):
     default_message = "bad gateway"
 
 
+class ServiceUnavailable(DpdError):
+    """A service dpd needs for this request is down for now (fleet mode: the NATS queue);
+    nothing was changed and the same request may be sent again."""
+
+    code = 503
+    default_message = "service unavailable"
+
+
 class InsufficientResources(DpdError):
     code = 507
     default_message = "insufficient resources"

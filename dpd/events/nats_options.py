@@ -78,7 +78,7 @@ def connect_options(
     """Keyword arguments for ``nats.aio.client.Client.connect`` (blocking: may read TLS
     files; call from a thread)."""
     options: dict[str, Any] = {
-        "servers": [config.url],
+        "servers": [u.strip() for u in config.url.split(",") if u.strip()],  # a cluster's list
         "name": name,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,

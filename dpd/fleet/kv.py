@@ -51,6 +51,7 @@ MARKER_REASON: Final = "Nats-Marker-Reason"
 MSG_ID: Final = "Nats-Msg-Id"
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 DEFAULT_ATTEMPTS: Final = 8
+CREATE_ATTEMPTS: Final = 8
 RESOLVE_TIMEOUT: Final = 20.0  # a leader election takes 4–9 s (FLEET.md §3.6)
 UNAVAILABLE_PAUSE: Final = 0.25
 CONFLICT_PAUSE_BASE: Final = 0.001
@@ -419,21 +420,28 @@ class Bucket:
 
     async def create_or_reclaim(self, key: str, value: bytes) -> int:
         """Create ``key``; take it over if its last message is a delete, purge or limit
-        marker; ``KeyExists`` if it holds a value. The new revision."""
+        marker; ``KeyExists`` if it holds a value. The new revision.
+
+        A wrong-last answer while the leader holds no value for the key happens when
+        another write of the key is still being replicated (servers >= 2.11 refuse a
+        second expectation on a subject with a proposal in flight: error 10164): it is read
+        again after a short pause, ``CREATE_ATTEMPTS`` times; then ``WrongLast``."""
         try:
             return await self.write(key, value, 0)
         except WrongLast:
             pass
-        last = await self.leader_get(key)
-        if last is not None and last.present:
-            raise KeyExists(key, last)
-        try:
-            return await self.write(key, value, last.revision if last else 0)
-        except WrongLast:
-            current = await self.leader_get(key)
-            if current is not None and current.present:
-                raise KeyExists(key, current) from None
-            raise
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            last = await self.leader_get(key)
+            if last is not None and last.present:
+                raise KeyExists(key, last)
+            try:
+                return await self.write(key, value, last.revision if last else 0)
+            except WrongLast:
+                await asyncio.sleep(conflict_pause(attempt + 3))
+        current = await self.leader_get(key)
+        if current is not None and current.present:
+            raise KeyExists(key, current)
+        raise WrongLast(f"{key}: the key kept changing while it was created")
 
     async def cas_update(
         self,

@@ -35,14 +35,20 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from dpd.envelope import error_envelope
-from dpd.errors import BadRequest, DpdError, InsufficientResources, PayloadTooLarge
+from dpd.errors import (
+    BadRequest,
+    DpdError,
+    InsufficientResources,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.spool.atomic import fsync_dir, write_json_atomic
 from dpd.spool.layout import SpoolLayout, document_format
@@ -91,12 +97,22 @@ def ingest_file(
     return result
 
 
+# makes validated jobs durable: the store (one host) or the fleet's commit (FLEET.md §9.1.1)
+CreateJobs = Callable[[Sequence[tuple[JobSpec, Submission]]], list[dict[str, Any] | DpdError]]
+
+
 def ingest_files(
-    layout: SpoolLayout, store: JobStore, names: Sequence[str], data_roots: Sequence[Path]
+    layout: SpoolLayout,
+    store: JobStore,
+    names: Sequence[str],
+    data_roots: Sequence[Path],
+    create: CreateJobs | None = None,
 ) -> list[IngestResult]:
     """Ingest several ``incoming/`` files as one batch; one result per name, in order (a
     name given twice is ingested once). Blocking: run it in a worker thread. A failed write
-    raises for the whole batch; every file it had not yet removed stays in incoming/."""
+    raises for the whole batch; every file it had not yet removed stays in incoming/.
+    ``create`` replaces ``store.create_jobs`` (fleet mode); its ``ServiceUnavailable``
+    leaves the batch in incoming/, deferred (the watcher looks again shortly)."""
     results: dict[str, IngestResult] = {}
     valid: list[_Valid] = []
     for name in dict.fromkeys(names):
@@ -108,10 +124,13 @@ def ingest_files(
     created: list[dict[str, Any] | DpdError] = []
     if valid:
         try:
-            created = store.create_jobs([(v.spec, v.submission) for v in valid])
-        except InsufficientResources as err:
+            created = (create or store.create_jobs)([(v.spec, v.submission) for v in valid])
+        except (InsufficientResources, ServiceUnavailable) as err:
             log.warning("%s; %s stay in incoming/", err.message, ", ".join(v.name for v in valid))
-            results.update((v.name, IngestResult(Outcome.NO_ROOM, v.name)) for v in valid)
+            # no room: a later scan; the fleet queue unreachable: looked at again shortly
+            no_room = isinstance(err, InsufficientResources)
+            waiting = Outcome.NO_ROOM if no_room else Outcome.DEFERRED
+            results.update((v.name, IngestResult(waiting, v.name)) for v in valid)
             valid = []
     for checked, outcome in zip(valid, created, strict=True):
         if isinstance(outcome, DpdError):

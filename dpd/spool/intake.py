@@ -14,15 +14,20 @@ files, fsyncs, reading the first events back) runs in worker threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from dpd.errors import DpdError
 from dpd.jobs.spec import JobSpec, parse_job_document, validate_job
 from dpd.spool.ingest import IngestResult, Outcome, ingest_files
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
 
+# fleet mode (FLEET.md §9.1.1): jobs are committed to the fleet queue, not to this spool
+Commit = Callable[
+    [Sequence[tuple[JobSpec, Submission]]], Coroutine[Any, Any, list[dict[str, Any] | DpdError]]
+]
 Announce = Callable[[dict[str, Any]], None]  # fan out an event the store already persisted
 Wake = Callable[[], None]  # tell the scheduler there is new work
 
@@ -44,9 +49,22 @@ class JobIntake:
         self.data_roots = data_roots
         self._announce = announce
         self._wake = wake
+        self.commit: Commit | None = None  # set in fleet mode: the fleet agent's commit
+
+    def _fleet_create(
+        self, loop: asyncio.AbstractEventLoop, commit: Commit
+    ) -> Callable[[Sequence[tuple[JobSpec, Submission]]], list[dict[str, Any] | DpdError]]:
+        """The fleet commit as ingest's blocking ``create`` (it runs in a worker thread)."""
+        return lambda pairs: asyncio.run_coroutine_threadsafe(commit(pairs), loop).result()
 
     async def ingest(self, names: Sequence[str]) -> list[IngestResult]:
-        """Ingest ``incoming/`` files as one batch (``dpd.spool.ingest``); one result per name."""
+        """Ingest ``incoming/`` files as one batch (``dpd.spool.ingest``); one result per name.
+        In fleet mode the jobs go to the fleet queue; the host that claims one announces it."""
+        if self.commit is not None:
+            create = self._fleet_create(asyncio.get_running_loop(), self.commit)
+            return await asyncio.to_thread(
+                ingest_files, self.layout, self.store, names, self.data_roots, create
+            )
         results = await asyncio.to_thread(
             ingest_files, self.layout, self.store, names, self.data_roots
         )

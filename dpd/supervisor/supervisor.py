@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,9 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self._fatal: asyncio.Future[None] | None = None
         self._short_of_room = False  # said once until there is room again
+        # fleet mode (FLEET.md §9.2): the fleet agent places jobs and calls launch_claimed
+        self.fleet_mode = config.fleet.enabled
+        self.on_wake: Callable[[], None] | None = None  # the fleet agent's wake
 
     # ------------------------------------------------------------ lifecycle
 
@@ -128,6 +132,8 @@ class Supervisor:
 
     def wake(self) -> None:
         self._wake.set()
+        if self.on_wake is not None:
+            self.on_wake()
 
     # ----------------------------------------------------------- scheduling
 
@@ -137,6 +143,8 @@ class Supervisor:
                 async with asyncio.timeout(SCHEDULE_PERIOD):  # no task per wait, as wait_for
                     await self._wake.wait()
             self._wake.clear()
+            if self.fleet_mode:
+                continue  # the fleet agent places jobs (launch_claimed)
             try:
                 await self.schedule_once()
             except DurabilityError as err:
@@ -168,6 +176,19 @@ class Supervisor:
             run = JobRun(self.ctx, task_id, tuple(assignment.gpu_ids), port)
             self.running.add(run)  # before any await: no later pass places it again
             run.launch(state)
+
+    def launch_claimed(self, task_id: str, gpu_ids: tuple[int, ...]) -> bool:
+        """Fleet mode: launch a job this node claimed and fenced (T3 passed) on the GPUs of
+        its claim. False (nothing launched) if it is no longer queued here or already has a
+        run; ``NoFreePort`` if no master port is free."""
+        state = self.store.get(task_id)
+        if state["status"] != Status.QUEUED.value or task_id in self.running:
+            return False
+        port = self.running.ports.allocate(task_id)
+        run = JobRun(self.ctx, task_id, tuple(gpu_ids), port)
+        self.running.add(run)
+        run.launch(state)
+        return True
 
     def _room_to_start(self) -> bool:
         """A new run's log and state need room on the spool's file system: while it is

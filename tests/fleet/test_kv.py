@@ -355,3 +355,32 @@ async def test_watched_table_follows_the_bucket_and_rebuilds_from_scratch(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_creates_racing_for_one_key_from_three_clients_end_in_one_create_and_key_exists(
+    clients: list[NATS],
+) -> None:
+    """One job id submitted to three hosts at once: exactly one create wins, every other
+    caller learns the key exists (never a bare wrong-last error, which a server >= 2.11
+    answers while the winning write is still being replicated)."""
+    p = prefix()
+    await Bucket.ensure(clients[0].jetstream(), jobs_spec(p, 3))
+    buckets = [Bucket(nc.jetstream(), jobs_spec(p, 3)) for nc in clients]
+    for round_ in range(20):
+        key = f"job.race{round_}"
+
+        async def create(bucket: Bucket, value: bytes, key: str = key) -> str:
+            try:
+                await bucket.create_or_reclaim(key, value)
+                return "created"
+            except KeyExists as taken:
+                return "exists:" + taken.entry.value.decode()
+
+        outcomes = await asyncio.gather(
+            *(create(b, f"v{i}".encode()) for i, b in enumerate(buckets))
+        )
+        winners = [i for i, o in enumerate(outcomes) if o == "created"]
+        assert len(winners) == 1, outcomes
+        stored = await buckets[0].leader_get(key)
+        assert stored is not None and stored.value == f"v{winners[0]}".encode()
+        assert all(o == f"exists:v{winners[0]}" for o in outcomes if o != "created")

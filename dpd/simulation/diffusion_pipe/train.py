@@ -25,6 +25,11 @@ Environment knobs (simulation only):
 - DPD_SIM_GRANDCHILD=1: each worker forks a dataloader-like child at training start; it
   holds no "GPU" and exits within a second once its parent is gone.
 - DPD_SIM_LOSS_START (default 0.12) and DPD_SIM_LOSS_DECAY (per step, default 0.97).
+- DPD_SIM_RUN_LEDGER: a directory shared by every host of a test fleet (the run oracle,
+  FLEET.md §13.2): rank 0 appends a `start` and an `end` record (task, host from
+  DPD_SIM_HOST, pid, CLOCK_MONOTONIC, outcome) to `<dir>/ledger.jsonl` with O_APPEND, and
+  holds a flock on `<dir>/<task>.lock` while it runs, writing a `violation` record when
+  another run of the task holds it.
 - DPD_SIM_GPU_DIR: each worker flock()s `<dir>/gpu<id>` while it lives (a held lock raises
   the CUDA OOM error, as a busy GPU would).
 
@@ -35,6 +40,8 @@ forked caching child, after which the ranks hang: reference §6.4.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -375,8 +382,59 @@ def main() -> None:
         config = json.loads(json.dumps(tomllib.load(handle)))
     simconfig.set_config_defaults(config)
     trainer = Trainer(args, config, Knobs.from_env(os.environ))
-    trainer.start()
-    trainer.train()
+    with RunLedger.open(os.environ):
+        trainer.start()
+        trainer.train()
+
+
+class RunLedger:
+    """The run oracle's records (DPD_SIM_RUN_LEDGER): one start, one end per run of rank 0."""
+
+    def __init__(self, directory: str, task: str) -> None:
+        self.directory = directory
+        self.task = task
+        self.lock_fd: int | None = None
+        self.outcome = "exited"
+
+    @classmethod
+    def open(cls, env: Any) -> Any:
+        directory = env.get("DPD_SIM_RUN_LEDGER")
+        if not directory or env.get("RANK", "0") != "0":
+            return contextlib.nullcontext()
+        return cls(directory, env.get("DPD_TASK_ID", "?"))
+
+    def record(self, kind: str, **extra: Any) -> None:
+        entry = {
+            "kind": kind,
+            "task": self.task,
+            "host": os.environ.get("DPD_SIM_HOST", ""),
+            "pid": os.getpid(),
+            "t": time.clock_gettime(time.CLOCK_MONOTONIC),
+            **extra,
+        }
+        fd = os.open(
+            os.path.join(self.directory, "ledger.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        )
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLedger:
+        os.makedirs(self.directory, exist_ok=True)
+        self.lock_fd = os.open(
+            os.path.join(self.directory, f"{self.task}.lock"), os.O_RDWR | os.O_CREAT
+        )
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.record("violation")
+        self.record("start")
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        code = value.code if isinstance(value, SystemExit) else (1 if value else 0)
+        self.record("end", code=code, completed=code in (0, None) and kind in (None, SystemExit))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""Fleet placement, end to end, beside one host without fleet mode measured in the same run.
+
+Three real ``dpd serve`` hosts (a: 2 GPUs, b: 1, c: 4) on a real 3-node NATS cluster
+(``sync_interval: always``, R3 buckets), the stand-in trainer (FLEET.md §13.2, §14):
+
+  1. placement latency, idle fleet: one job at a time, REST 201 (the client's clock when
+     the answer arrived) → the ``running`` status event in the owner's events.jsonl (the
+     owner's clock; one machine, one clock). p50/p99.   target p99 < 1 s
+  2. the same on one host with fleet mode off (the baseline: what the fleet adds).
+  3. burst: JOBS jobs of 1/2/4 GPUs submitted round-robin at once; lost CAS per placed job
+     (the agents' counters, ``GET /api/v1/fleet/stats``).   target < 0.5 with stagger
+
+    python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dpd.simulation import simulation_paths
+from tests.daemon_harness import DaemonProcess
+from tests.fleet.hosts import Fleet
+from tests.fleet.natscluster import NatsCluster, why_no_fleet_server
+from tests.jobfiles import job_document, make_data_root
+
+HOSTS = ("a", "b", "c")
+SIZES = (1, 2, 4)
+P99_TARGET = 1.0
+LOST_CAS_TARGET = 0.5
+
+
+def running_at(host: DaemonProcess, task_id: str) -> float | None:
+    """The owner's timestamp of the task's first ``running`` status event."""
+    path = host.spool / "jobs" / task_id / "events.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        event = json.loads(line)
+        if event["type"] == "status" and event["data"].get("status") == "running":
+            return float(event["timestamp"])
+    return None
+
+
+def wait_running(hosts: list[DaemonProcess], task_id: str, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for host in hosts:
+            at = running_at(host, task_id)
+            if at is not None:
+                return at
+        time.sleep(0.01)
+    raise TimeoutError(f"{task_id} not running within {timeout} s")
+
+
+def post(host: DaemonProcess, doc: dict[str, Any]) -> tuple[str, float]:
+    code, body = host.request("POST", "/api/v1/training/start", doc)
+    acked = time.time()
+    if code != 201:
+        raise RuntimeError(f"submission answered {code}: {body}")
+    return body["data"]["task_id"], acked
+
+
+def idle_latencies(hosts: list[DaemonProcess], doc_of: Any, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        task_id, acked = post(hosts[i % len(hosts)], doc_of(i))
+        out.append(wait_running(hosts, task_id) - acked)
+        time.sleep(0.3)  # the previous job finishes: the fleet stays idle
+    return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def show(name: str, values: list[float]) -> str:
+    return (
+        f"{name:34s} n={len(values):3d}  p50 {statistics.median(values) * 1000:7.1f} ms  "
+        f"p99 {percentile(values, 99) * 1000:7.1f} ms"
+    )
+
+
+def single_host(root: Path, n: int) -> list[float]:
+    deepspeed, dp_dir = simulation_paths()
+    host = DaemonProcess(
+        root / "single",
+        {
+            "gpus": {
+                "backend": "static",
+                "static": [{"name": "Simulated 80GB GPU", "memory_mb": 81920}] * 4,
+            },
+            "daemon": {"log_level": "INFO"},
+            "trainer": {
+                "deepspeed": deepspeed,
+                "diffusion_pipe_dir": str(dp_dir),
+                "env": {"DPD_SIM_STEP_SECONDS": "0.02", "DPD_SIM_CACHE_SECONDS": "0.02"},
+            },
+            "ratelimit": {"training": "0"},
+        },
+    )
+    make_data_root(host.data)
+    host.start()
+    try:
+
+        def doc(i: int) -> dict[str, Any]:
+            d = job_document(host.data, queue=True, description=f"single-{i}")
+            d["config"]["epochs"] = 1
+            return d
+
+        return idle_latencies([host], doc, n)
+    finally:
+        host.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=int, default=30, help="jobs placed one at a time")
+    parser.add_argument("--burst", type=int, default=60, help="jobs submitted at once")
+    parser.add_argument("--quick", action="store_true", help="a few seconds, small sizes (CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.idle, args.burst = 6, 12
+    reason = why_no_fleet_server()
+    if reason:
+        print(f"bench_fleet: skipped: {reason}")
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    cluster = NatsCluster(root / "nats", n=3, sync="always").up()
+    fleet = Fleet(cluster, root / "fleet", {"a": 2, "b": 1, "c": 4})
+    try:
+        baseline = single_host(root, args.idle)
+        fleet.up()
+        hosts = [fleet[h] for h in HOSTS]
+        tag = uuid.uuid4().hex[:6]
+
+        def doc(i: int) -> dict[str, Any]:
+            d = fleet.job(description=f"bench-{tag}-{i}")
+            if SIZES[i % 3] > 1:
+                d["data_parallel"] = SIZES[i % 3]
+            return d
+
+        idle = idle_latencies(hosts, doc, args.idle)
+        before = stats(hosts)
+        began = time.monotonic()
+        burst = [post(hosts[i % 3], doc(1000 + i))[0] for i in range(args.burst)]
+        for task_id in burst:
+            wait_running(hosts, task_id, timeout=300)
+        placed_in = time.monotonic() - began
+        after = stats(hosts)
+        won = after["claims_won"] - before["claims_won"]
+        lost = after["claims_lost"] - before["claims_lost"]
+        print("placement latency (REST 201 -> running), idle")
+        print("  " + show("one host, fleet off (baseline)", baseline))
+        print("  " + show("fleet of 3, R3 sync always", idle))
+        print(f"  target p99 < {P99_TARGET * 1000:.0f} ms (fleet)")
+        print(
+            f"burst of {args.burst} jobs (1/2/4 GPUs) on a, b, c: all running in {placed_in:.1f} s"
+        )
+        print(
+            f"  lost CAS per placed job {lost / max(1, won):.2f} ({lost} lost, {won} claims won)"
+            f"  target < {LOST_CAS_TARGET}"
+        )
+    finally:
+        fleet.down()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def stats(hosts: list[DaemonProcess]) -> dict[str, int]:
+    total = {"claims_won": 0, "claims_lost": 0}
+    for host in hosts:
+        code, body = host.request("GET", "/api/v1/fleet/stats")
+        assert code == 200, body
+        for key in total:
+            total[key] += int(body["data"][key])
+    return total
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,658 @@
+"""The fleet agent: what one dpd does in fleet mode (FLEET.md §5.1, §9.1–§9.3; phase 1).
+
+It owns a NATS connection of its own (control plane: an event backlog on the bridge's
+connection never delays a heartbeat or a CAS), the three buckets, the registration and the
+heartbeat, watched tables of ``dpd_jobs``, ``dpd_alive`` and ``dpd_nodes``, and one
+placement loop:
+
+- placement (§9.2): ``placer.plan_claims`` over the queued records, this node's GPUs (those
+  of claims in flight counted busy) and the peers' last heartbeats; each claim is a T2 CAS
+  after its stagger; a won claim is materialised into this host's spool (the job directory
+  the supervisor runs), fenced by T3, then launched by ``Supervisor.launch_claimed`` on the
+  claimed GPUs. One pass at a time; wakes during a pass coalesce into one more pass.
+- the outbox (§7.4): a fleet job's status in its state.json (written before anything is
+  announced, as on one host) is the owner's decision; each pass applies what the record
+  does not show yet (T5 running, T7 completed/failed/stopped), by CAS, until applied or
+  found superseded. state.json is the write-ahead log: a restart reapplies from it.
+
+I1 holds here: the supervisor is asked to launch only after T3 of this instance succeeded.
+A T3 that fails leaves the local job stopped (``superseded``) and spawns nothing.
+
+Not yet (phases 2–4, §15): the reaper, reconciliation and self-audit after a restart, RPC and
+reads through any host, the requeue policy's fence, the janitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.errors import APIError
+
+from dpd import __version__
+from dpd.config import Config
+from dpd.errors import Conflict, DpdError, InsufficientResources
+from dpd.fleet import submit as fleet_submit
+from dpd.fleet.kv import (
+    TRANSIENT,
+    Bucket,
+    CasConflict,
+    Entry,
+    KvError,
+    OutcomeUnknown,
+    Unavailable,
+    alive_spec,
+    jobs_spec,
+    nodes_spec,
+)
+from dpd.fleet.placer import Claim, PeerView, plan_claims
+from dpd.fleet.records import (
+    SPAWNABLE,
+    AliveRecord,
+    Fence,
+    FreeGpu,
+    GpuInfo,
+    JobRecord,
+    JobState,
+    NodeRecord,
+    RecordError,
+    enc,
+    iso,
+)
+from dpd.fleet.registry import Heartbeat, boottime, register, this_daemon
+from dpd.fleet.table import WatchedTable
+from dpd.fleet.transitions import (
+    ClaimFacts,
+    NodeFacts,
+    TransitionRefused,
+    claim,
+    decline,
+    finish,
+    mark_running,
+    may_spawn,
+    start,
+)
+from dpd.jobs.spec import JobSpec
+from dpd.jobs.states import Status
+from dpd.spool.store import JobStore, Submission, utc_now
+from dpd.supervisor.gpu_monitor import GpuMonitor
+from dpd.supervisor.ports import NoFreePort
+from dpd.supervisor.scheduler import AVAILABLE
+from dpd.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("dpd.fleet.agent")
+
+Change = Callable[[JobRecord], JobRecord]  # a transition with its facts bound (T3, T5, T7…)
+
+PASS_PERIOD: Final = 1.0  # a pass at least this often (SCHEDULE_PERIOD, §9.2)
+CLAIM_ATTEMPTS: Final = 3
+CONNECT_PAUSE: Final = 1.0
+FLEET: Final = "fleet"  # state.json's fleet section (§7.4)
+_TERMINAL_LOCAL: Final = {
+    Status.COMPLETED.value: JobState.COMPLETED,
+    Status.FAILED.value: JobState.FAILED,
+    Status.STOPPED.value: JobState.STOPPED,
+}
+
+
+@dataclasses.dataclass
+class AgentStats:
+    """What this agent did since it started (``GET /api/v1/fleet/stats``, the bench)."""
+
+    claims_won: int = 0
+    claims_lost: int = 0  # T2 CAS conflicts and refusals after the plan chose a job
+    launched: int = 0
+    outbox_applied: int = 0
+
+
+class FleetAgent:
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        supervisor: Supervisor,
+        monitor: GpuMonitor,
+        announce: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.config = config
+        self.fleet = config.fleet
+        self.node = config.daemon.node
+        self.me = this_daemon(self.node)
+        self.store = store
+        self.supervisor = supervisor
+        self.monitor = monitor
+        self.announce = announce
+        self.stats = AgentStats()
+        self.ready = asyncio.Event()
+        self.nc: NATS | None = None
+        self.jobs: Bucket | None = None
+        self.job_table: WatchedTable | None = None
+        self.alive_table: WatchedTable | None = None
+        self.node_table: WatchedTable | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ life
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def run(self) -> None:
+        """Connect (retrying while NATS is unreachable), register, then heartbeat, watch
+        and place until cancelled. ``NameTaken`` and a closed connection propagate."""
+        self.nc = await self._connect()
+        jobs, alive, nodes, heartbeat = await self._set_up(self.nc)
+        self.job_table = WatchedTable(jobs, on_change=self._changed)
+        self.alive_table = WatchedTable(alive, on_change=self._changed)
+        self.node_table = WatchedTable(nodes)
+        self.supervisor.on_wake = self.wake
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(heartbeat.run(), name="fleet heartbeat")
+                for table in (self.job_table, self.alive_table, self.node_table):
+                    group.create_task(table.run(), name=f"fleet watch {table.bucket.stream}")
+                for table in (self.job_table, self.alive_table, self.node_table):
+                    await table.ready.wait()
+                self.ready.set()
+                log.info("fleet: %s registered (instance %s)", self.node, self.me.instance)
+                group.create_task(self._placement_loop(), name="fleet placement")
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await self.nc.close()
+
+    async def _set_up(self, nc: NATS) -> tuple[Bucket, Bucket, Bucket, Heartbeat]:
+        """Buckets, registration, first heartbeat; retried while the cluster cannot answer
+        yet (a stream just created elects its leader first). ``NameTaken`` propagates."""
+        js = nc.jetstream()
+        prefix, replicas = self.config.nats.subject_prefix, self.fleet.replicas
+        while True:
+            try:
+                jobs = await Bucket.ensure(js, jobs_spec(prefix, replicas))
+                nodes = await Bucket.ensure(js, nodes_spec(prefix, replicas))
+                alive = await Bucket.ensure(js, alive_spec(prefix, replicas, self.fleet.node_ttl))
+                await register(nodes, self._node_record())
+                heartbeat = Heartbeat(
+                    alive,
+                    self.me,
+                    self.fleet.heartbeat_interval,
+                    self.config.daemon.state_dir,
+                    snapshot=self._snapshot,
+                )
+                await heartbeat.start()
+                self.jobs, self.heartbeat = jobs, heartbeat
+                return jobs, alive, nodes, heartbeat
+            except (KvError, *TRANSIENT, APIError) as err:
+                log.warning("fleet: setting up on NATS failed (%r); retrying", err)
+                await asyncio.sleep(CONNECT_PAUSE)
+
+    async def _connect(self) -> NATS:
+        cfg = self.config.nats
+        options: dict[str, Any] = {
+            "servers": [u.strip() for u in cfg.url.split(",") if u.strip()],
+            "name": f"dpd-fleet-{self.node}",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 2,
+        }
+        if cfg.user:
+            options.update(user=cfg.user, password=cfg.password)
+        if cfg.token:
+            options["token"] = cfg.token
+        if cfg.creds_file:
+            options["user_credentials"] = cfg.creds_file
+        while True:
+            try:
+                return await nats.connect(**options)
+            except (OSError, TimeoutError, nats.errors.Error) as err:
+                log.warning("fleet: NATS not reachable (%r); retrying", err)
+                await asyncio.sleep(CONNECT_PAUSE)
+
+    def _changed(self, key: str) -> None:
+        self.wake()
+
+    # --------------------------------------------------------------- facts
+
+    def _gpu_infos(self) -> tuple[GpuInfo, ...]:
+        return tuple(
+            GpuInfo(g.gpu_id, g.name, g.memory_total, getattr(g, "uuid", "") or "")
+            for g in self.monitor.latest
+        )
+
+    def _node_record(self) -> NodeRecord:
+        daemon = self.config.daemon
+        return NodeRecord(
+            node=self.node,
+            url=self.fleet.public_url or f"http://{self.config.http.host}:{self.config.http.port}",
+            gpus=self._gpu_infos(),
+            filesystem_domain=self.fleet.filesystem_domain,
+            data_roots=tuple(str(p) for p in daemon.data_roots),
+            output_root=str(daemon.output_root),
+            labels=dict(self.fleet.labels),
+            boot_id=self.me.boot_id,
+            machine_id=self.me.machine_id,
+            instance=self.me.instance,
+            version=__version__,
+            registered_at=iso(time.time()),
+        )
+
+    def facts(self) -> NodeFacts:
+        return NodeFacts(
+            self.node,
+            self.fleet.filesystem_domain,
+            dict(self.fleet.labels),
+            {g.gpu_id: g.memory_total for g in self.monitor.latest},
+        )
+
+    def _claimed_gpus(self) -> set[int]:
+        return {g for gpus in self.claiming.values() for g in gpus}
+
+    def _snapshot(self) -> tuple[tuple[FreeGpu, ...], tuple[str, ...], int, bool]:
+        held = self._claimed_gpus()
+        free = tuple(
+            FreeGpu(v.gpu_id, v.memory_free)
+            for v in self.supervisor.gpu_views()
+            if v.status == AVAILABLE and v.gpu_id not in held
+        )
+        return free, tuple(self.supervisor.running), len(self.claiming), False
+
+    def records(self) -> list[tuple[JobRecord, int]]:
+        """The watched job records (a hint, §3.4) with their revisions."""
+        out = []
+        table = self.job_table
+        for seen in list(table.entries.values()) if table else []:
+            try:
+                out.append((JobRecord.from_json(seen.entry.value), seen.entry.revision))
+            except RecordError:
+                continue  # a record this version does not understand: not ours to run
+        return out
+
+    def peers(self) -> list[PeerView]:
+        out: list[PeerView] = []
+        if self.alive_table is None or self.node_table is None:
+            return out
+        for key, seen in list(self.alive_table.entries.items()):
+            registered = self.node_table.get(key)
+            if registered is None:
+                continue
+            try:
+                alive = AliveRecord.from_json(seen.entry.value)
+                node = NodeRecord.from_json(registered.entry.value)
+            except RecordError:
+                continue
+            if node.node == self.node or node.down:
+                continue
+            facts = NodeFacts(
+                node.node,
+                node.filesystem_domain,
+                dict(node.labels),
+                {g.id: g.memory_total for g in node.gpus},
+            )
+            out.append(PeerView(facts, alive.free, True, alive.draining or node.draining))
+        return out
+
+    def registered_nodes(self) -> list[NodeRecord]:
+        out = []
+        for seen in list(self.node_table.entries.values()) if self.node_table else []:
+            with contextlib.suppress(RecordError):
+                out.append(NodeRecord.from_json(seen.entry.value))
+        return out
+
+    def nodes_view(self) -> list[dict[str, Any]]:
+        """Every registered node with its last heartbeat (``GET /api/v1/fleet/nodes``)."""
+        alive = self.alive_nodes()
+        out = []
+        for node in sorted(self.registered_nodes(), key=lambda n: n.node):
+            beat = alive.get(node.node)
+            out.append(
+                {
+                    "node": node.node,
+                    "url": node.url,
+                    "gpus": len(node.gpus),
+                    "filesystem_domain": node.filesystem_domain,
+                    "alive": beat is not None,
+                    "free_gpus": [g.id for g in beat.free] if beat else [],
+                    "running": list(beat.running) if beat else [],
+                    "draining": node.draining,
+                    "down": node.down,
+                }
+            )
+        return out
+
+    def alive_nodes(self) -> dict[str, AliveRecord]:
+        out = {}
+        for seen in list(self.alive_table.entries.values()) if self.alive_table else []:
+            with contextlib.suppress(RecordError):
+                alive = AliveRecord.from_json(seen.entry.value)
+                out[alive.node] = alive
+        return out
+
+    # --------------------------------------------------------------- submit
+
+    async def commit(
+        self, spec: JobSpec, submission: Submission, key_id: str | None = None
+    ) -> fleet_submit.Committed:
+        """T1 for one validated job (REST); ``QueueUnavailable`` when it cannot be made."""
+        if self.jobs is None or not self.ready.is_set():
+            raise fleet_submit.QueueUnavailable("the fleet agent is not connected yet")
+        if not self.connected:  # answer now, not after a write's resolve timeout
+            raise fleet_submit.QueueUnavailable("not connected to any NATS server")
+        done = await fleet_submit.commit(
+            self.jobs, spec, submission, self.node, self.fleet.filesystem_domain, time.time(),
+            key_id,
+        )  # fmt: skip
+        self.wake()
+        return done
+
+    async def existing(self, task_id: str) -> JobRecord | None:
+        """The task's record if it exists (a direct read: a hint; the create decides)."""
+        if self.jobs is None or not self.connected:
+            return None
+        try:
+            entry = await self.jobs.get(enc(task_id))
+        except (Unavailable, *TRANSIENT):
+            return None
+        if entry is None or not entry.present:
+            return None
+        return JobRecord.from_json(entry.value)
+
+    async def commit_batch(
+        self, requests: Sequence[tuple[JobSpec, Submission]]
+    ) -> list[dict[str, Any] | DpdError]:
+        """The spool's ``create`` in fleet mode: one result per request, as
+        ``JobStore.create_jobs``; the whole batch raises ``ServiceUnavailable`` when the
+        queue cannot be reached (the files stay in incoming/)."""
+        from dpd.errors import ServiceUnavailable
+
+        out: list[dict[str, Any] | DpdError] = []
+        for spec, submission in requests:
+            try:
+                done = await self.commit(spec, submission)
+            except fleet_submit.QueueUnavailable as err:
+                raise ServiceUnavailable(f"fleet queue unavailable: {err}") from err
+            mine = done.record.submitted_by.identity == fleet_submit.identity_of(submission)
+            if not done.created and not mine:
+                out.append(Conflict(f"task_id {done.record.task_id} already exists"))
+            else:
+                out.append({"task_id": done.record.task_id, "status": "queued"})
+        return out
+
+    # ------------------------------------------------------------ placement
+
+    async def _placement_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PASS_PERIOD):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.place_once()
+                await self.apply_outbox()
+            except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
+                log.warning("fleet pass: NATS unavailable (%r); next pass soon", err)
+            except Exception:
+                log.exception("fleet placement pass failed; trying again")
+
+    async def place_once(self) -> None:
+        assert self.heartbeat is not None
+        if self.heartbeat.last_ok is None:
+            return
+        now = time.time()
+        records = [r for r, _ in self.records() if r.task_id not in self.claiming]
+        self._resume_own(records)
+        claims = plan_claims(
+            records,
+            self.facts(),
+            self.supervisor.gpu_views(),
+            self.peers(),
+            now,
+            claiming=self._claimed_gpus(),
+            stagger=self.fleet.claim_stagger,
+        )
+        for c in claims:
+            if c.delay:
+                await asyncio.sleep(c.delay)
+            await self._try_claim(c)
+
+    def _resume_own(self, records: Sequence[JobRecord]) -> None:
+        """Self-audit, the part phase 1 needs (§9.2 step 8): a record this daemon instance
+        claimed or fenced whose take was cut short (an unanswered CAS during a leader change,
+        a failed write) is taken again: materialised if needed, fenced unless a leader read
+        shows the fence already passed, launched. Its GPUs are held meanwhile."""
+        busy = self._claimed_gpus() | {
+            v.gpu_id for v in self.supervisor.gpu_views() if v.status != AVAILABLE
+        }
+        for record in records:
+            owner = record.owner
+            if owner is None or owner.instance != self.me.instance:
+                continue
+            if record.state not in (JobState.CLAIMED, JobState.STARTING):
+                continue
+            task_id = record.task_id
+            if task_id in self.claiming or task_id in self.supervisor.running:
+                continue
+            if self.store.exists(task_id) and self.store.get(task_id)["status"] != "queued":
+                continue  # its run exists or ended here: the outbox reports it
+            if busy & set(owner.gpus):
+                continue
+            log.info("%s: resuming this daemon's unfinished claim (attempt %d)", task_id,
+                     record.attempt)  # fmt: skip
+            self.claiming[task_id] = owner.gpus
+            busy |= set(owner.gpus)
+            task = asyncio.create_task(self._take(record, owner.gpus), name=f"take {task_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _try_claim(self, c: Claim) -> None:
+        assert self.jobs is not None and self.heartbeat is not None
+        if c.task_id in self.claiming:
+            return
+        if self.store.exists(c.task_id) and _active_here(self.store.get(c.task_id)):
+            return
+        held = self._claimed_gpus()
+        if held & set(c.gpu_ids):
+            return
+        self.claiming[c.task_id] = c.gpu_ids  # busy from the moment the T2 is sent
+        last_ok = self.heartbeat.last_ok or 0.0
+        facts = ClaimFacts(
+            node=self.facts(),
+            fence=Fence(),
+            gpus=c.gpu_ids,
+            lease_age=boottime() - last_ok,
+            node_ttl=self.fleet.node_ttl,
+        )
+
+        def t2(entry: Entry | None) -> bytes | None:
+            if entry is None:
+                raise TransitionRefused("T2 claim", "the record is gone")
+            return claim(JobRecord.from_json(entry.value), self.me, facts, time.time()).to_json()
+
+        try:
+            result = await self.jobs.cas_update(enc(c.task_id), t2, max_attempts=CLAIM_ATTEMPTS)
+        except (TransitionRefused, CasConflict) as err:
+            self.stats.claims_lost += 1
+            log.debug("%s: claim lost (%s)", c.task_id, err)
+            self.claiming.pop(c.task_id, None)
+            return
+        except BaseException:
+            self.claiming.pop(c.task_id, None)
+            raise
+        self.stats.claims_lost += result.attempts - 1
+        self.stats.claims_won += 1
+        assert result.entry is not None
+        record = JobRecord.from_json(result.entry.value)
+        log.info("%s: claimed (attempt %d) on GPUs %s", c.task_id, record.attempt, c.gpu_ids)
+        task = asyncio.create_task(self._take(record, c.gpu_ids), name=f"take {c.task_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take(self, record: JobRecord, gpus: tuple[int, ...]) -> None:
+        """Materialise, fence (T3), launch. The GPUs stay held until the run is the
+        supervisor's or the claim is given up."""
+        task_id, attempt = record.task_id, record.attempt
+        try:
+            try:
+                for event in await asyncio.to_thread(self._materialize, record):
+                    self.announce(event)  # on the loop: the bus is not thread-safe
+            except DpdError as err:
+                reason = err.message
+                log.warning("%s: cannot run here (%s); declining", task_id, reason)
+                await self._cas(
+                    task_id, lambda r: decline(r, self.me, attempt, reason, time.time())
+                )
+                return
+            if not await self._fence(task_id, attempt):
+                return
+            await asyncio.to_thread(self._set_stage, task_id, attempt, "starting")
+            try:
+                if self.supervisor.launch_claimed(task_id, gpus):
+                    self.stats.launched += 1
+            except NoFreePort as err:  # ports are disjoint per host: a configuration matter
+                log.error("%s: no master port free (%s); the job stays queued here", task_id, err)
+        except Exception:
+            log.exception("%s: taking the claimed job failed", task_id)
+        finally:
+            self.claiming.pop(task_id, None)
+            self.wake()
+
+    def _materialize(self, record: JobRecord) -> list[dict[str, Any]]:
+        """The job directory the supervisor runs, built with the store's own machinery
+        (state.json ``queued`` with ``fleet.attempt``, the first event); the events to
+        announce (none if the directory existed). Blocking."""
+        if record.spec is None:
+            raise InsufficientResources("the record has no spec (a tombstone)")
+        task_id = record.task_id
+        if not self.store.exists(task_id):
+            ident = record.submitted_by.identity
+            submission = Submission(
+                record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
+                ident.mtime_ns,
+            )  # fmt: skip
+            self.store.create_job(JobSpec.from_dict(record.spec), submission)
+            events = self.store.read_events(task_id)
+        elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
+            raise Conflict(f"task {task_id} already has a local job here")
+        else:
+            events = []
+        self._set_stage(task_id, record.attempt, "claimed")
+        return events
+
+    def _set_stage(self, task_id: str, attempt: int, stage: str) -> None:
+        self.store.update_state(
+            task_id, {FLEET: {"attempt": attempt, "stage": stage, "node": self.node}}
+        )
+
+    async def _fence(self, task_id: str, attempt: int) -> bool:
+        """T3 claimed → starting, or a leader read showing it passed already (our own
+        earlier T3 whose answer was lost). Refused (cancelled, superseded): the local job is
+        stopped and nothing is spawned. No answer: raises, nothing is decided (the
+        self-audit takes the claim again)."""
+        assert self.jobs is not None
+        try:
+            await self._cas(task_id, lambda r: start(r, self.me, attempt, time.time()))
+            return True
+        except (TransitionRefused, CasConflict) as err:
+            current = await self.jobs.leader_get(enc(task_id))
+            now = JobRecord.from_json(current.value) if current and current.present else None
+            if now is not None and may_spawn(now, self.me, attempt):
+                return True
+            log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, err, attempt)
+        with contextlib.suppress(Conflict):
+            await asyncio.to_thread(
+                self.store.transition, task_id, Status.QUEUED, Status.STOPPED,
+                error={"reason": "superseded", "message": "another attempt owns this job"},
+                stopped_at=utc_now(), ended_at=utc_now(),
+            )  # fmt: skip
+        return False
+
+    async def _cas(self, task_id: str, change: Change) -> JobRecord:
+        assert self.jobs is not None
+
+        def fn(entry: Entry | None) -> bytes | None:
+            if entry is None:
+                raise TransitionRefused("CAS", "the record is gone")
+            return change(JobRecord.from_json(entry.value)).to_json()
+
+        result = await self.jobs.cas_update(enc(task_id), fn)
+        assert result.entry is not None
+        return JobRecord.from_json(result.entry.value)
+
+    # ---------------------------------------------------------------- outbox
+
+    async def apply_outbox(self) -> None:
+        """Bring each record this node owns in line with its local job's status."""
+        table = self.job_table
+        if table is None:
+            return
+        local = self.store.states(lambda s: isinstance(s.get(FLEET), dict))
+        for state in local:
+            task_id = state["task_id"]
+            fleet = state[FLEET]
+            if fleet.get("stage") not in ("starting", "running"):
+                continue
+            seen = table.get(enc(task_id))
+            if seen is None:
+                continue
+            try:
+                record = JobRecord.from_json(seen.entry.value)
+            except RecordError:
+                continue
+            attempt = int(fleet["attempt"])
+            if self._outbox_change(record, state, attempt) is None:
+                continue  # the record (as watched) already shows it
+            try:
+                await self._apply(task_id, state, attempt)
+                self.stats.outbox_applied += 1
+            except (TransitionRefused, CasConflict) as err:
+                log.warning("%s: status not applied to the fleet record (%s)", task_id, err)
+
+    async def _apply(self, task_id: str, state: dict[str, Any], attempt: int) -> None:
+        """One outbox entry, decided again on the record the CAS reads (not the table's)."""
+        assert self.jobs is not None
+
+        def fn(entry: Entry | None) -> bytes | None:
+            if entry is None:
+                raise TransitionRefused("outbox", "the record is gone")
+            record = JobRecord.from_json(entry.value)
+            change = self._outbox_change(record, state, attempt)
+            return None if change is None else change(record).to_json()
+
+        await self.jobs.cas_update(enc(task_id), fn)
+
+    def _outbox_change(
+        self, record: JobRecord, state: dict[str, Any], attempt: int
+    ) -> Change | None:
+        if record.attempt != attempt or record.state not in SPAWNABLE:
+            return None
+        owner = record.owner
+        if owner is None or owner.node != self.node:
+            return None
+        status = state["status"]
+        now = time.time()
+        if status == Status.RUNNING.value and record.state is JobState.STARTING:
+            port = state.get("master_port")
+            return lambda r: mark_running(r, self.me, attempt, now, port=port)
+        target = _TERMINAL_LOCAL.get(status)
+        if target is not None:
+            error = state.get("error")
+            if error is not None and not isinstance(error, dict):
+                error = {"message": str(error)}
+            return lambda r: finish(r, self.me, attempt, target, now, error=error)
+        return None
+
+
+def _active_here(state: dict[str, Any]) -> bool:
+    return state.get("status") in (Status.RUNNING.value, Status.STOPPING.value)
