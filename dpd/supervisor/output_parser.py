@@ -276,7 +276,7 @@ class OutputParser:
         printed, so it is learnt here (exact when every step is printed)."""
         if self.step > 0 and self.step % finished_epochs == 0:
             self.steps_per_epoch = self.step // finished_epochs
-            self._set_total(out)
+            self._set_total(out, learnt=True)
 
     def _end_epoch(self, epoch: int, out: list[Observation]) -> None:
         if epoch < 1 or epoch <= self._ended_epoch:
@@ -361,9 +361,11 @@ class OutputParser:
             self.phase = phase
             out.append(PhaseChanged(phase))
 
-    def _set_total(self, out: list[Observation]) -> None:
+    def _set_total(self, out: list[Observation], learnt: bool = False) -> None:
+        """``learnt``: steps per epoch were just learnt; told even where max_steps keeps the
+        total as it was (the tracker replaces its estimate with them)."""
         total = total_steps(self.epochs, self.max_steps, self.steps_per_epoch)
-        if total is not None and total != self.total:
+        if total is not None and (learnt or total != self.total):
             self.total = total
             out.append(TotalSteps(total, self.steps_per_epoch))
 

@@ -9,6 +9,12 @@ daemon reads the log in batches, so read times bunch up; the trainer's own measu
 The ETA uses the mean of the last ``SPEED_WINDOW`` printed steps, so it follows a run that
 speeds up or slows down instead of the whole-run mean. Training time is wall time between
 step lines (eval and saves inside the loop count), started afresh after every (re)launch.
+
+Steps per epoch: the trainer never prints them (reference §4.5); they are learnt when
+``Started new epoch: 2`` appears. Until then a value computed from the dataset
+(``dpd.jobs.epoch_estimate``, handed in by ``estimate_steps_per_epoch``) stands in, so the
+total, overall progress and ETA exist from the first step; ``total_steps_estimated`` says
+so, and the learnt value replaces it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class ProgressTracker:
         self.epochs = epochs
         self.max_steps = max_steps
         self.steps_per_epoch = steps_per_epoch_hint
+        self.steps_per_epoch_estimated = False  # from the dataset, not yet from the trainer
         self.total_steps = total_steps(epochs, max_steps, steps_per_epoch_hint)
         self.current_step: int | None = None
         self.current_epoch: int | None = None
@@ -68,8 +75,7 @@ class ProgressTracker:
             case obs.EpochStarted(epoch=epoch):
                 self.current_epoch = epoch
             case obs.TotalSteps(total=total, steps_per_epoch=per_epoch):
-                self.total_steps = total
-                self.steps_per_epoch = per_epoch or self.steps_per_epoch
+                self._total_steps(total, per_epoch)
             case obs.EvalLoss():
                 self._eval_loss(observation, now)
             case obs.Resumed():
@@ -78,6 +84,27 @@ class ProgressTracker:
                 self.global_batch = size
             case obs.Completed():
                 self.completed = True
+
+    def estimate_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Take steps per epoch computed from the dataset; a value the trainer's output gave
+        is kept instead. Not a positive number: nothing changes."""
+        if steps_per_epoch <= 0 or (self.steps_per_epoch and not self.steps_per_epoch_estimated):
+            return
+        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch_estimated = True
+        self.total_steps = total_steps(self.epochs, self.max_steps, steps_per_epoch)
+
+    def _total_steps(self, total: int, per_epoch: int | None) -> None:
+        """The parser's total: learnt steps per epoch replace an estimate; a total from
+        max_steps alone is capped by what an estimate gives."""
+        if per_epoch:
+            self.steps_per_epoch = per_epoch
+            self.steps_per_epoch_estimated = False
+            self.total_steps = total
+        elif self.steps_per_epoch_estimated:
+            self.total_steps = total_steps(self.epochs, self.max_steps, self.steps_per_epoch)
+        else:
+            self.total_steps = total
 
     def _step(self, done: obs.StepDone, now: float) -> None:
         previous = self.current_step or 0
@@ -149,6 +176,8 @@ class ProgressTracker:
             "total_epochs": self.epochs,
             "current_step": step,
             "total_steps": self.total_steps,
+            "total_steps_estimated": self.total_steps is not None
+            and self.steps_per_epoch_estimated,
             "current_batch": batch,
             "total_batches": batches,
             "epoch_progress": _percent(batch, batches),
@@ -205,6 +234,7 @@ class ProgressTracker:
             "max_steps": self.max_steps,
             "global_batch": self.global_batch,
             "completed": self.completed,
+            "steps_per_epoch_estimated": self.steps_per_epoch_estimated,
             "training_time": self.training_time,  # unrounded
             "epoch_losses": [[e, loss] for e, loss in sorted(self.epoch_losses.items())],
             "iter_times": list(self._iter_times),
@@ -235,6 +265,7 @@ class ProgressTracker:
                 setattr(tracker, name, metrics[name])
         tracker.global_batch = state.get("global_batch")
         tracker.completed = bool(state.get("completed", False))
+        tracker.steps_per_epoch_estimated = bool(state.get("steps_per_epoch_estimated", False))
         tracker.training_time = float(state.get("training_time") or 0.0)
         tracker.epoch_losses = {int(e): loss for e, loss in state.get("epoch_losses") or []}
         tracker._iter_times.extend(float(v) for v in state.get("iter_times") or [])

@@ -49,6 +49,7 @@ def test_successful_run_final_progress_and_metrics() -> None:
         "total_epochs": 2,
         "current_step": 6,
         "total_steps": 6,
+        "total_steps_estimated": False,
         "current_batch": 3,
         "total_batches": 3,
         "epoch_progress": 100.0,
@@ -240,3 +241,55 @@ def test_completed_means_full_progress() -> None:
     tracker.observe(Completed(), T0)
     progress = tracker.progress()
     assert progress["overall_progress"] == 100.0 and progress["eta_seconds"] == 0
+
+
+def feed(parser: OutputParser, tracker: ProgressTracker, line: str, now: float = T0) -> None:
+    for observation in parser.feed(line, now):
+        tracker.observe(observation, now)
+
+
+def step_line(step: int, iter_time: float = 2.0) -> str:
+    return f"steps: {step} loss: 0.1000 iter time (s): {iter_time:.3f} samples/sec: 1.000"
+
+
+def test_an_estimate_gives_an_eta_at_step_one_and_the_trainer_corrects_it() -> None:
+    parser, tracker = OutputParser(epochs=3, max_steps=None), ProgressTracker(3, None)
+    tracker.estimate_steps_per_epoch(10)  # the dataset says 10; the trainer will do 4
+    feed(parser, tracker, step_line(1))
+    progress = tracker.progress()
+    assert (progress["total_steps"], progress["total_steps_estimated"]) == (30, True)
+    assert progress["eta_seconds"] == 58  # (30 - 1) x 2.0 s
+    assert progress["overall_progress"] == 3.33
+    assert (progress["current_batch"], progress["total_batches"]) == (1, 10)
+    for step in (2, 3, 4):
+        feed(parser, tracker, step_line(step))
+    feed(parser, tracker, "Started new epoch: 2")
+    progress = tracker.progress()
+    assert (progress["total_steps"], progress["total_steps_estimated"]) == (12, False)
+    assert progress["eta_seconds"] == 16  # (12 - 4) x 2.0 s
+    assert progress["total_batches"] == 4
+    tracker.estimate_steps_per_epoch(10)  # a late estimate never replaces what was learnt
+    assert (tracker.progress()["total_steps"], tracker.steps_per_epoch) == (12, 4)
+
+
+def test_max_steps_caps_an_estimate_and_the_learnt_value_still_replaces_it() -> None:
+    parser, tracker = OutputParser(epochs=10, max_steps=25), ProgressTracker(10, 25)
+    tracker.estimate_steps_per_epoch(2)
+    feed(parser, tracker, step_line(1))  # the parser's first total is max_steps alone
+    assert tracker.progress()["total_steps"] == 20  # 10 epochs x 2 is below max_steps
+    for step in (2, 3):
+        feed(parser, tracker, step_line(step))
+    feed(parser, tracker, "Started new epoch: 2")  # 3 per epoch: 30, capped at 25
+    progress = tracker.progress()
+    assert (progress["total_steps"], progress["total_steps_estimated"]) == (25, False)
+    assert progress["total_batches"] == 3
+
+
+def test_an_estimate_survives_a_restart_as_an_estimate() -> None:
+    tracker = ProgressTracker(epochs=2, max_steps=None)
+    tracker.estimate_steps_per_epoch(6)
+    tracker.observe(done(1), T0)
+    state = json_round_trip(tracker.to_state())
+    again = ProgressTracker.from_state(state, json_round_trip(tracker.progress()), {})
+    assert again.progress() == tracker.progress()
+    assert again.progress()["total_steps_estimated"] is True
