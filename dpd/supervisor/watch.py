@@ -6,17 +6,25 @@ A pass sleeps until something happens: a write to train.log (inotify, shared by 
 the end of the shim (a pidfd), or time passing (a health check due, the fallback period
 for a lost event). Each pass is one thread hop that reads what is new; its events reach
 the bus in one go afterwards. Without inotify or pidfds (or with the fake launcher) it polls.
+
+At the start of a run the dataset is listed in a thread for a steps-per-epoch estimate
+(``dpd.supervisor.dataset_listing``), so progress has a total and an ETA before the trainer
+reveals its steps per epoch. The first read waits for it at most ``ESTIMATE_HEAD_START``
+seconds (the output waits in train.log meanwhile); a slower listing is taken when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from dpd.jobs.epoch_estimate import EpochEstimate
 from dpd.supervisor import health
 from dpd.supervisor.context import RunContext
+from dpd.supervisor.dataset_listing import estimate_for_spec
 from dpd.supervisor.follower import JobFollower
 from dpd.supervisor.pending import PendingEvents
 from dpd.supervisor.shim_records import ExitStatus, ShimInfo
@@ -25,12 +33,17 @@ from dpd.supervisor.wakeups import Wakeups
 if TYPE_CHECKING:
     from dpd.supervisor.run import JobRun
 
+log = logging.getLogger("dpd.supervisor")
+
+ESTIMATE_HEAD_START: Final = 5.0  # seconds the first read waits for the dataset listing
+
 
 class RunWatch:
     def __init__(self, ctx: RunContext, task_id: str) -> None:
         self.ctx = ctx
         self.task_id = task_id
-        config = ctx.store.spec(task_id).config
+        self.spec = ctx.store.spec(task_id)
+        config = self.spec.config
         self.pending = PendingEvents()
         self.follower = JobFollower(
             ctx.store,
@@ -44,6 +57,7 @@ class RunWatch:
         self.wakeups = Wakeups(ctx.timing)
         trainer = ctx.config.trainer
         self.rule = health.HangRule(trainer.inactivity_timeout, trainer.step_timeout_factor)
+        self._estimate: asyncio.Future[EpochEstimate | None] | None = None
 
     async def until_end(self, run: JobRun) -> ExitStatus | None:
         """Follow the output until the shim records the end of this run (or is gone)."""
@@ -57,9 +71,12 @@ class RunWatch:
         if pidfd is not None:
             asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
         try:
+            if run.shim is not None:
+                await self._start_estimate(run.gpu_ids)
             look_for_exit = True
             while True:
                 wake.event.clear()
+                self._take_estimate()
                 # one thread hop per pass: with several jobs, hops were most of the daemon's CPU
                 shim = run.shim
                 read, status, alive = await asyncio.to_thread(
@@ -77,10 +94,49 @@ class RunWatch:
                 more = read and not self.follower.follower.at_eof
                 look_for_exit = await wake.wait(read, more, watched, self.health_due(run.healthy))
         finally:
+            if self._estimate is not None:
+                self._estimate.cancel()  # the listing thread is bounded; its answer is dropped
+                self._estimate = None
             if pidfd is not None:
                 asyncio.get_running_loop().remove_reader(pidfd)
                 os.close(pidfd)
             self.ctx.log_changes.unwatch(output)
+
+    async def _start_estimate(self, gpu_ids: tuple[int, ...]) -> None:
+        """List the dataset in a thread, unless the trainer's own steps per epoch are
+        known; wait for it up to ``ESTIMATE_HEAD_START``."""
+        tracker = self.follower.tracker
+        if tracker.steps_per_epoch and not tracker.steps_per_epoch_estimated:
+            return
+        stages = int(self.spec.config.get("pipeline_stages", 1) or 1)
+        data_parallel = max(1, len(gpu_ids) // stages)
+        self._estimate = asyncio.ensure_future(
+            asyncio.to_thread(estimate_for_spec, self.spec, data_parallel)
+        )
+        await asyncio.wait({self._estimate}, timeout=ESTIMATE_HEAD_START)
+
+    def _take_estimate(self) -> None:
+        """Hand a finished estimate to the tracker (between reads: no thread holds it)."""
+        future = self._estimate
+        if future is None or not future.done():
+            return
+        self._estimate = None
+        try:
+            estimate = future.result()
+        except Exception:  # an estimate must never stop the follower
+            log.exception("estimating the steps per epoch of %s failed", self.task_id)
+            return
+        if estimate is None:
+            return
+        how = "exact" if estimate.exact else "estimate: " + "; ".join(estimate.reasons)
+        log.info(
+            "%s: %d steps per epoch from the dataset (%s)%s",
+            self.task_id,
+            estimate.steps_per_epoch,
+            how,
+            f"; the trainer will stop: {estimate.error}" if estimate.error else "",
+        )
+        self.follower.tracker.estimate_steps_per_epoch(estimate.steps_per_epoch)
 
     async def final_read(self) -> None:
         """The writer has ended: take everything, the unterminated last line too."""

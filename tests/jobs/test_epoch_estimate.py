@@ -95,7 +95,7 @@ def test_videos_go_to_the_largest_frame_bucket_they_fill() -> None:
 
 def test_videos_never_go_to_the_image_bucket() -> None:
     job = spec([{"path": "/v"}])  # frame_buckets defaults to [1]
-    listing = DirectoryListing("/v", (MediaFile("v.mp4", 1, video=True),) + images("/v", 2).files)
+    listing = DirectoryListing("/v", (MediaFile("v.mp4", 1, video=True), *images("/v", 2).files))
     result = estimate_steps_per_epoch(job, [listing], 1)
     assert (result.steps_per_epoch, result.exact) == (2, True)
 
