@@ -176,3 +176,53 @@ def test_images_without_ar_buckets_match_the_closed_form(
     expected = len(set(resolutions)) * (entries // (mbs * gas * dp))
     result = estimate_steps_per_epoch(job, listings, dp)
     assert (result.steps_per_epoch, result.exact) == (expected, True)
+
+
+@given(
+    dirs=st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 3), st.sampled_from([1, 3, 0.5, 2.5])).filter(
+            lambda d: d[0] + d[1] > 0
+        ),  # a directory without media fails in both
+        min_size=1,
+        max_size=3,
+    ),
+    resolutions=st.lists(
+        st.sampled_from([256, 512, [640, 480], 1024]), min_size=1, max_size=3, unique_by=str
+    ),
+    mbs=st.integers(1, 4),
+    image_mbs=st.integers(1, 4),
+    gas=st.integers(1, 3),
+    dp=st.integers(1, 2),
+    shuffles=st.integers(0, 2),
+    keep_bare=st.booleans(),
+)
+def test_agrees_with_the_stand_in_trainer_on_images_without_ar_buckets(
+    dirs: list[tuple[int, int, float]],
+    resolutions: list[Any],
+    mbs: int,
+    image_mbs: int,
+    gas: int,
+    dp: int,
+    shuffles: int,
+    keep_bare: bool,
+) -> None:
+    """The stand-in (dpd.simulation) follows §4.5's simple case; the estimate must match it."""
+    from dpd.simulation.diffusion_pipe import simconfig
+
+    entries = [{"path": f"/d{i}", "num_repeats": r} for i, (_, _, r) in enumerate(dirs)]
+    dataset = {"resolutions": resolutions, "cache_shuffle_num": shuffles}
+    dataset["skip_empty_caption"] = not keep_bare
+    config = {
+        "micro_batch_size_per_gpu": mbs,
+        "image_micro_batch_size_per_gpu": image_mbs,
+        "gradient_accumulation_steps": gas,
+    }
+    job = spec(entries, config, **dataset)
+    listings = [images(f"/d{i}", n, bare=b) for i, (n, b, _) in enumerate(dirs)]
+    specs = simconfig.directory_specs({**dataset, "directory": entries})
+    counts = [
+        simconfig.DirectoryCount(s, n + (b if keep_bare else 0), 0)
+        for s, (n, b, _) in zip(specs, dirs, strict=True)
+    ]
+    expected = simconfig.batches_per_epoch(counts, mbs, image_mbs, gas, dp)
+    assert estimate_steps_per_epoch(job, listings, dp).steps_per_epoch == expected
