@@ -139,3 +139,13 @@ def test_progress_lines_are_cut_to_the_width() -> None:
     assert display.fit_width("x" * 150, 100) == "x" * 99
     assert display.fit_width("short", 100) == "short"
     assert display.fit_width("abc", 1) == "a"
+
+
+def test_an_estimated_total_and_eta_are_marked_as_such() -> None:
+    progress = {"overall_progress": 10.0, "current_epoch": 1, "total_epochs": 2}
+    progress |= {"current_step": 1, "total_steps": 10, "eta_seconds": 90}
+    line = display.progress_line({**progress, "total_steps_estimated": True})
+    assert "step 1/~10" in line and line.endswith("ETA ~" + str(display.duration(90)))
+    line = display.progress_line({**progress, "total_steps_estimated": False})
+    assert "step 1/10" in line and line.endswith("ETA " + str(display.duration(90)))
+    assert "step 1/?" in display.progress_line({**progress, "total_steps": None})

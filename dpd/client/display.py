@@ -112,14 +112,16 @@ def progress_line(progress: Mapping[str, Any], metrics: Mapping[str, Any] | None
     parts = [f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}]", (percent(overall) or "--").rjust(6)]
     if progress.get("current_epoch") is not None:
         parts.append(f"epoch {progress['current_epoch']}/{progress.get('total_epochs') or '?'}")
+    about = "~" if progress.get("total_steps_estimated") else ""  # counted from the dataset
     if progress.get("current_step") is not None:
-        parts.append(f"step {progress['current_step']}/{progress.get('total_steps') or '?'}")
+        total = progress.get("total_steps")
+        parts.append(f"step {progress['current_step']}/{f'{about}{total}' if total else '?'}")
     loss = (metrics or {}).get("current_loss")
     if isinstance(loss, int | float):
         parts.append(f"loss {loss:.4f}")
     eta = duration(progress.get("eta_seconds"))
     if eta is not None:
-        parts.append(f"ETA {eta}")
+        parts.append(f"ETA {about}{eta}")
     return "  ".join(parts)
 
 
