@@ -33,6 +33,15 @@ def disk_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def ended_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]] | None:
+    """The task's events once the last of them is a terminal status; None before."""
+    events = disk_events(daemon, task_id)
+    last = events[-1] if events else None
+    if last and last["type"] == "status" and last["data"]["status"] in TERMINAL:
+        return events
+    return None
+
+
 def status_of(daemon: DaemonProcess, task_id: str) -> str | None:
     state = daemon.job_state(task_id)
     return state["status"] if state else None
@@ -81,7 +90,11 @@ async def test_a_training_seen_through_nats_matches_events_jsonl(
         await wait_until(lambda: any(s == "dpd.gpus.test-node" for s, _ in sub.messages))
         daemon.drop("cats.json", job_document(daemon.data, task_id="cats.v1"))
         await wait_status(daemon, "cats.v1", TERMINAL)
-        on_disk = await asyncio.to_thread(disk_events, daemon, "cats.v1")
+        # state.json is written before its status event is appended: wait for the event too
+        on_disk = await wait_until(
+            lambda: asyncio.to_thread(ended_events, daemon, "cats.v1"),
+            what="the terminal status event in events.jsonl",
+        )
         await wait_until(lambda: len(sub.payloads("cats.v1")) == len(on_disk))
         received = sub.payloads("cats.v1")
     assert on_disk[-1]["data"]["status"] == "completed", on_disk[-1]["data"]
