@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -210,14 +211,22 @@ class Daemon:
             config.daemon.spool_dir,
             config.source,
         )
-        log.info("dashboard: %s", self.dashboard_link())
+        if os.environ.get("INVOCATION_ID"):
+            # a systemd service: its log is the journal, which other users may read, so no
+            # login token goes there; `dpd open` logs the local user in with the local key
+            log.info("dashboard: %s/ (dpd open logs you in)", self.base_url())
+        else:
+            log.info("dashboard: %s", self.dashboard_link())
 
-    def dashboard_link(self) -> str:
-        """A one-time link that opens the dashboard logged in (printed at start)."""
+    def base_url(self) -> str:
         host = self.config.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         host = f"[{host}]" if ":" in host else host
-        return session_routes.start_link(self.app, f"http://{host}:{self.port}")
+        return f"http://{host}:{self.port}"
+
+    def dashboard_link(self) -> str:
+        """A one-time link that opens the dashboard logged in (printed at start)."""
+        return session_routes.start_link(self.app, self.base_url())
 
     def _prepare_directories(self) -> None:
         self.services.layout.ensure()

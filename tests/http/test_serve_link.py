@@ -50,3 +50,17 @@ def test_serve_prints_a_one_time_login_link(tmp_path: Path) -> None:
             assert page.status == 200 and "Content-Security-Policy" in page.headers
     finally:
         daemon.stop()
+
+
+def test_under_systemd_no_login_token_reaches_the_journal(tmp_path: Path) -> None:
+    """A service's log is the journal, which other users may read: there the address goes
+    without a token (``dpd open`` logs the local user in instead)."""
+    daemon = DaemonProcess(tmp_path, {"auth": {"enabled": True, "bootstrap_key": "k" * 40}})
+    daemon.env["INVOCATION_ID"] = "0" * 32  # what systemd sets for a unit's processes
+    try:
+        daemon.start()
+        line = wait_for(lambda: re.search(r"dashboard: .*", daemon.log()), timeout=10).group(0)
+        assert line == f"dashboard: http://127.0.0.1:{daemon.port}/ (dpd open logs you in)"
+        assert "token=" not in daemon.log()
+    finally:
+        daemon.stop()
