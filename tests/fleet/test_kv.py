@@ -25,6 +25,7 @@ from dpd.fleet.kv import (
     NotStored,
     Operation,
     OutcomeUnknown,
+    Unavailable,
     alive_spec,
     jobs_spec,
     nodes_spec,
@@ -342,6 +343,8 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     buckets = [Bucket(nc.jetstream(timeout=2), spec) for nc in clients]
     acked_increments = 0
     unknown_increments = 0
+    unknown_creates = 0
+    refused: list[str] = []
     created: dict[str, bytes] = {}
     ack_times: list[float] = []
     stop = asyncio.Event()
@@ -349,21 +352,29 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     lost_replies = 0
 
     async def worker(i: int, bucket: Bucket) -> None:
-        nonlocal acked_increments, unknown_increments, lost_replies
+        nonlocal acked_increments, unknown_increments, unknown_creates, lost_replies
         n = 0
         while not stop.is_set():
             try:
                 result = await bucket.cas_update("job.counter", increment, max_attempts=500)
-                acked_increments += 1
-                lost_replies += result.lost_replies
-                ack_times.append(time.monotonic())
-                key, value = f"job.c{i}-{n}", f"{i}:{n}".encode()
-                n += 1
-                await bucket.create_or_reclaim(key, value)
-                created[key] = value
-                ack_times.append(time.monotonic())
             except OutcomeUnknown:
                 unknown_increments += 1
+                continue
+            acked_increments += 1
+            lost_replies += result.lost_replies
+            ack_times.append(time.monotonic())
+            key, value = f"job.c{i}-{n}", f"{i}:{n}".encode()
+            n += 1
+            try:
+                await bucket.create_or_reclaim(key, value)
+            except OutcomeUnknown:
+                unknown_creates += 1  # not an increment: the counter's bound stays exact
+                continue
+            except Unavailable:  # answered "not stored" (an election): the caller's to retry
+                refused.append(key)
+                continue
+            created[key] = value
+            ack_times.append(time.monotonic())
 
     tasks = [asyncio.create_task(worker(i, b)) for i, b in enumerate(buckets)]
     try:
@@ -375,8 +386,9 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
         await wait_until(lambda: _at_least(lambda: acked_increments, before + 30), timeout=45)
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(cluster.start, leader)
+    assert not [e for e in ended if e is not None], ended  # no worker gave up midway
     reader = buckets[(leader + 1) % 3]
     final = await reader.leader_get("job.counter")
     assert final is not None
@@ -384,10 +396,14 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     for key, value in created.items():
         entry = await reader.leader_get(key)
         assert entry is not None and entry.value == value, key
+    for key in refused:  # "not stored" is never a guess either
+        assert await reader.leader_get(key) is None, key
     gaps = [b - a for a, b in itertools.pairwise(ack_times) if b > killed_at[0]]
     print(
         f"leader kill: {acked_increments} acked CAS, {len(created)} acked creates, 0 lost; "
-        f"{unknown_increments} outcome unknown, {lost_replies} lost replies resolved; "
+        f"{unknown_increments} CAS and {unknown_creates} creates outcome unknown, "
+        f"{len(refused)} creates refused as unavailable, "
+        f"{lost_replies} lost replies resolved; "
         f"longest write gap after the kill {max(gaps):.2f} s"
     )
 
