@@ -10,7 +10,10 @@ What it guarantees:
   settled by a read from the stream leader: reported as applied or not applied, never
   guessed; ``OutcomeUnknown`` when no answer comes within ``resolve_timeout``. A reply-less
   write still in flight cannot land after being reported not applied: its expected
-  revision is stale by then.
+  revision is stale by then. Every write carries its own ``Nats-Msg-Id`` and a lost one
+  counts as applied only if the message the leader holds carries that id: another
+  client's write of the very same bytes against the same revision (two increments from
+  one read, two equal claims) is not ours.
 - ``create_or_reclaim`` creates a key, or takes over a key whose last message is a delete,
   purge or a server's MaxAge limit marker (nats-py's ``create`` fails on markers, §3.4).
 - ``leader_get`` reads through ``$JS.API.STREAM.MSG.GET`` (answered by the stream leader),
@@ -21,9 +24,11 @@ What it guarantees:
 What it does not trust: ``kv.get`` and watches (any replica; a watcher that was cut off may
 never learn that a key expired, §3.4). The watched table (``dpd.fleet.table``) is a hint.
 
-Known weakness: resolving a lost create whose key then received ``history`` more writes
+Known weakness: resolving a lost write whose key then received ``history`` more writes
 before the leader read answered is impossible (our message may be trimmed): that case
-raises ``OutcomeUnknown`` rather than guess.
+raises ``OutcomeUnknown`` rather than guess. Under a leader kill with three clients
+writing one key (history 10) it happens about once in a few runs: the others write on
+while the resend waits out the election.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ KV_OPERATION: Final = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
 MARKER_REASON: Final = "Nats-Marker-Reason"
 MSG_ID: Final = "Nats-Msg-Id"
-WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+WRONG_LAST: Final = 10071  # the key's last revision is another one
+IN_PROCESS: Final = 10164  # another write of the key is still being replicated
+WRONG_LAST_SEQUENCE: Final = (WRONG_LAST, IN_PROCESS)
 DEFAULT_ATTEMPTS: Final = 8
 CREATE_ATTEMPTS: Final = 8
 RESOLVE_TIMEOUT: Final = 20.0  # a leader election takes 4–9 s (FLEET.md §3.6)
@@ -92,6 +99,12 @@ class KeyExists(KvError):
 
 class WrongLast(KvError):
     """The leader refused a write: the key's last revision is not the expected one."""
+
+
+class InProcess(WrongLast):
+    """The leader refused a write because another write of the key is still being
+    replicated (servers >= 2.11, error 10164): nothing of ours was stored by this answer,
+    but the key's last revision is not known yet."""
 
 
 class Unavailable(KvError):
@@ -327,6 +340,13 @@ class Bucket:
     ) -> Entry | None:
         """The leader's message on ``subject``: the last one; with ``seq``, the one at that
         sequence; with ``next_after`` too, the first at or after it."""
+        msg = await self._leader_raw(subject, seq, next_after)
+        return None if msg is None else self._entry(msg)
+
+    async def _leader_raw(
+        self, subject: str, seq: int | None = None, next_after: bool = False
+    ) -> js_api.RawStreamMsg | None:
+        """``_leader_msg`` with the message's headers."""
         try:
             if seq is not None and not next_after:  # nats-py: a subject means last_by_subj
                 msg = await self.js.get_msg(self.stream, seq=seq, direct=False)
@@ -338,7 +358,7 @@ class Bucket:
             return None
         if msg.subject != subject:
             return None
-        return self._entry(msg)
+        return msg
 
     def _entry(self, msg: js_api.RawStreamMsg) -> Entry:
         subject = msg.subject or ""
@@ -369,7 +389,9 @@ class Bucket:
         try:
             ack = await self.js.publish(self.subject(key), value, headers=headers)
         except nats.js.errors.APIError as err:
-            if err.err_code in WRONG_LAST_SEQUENCE:
+            if err.err_code == IN_PROCESS:
+                raise InProcess(f"{key}: {err.description}") from err
+            if err.err_code == WRONG_LAST:
                 raise WrongLast(f"{key}: {err.description}") from err
             raise Unavailable(f"{key}: {err}") from err
         except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as err:
@@ -383,35 +405,44 @@ class Bucket:
         ``Nats-Msg-Id``, same expected revision) until the leader answers: a PubAck (a
         duplicate of the first, or the first never arrived) means stored, exactly once —
         two messages expecting one revision cannot both pass. A wrong-last answer means a
-        later message is stored: the first one after the expected revision is ours or
-        not, and ours can never be stored later, its expectation being stale for good."""
+        later message is stored: the first one after the expected revision is ours (it
+        carries our message id) or not, and ours can never be stored later, its
+        expectation being stale for good. An in-process answer (another write of the key
+        still being replicated, perhaps ours) settles nothing: sent again after a pause."""
         log.info("%s: reply of a write lost (%r); sending it again", key, err)
         last = int(headers[EXPECTED_LAST_SUBJECT_SEQUENCE])
         deadline = time.monotonic() + self.resolve_timeout
         while True:
             try:
                 return await self._publish(key, value, headers)
+            except InProcess as again:
+                if time.monotonic() > deadline:
+                    raise OutcomeUnknown(f"{key}: the key stayed in process ({again})") from err
+                await asyncio.sleep(UNAVAILABLE_PAUSE)
             except WrongLast:
-                return await self._stored_as(key, value, last)
+                return await self._stored_as(key, headers[MSG_ID], last)
             except (Unavailable, *TRANSIENT, nats.errors.ConnectionClosedError) as again:
                 if time.monotonic() > deadline:
                     raise OutcomeUnknown(f"{key}: no answer from the stream ({again!r})") from err
                 await asyncio.sleep(UNAVAILABLE_PAUSE)
 
-    async def _stored_as(self, key: str, value: bytes, last: int) -> int:
+    async def _stored_as(self, key: str, msg_id: str, last: int) -> int:
         """After a wrong-last answer to our retry: our revision if the first message after
-        ``last`` is ours, else ``NotStored`` (``OutcomeUnknown`` if trimming hid it)."""
+        ``last`` carries our message id ``msg_id``, else ``NotStored`` (``OutcomeUnknown``
+        if trimming hid it). Never the value: another client may have written the same
+        bytes against the same revision."""
         subject = self.subject(key)
-        first_after = await self._leader_msg(subject, seq=last + 1, next_after=True)
+        first_after = await self._leader_raw(subject, seq=last + 1, next_after=True)
         if first_after is None:
             raise NotStored(f"{key}: not stored (the leader holds nothing after {last})")
-        if first_after.value == value and first_after.operation is Operation.PUT:
-            return first_after.revision
+        revision = int(first_after.seq or 0)
+        if (first_after.headers or {}).get(MSG_ID) == msg_id:
+            return revision
         # another write follows ``last``: ours was not stored — unless trimming removed it
         if last > 0 and await self._leader_msg(subject, seq=last) is not None:
-            raise NotStored(f"{key}: not stored (revision {first_after.revision} is not ours)")
+            raise NotStored(f"{key}: not stored (revision {revision} is not ours)")
         if last == 0 and await self._retained(subject) < self.spec.history:
-            raise NotStored(f"{key}: not stored (revision {first_after.revision} is not ours)")
+            raise NotStored(f"{key}: not stored (revision {revision} is not ours)")
         raise OutcomeUnknown(f"{key}: the key's history no longer shows whether it was stored")
 
     async def _retained(self, subject: str) -> int:

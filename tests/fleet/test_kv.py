@@ -14,6 +14,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from dpd.fleet.kv import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    IN_PROCESS,
+    MSG_ID,
     Bucket,
     BucketSpec,
     CasConflict,
@@ -22,6 +25,7 @@ from dpd.fleet.kv import (
     NotStored,
     Operation,
     OutcomeUnknown,
+    Unavailable,
     alive_spec,
     jobs_spec,
     nodes_spec,
@@ -107,20 +111,27 @@ async def test_create_or_reclaim_takes_over_deleted_and_expired_keys(clients: li
 async def test_a_lost_reply_is_resolved_by_the_leader_never_guessed(clients: list[NATS]) -> None:
     bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
     r1 = await bucket.write("job.k", b"v1", 0)
+    id1 = await msg_id_at(bucket, r1)
     # as if the reply of that write had been lost: the leader shows it stored
-    assert await bucket._stored_as("job.k", b"v1", 0) == r1
+    assert await bucket._stored_as("job.k", id1, 0) == r1
     # a write that never reached the stream, against the same expectation: not stored
     with pytest.raises(NotStored):
-        await bucket._stored_as("job.k", b"v1-other", 0)
+        await bucket._stored_as("job.k", uuid.uuid4().hex, 0)
     r2 = await bucket.write("job.k", b"v2", r1)
-    assert await bucket._stored_as("job.k", b"v2", r1) == r2
+    id2 = await msg_id_at(bucket, r2)
+    assert id2 != id1 and await bucket._stored_as("job.k", id2, r1) == r2
     with pytest.raises(NotStored):
-        await bucket._stored_as("job.k", b"v3", r2)  # nothing after r2
+        await bucket._stored_as("job.k", uuid.uuid4().hex, r2)  # nothing after r2
     for i in range(12):  # more writes than the history keeps: r1 is trimmed away
         await bucket.write("job.k", f"w{i}".encode(), r2)
         r2 = (await bucket.leader_get("job.k")).revision  # type: ignore[union-attr]
     with pytest.raises(OutcomeUnknown):
-        await bucket._stored_as("job.k", b"v2", r1)
+        await bucket._stored_as("job.k", id2, r1)
+
+
+async def msg_id_at(bucket: Bucket, revision: int) -> str:
+    msg = await bucket.js.get_msg(bucket.stream, seq=revision, direct=False)
+    return str((msg.headers or {})[MSG_ID])
 
 
 class LosingReplies:
@@ -187,6 +198,81 @@ async def test_a_lost_reply_overtaken_by_another_writer_is_not_applied(clients: 
     result = await bucket.cas_update("job.n", lambda e: (e.value if e else b"") + b"+mine")
     assert result.lost_replies == 1
     assert (await bucket.leader_get("job.n")).value == b"theirs+mine"  # type: ignore[union-attr]
+
+
+async def test_a_lost_reply_is_not_taken_for_an_equal_write_of_another_client(
+    clients: list[NATS],
+) -> None:
+    """Two clients increment one key from the same revision: both compute the same next
+    value. Ours never reaches the stream, theirs does, so the resend of ours is refused. The
+    message after our expected revision then equals ours byte for byte, yet is not ours:
+    reported as applied, one increment would count twice (a claim believed held that is
+    not). Only the message id tells them apart."""
+    bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
+    other = Bucket(clients[1].jetstream(), bucket.spec)
+    first = await bucket.write("job.n", b"0", 0)
+    real = bucket.js.publish
+
+    async def lost_then_equal(subject: str, payload: bytes, **kw: Any) -> Any:
+        bucket.js.publish = real  # type: ignore[method-assign]
+        expected = int(kw["headers"][EXPECTED_LAST_SUBJECT_SEQUENCE])
+        await other.write("job.n", payload, expected)  # the same value, the same expectation
+        raise nats.errors.TimeoutError
+
+    bucket.js.publish = lost_then_equal  # type: ignore[method-assign,assignment]
+    with pytest.raises(NotStored):
+        await bucket.write("job.n", b"1", first)
+    # through cas_update: both increments end up applied, each once
+    bucket.js.publish = lost_then_equal  # type: ignore[method-assign,assignment]
+    ours = await bucket.cas_update("job.n", increment)
+    now = await bucket.leader_get("job.n")
+    assert now is not None and now.value == b"3"
+    assert ours.written and ours.lost_replies == 1
+    assert ours.entry is not None and ours.entry.revision == now.revision
+
+
+async def test_a_resend_answered_in_process_is_sent_again_not_judged(
+    clients: list[NATS],
+) -> None:
+    """A resend refused because a write of the key is still being replicated (10164) says
+    nothing about ours, which may be that very write: judged at once, ours would be found
+    missing, reported not applied, and the increment made twice once it lands."""
+    bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
+    await bucket.write("job.n", b"0", 0)
+    real_publish, real_get = bucket.js.publish, bucket.leader_get
+    held: list[tuple[str, bytes, dict[str, Any]]] = []
+    landed: list[Any] = []
+
+    async def land() -> None:  # our first message, held back, reaches the stream now
+        while held:
+            subject, payload, kw = held.pop()
+            try:
+                landed.append(await real_publish(subject, payload, **kw))
+            except nats.js.errors.APIError as err:
+                landed.append(err)
+
+    async def publish(subject: str, payload: bytes, **kw: Any) -> Any:
+        if not held and not landed:  # the first: on its way, its reply lost
+            held.append((subject, payload, kw))
+            raise nats.errors.TimeoutError
+        if held and not any(isinstance(x, str) for x in landed):  # the first resend
+            landed.append("in process")
+            raise nats.js.errors.APIError(code=400, err_code=IN_PROCESS, description="in process")
+        return await real_publish(subject, payload, **kw)
+
+    async def leader_get(key: str) -> Entry | None:  # a retry's read comes after the landing
+        await land()
+        return await real_get(key)
+
+    bucket.js.publish = publish  # type: ignore[method-assign,assignment]
+    bucket.leader_get = leader_get  # type: ignore[method-assign]
+    result = await bucket.cas_update("job.n", increment)
+    await land()
+    assert result.written and result.lost_replies == 1
+    now = await real_get("job.n")
+    assert now is not None and now.value == b"1"  # one increment, applied once
+    assert result.entry is not None and result.entry.revision == now.revision
+    assert await bucket._retained(bucket.subject("job.n")) == 2
 
 
 async def test_concurrent_cas_from_three_clients_never_loses_an_update(
@@ -257,6 +343,8 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     buckets = [Bucket(nc.jetstream(timeout=2), spec) for nc in clients]
     acked_increments = 0
     unknown_increments = 0
+    unknown_creates = 0
+    refused: list[str] = []
     created: dict[str, bytes] = {}
     ack_times: list[float] = []
     stop = asyncio.Event()
@@ -264,21 +352,29 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     lost_replies = 0
 
     async def worker(i: int, bucket: Bucket) -> None:
-        nonlocal acked_increments, unknown_increments, lost_replies
+        nonlocal acked_increments, unknown_increments, unknown_creates, lost_replies
         n = 0
         while not stop.is_set():
             try:
                 result = await bucket.cas_update("job.counter", increment, max_attempts=500)
-                acked_increments += 1
-                lost_replies += result.lost_replies
-                ack_times.append(time.monotonic())
-                key, value = f"job.c{i}-{n}", f"{i}:{n}".encode()
-                n += 1
-                await bucket.create_or_reclaim(key, value)
-                created[key] = value
-                ack_times.append(time.monotonic())
             except OutcomeUnknown:
                 unknown_increments += 1
+                continue
+            acked_increments += 1
+            lost_replies += result.lost_replies
+            ack_times.append(time.monotonic())
+            key, value = f"job.c{i}-{n}", f"{i}:{n}".encode()
+            n += 1
+            try:
+                await bucket.create_or_reclaim(key, value)
+            except OutcomeUnknown:
+                unknown_creates += 1  # not an increment: the counter's bound stays exact
+                continue
+            except Unavailable:  # answered "not stored" (an election): the caller's to retry
+                refused.append(key)
+                continue
+            created[key] = value
+            ack_times.append(time.monotonic())
 
     tasks = [asyncio.create_task(worker(i, b)) for i, b in enumerate(buckets)]
     try:
@@ -290,8 +386,9 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
         await wait_until(lambda: _at_least(lambda: acked_increments, before + 30), timeout=45)
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(cluster.start, leader)
+    assert not [e for e in ended if e is not None], ended  # no worker gave up midway
     reader = buckets[(leader + 1) % 3]
     final = await reader.leader_get("job.counter")
     assert final is not None
@@ -299,10 +396,14 @@ async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     for key, value in created.items():
         entry = await reader.leader_get(key)
         assert entry is not None and entry.value == value, key
+    for key in refused:  # "not stored" is never a guess either
+        assert await reader.leader_get(key) is None, key
     gaps = [b - a for a, b in itertools.pairwise(ack_times) if b > killed_at[0]]
     print(
         f"leader kill: {acked_increments} acked CAS, {len(created)} acked creates, 0 lost; "
-        f"{unknown_increments} outcome unknown, {lost_replies} lost replies resolved; "
+        f"{unknown_increments} CAS and {unknown_creates} creates outcome unknown, "
+        f"{len(refused)} creates refused as unavailable, "
+        f"{lost_replies} lost replies resolved; "
         f"longest write gap after the kill {max(gaps):.2f} s"
     )
 
