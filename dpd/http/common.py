@@ -137,7 +137,7 @@ YAML_MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/ya
 
 
 def document_format(request: web.Request) -> str:
-    """"yaml" for a body sent as YAML (``YAML_MEDIA_TYPES``), else "json": the format
+    """Says "yaml" for a body sent as YAML (``YAML_MEDIA_TYPES``), else "json": the format
     ``dpd.jobs.spec.parse_job_document`` reads it in (YAML through ``load_yaml``). The body
     itself is read with ``request.read()`` either way, under the same size limit (413)."""
     return "yaml" if request.content_type.lower() in YAML_MEDIA_TYPES else "json"
