@@ -86,3 +86,7 @@ def setup_routes(app: web.Application, services: Services) -> None:
     job_files.setup(app)
     gpu_dashboard.setup(app)
     model_catalog.setup(app)
+    # the submit page's dataset picker over the data roots
+    from dpd.http.routes import folders
+
+    folders.setup(app, services.config)

@@ -1,5 +1,5 @@
 """What every route module shares: the envelope response, the caller's identity and
-permissions, rate limiting, and parsing of query parameters and JSON bodies.
+permissions, rate limiting, and parsing of query parameters and JSON (or YAML) bodies.
 
 Route modules raise ``dpd.errors`` exceptions; one middleware (``dpd.http.middlewares``)
 turns them into the envelope. Nothing here writes a response for an error itself.
@@ -130,6 +130,17 @@ async def json_body(request: web.Request, default: Any = None) -> Any:
     if not body.strip():
         return default
     return parse_json(body)
+
+
+# Content types that mark a job document as YAML; anything else (none included) is JSON.
+YAML_MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
+
+
+def document_format(request: web.Request) -> str:
+    """Says "yaml" for a body sent as YAML (``YAML_MEDIA_TYPES``), else "json": the format
+    ``dpd.jobs.spec.parse_job_document`` reads it in (YAML through ``load_yaml``). The body
+    itself is read with ``request.read()`` either way, under the same size limit (413)."""
+    return "yaml" if request.content_type.lower() in YAML_MEDIA_TYPES else "json"
 
 
 def _refuse_constant(name: str) -> Any:

@@ -213,9 +213,28 @@ def test_log_search_and_level_filter(daemon: DaemonProcess, open_page: Any) -> N
     page.get_by_role("button", name="Duplicate as new job").click()
     expect(page).to_have_url(re.compile(r"#/submit\?from=log-job$"))
     document = page.locator("textarea[name=document]")
-    expect(document).to_have_value(re.compile('"model_type": "sdxl"'))
-    assert '"task_id"' not in document.input_value()
+    expect(document).to_have_value(re.compile(r"^model_type: sdxl$", re.MULTILINE))  # as YAML
+    assert not re.search(r"^task_id:", document.input_value(), re.MULTILINE)
     watched.clean()
+
+
+def choose_folder(watched: Any, screenshots: Path, root: Path, *names: str) -> None:
+    """Pick ``root/names...`` as the dataset with the submit page's folder picker: from the
+    data roots down, folder by folder, each showing its counts."""
+    page = watched.page
+    page.get_by_role("button", name="Browse…").click()
+    picker = page.locator(".folder-picker [data-role=roots]")
+    expect(picker.locator(".picker-path code")).to_have_text("Data roots")
+    picker.locator("li button.link").first.click()  # the one data root
+    expect(picker.locator(".picker-path code")).to_have_text(str(root.resolve()))
+    for name in names[:-1]:
+        picker.locator(f"li[data-folder='{name}'] button.link").click()
+    chosen = picker.locator(f"li[data-folder='{names[-1]}']")
+    expect(chosen).to_contain_text("4 images · 4 captions")
+    shoot(watched, screenshots, "submit-folder-picker-desktop")
+    chosen.get_by_role("button", name="Use").click()
+    expect(page.locator(".folder-picker")).to_have_count(0)
+    expect(page.locator("#f-dataset")).to_have_value(str(root.joinpath(*names).resolve()))
 
 
 def test_submit_form_shows_the_servers_field_error_then_starts(
@@ -233,7 +252,7 @@ def test_submit_form_shows_the_servers_field_error_then_starts(
     expect(page.locator("#f-model_type option[value=sdxl]")).to_contain_text("(installed)")
     expect(page.locator("[id='f-path:checkpoint_path']")).to_have_value(str(installed))
     page.fill("#f-task_id", "form-job")
-    page.fill("#f-dataset", str(daemon.data / "datasets" / "cats"))
+    choose_folder(watched, screenshots, daemon.data, "datasets", "cats")
     page.fill("#f-epochs", "0")
     page.get_by_role("button", name="Check").click()
     error = page.locator(".field[data-field=epochs] .field-error")

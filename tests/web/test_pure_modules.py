@@ -147,3 +147,83 @@ def test_shipped_files_name_no_outside_address() -> None:
         if path.suffix in (".html", ".js", ".mjs", ".css", ".svg") and path.is_file():
             for address in re.findall(r"https?://[^\s\"'`)<>]+", path.read_text()):
                 assert harmless.match(address), f"{path}: {address}"
+
+
+def test_the_editors_yaml_reads_back_equal_with_dpds_loader(page: Watched) -> None:
+    from dpd.jobs.yamlload import load_yaml
+
+    doc = {
+        "model_type": "sdxl",
+        "description": "cats: the # second try",
+        "task_id": "yes",
+        "gpu_ids": None,
+        "queue": True,
+        "priority": 0,
+        "lr": 5e-5,
+        "big": 1e21,
+        "negative": -2.5,
+        "empty_list": [],
+        "empty_map": {},
+        "nested": [[1, 2], {"a": [{"b": "on"}, "off"]}, []],
+        "texts": [
+            "/data/x y",
+            "0755",
+            "1e5",
+            "12:30",
+            "2026-01-02",
+            "-dash",
+            "@at",
+            "'q",
+            '"dq',
+            "✓ ünïcode",
+            "two\nlines",
+            "",
+            " lead",
+            "trail ",
+            "~",
+            "null",
+            "a #b",
+            "[x]",
+        ],
+        "weird key": 1,
+        "<<": 2,
+        "true": 3,
+        "1": 4,
+    }
+    text = run(page, "jobyaml.js", "return m.toYaml(arg);", doc)
+    assert load_yaml(text) == doc, text
+    assert "\nmodel_type: sdxl\n" in "\n" + text  # plain where that reads back the same
+    assert run(page, "jobyaml.js", "return m.toYaml(arg);", {}) == "{}\n"
+
+
+def test_the_editor_finds_the_line_of_a_field_and_the_format(page: Watched) -> None:
+    yaml_text = (
+        "model_type: sdxl\n"  # 1
+        "dataset:\n"  # 2
+        "  directories:\n"  # 3
+        "    - path: /d\n"  # 4
+        "config:\n"  # 5
+        "  model: {dtype: bfloat16}\n"  # 6
+        "  epochs: 0\n"  # 7
+        "  optimizer:\n"  # 8
+        "    type: adamw\n"  # 9
+        "    lr: x\n"  # 10
+    )
+    json_text = '{\n  "config": {\n    "epochs": 1,\n    "optimizer": {"lr": "x"}\n  }\n}'
+    found = run(
+        page,
+        "jobyaml.js",
+        """return [
+             ...['config.epochs', 'dataset.directories[0].path', 'config.optimizer.lr',
+                 'config.adapter', 'nothing', 'model_type']
+               .map((f) => m.fieldLine(arg.y, f)),
+             m.fieldLine(arg.j, 'config.optimizer.lr'), m.fieldLine(arg.j, 'config.epochs'),
+             m.documentFormat(arg.j), m.documentFormat('  {"a": 1}'), m.documentFormat(arg.y),
+             m.documentFormat(''), m.lineRange(arg.y, 7)];""",
+        {"y": yaml_text, "j": json_text},
+    )
+    assert found[:6] == [7, 4, 10, 5, None, 1]
+    assert found[6:8] == [4, 3]
+    assert found[8:12] == ["json", "json", "yaml", "yaml"]
+    start, end = found[12]
+    assert yaml_text[start:end] == "  epochs: 0"

@@ -4,7 +4,8 @@
   bands (``dpd.jobs.series``), read from metrics.jsonl;
 - ``GET /training/{id}/markers``: resume, save and checkpoint markers for the charts;
 - ``POST /training/{id}/priority``: a queued job's priority (409 once it has left the queue);
-- ``POST /training/validate``: a dry run of ``/training/start`` (nothing is written);
+- ``POST /training/validate``: a dry run of ``/training/start`` (nothing is written), JSON
+  or YAML as start takes;
 - ``GET /training/{id}/config``: the accepted spec and the generated TOML files;
 - ``GET /training/{id}/alerts``: the task's recorded ``alert`` events (``dpd.alerts``).
 
@@ -25,7 +26,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from dpd.errors import BadRequest, Conflict, FieldError, ValidationFailed
-from dpd.http.common import envelope_response, query_choice, query_int
+from dpd.http.common import document_format, envelope_response, query_choice, query_int
 from dpd.http.routing import Route, add_routes
 from dpd.jobs import series
 from dpd.jobs.dpconfig import render_configs
@@ -236,10 +237,10 @@ def validation_warnings(services: Services, spec: JobSpec) -> list[str]:
 async def validate_training(request: web.Request) -> web.Response:
     """422 with ``data.errors`` as start gives; else the files start would generate."""
     services = request.app[SERVICES]
-    body = await request.read()
+    body, fmt = await request.read(), document_format(request)
     spec = await asyncio.to_thread(
         lambda: validate_job(
-            parse_job_document(body, "json"), data_roots=services.config.daemon.data_roots
+            parse_job_document(body, fmt), data_roots=services.config.daemon.data_roots
         )
     )
     task_dir = spec.task_id or "<task_id>"

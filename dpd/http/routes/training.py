@@ -19,6 +19,7 @@ from aiohttp import web
 from dpd.errors import BadRequest, Conflict, InsufficientResources
 from dpd.http import views
 from dpd.http.common import (
+    document_format,
     envelope_response,
     parse_json,
     principal,
@@ -56,7 +57,7 @@ async def start_training(request: web.Request) -> web.Response:
     who = principal(request)
     services = _services(request)
     body = await request.read()
-    spec = await services.intake.validate(body, "json")
+    spec = await services.intake.validate(body, document_format(request))
     if spec.task_id is not None and services.store.exists(spec.task_id):
         state = services.store.get(spec.task_id)
         return envelope_response(_created_view(services, state), 200, "task already exists")

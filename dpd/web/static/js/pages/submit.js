@@ -1,9 +1,13 @@
 // Submit: a form built from the model catalog, checked by the server's dry run before start.
-import { html, useEffect, useMemo, useState } from "../html.js";
+import { html, useEffect, useMemo, useRef, useState } from "../html.js";
 import { ApiError, get, post, seg } from "../api.js";
 import { go, jobLink } from "../router.js";
 import { buildJob, fieldFor, requiredPaths } from "../pure/jobform.js";
+import { documentFormat, fieldLine, lineRange, toYaml } from "../pure/jobyaml.js";
+import { FolderPicker } from "../ui/folderpicker.js";
 import { ErrorText } from "../ui/widgets.js";
+
+const MEDIA_TYPES = { json: "application/json", yaml: "application/yaml" };
 
 const DEFAULTS = {
   task_id: "", description: "", model_type: "", paths: {}, dataset: "", resolution: 512,
@@ -33,6 +37,9 @@ export function SubmitPage({ from }) {
   const [advanced, setAdvanced] = useState(false);
   const [text, setText] = useState("");
   const [errors, setErrors] = useState({});
+  const [docErrors, setDocErrors] = useState([]);
+  const [picking, setPicking] = useState(false);
+  const editor = useRef(null);
   const [general, setGeneral] = useState(null);
   const [result, setResult] = useState(null);
   const [busy, setBusy] = useState(false);
@@ -55,22 +62,31 @@ export function SubmitPage({ from }) {
     get(`/training/${seg(from)}/config`).then((c) => {
       const spec = { ...(c.job ?? c) };
       delete spec.task_id;
-      setText(JSON.stringify(spec, null, 2));
+      setText(toYaml(spec));
       setAdvanced(true);
     }, (err) => setGeneral(err));
   }, [from]);
 
-  const documentText = () => (advanced ? text : JSON.stringify(buildJob(form, paths), null, 2));
   const toggleAdvanced = () => {
-    if (!advanced) setText(JSON.stringify(buildJob(form, paths), null, 2));
+    if (!advanced) setText(toYaml(buildJob(form, paths)));
     setAdvanced(!advanced);
   };
   const send = async (path) => {
-    // Sent as typed: a JSON mistake comes back from the daemon as a clear 400.
-    return post(path, documentText());
+    // The editor's text is sent as typed, as YAML or (starting with "{") JSON: a mistake in
+    // it comes back from the daemon as a clear 400.
+    if (!advanced) return post(path, buildJob(form, paths));
+    return post(path, text, { contentType: MEDIA_TYPES[documentFormat(text)] });
   };
+  const showLine = (line) => {
+    const area = editor.current;
+    if (!area || !line) return;
+    const [start, end] = lineRange(area.value, line);
+    area.focus();
+    area.setSelectionRange(start, end);
+  };
+  const pick = (path) => { setForm({ ...form, dataset: path }); setPicking(false); };
   const run = async (start) => {
-    setBusy(true); setErrors({}); setGeneral(null); setResult(null);
+    setBusy(true); setErrors({}); setDocErrors([]); setGeneral(null); setResult(null);
     try {
       const validated = await send("/training/validate");
       setResult(validated);
@@ -80,10 +96,15 @@ export function SubmitPage({ from }) {
       }
     } catch (err) {
       if (err instanceof ApiError && err.data?.errors) {
+        if (advanced) { // each error beside the editor, with the line its field is on
+          setDocErrors(err.data.errors.map((e) => ({ ...e, line: fieldLine(text, e.field) })));
+          setGeneral(err.message);
+          return;
+        }
         const byField = {};
         const other = [];
         for (const e of err.data.errors) {
-          const id = advanced ? null : fieldFor(e.field, paths);
+          const id = fieldFor(e.field, paths);
           if (id) byField[id] = e.message; else other.push(`${e.field}: ${e.message}`);
         }
         setErrors(byField);
@@ -111,7 +132,10 @@ export function SubmitPage({ from }) {
           <input id=${`f-path:${p.key}`} name=${p.key} value=${form.paths[p.key] ?? ""} onInput=${setPath(p.key)} list=${`dl-${p.key}`} />
           <datalist id=${`dl-${p.key}`}>${p.choices.map((c) => html`<option value=${c} />`)}</datalist><//>`)}
         <${Field} id="dataset" label="Dataset folder" error=${errors.dataset}>
-          <input id="f-dataset" name="dataset" value=${form.dataset} onInput=${set("dataset")} list="dl-datasets" placeholder="/data/datasets/cats" />
+          <div class="with-button">
+            <input id="f-dataset" name="dataset" value=${form.dataset} onInput=${set("dataset")} list="dl-datasets" placeholder="/data/datasets/cats" />
+            <button type="button" class="secondary" onClick=${() => setPicking(!picking)} aria-expanded=${picking}>Browse…</button>
+          </div>
           <datalist id="dl-datasets">${datasets.map((d) => html`<option value=${d.path ?? d.output_dir ?? d.name}>${d.name ?? ""}</option>`)}</datalist><//>
         <${Field} id="resolution" label="Resolution" error=${errors.resolution}>${input("resolution", "number", { min: 64, step: 64 })}<//>
         <${Field} id="epochs" label="Epochs" error=${errors.epochs}>${input("epochs", "number")}<//>
@@ -122,11 +146,17 @@ export function SubmitPage({ from }) {
         <${Field} id="priority" label="Priority" error=${errors.priority}>${input("priority", "number")}<//>
         <div class="field check"><label><input type="checkbox" name="queue" checked=${form.queue} onChange=${set("queue")} /> Queue when no GPU is free</label></div>
       </div>
-      <details class="advanced" open=${advanced} onToggle=${(e) => { if (e.target.open !== advanced) toggleAdvanced(); }}>
-        <summary>Advanced: edit the whole job as JSON</summary>
+      ${picking && html`<${FolderPicker} datasets=${datasets} onPick=${pick} onClose=${() => setPicking(false)} />`}
+      <details class="advanced" open=${advanced}>
+        <summary onClick=${(e) => { e.preventDefault(); toggleAdvanced(); }}>Advanced: edit the whole job as YAML or JSON</summary>
         <textarea name="document" rows="18" spellcheck="false" aria-label="job document" value=${text}
-          onInput=${(e) => setText(e.target.value)}></textarea>
-        <small class="muted">While this is open, the document here is what is sent; the form above is ignored.</small>
+          ref=${editor} class=${docErrors.length ? "invalid" : ""} onInput=${(e) => setText(e.target.value)}></textarea>
+        ${docErrors.length > 0 && html`<ul class="doc-errors" role="alert">
+          ${docErrors.map((e) => html`<li data-field=${e.field}>
+            ${e.line ? html`<button type="button" class="link" onClick=${() => showLine(e.line)}>line ${e.line}</button>` : null}
+            <code>${e.field}</code> <span class="field-error">${e.message}</span></li>`)}
+        </ul>`}
+        <small class="muted">YAML, or JSON starting with "{". While this is open, the document here is what is sent; the form above is ignored.</small>
       </details>
       <${ErrorText} error=${general} />
       ${result && html`<div class="validated" data-role="validation">
