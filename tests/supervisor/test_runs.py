@@ -189,13 +189,15 @@ async def test_stop_and_launch_racing_for_a_queued_job_end_it_once(rig: Rig) -> 
 
 class Race:
     """Lets a stop's and a launch's status change of one queued job both arrive at the
-    store (each in its worker thread), then lets ``first`` through before ``second``."""
+    store (each in its worker thread), then lets ``first`` through; ``second`` goes when the
+    test says (``second_may_go``), after ``first`` is done."""
 
     def __init__(self, store: JobStore, first: Status, second: Status) -> None:
         self._real = store.transition
         self.first, self.second = first, second
         self.arrived = {first: threading.Event(), second: threading.Event()}
         self.first_done = threading.Event()
+        self.second_may_go = threading.Event()
 
     def transition(self, task_id: str, expect: Any, to: Status, **fields: Any) -> Any:
         if to not in self.arrived:
@@ -204,6 +206,7 @@ class Race:
         self.arrived[self.second if to is self.first else self.first].wait(5)
         if to is self.second:
             self.first_done.wait(5)
+            self.second_may_go.wait(5)
         try:
             return self._real(task_id, expect, to, **fields)
         finally:
@@ -222,6 +225,13 @@ async def race(rig: Rig, monkeypatch: pytest.MonkeyPatch, first: Status) -> dict
     stopping = asyncio.create_task(rig.sup.stop("t"))
     await until(gate.arrived[Status.STOPPED].is_set)  # it read "queued" and writes now
     await rig.sup.schedule_once()
+    await until(gate.first_done.is_set)
+    if first is Status.RUNNING:
+        # the launch goes on to the spawn before the stop learns that it lost. Otherwise the
+        # two threads' answers reach the loop in either order, and a stop that comes first
+        # rightly ends the run unspawned: running -> stopped, a different (valid) story
+        await until(rig.launcher.spawning.is_set)
+    gate.second_may_go.set()
     state = await asyncio.wait_for(stopping, 5)
     await until(rig.gpu_free)
     assert state["status"] == "stopped" and rig.status("t") == "stopped"
