@@ -13,6 +13,8 @@ is one compare-and-set (``JobStore.transition``) announced as it is made. The ed
     stopping  --force-->            stopping       SIGKILL now, beside the graceful stop
     running|stopping --ended-->     completed | failed | stopped   (``outcome.judge_run``)
     (restart) running  --never started--> queued;  stopping --never started--> stopped
+    (closing) any      --let go-->        nothing more reaches the launcher; the status on
+                                          disk is the next daemon's to go on with
 
 Never launches a run twice: before the shim is spawned, state.json says ``running`` with the
 run number; a restarted daemon adopts a live shim, reads an exit it recorded, or fails a run
@@ -69,7 +71,9 @@ class JobRun:
         self.shim: ShimInfo | None = None
         self.exit_status: ExitStatus | None = None  # known at re-attach (ended or lost)
         self.task: asyncio.Task[None] | None = None  # launch or recovery, then following
-        self.done = asyncio.Event()
+        self.done = asyncio.Event()  # the outcome is recorded and the resources freed
+        self.settled = asyncio.Event()  # done, or the supervisor let go of the run (closing)
+        self._let_go = False
         self.started = ctx.clock.wall()
         self._lock = asyncio.Lock()
         self._stops: list[asyncio.Task[None]] = []
@@ -156,7 +160,7 @@ class JobRun:
             # edge: launching -> stop noted: the launch never spawns, or stops what it spawned
             if self.stop_reason is not StopReason.FORCE:
                 self.stop_reason = reason
-            await self.done.wait()
+            await self.settled.wait()
             return
         async with self._lock:
             if self.phase is RunPhase.ENDED:
@@ -167,8 +171,8 @@ class JobRun:
             elif force and self.stop_reason is StopReason.GRACEFUL:
                 # edge: stopping -> stopping (force after graceful): SIGKILL now
                 self.stop_reason = StopReason.FORCE
-                self._stops.append(asyncio.create_task(self._stop_shim(graceful=False)))
-        await self.done.wait()
+                self._send_stop(graceful=False)
+        await self.settled.wait()
 
     async def _begin_stop(self) -> None:
         """(lock held) edge: running -> stopping. A stop the daemon makes (a hang, a fatal
@@ -181,7 +185,15 @@ class JobRun:
             )
         self.phase = RunPhase.STOPPING
         graceful = reason is not StopReason.FORCE and not self.follower.caching_failed()
-        self._stops.append(asyncio.create_task(self._stop_shim(graceful)))
+        self._send_stop(graceful)
+
+    def _send_stop(self, graceful: bool) -> None:
+        """Stop the shim in a task of its own (a force joins a graceful stop under way). Not
+        once the supervisor has let go of the run (``cancel``): a stop that was writing
+        ``stopping`` as the daemon closed leaves it to the next daemon, which finds the job
+        ``stopping`` and goes on; nothing of a closed supervisor reaches the launcher."""
+        if not self._let_go:
+            self._stops.append(asyncio.create_task(self._stop_shim(graceful)))
 
     async def _stop_shim(self, graceful: bool) -> None:
         """Staged: save_quit (a user's stop while training), SIGTERM, then SIGKILL."""
@@ -287,6 +299,7 @@ class JobRun:
                 stop.cancel()
         self.ctx.registry.remove(self)
         self.done.set()
+        self.settled.set()
         await self.ctx.monitor.poll_now()  # the old trainer's pids must not make it look busy
         self.ctx.wake()
 
@@ -325,7 +338,7 @@ class JobRun:
             if found.kind == "alive":
                 self.shim = found.info
                 if stopping:  # the stop the old daemon began goes on
-                    self._stops.append(asyncio.create_task(self._stop_shim(graceful=True)))
+                    self._send_stop(graceful=True)
             else:  # exited meanwhile, or lost: the shim vanished without recording an end
                 self.exit_status = found.exit
                 if found.kind == "lost":
@@ -338,7 +351,11 @@ class JobRun:
         self.task = asyncio.create_task(self._guarded(self._follow()), name=self.task_id)
 
     async def cancel(self) -> None:
-        """The daemon is closing: stop watching (the shim owns the trainer and goes on)."""
+        """The daemon is closing: stop watching (the shim owns the trainer and goes on).
+        From here the run starts nothing (``_send_stop``); a stop waiting for its end
+        answers now with what the disk says."""
+        self._let_go = True
+        self.settled.set()
         tasks = [t for t in (self.task, *self._stops) if t is not None]
         for task in tasks:
             task.cancel()

@@ -189,13 +189,15 @@ async def test_stop_and_launch_racing_for_a_queued_job_end_it_once(rig: Rig) -> 
 
 class Race:
     """Lets a stop's and a launch's status change of one queued job both arrive at the
-    store (each in its worker thread), then lets ``first`` through before ``second``."""
+    store (each in its worker thread), then lets ``first`` through; ``second`` goes when the
+    test says (``second_may_go``), after ``first`` is done."""
 
     def __init__(self, store: JobStore, first: Status, second: Status) -> None:
         self._real = store.transition
         self.first, self.second = first, second
         self.arrived = {first: threading.Event(), second: threading.Event()}
         self.first_done = threading.Event()
+        self.second_may_go = threading.Event()
 
     def transition(self, task_id: str, expect: Any, to: Status, **fields: Any) -> Any:
         if to not in self.arrived:
@@ -204,6 +206,7 @@ class Race:
         self.arrived[self.second if to is self.first else self.first].wait(5)
         if to is self.second:
             self.first_done.wait(5)
+            self.second_may_go.wait(5)
         try:
             return self._real(task_id, expect, to, **fields)
         finally:
@@ -222,6 +225,13 @@ async def race(rig: Rig, monkeypatch: pytest.MonkeyPatch, first: Status) -> dict
     stopping = asyncio.create_task(rig.sup.stop("t"))
     await until(gate.arrived[Status.STOPPED].is_set)  # it read "queued" and writes now
     await rig.sup.schedule_once()
+    await until(gate.first_done.is_set)
+    if first is Status.RUNNING:
+        # the launch goes on to the spawn before the stop learns that it lost. Otherwise the
+        # two threads' answers reach the loop in either order, and a stop that comes first
+        # rightly ends the run unspawned: running -> stopped, a different (valid) story
+        await until(rig.launcher.spawning.is_set)
+    gate.second_may_go.set()
     state = await asyncio.wait_for(stopping, 5)
     await until(rig.gpu_free)
     assert state["status"] == "stopped" and rig.status("t") == "stopped"
@@ -260,12 +270,18 @@ async def test_a_second_stop_during_a_stop_waits_for_the_same_end(rig: Rig) -> N
     assert rig.told("t") == ["running", "stopping", "stopped"]
 
 
+async def stop_sent(rig: Rig, task_id: str, count: int = 1) -> None:
+    """Until ``count`` stops of the task's run have reached the launcher. The status says
+    ``stopping`` before the run's stop task has run at all: that is no sign of it."""
+    await until(lambda: len(rig.launcher.runs[task_id].stops) >= count)
+
+
 async def test_force_after_a_graceful_stop_kills_at_once(rig: Rig) -> None:
     await rig.start()
     await launched(rig, "t")
     rig.launcher.stop_gate = asyncio.Event()  # the graceful stop never gets anywhere
     graceful = asyncio.create_task(rig.sup.stop("t"))
-    await until(lambda: rig.status("t") == "stopping")
+    await stop_sent(rig, "t")  # held at the gate: the force must not wait for it
     state = await asyncio.wait_for(rig.sup.stop("t", force=True), 5)
     assert state["status"] == "stopped"
     assert [graceful for graceful, _ in rig.launcher.runs["t"].stops] == [True, False]
@@ -345,14 +361,45 @@ async def test_a_restart_during_a_stop_goes_on_stopping(rig: Rig) -> None:
     await launched(rig, "t")
     rig.launcher.stop_gate = asyncio.Event()
     stopping = asyncio.create_task(rig.sup.stop("t"))
-    await until(lambda: rig.status("t") == "stopping")
+    await stop_sent(rig, "t")  # the old daemon's stop is under way when it closes
     await rig.sup.close(stop_jobs=False)
-    stopping.cancel()
+    # the stop answers what the disk says; the next daemon goes on with it
+    assert (await asyncio.wait_for(stopping, 5))["status"] == "stopping"
+    assert rig.launcher.alive("t")  # the closed supervisor's stop was cut short
     rig.launcher.stop_gate.set()
-    rig.launcher.runs["t"].exit = None  # the old stop never got through
     await rig.start()
     await ended(rig, "t", "stopped")
     assert len(rig.launcher.runs["t"].stops) == 2 and rig.gpu_free()
+
+
+async def test_a_stop_cut_short_by_close_never_reaches_the_launcher(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon closes while a stop is writing ``stopping``: the closed supervisor sends
+    nothing to the trainer afterwards (the next daemon finds ``stopping`` and goes on), and
+    the stop answers rather than waiting for an end that no one watches any more."""
+    await rig.start()
+    await launched(rig, "t")
+    real, writing, release = rig.store.transition, threading.Event(), threading.Event()
+
+    def transition(task_id: str, expect: Any, to: Status, **fields: Any) -> Any:
+        if to is Status.STOPPING:
+            writing.set()
+            release.wait(5)
+        return real(task_id, expect, to, **fields)
+
+    monkeypatch.setattr(rig.store, "transition", transition)
+    stopping = asyncio.create_task(rig.sup.stop("t"))
+    await until(writing.is_set)
+    await rig.sup.close(stop_jobs=False)
+    release.set()
+    await until(lambda: stopping.done() or rig.launcher.runs["t"].stops)
+    assert rig.launcher.runs["t"].stops == [] and rig.launcher.alive("t")
+    assert (await asyncio.wait_for(stopping, 5))["status"] == "stopping"
+    assert rig.told("t")[-1] == "stopping"
+    await rig.start()  # the next daemon goes on stopping
+    await ended(rig, "t", "stopped")
+    assert rig.launcher.runs["t"].stops == [(True, False)] and rig.gpu_free()
 
 
 # ----------------------------------------------------------------------- outcomes, hangs
