@@ -80,23 +80,10 @@ ALLOWED: tuple[tuple[str, str, frozenset[str], str], ...] = (
         "one stat of keys.json per authenticated request (StoreChecker): about a microsecond, "
         "and what makes a revocation count from the next request; the re-read is in a thread",
     ),
-    *(
-        (
-            "os.path.abspath",
-            where,  # JobMark's home today, and after the supervisor's rebuild
-            frozenset({"of"}),
-            "JobMark.of resolves the job directory (realpath) when a run is launched, on the "
-            "loop; to move into the launch's worker thread",
-        )
-        for where in ("dpd/supervisor/shim.py", "dpd/supervisor/shim_protocol.py")
-    ),
 )
 
-# Test folders not guarded yet, with why. tests/supervisor calls dpd.supervisor's /proc and
-# shim-file readers straight from async tests, and the launcher reads shim.json and /proc on
-# the loop when it adopts a run: both are being rebuilt (issue 15 items 1-4); guard the folder
-# once that lands.
-UNGUARDED = {"supervisor": "dpd.supervisor and its tests are being rebuilt (issue 15, 1-4)"}
+# Test folders not guarded yet, with why (none today).
+UNGUARDED: dict[str, str] = {}
 
 # The stand-in trainer: its own program, never on the daemon's loop (tests call its helpers).
 EXCLUDED = ["dpd.simulation"]
