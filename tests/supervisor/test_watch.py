@@ -116,7 +116,7 @@ async def test_output_wakes_a_read_without_looking_for_the_end() -> None:
     waiting = asyncio.create_task(
         wake.wait(read=True, more=False, watched=True, health_due=FOREVER)
     )
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, no timed wait: the task is in its wait
     assert not waiting.done()
     wake.event.set()
     assert await asyncio.wait_for(waiting, FOREVER) is False
@@ -130,7 +130,7 @@ async def test_the_end_of_the_shim_wakes_a_look_for_the_exit_status() -> None:
         waiting = asyncio.create_task(
             wake.wait(read=False, more=False, watched=True, health_due=FOREVER)
         )
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the task is in its wait
         os.write(writer, b"x")
         assert await asyncio.wait_for(waiting, FOREVER) is True
     finally:
