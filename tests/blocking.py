@@ -74,6 +74,18 @@ ALLOWED: tuple[tuple[str, str, frozenset[str], str], ...] = (
         "test set-up and checks: a fresh store, its jobs and what it wrote, in tmp_path",
     ),
     (
+        "*",
+        "tests/jobfiles.py",
+        frozenset({"new_store", "add_job", "make_data_root"}),
+        "test set-up: a fresh store, its jobs and data in tmp_path, before the code under test",
+    ),
+    (
+        "*",
+        "tests/fakes/fake_launcher.py",
+        frozenset({"print"}),
+        "the fake launcher writes train.log as the trainer, another process in production, would",
+    ),
+    (
         "os.stat",
         "dpd/http/auth.py",
         frozenset({"_changed"}),
