@@ -3,7 +3,8 @@
 ``wait_for`` blocks (for synchronous tests and subprocess checks); ``wait_until`` awaits (for
 tests on an event loop, which a blocking poll would stall; its condition may be a coroutine
 function, e.g. one that asks the API). Both look at ``condition`` until it returns something
-truthy and return that; past ``timeout`` seconds they raise
+truthy and return that (``in_thread`` makes a blocking condition, e.g. one that scans /proc,
+awaitable without blocking the loop); past ``timeout`` seconds they raise
 AssertionError saying what was awaited. A timeout is a bound for a broken system, not a
 measured figure: it is generous because a busy machine may be slow, never fast.
 """
@@ -58,3 +59,13 @@ async def wait_until(
 def _failure(condition: Callable[[], object], timeout: float, what: What) -> str:
     described = what() if callable(what) else what
     return f"not within {timeout} s: {described or getattr(condition, '__qualname__', condition)}"
+
+
+def in_thread(condition: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """``condition`` as a coroutine function run in a worker thread, for ``wait_until``."""
+
+    def threaded() -> Awaitable[T]:
+        return asyncio.to_thread(condition)
+
+    threaded.__qualname__ = getattr(condition, "__qualname__", "condition")  # for the message
+    return threaded

@@ -61,7 +61,8 @@ LAST_LINES_KEPT = 40
 
 @dataclass
 class FollowState:
-    """What the follower learnt from the output so far."""
+    """What the follower learnt from the output so far. Its phase is saved once, as
+    ``progress.phase`` in state.json (public), not again among these facts."""
 
     phase: str = Phase.STARTING.value
     completed: bool = False
@@ -73,10 +74,10 @@ class FollowState:
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES_KEPT))
 
     def to_state(self) -> dict[str, Any]:
-        """What decides the run's outcome, JSON-safe (``last_lines`` are not kept)."""
+        """What decides the run's outcome, JSON-safe (``last_lines`` are not kept; the phase
+        is saved in ``progress``)."""
         failure = self.failure
         return {
-            "phase": self.phase,
             "completed": self.completed,
             "manual_quit": self.manual_quit,
             "run_dir": self.run_dir,
@@ -89,8 +90,9 @@ class FollowState:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], now: float) -> FollowState:
-        """Signs of life count from ``now`` (monotonic): a restart is no silence."""
+    def from_state(cls, state: dict[str, Any], now: float, phase: str | None) -> FollowState:
+        """Signs of life count from ``now`` (monotonic): a restart is no silence. ``phase`` is
+        the saved ``progress.phase``; a state.json of the earlier layout kept it here too."""
         failure = state["failure"]
         activity = Activity(now, now)
         activity.steps_seen = bool(state.get("steps_seen", False))
@@ -98,7 +100,7 @@ class FollowState:
         return cls(
             activity=activity,
             last_step=state.get("last_step"),
-            phase=state["phase"],
+            phase=phase or state.get("phase") or Phase.STARTING.value,
             completed=state["completed"],
             manual_quit=state["manual_quit"],
             run_dir=state["run_dir"],
@@ -148,7 +150,8 @@ class JobFollower:
         saved = state if isinstance(state, RunRecovery) else RunRecovery.from_state(state)
         offset = saved.log_offset
         path = self.job_dir / names.TRAIN_LOG
-        if saved.output_state is not None and self._take_output_state(saved.output_state):
+        phase = (saved.progress or {}).get("phase")
+        if saved.output_state is not None and self._take_output_state(saved.output_state, phase):
             known: int | None = saved.output_state["newlines"]
             try:
                 info = os.stat(path)
@@ -185,7 +188,7 @@ class JobFollower:
         self._steps_written = self.tracker.current_step or 0
         self._phase_written = self.facts.phase
 
-    def _take_output_state(self, saved: dict[str, Any] | None) -> bool:
+    def _take_output_state(self, saved: dict[str, Any] | None, phase: str | None) -> bool:
         """The parser and facts as state.json recorded them; False if it holds none (or of
         another version)."""
         if not saved:
@@ -194,7 +197,7 @@ class JobFollower:
         if parser is None:
             return False
         self.parser = parser
-        self.facts = FollowState.from_state(saved["facts"], self.clock.monotonic())
+        self.facts = FollowState.from_state(saved["facts"], self.clock.monotonic(), phase)
         return True
 
     def _replay(self, start: int, offset: int) -> tuple[int | None, tuple[int, int] | None]:

@@ -164,7 +164,8 @@ class ShimLauncher:
             "run": spec.run,
             "command": list(spec.command),
             "cwd": str(spec.cwd),
-            "env": dict(spec.env),
+            # The markers name the resolved job directory (a file-system call: in this thread).
+            "env": {**spec.env, **JobMark.of(spec.task_id, spec.job_dir).env()},
             "log_path": str(spec.log_path),
             "orphan_grace": self.orphan_grace,
             "term_grace": self.shim_term_grace,
@@ -252,7 +253,7 @@ class ShimLauncher:
         status = await asyncio.to_thread(read_exit_status, job_dir)
         if status is not None and status.run == info.run:
             return Reattach("exited", info, status)
-        if info.boot_id != proctree.boot_id():
+        if info.boot_id != await asyncio.to_thread(proctree.boot_id):
             reason = "the machine rebooted while the job ran; its processes are gone"
         else:
             reason = "the job's shim vanished without recording how the trainer ended"
@@ -267,7 +268,8 @@ class ShimLauncher:
                 await asyncio.sleep(self.poll_interval)
                 if await asyncio.to_thread(read_shim_info, job_dir) is not None:
                     return await self.reattach(job_dir)
-        await self._sweep(JobMark.of(str(launch.get("task_id", job_dir.name)), job_dir))
+        task_id = str(launch.get("task_id", job_dir.name))
+        await self._sweep(await asyncio.to_thread(JobMark.of, task_id, job_dir))
         return Reattach("never_started")
 
     async def wait_exit(self, info: ShimInfo, timeout: float | None = None) -> ExitStatus:

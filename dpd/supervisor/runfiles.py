@@ -14,7 +14,6 @@ from dpd.events import EmitEvent
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, StatusEvent
 from dpd.supervisor import outputs
-from dpd.supervisor.shim_protocol import JobMark
 from dpd.supervisor.shim_records import LaunchSpec
 from dpd.supervisor.trainer_command import build_trainer_command, build_trainer_env
 
@@ -48,7 +47,7 @@ def launch_spec(
             resume_run_name(state, store.spec(task_id).resume_from_checkpoint),
         ),
         cwd=trainer.diffusion_pipe_dir,
-        env=build_trainer_env(os.environ, trainer.env, JobMark.of(task_id, job_dir)),
+        env=build_trainer_env(os.environ, trainer.env),  # the launcher adds the job markers
         log_path=job_dir / names.TRAIN_LOG,
         job_dir=job_dir,
     )

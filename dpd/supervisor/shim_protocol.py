@@ -70,6 +70,7 @@ class JobMark:
 
     @classmethod
     def of(cls, task_id: str, job_dir: str | os.PathLike[str]) -> JobMark:
+        """Resolves ``job_dir`` (file-system calls): call it in a worker thread, not on the loop."""
         return cls(task_id, os.path.realpath(job_dir) if os.fspath(job_dir) else "")
 
     def env(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ Not trusted: their contents (a half-written or foreign file reads as absent).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,14 +57,15 @@ class ShimInfo:
     trainer_pgid: int
     trainer_start_time: int
     started_at: float
-    job_dir: str = ""  # where it was read from, not stored in shim.json
+    job_dir: str = ""  # where it was read from (resolved), not stored in shim.json
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def mark(self) -> JobMark:
-        return JobMark.of(self.task_id, self.job_dir)
+        """Pure: ``job_dir`` was resolved when shim.json was read (in a worker thread)."""
+        return JobMark(self.task_id, self.job_dir)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShimInfo:
@@ -122,7 +124,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def read_shim_info(job_dir: Path) -> ShimInfo | None:
     data = read_json(Path(job_dir) / SHIM_FILE)
     try:
-        return None if data is None else ShimInfo.from_dict({**data, "job_dir": str(job_dir)})
+        if data is None:
+            return None
+        return ShimInfo.from_dict({**data, "job_dir": os.path.realpath(job_dir)})
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -63,17 +63,19 @@ def _dropped(name: str) -> bool:
 
 
 def build_trainer_env(
-    base: Mapping[str, str], trainer_env: Mapping[str, str], mark: JobMark
+    base: Mapping[str, str], trainer_env: Mapping[str, str], mark: JobMark | None = None
 ) -> dict[str, str]:
     """The daemon's environment minus systemd's sockets, dpd's own settings and secrets and
     CUDA_VISIBLE_DEVICES (the GPU choice is --include), plus trainer.env, the PCI bus order
-    and the job's markers, which every descendant inherits."""
+    and the job's markers (if given; the launcher adds them otherwise), which every
+    descendant inherits."""
     env = {name: value for name, value in base.items() if not _dropped(name)}
     env.update(
         (name, value) for name, value in trainer_env.items() if name not in DROPPED_ENV_NAMES
     )
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env.update(mark.env())
+    if mark is not None:
+        env.update(mark.env())
     return env
 
 

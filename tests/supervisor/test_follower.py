@@ -229,6 +229,7 @@ def test_a_restart_takes_the_saved_parser_state_and_reads_nothing_again(
     assert fed == []
     assert second.follower.parser.to_state() == first.follower.parser.to_state()
     assert second.follower.facts.to_state() == first.follower.facts.to_state()
+    assert second.follower.facts.phase == first.follower.facts.phase == "training"
     assert second.follower.follower.newlines == 4
     write(store, step_line(3))
     second.poll(write_state=True)
@@ -255,3 +256,15 @@ def test_without_a_saved_parser_state_only_the_current_run_is_replayed(store: Jo
     assert follower.facts.phase == "caching"
     assert follower.facts.failure is None and not follower.facts.manual_quit
     assert not follower.caching_failed()
+
+
+def test_the_phase_is_saved_once_in_progress_and_restored_from_there(store: JobStore) -> None:
+    first = Daemon(store)
+    write(store, "caching latents: 1%\n", "Global batch size = 1\n", step_line(1))
+    first.poll(write_state=True)
+    saved = store.get(TASK)
+    assert saved["progress"]["phase"] == "training"
+    assert "phase" not in saved["output_state"]["facts"]
+    second = Daemon(store)
+    second.follower.restore(saved)
+    assert second.follower.facts.phase == "training"

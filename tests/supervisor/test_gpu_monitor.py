@@ -7,7 +7,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,6 +15,7 @@ from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import GpuInfo, NvmlInventory, StaticInventory
 from tests.fakes import fake_nvml
 from tests.fakes.fake_nvml import FakeGpu, FakeMachine
+from tests.waiting import wait_until
 
 TIMEOUT = 5.0
 
@@ -47,13 +47,6 @@ class ScriptedInventory:
         self.closed = True
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -65,7 +58,7 @@ async def test_polls_every_interval_off_the_loop_and_notifies() -> None:
     seen: list[list[GpuInfo]] = []
     monitor = GpuMonitor(inventory, 0.05, on_snapshot=[seen.append])
     task = asyncio.create_task(monitor.run())
-    await wait_for(lambda: monitor.polls >= 4)
+    await wait_until(lambda: monitor.polls >= 4)
     await stop(task)
     assert threading.get_ident() not in inventory.threads
     assert [g.name for g in monitor.latest] == ["A", "B"]
@@ -77,11 +70,11 @@ async def test_interval_is_respected_and_set_interval_applies_at_once() -> None:
     inventory = ScriptedInventory()
     monitor = GpuMonitor(inventory, 3600)
     task = asyncio.create_task(monitor.run())
-    await wait_for(lambda: monitor.polls == 1)
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: monitor.polls == 1)
+    await asyncio.sleep(0.2)  # a stretch of silence IS the check: no second poll in it
     assert monitor.polls == 1  # an hour between polls
     monitor.set_interval(0.02)
-    await wait_for(lambda: monitor.polls >= 5)
+    await wait_until(lambda: monitor.polls >= 5)
     await stop(task)
 
 
@@ -94,13 +87,13 @@ async def test_exception_in_snapshot_marks_every_gpu_unknown_and_the_loop_goes_o
     inventory.fail = RuntimeError("driver exploded")
     task = asyncio.create_task(monitor.run())
     with caplog.at_level(logging.WARNING, "dpd.gpus"):
-        await wait_for(lambda: monitor.polls >= 6)
+        await wait_until(lambda: monitor.polls >= 6)
     assert [g.gpu_id for g in monitor.latest] == [0, 1]
     assert all("driver exploded" in (g.error or "") for g in monitor.latest)
     assert all(g.memory_free == 0 for g in monitor.latest)
     assert caplog.text.count("driver exploded") == 1  # logged once, not every poll
     inventory.fail = None
-    await wait_for(lambda: all(g.error is None for g in monitor.latest))
+    await wait_until(lambda: all(g.error is None for g in monitor.latest))
     assert not task.done()
     await stop(task)
 
@@ -111,11 +104,11 @@ async def test_a_hanging_snapshot_is_given_up_and_not_piled_up() -> None:
     await monitor.poll_now()
     inventory.release.clear()
     task = asyncio.create_task(monitor.run())
-    await wait_for(lambda: monitor.polls >= 4)
+    await wait_until(lambda: monitor.polls >= 4)
     assert all("no answer" in (g.error or "") for g in monitor.latest)
     assert inventory.calls == 2  # the hung call is waited on again, not repeated
     inventory.release.set()
-    await wait_for(lambda: all(g.error is None for g in monitor.latest))
+    await wait_until(lambda: all(g.error is None for g in monitor.latest))
     await stop(task)
 
 
@@ -135,10 +128,10 @@ async def test_cancel_stops_the_loop_and_close_releases_the_inventory() -> None:
     inventory = ScriptedInventory()
     monitor = GpuMonitor(inventory, 0.01)
     task = asyncio.create_task(monitor.run())
-    await wait_for(lambda: monitor.polls >= 2)
+    await wait_until(lambda: monitor.polls >= 2)
     await stop(task)
     calls = inventory.calls
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a stretch of silence IS the check: no poll after the cancel
     assert inventory.calls == calls
     await monitor.close()
     assert inventory.closed
@@ -150,12 +143,12 @@ async def test_monitor_over_nvml_reports_a_lost_gpu_and_its_return() -> None:
     inventory.start()
     monitor = GpuMonitor(inventory, 0.02)
     task = asyncio.create_task(monitor.run())
-    await wait_for(lambda: len(monitor.latest) == 2)
+    await wait_until(lambda: len(monitor.latest) == 2)
     machine.gpus[0].lost = True
-    await wait_for(lambda: monitor.latest[0].error is not None)
+    await wait_until(lambda: monitor.latest[0].error is not None)
     assert monitor.latest[1].error is None
     machine.gpus[0].lost = False
-    await wait_for(lambda: monitor.latest[0].error is None)
+    await wait_until(lambda: monitor.latest[0].error is None)
     await stop(task)
     await monitor.close()
     assert machine.refcount == 0

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -31,6 +31,7 @@ from dpd.supervisor.launcher import (
     kill_marked,
 )
 from dpd.supervisor.shim import MARKER, JobMark
+from tests.waiting import in_thread, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,14 +43,6 @@ def job_processes(task_id: str) -> list[int]:
 
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait for a condition (evaluated in a thread: it may scan /proc)."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(predicate):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -77,7 +70,7 @@ def launcher() -> ShimLauncher:
 
 
 def make_spec(task_id: str, job_dir: Path, command: list[str], run: int = 1) -> LaunchSpec:
-    env = build_trainer_env(os.environ, {"NCCL_P2P_DISABLE": "1"}, JobMark.of(task_id, job_dir))
+    env = build_trainer_env(os.environ, {"NCCL_P2P_DISABLE": "1"})  # the launcher marks it
     return LaunchSpec(task_id, run, command, job_dir, env, job_dir / "train.log", job_dir)
 
 
@@ -178,9 +171,8 @@ async def test_spawn_records_exit_code_and_runs_detached(
     spec = LaunchSpec(**{**spec.__dict__, "cwd": tmp_path})
     info = await launcher.spawn(spec)
     assert info.trainer_pgid == info.trainer_pid and info.run == 1
-    assert proctree.read_stat(info.shim_pid) is None or (
-        proctree.read_stat(info.shim_pid).ppid != os.getpid()  # type: ignore[union-attr]
-    )
+    shim = await asyncio.to_thread(proctree.read_stat, info.shim_pid)
+    assert shim is None or shim.ppid != os.getpid()
     status = await launcher.wait_exit(info, timeout=5)
     assert (status.returncode, status.signal, status.run) == (3, None, 1)
     assert status.reason == "exited with code 3"
@@ -196,7 +188,9 @@ async def test_spawn_records_exit_code_and_runs_detached(
 async def test_scope_command_wraps_the_shim(task_id: str, job_dir: Path) -> None:
     scoped = ShimLauncher(scope_command=["env", "SCOPE_UNIT=dpd-job-{task_id}-{run}"])
     info = await scoped.spawn(make_spec(task_id, job_dir, ["sleep", "60"]))
-    assert proctree.has_env(info.shim_pid, "SCOPE_UNIT", f"dpd-job-{task_id}-1")
+    assert await asyncio.to_thread(
+        proctree.has_env, info.shim_pid, "SCOPE_UNIT", f"dpd-job-{task_id}-1"
+    )
     status = await scoped.stop(info, graceful=False, run_dir=None, training=False, timeout=0)
     assert status.signal == signal.SIGKILL
 
@@ -245,7 +239,7 @@ async def test_a_new_launcher_adopts_the_live_shim(task_id: str, job_dir: Path) 
     del first
     gc.collect()
     restarted = ShimLauncher()
-    assert restarted.adopt(job_dir) == info
+    assert await asyncio.to_thread(restarted.adopt, job_dir) == info
     found = await restarted.reattach(job_dir)
     assert (found.kind, found.info) == ("alive", info)
     go.touch()
@@ -257,12 +251,11 @@ DAEMON = """
 import asyncio, json, os, sys
 from pathlib import Path
 from dpd.supervisor.launcher import LaunchSpec, ShimLauncher, build_trainer_env
-from dpd.supervisor.shim import JobMark
 
 async def main() -> None:
     job_dir, task_id, go = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     script = f"import os, time\\nwhile not os.path.exists({go!r}): time.sleep(0.02)\\nprint('done')"
-    env = build_trainer_env(os.environ, {}, JobMark.of(task_id, job_dir))
+    env = build_trainer_env(os.environ, {})
     spec = LaunchSpec(task_id, 1, [sys.executable, "-c", script], job_dir, env,
                       job_dir / "train.log", job_dir)
     info = await ShimLauncher().spawn(spec)
@@ -285,9 +278,11 @@ async def test_kill_9_of_the_daemon_does_not_stop_the_training(task_id: str, job
     info = ShimInfo.from_dict(json.loads(line))
     daemon.kill()
     await daemon.wait()
-    assert proctree.is_same_process(info.trainer_pid, info.trainer_start_time)
+    assert await asyncio.to_thread(
+        proctree.is_same_process, info.trainer_pid, info.trainer_start_time
+    )
     go.touch()  # the trainer finishes while no daemon watches
-    await eventually(lambda: (job_dir / "exit.json").exists())
+    await wait_until(in_thread(lambda: (job_dir / "exit.json").exists()))
     found = await ShimLauncher().reattach(job_dir)
     assert found.kind == "exited" and found.exit is not None
     assert found.exit.returncode == 0 and found.exit.run == 1
@@ -299,7 +294,7 @@ async def test_a_killed_shim_makes_the_run_lost_and_its_strays_are_swept(
 ) -> None:
     info = await launcher.spawn(make_spec(task_id, job_dir, ["sleep", "60"]))
     os.kill(info.shim_pid, signal.SIGKILL)
-    await eventually(lambda: not launcher.is_alive(info))
+    await wait_until(in_thread(lambda: not launcher.is_alive(info)))
     found = await launcher.reattach(job_dir)
     assert found.kind == "lost" and found.exit is not None
     assert "shim vanished" in found.exit.reason and found.exit.leftovers_killed == 1
@@ -309,19 +304,20 @@ async def test_a_killed_shim_makes_the_run_lost_and_its_strays_are_swept(
 async def test_a_shim_from_another_boot_is_lost(
     launcher: ShimLauncher, task_id: str, job_dir: Path
 ) -> None:
+    me = await asyncio.to_thread(proctree.start_time, os.getpid())
     record = {
         "task_id": task_id,
         "run": 1,
         "boot_id": "00000000-0000-0000-0000-000000000000",
         "shim_pid": os.getpid(),
-        "shim_start_time": proctree.start_time(os.getpid()),
+        "shim_start_time": me,
         "trainer_pid": os.getpid(),
         "trainer_pgid": os.getpgid(0),
-        "trainer_start_time": proctree.start_time(os.getpid()),
+        "trainer_start_time": me,
         "started_at": 0.0,
     }
     (job_dir / "shim.json").write_text(json.dumps(record))
-    assert launcher.adopt(job_dir) is None
+    assert await asyncio.to_thread(launcher.adopt, job_dir) is None
     found = await launcher.reattach(job_dir)
     assert found.kind == "lost" and found.exit is not None and "rebooted" in found.exit.reason
 
@@ -331,12 +327,12 @@ async def test_pid_reuse_never_fools_adopt_or_stop(
 ) -> None:
     unrelated = await asyncio.create_subprocess_exec("sleep", "30", start_new_session=True)
     try:
-        real_start = proctree.start_time(unrelated.pid)
+        real_start = await asyncio.to_thread(proctree.start_time, unrelated.pid)
         assert real_start is not None
         record = {
             "task_id": task_id,
             "run": 1,
-            "boot_id": proctree.boot_id(),
+            "boot_id": await asyncio.to_thread(proctree.boot_id),
             "shim_pid": unrelated.pid,
             "shim_start_time": real_start + 1,
             "trainer_pid": unrelated.pid,
@@ -345,13 +341,13 @@ async def test_pid_reuse_never_fools_adopt_or_stop(
             "started_at": 0.0,
         }
         (job_dir / "shim.json").write_text(json.dumps(record))
-        assert launcher.adopt(job_dir) is None
+        assert await asyncio.to_thread(launcher.adopt, job_dir) is None
         info = ShimInfo.from_dict({**record, "job_dir": str(job_dir)})
         status = await launcher.stop(info, graceful=False, run_dir=None, training=False, timeout=0)
         assert status.returncode is None and "without recording" in status.reason
         assert (await launcher.reattach(job_dir)).kind == "lost"
         assert unrelated.returncode is None
-        assert proctree.start_time(unrelated.pid) == real_start  # never signalled
+        assert await asyncio.to_thread(proctree.start_time, unrelated.pid) == real_start
     finally:
         unrelated.kill()
         await unrelated.wait()
@@ -385,7 +381,7 @@ async def test_graceful_stop_while_training_uses_save_quit(
     run_dir = tmp_path / "run"
     command = [*py(SAVE_QUIT_TRAINER), str(run_dir)]
     info = await launcher.spawn(make_spec(task_id, job_dir, command))
-    await eventually(lambda: "steps: 1" in log_text(job_dir))
+    await wait_until(in_thread(lambda: "steps: 1" in log_text(job_dir)))
     status = await launcher.stop(info, graceful=True, run_dir=run_dir, training=True, timeout=5)
     assert (status.returncode, status.signal) == (0, None)
     assert "Manually quitting" in log_text(job_dir)
@@ -405,7 +401,7 @@ async def test_graceful_stop_escalates_to_sigterm_then_sigkill(
     launcher: ShimLauncher, task_id: str, job_dir: Path, tmp_path: Path
 ) -> None:
     info = await launcher.spawn(make_spec(task_id, job_dir, py(TERM_IGNORING_TRAINER)))
-    await eventually(lambda: "ready" in log_text(job_dir))
+    await wait_until(in_thread(lambda: "ready" in log_text(job_dir)))
     started = time.monotonic()
     status = await launcher.stop(info, graceful=True, run_dir=tmp_path, training=True, timeout=0.3)
     assert status.signal == signal.SIGKILL
@@ -417,7 +413,7 @@ async def test_forced_stop_kills_at_once(
     launcher: ShimLauncher, task_id: str, job_dir: Path
 ) -> None:
     info = await launcher.spawn(make_spec(task_id, job_dir, py(TERM_IGNORING_TRAINER)))
-    await eventually(lambda: "ready" in log_text(job_dir))
+    await wait_until(in_thread(lambda: "ready" in log_text(job_dir)))
     status = await launcher.stop(info, graceful=False, run_dir=None, training=True, timeout=60)
     assert status.signal == signal.SIGKILL
     assert "got TERM" not in log_text(job_dir)
@@ -428,9 +424,9 @@ async def test_stop_finds_a_setsid_grandchild_through_the_marker(
 ) -> None:
     command = ["sh", "-c", "setsid sleep 60 & sleep 60"]
     info = await launcher.spawn(make_spec(task_id, job_dir, command))
-    await eventually(lambda: len(job_processes(task_id)) == 3)
+    await wait_until(in_thread(lambda: len(job_processes(task_id)) == 3))
     # one escapes the trainer's group, once its setsid has run (not at once under load)
-    await eventually(lambda: len(process_groups(task_id)) == 2)
+    await wait_until(in_thread(lambda: len(process_groups(task_id)) == 2))
     status = await launcher.stop(info, graceful=True, run_dir=None, training=False, timeout=5)
     assert status.signal == signal.SIGTERM
     assert await asyncio.to_thread(job_processes, task_id) == []
@@ -464,7 +460,7 @@ async def test_only_processes_of_this_job_directory_are_killed(
     assert status.signal == signal.SIGKILL
     assert neighbours["elsewhere"].poll() is None  # same task id, another job directory
     assert neighbours["legacy"].poll() == -signal.SIGKILL  # no directory marker: the task id
-    assert kill_marked(JobMark.of(task_id, job_dir)) == []
+    assert await asyncio.to_thread(lambda: kill_marked(JobMark.of(task_id, job_dir))) == []
     assert neighbours["elsewhere"].poll() is None
 
 
@@ -508,9 +504,9 @@ async def test_the_shim_kills_workers_orphaned_by_the_runner(
 async def test_orphaned_workers_reparent_to_the_shim(task_id: str, job_dir: Path) -> None:
     patient = ShimLauncher(orphan_grace=30)
     info = await patient.spawn(make_spec(task_id, job_dir, py(ORPHANING_RUNNER)))
-    await eventually(lambda: "worker" in log_text(job_dir))
+    await wait_until(in_thread(lambda: "worker" in log_text(job_dir)))
     worker = int(log_text(job_dir).split()[1])
-    await eventually(lambda: proctree.read_stat(worker).ppid == info.shim_pid)  # type: ignore[union-attr]
+    await wait_until(in_thread(lambda: proctree.read_stat(worker).ppid == info.shim_pid))  # type: ignore[union-attr]
     os.kill(worker, signal.SIGKILL)
     status = await patient.wait_exit(info, timeout=5)
     assert status.returncode == 0 and status.leftovers_killed == 0
@@ -576,7 +572,7 @@ def stand_in_spec(task_id: str, job_dir: Path, tmp_path: Path, **knobs: str) -> 
     deepspeed = f"{sys.executable} {SIMULATION / 'deepspeed.py'}"
     command = build_trainer_command(deepspeed, dp_dir, [0, 1], port, job_dir / "config.toml", None)
     sim_env = {"DPD_SIM_STEP_SECONDS": "0.1", "DPD_SIM_CACHE_SECONDS": "0", **knobs}
-    env = build_trainer_env(os.environ, sim_env, JobMark.of(task_id, job_dir))
+    env = build_trainer_env(os.environ, sim_env)
     return LaunchSpec(task_id, 1, command, dp_dir, env, job_dir / "train.log", job_dir)
 
 
@@ -585,7 +581,7 @@ async def test_stand_in_training_stops_gracefully_through_save_quit(
     launcher: ShimLauncher, task_id: str, job_dir: Path, tmp_path: Path
 ) -> None:
     info = await launcher.spawn(stand_in_spec(task_id, job_dir, tmp_path))
-    await eventually(lambda: "steps: 2 " in log_text(job_dir), timeout=8)
+    await wait_until(in_thread(lambda: "steps: 2 " in log_text(job_dir)))
     run_dir = next(path for path in (tmp_path / "out").iterdir() if path.is_dir())
     status = await launcher.stop(info, graceful=True, run_dir=run_dir, training=True, timeout=5)
     assert (status.returncode, status.signal) == (0, None)
@@ -599,7 +595,7 @@ async def test_stand_in_workers_ignoring_sigterm_are_killed(
 ) -> None:
     knobs = {"DPD_SIM_IGNORE_SIGTERM": "1", "DPD_SIM_GRANDCHILD": "1"}
     info = await launcher.spawn(stand_in_spec(task_id, job_dir, tmp_path, **knobs))
-    await eventually(lambda: "steps: 1 " in log_text(job_dir), timeout=8)
+    await wait_until(in_thread(lambda: "steps: 1 " in log_text(job_dir)))
     status = await launcher.stop(info, graceful=True, run_dir=None, training=False, timeout=5)
     assert status.signal == signal.SIGTERM  # the runner has no handler (reference §6.2)
     assert await asyncio.to_thread(job_processes, task_id) == []
@@ -610,11 +606,13 @@ async def test_stand_in_workers_orphaned_by_a_killed_launcher_are_cleaned(
     launcher: ShimLauncher, task_id: str, job_dir: Path, tmp_path: Path
 ) -> None:
     info = await launcher.spawn(stand_in_spec(task_id, job_dir, tmp_path))
-    await eventually(lambda: "steps: 1 " in log_text(job_dir), timeout=8)
-    launch_b = next(
-        pid
-        for pid in job_processes(task_id)
-        if b"--dpd-sim-launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    await wait_until(in_thread(lambda: "steps: 1 " in log_text(job_dir)))
+    launch_b = await asyncio.to_thread(
+        lambda: next(
+            pid
+            for pid in job_processes(task_id)
+            if b"--dpd-sim-launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
     )
     os.kill(launch_b, signal.SIGKILL)
     status = await launcher.wait_exit(info, timeout=8)

@@ -257,7 +257,9 @@ def test_kill_9_of_the_daemon_mid_training_loses_and_repeats_nothing(
     )
     trainer = job_processes("k")
     daemon.kill9()
-    time.sleep(0.5)
+    log = daemon.spool / "jobs" / "k" / "train.log"
+    size = log.stat().st_size
+    wait_for(lambda: log.stat().st_size > size, what="the trainer writing on without a daemon")
     assert set(trainer) & set(job_processes("k")), "the training died with the daemon"
     daemon.start()
     state = wait_status(daemon, "k", TERMINAL, timeout=60)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
 
 from dpd.supervisor import proctree
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -29,11 +22,11 @@ def marked_tree() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     shell = subprocess.Popen(
         ["sh", "-c", "sleep 30 & sleep 30 & wait"], env=env, start_new_session=True
     )
-    wait_until(lambda: len(proctree.processes_with_env("PROCTREE_TEST", marker)) == 3)
+    wait_for(lambda: len(proctree.processes_with_env("PROCTREE_TEST", marker)) == 3)
     yield shell, marker
     os.killpg(shell.pid, signal.SIGKILL)
     shell.wait()
-    wait_until(lambda: not proctree.processes_with_env("PROCTREE_TEST", marker))
+    wait_for(lambda: not proctree.processes_with_env("PROCTREE_TEST", marker))
 
 
 def test_parse_stat_counts_fields_after_the_last_parenthesis() -> None:
@@ -55,7 +48,7 @@ def test_zombies_and_reaped_processes_are_gone() -> None:
     child = subprocess.Popen(["true"])
     recorded = proctree.read_stat(child.pid)
     assert recorded is not None
-    wait_until(lambda: (proctree.read_stat(child.pid) or recorded).is_zombie)
+    wait_for(lambda: (proctree.read_stat(child.pid) or recorded).is_zombie)
     assert proctree.start_time(child.pid) is None  # a zombie, not yet reaped
     child.wait()
     assert proctree.read_stat(child.pid) is None

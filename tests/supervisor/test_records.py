@@ -9,6 +9,7 @@ from typing import Any
 
 from dpd.http import views
 from dpd.jobs.record import PRIVATE_FIELDS, PUBLIC_FIELDS, JobView, RunRecovery
+from dpd.supervisor.follower import FollowState
 
 OLD_STATE = Path(__file__).parent / "recorded" / "state_written_by_c9c47b1.json"
 # what the detail left out before it became an allow-list
@@ -64,3 +65,16 @@ def test_the_recovery_record_reads_an_old_state() -> None:
     assert recovery.output_state == state["output_state"]
     assert recovery.progress_state == state["progress_state"]
     assert RunRecovery.from_state({"task_id": "new", "status": "queued"}) == RunRecovery()
+
+
+def test_the_follower_facts_of_an_old_state_keep_their_phase() -> None:
+    """The earlier layout saved the phase twice (facts and progress); it is read from
+    progress now, and from the old facts where progress has none."""
+    state = old_state()
+    facts = state["output_state"]["facts"]
+    assert facts["phase"] == "saving"
+    assert FollowState.from_state(facts, 0.0, state["progress"]["phase"]).phase == "saving"
+    assert FollowState.from_state(facts, 0.0, None).phase == "saving"
+    restored = FollowState.from_state(facts, 0.0, None)
+    assert restored.completed and restored.run_dir == facts["run_dir"]
+    assert "phase" not in restored.to_state()

@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -26,15 +25,9 @@ from dpd.supervisor.shim import (
     describe_end,
     resolve_executable,
 )
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -127,7 +120,7 @@ def test_shim_detaches_records_and_refuses_a_twin(tmp_path: Path, task_id: str) 
     assert first.returncode == 0
     shim_pid, shim_start = map(int, first.stdout.split())
     assert proctree.is_same_process(shim_pid, shim_start)
-    wait_until(lambda: (tmp_path / "shim.json").exists())
+    wait_for(lambda: (tmp_path / "shim.json").exists())
     record = read_json(tmp_path / "shim.json")
     assert (record["shim_pid"], record["shim_start_time"]) == (shim_pid, shim_start)
     assert record["trainer_pgid"] == record["trainer_pid"]
@@ -135,10 +128,10 @@ def test_shim_detaches_records_and_refuses_a_twin(tmp_path: Path, task_id: str) 
     twin = run_shim(tmp_path)
     assert twin.returncode == EXIT_ALREADY_RUNNING
     go.touch()
-    wait_until(lambda: (tmp_path / "exit.json").exists())
+    wait_for(lambda: (tmp_path / "exit.json").exists())
     end = read_json(tmp_path / "exit.json")
     assert (end["returncode"], end["signal"], end["run"]) == (0, None, 1)
-    wait_until(lambda: not proctree.is_same_process(shim_pid, shim_start))
+    wait_for(lambda: not proctree.is_same_process(shim_pid, shim_start))
 
 
 def test_hup_and_int_are_ignored_term_is_forwarded(tmp_path: Path, task_id: str) -> None:
@@ -147,7 +140,7 @@ def test_hup_and_int_are_ignored_term_is_forwarded(tmp_path: Path, task_id: str)
     write_launch(tmp_path, task_id, ["sh", "-c", script])
     shim_pid = int(run_shim(tmp_path).stdout.split()[0])
     log = tmp_path / "train.log"
-    wait_until(lambda: log.exists() and "SigIgn" in log.read_text())
+    wait_for(lambda: log.exists() and "SigIgn" in log.read_text())
     ignored = int(log.read_text().split()[1], 16)
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         assert not ignored & (1 << (signum - 1)), f"trainer inherits an ignored {signum!r}"
@@ -155,7 +148,7 @@ def test_hup_and_int_are_ignored_term_is_forwarded(tmp_path: Path, task_id: str)
     # shim, nobody would forward SIGTERM and record the end.
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         os.kill(shim_pid, signum)
-    wait_until(lambda: (tmp_path / "exit.json").exists())
+    wait_for(lambda: (tmp_path / "exit.json").exists())
     assert read_json(tmp_path / "exit.json")["signal"] == signal.SIGTERM
 
 
@@ -163,7 +156,7 @@ def test_trainer_gets_exactly_the_launch_environment(tmp_path: Path, task_id: st
     script = "import json, os; print(json.dumps(sorted(os.environ)))"
     write_launch(tmp_path, task_id, [sys.executable, "-c", script])
     run_shim(tmp_path)
-    wait_until(lambda: (tmp_path / "exit.json").exists())
+    wait_for(lambda: (tmp_path / "exit.json").exists())
     names = json.loads((tmp_path / "train.log").read_text().splitlines()[-1])
     assert set(names) - {"LC_CTYPE"} == {"PATH", MARKER}  # Python may add LC_CTYPE
 
@@ -182,7 +175,7 @@ def test_orphans_ignoring_sigterm_are_killed_before_the_exit_is_recorded(
     runner = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {worker!r}])\n"
     write_launch(tmp_path, task_id, [sys.executable, "-c", runner])
     run_shim(tmp_path)
-    wait_until(lambda: (tmp_path / "exit.json").exists(), timeout=8)
+    wait_for(lambda: (tmp_path / "exit.json").exists(), timeout=8)
     end = read_json(tmp_path / "exit.json")
     assert end["returncode"] == 0 and end["leftovers_killed"] == 2
     assert proctree.processes_with_env(MARKER, task_id) == []

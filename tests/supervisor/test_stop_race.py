@@ -61,6 +61,7 @@ def stop(client: Client, task_id: str, force: bool) -> tuple[int, dict[str, Any]
 
 
 def pause(seconds: float) -> None:
+    """The delay IS the variable under test (where in a launch the stop lands), not a wait."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:  # sleep() oversleeps by more than the shorter delays
         pass

@@ -28,7 +28,12 @@ async def test_a_write_to_a_watched_log_sets_its_event_and_only_its(tmp_path: Pa
     with logs[1].open("a") as handle:
         handle.write("steps: 1\n")
     await asyncio.wait_for(events[1].wait(), FOREVER)
-    await asyncio.sleep(0.05)  # anything else queued has been read by now
+    # inotify delivers in order: once a second write to b is seen, a stray event for a
+    # (queued with or after the first) would have been read as well
+    events[1].clear()
+    with logs[1].open("a") as handle:
+        handle.write("steps: 2\n")
+    await asyncio.wait_for(events[1].wait(), FOREVER)
     assert not events[0].is_set()
     for handle in handles:
         changes.unwatch(handle)
@@ -79,7 +84,7 @@ async def test_a_shim_pidfd_becomes_readable_when_the_process_ends() -> None:
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )
     try:
-        pidfd = open_shim_pidfd(shim_info(child.pid))
+        pidfd = await asyncio.to_thread(lambda: open_shim_pidfd(shim_info(child.pid)))
         assert pidfd is not None
         wake = Wakeups(NO_FALLBACK)
         asyncio.get_running_loop().add_reader(pidfd, wake.shim_ended, pidfd)
@@ -111,7 +116,7 @@ async def test_output_wakes_a_read_without_looking_for_the_end() -> None:
     waiting = asyncio.create_task(
         wake.wait(read=True, more=False, watched=True, health_due=FOREVER)
     )
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, no timed wait: the task is in its wait
     assert not waiting.done()
     wake.event.set()
     assert await asyncio.wait_for(waiting, FOREVER) is False
@@ -125,7 +130,7 @@ async def test_the_end_of_the_shim_wakes_a_look_for_the_exit_status() -> None:
         waiting = asyncio.create_task(
             wake.wait(read=False, more=False, watched=True, health_due=FOREVER)
         )
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the task is in its wait
         os.write(writer, b"x")
         assert await asyncio.wait_for(waiting, FOREVER) is True
     finally:
