@@ -90,15 +90,7 @@ def check_feasible(agent: FleetAgent, spec: JobSpec) -> None:
     """507: no registered, not-down node of this domain could ever run it; 409: it may not
     queue and no live node shows enough free GPUs now (§9.1.1 step 2)."""
     domain = agent.fleet.filesystem_domain
-    job = QueuedJob(
-        task_id="(new)",
-        priority=spec.priority,
-        submitted_seq=0,
-        gpu_ids=spec.gpu_ids,
-        required_gpus=spec.required_gpus,
-        min_memory_mb=spec.min_memory_mb,
-        estimated_duration=None,
-    )
+    job = QueuedJob.submitted(spec)
     nodes = [n for n in agent.registered_nodes() if n.filesystem_domain == domain and not n.down]
     largest = max((len(n.gpus) for n in nodes), default=0)
     if not any(len(n.gpus) >= job.needed for n in nodes):

@@ -17,15 +17,6 @@ CHECKPOINT_FILE: Final = re.compile(r"Saving model checkpoint: (.+)/(global_step
 CHECKPOINT_ANNOUNCED: Final = re.compile(r"\[Torch\] Checkpoint (global_step(\d+)) is about")
 EVAL_LOSS: Final = re.compile(r"(?:(\S+) )?[Ee]val(?:uation)?(?: -)? [Ll]oss: ([^\s,]+)")
 RETURN_CODE: Final = re.compile(r"exits with return code = (-\d+)")
-CACHING_PREFIXES: Final = (
-    "caching latents: ",
-    "caching text embeddings: ",
-    "[CACHE] ",
-    "Grouped metadata is not cached",
-    "Found grouped metadata cache",
-    "Loading grouped metadata",
-    "Building iteration order",
-)
 LOGGED_MARKERS: Final = (
     "step=",
     "Saving model checkpoint: ",

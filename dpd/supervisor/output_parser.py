@@ -42,7 +42,7 @@ from dpd.supervisor.observations import (
     TotalSteps,
 )
 from dpd.supervisor.outcome import killer
-from dpd.trainlog.lines import logger_parts, split_rank
+from dpd.trainlog.lines import CACHING_PREFIXES, logger_parts, split_rank
 
 __all__ = [
     "FAILURE_CAUSES",
@@ -171,7 +171,7 @@ class OutputParser:
             self._global_batch(int(line[20:]), out)
         elif line.startswith("Resuming training from checkpoint"):
             self._resumed(line, out)
-        elif line.startswith(lines.CACHING_PREFIXES):
+        elif line.startswith(CACHING_PREFIXES):
             if self.phase is Phase.STARTING:
                 self._set_phase(Phase.CACHING, out)
         else:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from dpd.jobs.spec import JobSpec
+
 AVAILABLE: Final = "available"  # dpd.supervisor.gpus.AVAILABLE; kept here to stay import-free
 NEVER: Final = math.inf
 
@@ -49,6 +51,20 @@ class QueuedJob:
     def needed(self) -> int:
         """GPUs the job takes: its explicit ids, else ``required_gpus`` (DESIGN §3)."""
         return len(set(self.gpu_ids)) if self.gpu_ids else max(1, self.required_gpus)
+
+    @classmethod
+    def submitted(cls, spec: JobSpec) -> QueuedJob:
+        """A job as it would join the queue now (for the feasibility checks of a submission
+        or a dry run): no place in the queue yet."""
+        return cls(
+            task_id=spec.task_id or "(new)",
+            priority=spec.priority,
+            submitted_seq=0,
+            gpu_ids=spec.gpu_ids,
+            required_gpus=spec.required_gpus,
+            min_memory_mb=spec.min_memory_mb,
+            estimated_duration=None,
+        )
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,16 @@ _EPOCH: Final = re.compile(r"(?:epoch: |directory epoch)(\d+)")
 
 # Logger sources that belong to the training itself rather than to DeepSpeed/launcher plumbing.
 _TRAIN_SOURCES: Final = frozenset({"dataset.py", "train.py", "saver.py", "cache.py"})
+# What diffusion-pipe prints while it caches latents and text embeddings (the caching phase).
+CACHING_PREFIXES: Final = (
+    "caching latents: ",
+    "caching text embeddings: ",
+    "[CACHE] ",
+    "Grouped metadata is not cached",
+    "Found grouped metadata cache",
+    "Loading grouped metadata",
+    "Building iteration order",
+)
 _TRAIN_PREFIXES: Final = (
     "steps: ",
     "Started new epoch: ",
@@ -42,13 +52,7 @@ _TRAIN_PREFIXES: Final = (
     "Computed ",
     "TRAINING COMPLETE!",
     "Manually quitting",
-    "caching latents: ",
-    "caching text embeddings: ",
-    "[CACHE] ",
-    "Grouped metadata is not cached",
-    "Found grouped metadata cache",
-    "Loading grouped metadata",
-    "Building iteration order",
+    *CACHING_PREFIXES,
     "trainable params: ",
 )
 _TRAIN_LOGGED: Final = ("step=", "[Torch] Checkpoint ", "Saving model checkpoint: ")

@@ -226,8 +226,7 @@ def validation_warnings(services: Services, spec: JobSpec) -> list[str]:
     vram = vram_warning(min_vram_gb(services.catalog, spec.model_type), free)
     if vram:
         warnings.append(vram)
-    job = QueuedJob(spec.task_id or "(new)", spec.priority, 0, spec.gpu_ids,
-                    spec.required_gpus, spec.min_memory_mb, None)  # fmt: skip
+    job = QueuedJob.submitted(spec)
     problem = check_feasible(job, services.supervisor.gpu_views(), time.time())
     if problem is not None:
         warnings.append(problem.message)

@@ -69,15 +69,7 @@ async def start_training(request: web.Request) -> web.Response:
 
 def _check_gpus(services: Services, spec: JobSpec) -> None:
     """507 if the machine can never run it; 409 if its GPU is busy and it may not queue."""
-    job = QueuedJob(
-        task_id=spec.task_id or "(new)",
-        priority=spec.priority,
-        submitted_seq=0,
-        gpu_ids=spec.gpu_ids,
-        required_gpus=spec.required_gpus,
-        min_memory_mb=spec.min_memory_mb,
-        estimated_duration=None,
-    )
+    job = QueuedJob.submitted(spec)
     gpus = services.supervisor.gpu_views()
     problem = check_feasible(job, gpus, time.time())
     if problem is not None and problem.code == 507:
