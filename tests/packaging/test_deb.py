@@ -189,6 +189,12 @@ while True:
             p.kill()
             sys.exit("dpd serve failed: " + p.communicate()[1].decode()[-3000:])
         time.sleep(0.1)
+with urllib.request.urlopen("http://127.0.0.1:5987/", timeout=5) as r:
+    page = r.read().decode()
+    print("dashboard", r.status, "script-src 'self'" in r.headers["Content-Security-Policy"])
+script = page.split('type="module" src="', 1)[1].split('"', 1)[0]
+with urllib.request.urlopen("http://127.0.0.1:5987" + script, timeout=5) as r:
+    print("dashboard script", r.status, r.headers["Content-Type"].split(";")[0])
 def cli(user, groups):
     r = subprocess.run(["dpd", "gpus"], env=dict(env, DPD_URL="http://127.0.0.1:5987"),
                        user=user, group=user, extra_groups=groups, capture_output=True, text=True)
@@ -252,6 +258,9 @@ def test_install_reinstall_remove_purge_in_a_debootstrap_root(deb: Path, debian_
         in_root(root, "useradd", "--no-create-home", "--user-group", *groups, person)
     probe = in_root(root, "python3", "-c", SERVE_PROBE)
     assert "healthz 200" in probe.stdout and "exit 0" in probe.stdout, probe.stdout
+    # the installed package serves the dashboard: its page under the strict policy, its code
+    assert "dashboard 200 True" in probe.stdout, probe.stdout
+    assert "dashboard script 200 text/javascript" in probe.stdout, probe.stdout
     # The local admin key: group dpd may read it, so a member's first command needs no key;
     # anyone else gets 401 and is told how to get in.
     assert modes(root, ["/var/lib/dpd/local.key"]) == {
