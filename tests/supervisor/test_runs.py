@@ -26,6 +26,7 @@ from dpd.supervisor.wakeups import WatchTiming
 from tests.fakes.fake_clock import FakeClock
 from tests.fakes.fake_launcher import FakeLauncher
 from tests.jobfiles import add_job, new_store
+from tests.waiting import wait_until
 
 FAST = WatchTiming(period=0.002, idle_period=0.002, fallback_period=0.02)
 INACTIVITY = 600.0
@@ -83,10 +84,9 @@ class Rig:
 
 
 async def until(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait for a condition the supervisor's tasks bring about (never a fixed sleep)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
+    """Wait for a condition the supervisor's tasks bring about (never a fixed sleep); the
+    fakes answer within a few loop turns, so look every millisecond."""
+    await wait_until(condition, timeout=timeout, interval=0.001)
 
 
 @pytest.fixture
