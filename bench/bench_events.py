@@ -52,12 +52,14 @@ from dpd.jobs.spec import validate_job
 from dpd.spool.layout import SpoolLayout
 from dpd.spool.store import JobStore, Submission
 from dpd.supervisor.follower import JobFollower
-from dpd.supervisor.supervisor import WATCH_PERIOD
+from dpd.supervisor.wakeups import WatchTiming
 from tests.jobfiles import job_document, make_data_root
 
 # chatter, not step lines: each step line also becomes a metric event, and a real trainer
 # prints one per step (seconds apart); a flood of lines is warnings and prints
 LINE = "[2025-02-12 07:00:01,123] [WARNING] [engine.py:1234:step] chatter {n} t={t:.6f}"
+
+WATCH_PERIOD = WatchTiming().period  # how often the supervisor reads a chatty log
 
 
 # ------------------------------------------------------------------ setup

@@ -54,7 +54,7 @@ class Wakeups:
             return False
         timed_out = not await wait_event(self.event, min(self.timing.fallback_period, health_due))
         if not timed_out and not self.ended.is_set():
-            # output: read it in a batch, at most one per WATCH_PERIOD, unless the run ends
+            # output: read it in a batch, at most one per timing.period, unless the run ends
             await wait_event(self.ended, self._last_pass + self.timing.period - time.monotonic())
         self._last_pass = time.monotonic()
         return timed_out or self.ended.is_set()
