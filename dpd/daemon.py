@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ from dpd.supervisor.supervisor import Supervisor
 log = logging.getLogger("dpd.daemon")
 
 SHUTDOWN_STEP_TIMEOUT = 10.0
+SHUTDOWN_STACK_DUMP_AFTER = 25.0  # seconds of shutdown before the stacks are logged
 NATS_DRAIN_TIMEOUT = 5.0  # JetStream: what is not acked by then is republished at next start
 STATUS_PERIOD = 5.0
 EXIT_FAILED = 1  # a component failed and the daemon stopped: systemd starts it again
@@ -298,6 +300,16 @@ class Daemon:
 
     async def shutdown(self) -> None:
         log.info("shutting down")
+        # Each step below is bounded; should the loop itself stall, every thread's stack goes
+        # to the log (not the journal's guess) before systemd's TimeoutStopSec kills dpd.
+        faulthandler.dump_traceback_later(SHUTDOWN_STACK_DUMP_AFTER)
+        try:
+            await self._shutdown_steps()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        log.info("stopped")
+
+    async def _shutdown_steps(self) -> None:
         self.notifier.stopping()
         self.watcher.pause()
         await self._step("finish in-flight ingestions", self.watcher.drain())
@@ -321,7 +333,6 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        log.info("stopped")
 
     async def _step(self, what: str, awaitable: Any, timeout: float | None = None) -> None:
         timeout = timeout or SHUTDOWN_STEP_TIMEOUT
