@@ -336,6 +336,7 @@ class Daemon:
 
     async def _step(self, what: str, awaitable: Any, timeout: float | None = None) -> None:
         timeout = timeout or SHUTDOWN_STEP_TIMEOUT
+        log.debug("shutdown: %s", what)
         try:
             await asyncio.wait_for(awaitable, timeout)
         except TimeoutError:

@@ -68,8 +68,12 @@ class AlertWatcher:
         try:
             while True:
                 event = None
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can turn the daemon's
+                # cancellation into a TimeoutError when both land together, and this loop
+                # would then run on and hold up the shutdown for ever
                 with contextlib.suppress(TimeoutError):
-                    event = await asyncio.wait_for(subscription.queue.get(), self.tick_seconds)
+                    async with asyncio.timeout(self.tick_seconds):
+                        event = await subscription.queue.get()
                 try:
                     if event is not None:
                         self.observe(event, session)

@@ -97,5 +97,6 @@ class EventRing:
             return
         if self._changed is None or self._changed.done():
             self._changed = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancellation one
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._changed)

@@ -76,8 +76,9 @@ class TaskFeed:
                 return self._advance(self._backlog.popleft())
             if self._finished:
                 return FINISHED
-            try:
-                event = await asyncio.wait_for(self._subscription.queue.get(), timeout)
+            try:  # asyncio.timeout: a cancellation is never taken for a timeout
+                async with asyncio.timeout(timeout):
+                    event = await self._subscription.queue.get()
             except TimeoutError:
                 return None
             seq = int(event["seq"])

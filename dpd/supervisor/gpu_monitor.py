@@ -64,8 +64,9 @@ class GpuMonitor:
         while True:
             await self.poll_now()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancellation one
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
 
     async def poll_now(self) -> list[GpuInfo]:
         """Take a snapshot now (also what ``run`` does each interval) and return it."""
