@@ -311,9 +311,7 @@ async def test_the_saved_log_offset_waits_until_its_log_events_are_on_disk(
         restarted.poll(write_state=True)
 
     await asyncio.to_thread(restart)
-    assert await asyncio.to_thread(logged_steps, store) == [
-        step_line(s)[:-1] for s in range(1, 5)
-    ]
+    assert await asyncio.to_thread(logged_steps, store) == [step_line(s)[:-1] for s in range(1, 5)]
     assert metric_steps(store) == [1, 2, 3, 4]
 
 
