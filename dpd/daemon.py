@@ -74,7 +74,9 @@ class Daemon:
         store = JobStore(layout, config.daemon.output_root, config.daemon.node)
         bus = EventBus(store, config.daemon.node)
         monitor = GpuMonitor(open_inventory(config.gpus), config.gpus.monitor_interval)
-        supervisor = Supervisor(config, store, bus.emit, monitor, ShimLauncher())
+        supervisor = Supervisor(
+            config, store, bus.emit, monitor, ShimLauncher(), events_recorded=bus.recorded
+        )
         intake = JobIntake(layout, store, config.daemon.data_roots, bus.announce, supervisor.wake)
         catalog = load_catalog(Path(config.models.catalog) if config.models.catalog else None)
         self.preprocess = PreprocessManager(config, bus.emit)

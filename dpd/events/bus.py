@@ -56,8 +56,11 @@ class EventBus:
         self.node = node
         self.progress_interval = progress_interval
         self.published = 0
-        # (scope, task_id, kind, data), or an event already recorded by the store
-        self._queue: asyncio.Queue[tuple[str, str, str, dict[str, Any]] | Event] = asyncio.Queue()
+        # (scope, task_id, kind, data), an event already recorded by the store, or a
+        # ``recorded`` marker
+        self._queue: asyncio.Queue[
+            tuple[str, str, str, dict[str, Any]] | Event | asyncio.Future[None]
+        ] = asyncio.Queue()
         self._subscribers: list[Subscription] = []
         self._other_seq: dict[tuple[str, str], int] = {}
         self._last_progress: dict[str, float] = {}
@@ -78,6 +81,14 @@ class EventBus:
         """Fan out an event the store already numbered and persisted (a job's first
         ``queued`` status is written with the job itself)."""
         self._queue.put_nowait(dict(event, scope="jobs"))
+
+    async def recorded(self) -> None:
+        """Return once every event emitted before the call is in events.jsonl (or failed to
+        be, which was logged): what claims to follow them on disk — a follower's log offset
+        in state.json — may be written after this, never before. Held progress aside."""
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(marker)
+        await marker
 
     def _coalesce_progress(self, task_id: str, data: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -120,11 +131,16 @@ class EventBus:
             batch = [await self._queue.get()]
             while len(batch) < BATCH_LIMIT and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            markers = [item for item in batch if isinstance(item, asyncio.Future)]
+            batch = [item for item in batch if not isinstance(item, asyncio.Future)]
             try:
-                events = await asyncio.to_thread(self._record_batch, batch)
+                events = await asyncio.to_thread(self._record_batch, batch) if batch else []
             except Exception:
                 log.exception("could not record a batch of %d events", len(batch))
-                continue
+                events = []
+            for marker in markers:
+                if not marker.done():
+                    marker.set_result(None)
             self.published += len(events)
             for event in events:
                 for subscription in list(self._subscribers):

@@ -4,7 +4,7 @@ clock, the GPU monitor, the registry of live runs, and the supervisor's two call
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,10 @@ from dpd.trainlog.follow import LogChanges
 
 if TYPE_CHECKING:
     from dpd.supervisor.registry import RunRegistry
+
+
+async def no_events_pending() -> None:
+    """``events_recorded`` without a bus: nothing emitted waits to be written."""
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,5 @@ class RunContext:
     registry: RunRegistry
     wake: Callable[[], None]  # the scheduler: GPUs may have freed
     give_up: Callable[[DurabilityError], None]
+    # returns once the events emitted so far are durable (the bus's ``recorded``)
+    events_recorded: Callable[[], Awaitable[None]] = no_events_pending

@@ -124,8 +124,13 @@ class JobFollower:
         on_observation: Callable[[str, Any], None] | None = None,
         line_counts: LineCounter | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        hold_state: bool = False,
     ) -> None:
         self.clock = clock
+        # events go to disk after ``poll`` returns (through the bus): state.json, whose
+        # log_offset says they are there, is then left to the caller (``take_held_state``)
+        self.hold_state = hold_state
+        self._held_state: dict[str, Any] | None = None
         self.store = store
         self.line_counts = line_counts  # told how many lines were read, for the logs API
         self.emit = emit
@@ -281,8 +286,18 @@ class JobFollower:
         progress = dict(self.tracker.progress(), phase=self.facts.phase)
         progress["current_loss"] = self.tracker.metrics().get("current_loss")
         self.emit("jobs", self.task_id, "progress", progress)
-        if force or self._state_due():
+        if not (force or self._state_due()):
+            return
+        if self.hold_state:
+            self._held_state = self.state_fields(offset)
+        else:
             self.write_state(offset)
+
+    def take_held_state(self) -> dict[str, Any] | None:
+        """The state.json fields due since the last call (``hold_state``): to write once the
+        events emitted up to now are durable, never before."""
+        fields, self._held_state = self._held_state, None
+        return fields
 
     def _state_due(self) -> bool:
         if self.facts.phase != self._phase_written:

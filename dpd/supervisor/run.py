@@ -268,7 +268,8 @@ class JobRun:
     # --------------------------------------------------------------- outcome
 
     async def _finish(self, exit_status: ExitStatus | None) -> None:
-        self.watch.pending.flush(self.ctx.emit)
+        await self.watch.flush()
+        await self.ctx.events_recorded()  # the outcome's log_offset passes the last lines
         async with self._lock:
             facts = self.follower.run_facts(self.stop_reason, exit_status, self.failure_reason)
             outcome = judge_run(facts)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from dpd.jobs.states import ACTIVE, RESUMABLE, Status
 from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import JobStore, utc_now
 from dpd.supervisor import outputs, runfiles
-from dpd.supervisor.context import RunContext
+from dpd.supervisor.context import RunContext, no_events_pending
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import gpu_status
 from dpd.supervisor.ports import NoFreePort, PortAllocator
@@ -64,6 +64,7 @@ class Supervisor:
         launcher: Launcher,
         clock: Clock = SYSTEM_CLOCK,
         timing: WatchTiming = DEFAULT_TIMING,
+        events_recorded: Callable[[], Awaitable[None]] = no_events_pending,
     ) -> None:
         self.config = config
         self.store = store
@@ -74,7 +75,7 @@ class Supervisor:
         self.running = RunRegistry(PortAllocator(low, high))
         self.ctx = RunContext(
             config, store, emit, launcher, monitor, clock, timing, LogChanges(),
-            self.line_counts, self.running, self.wake, self._give_up,
+            self.line_counts, self.running, self.wake, self._give_up, events_recorded,
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._waiting_for_port: set[str] = set()
@@ -126,6 +127,9 @@ class Supervisor:
         await asyncio.gather(*(run.cancel() for run in runs), return_exceptions=True)
         if self._fatal is not None and self._fatal.done():
             return  # a follower may be past what reached the disk: the restart reads again
+        for run in runs:
+            run.watch.pending.flush(self.emit)
+        await self.ctx.events_recorded()  # the saved offsets must not pass unwritten lines
         for run in runs:
             if run.phase is not RunPhase.ENDED:
                 await asyncio.to_thread(run.follower.write_state)

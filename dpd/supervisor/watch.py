@@ -53,6 +53,7 @@ class RunWatch:
             max_steps=config.get("max_steps"),
             line_counts=ctx.line_counts,
             clock=ctx.clock,
+            hold_state=True,
         )
         self.wakeups = Wakeups(ctx.timing)
         trainer = ctx.config.trainer
@@ -82,7 +83,7 @@ class RunWatch:
                 read, status, alive = await asyncio.to_thread(
                     self._observe, shim, job_dir, look_for_exit
                 )
-                self.pending.flush(self.ctx.emit)
+                await self.flush()
                 if run.shim is None:
                     await self.final_read()
                     return run.exit_status
@@ -141,7 +142,18 @@ class RunWatch:
     async def final_read(self) -> None:
         """The writer has ended: take everything, the unterminated last line too."""
         await asyncio.to_thread(self.follower.drain)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Hand the pass's events to the bus; then, if a state.json write is due, write it
+        once they are in events.jsonl: its log_offset must never pass a line whose log event
+        a daemon killed now would lose (the restart reads on from that offset)."""
         self.pending.flush(self.ctx.emit)
+        fields = self.follower.take_held_state()
+        if fields is None:
+            return
+        await self.ctx.events_recorded()
+        await asyncio.to_thread(self.ctx.store.update_state, self.task_id, fields)
 
     def _observe(
         self, shim: ShimInfo | None, job_dir: Path, look_for_exit: bool

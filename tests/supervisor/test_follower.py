@@ -3,6 +3,7 @@ two state.json writes, and how it batches its events for the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,13 +11,20 @@ from typing import Any
 
 import pytest
 
+from dpd.config import Config
+from dpd.events.bus import EventBus
 from dpd.jobs.states import Status
 from dpd.spool.store import JobStore
 from dpd.supervisor import follower as follower_module
+from dpd.supervisor.context import RunContext
 from dpd.supervisor.follower import JobFollower, PendingEvents
 from dpd.supervisor.output_parser import OutputParser
+from dpd.supervisor.seams import SYSTEM_CLOCK
+from dpd.supervisor.wakeups import WatchTiming
+from dpd.supervisor.watch import RunWatch
 from dpd.trainlog import counter as counter_module
 from dpd.trainlog.counter import LineCounter
+from dpd.trainlog.follow import LogChanges
 from tests.jobfiles import add_job, new_store
 
 TASK = "f"
@@ -268,3 +276,58 @@ def test_the_phase_is_saved_once_in_progress_and_restored_from_there(store: JobS
     second = Daemon(store)
     second.follower.restore(saved)
     assert second.follower.facts.phase == "training"
+
+
+def watch_on_a_bus(store: JobStore, bus: EventBus) -> RunWatch:
+    """The daemon's RunWatch over ``bus`` (its launcher, monitor and registry unused)."""
+    ctx = RunContext(
+        Config(), store, bus.emit, None, None, SYSTEM_CLOCK, WatchTiming(), LogChanges(),  # type: ignore[arg-type]
+        LineCounter(), None, lambda: None, lambda error: None, bus.recorded,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return RunWatch(ctx, TASK)
+
+
+async def test_the_saved_log_offset_waits_until_its_log_events_are_on_disk(
+    store: JobStore,
+) -> None:
+    bus = EventBus(store, "node")
+    watch = watch_on_a_bus(store, bus)
+    write(store, step_line(1), step_line(2), step_line(3))
+    assert await asyncio.to_thread(watch.follower.poll)  # the first read: state.json is due
+    before = store.get(TASK).get("log_offset")
+    saving = asyncio.ensure_future(watch.flush())
+    for _ in range(20):  # the bus is not running: nothing reaches events.jsonl
+        await asyncio.sleep(0)
+    assert not saving.done()
+    assert store.get(TASK).get("log_offset") == before
+    assert await asyncio.to_thread(logged_steps, store) == []
+    saving.cancel()  # the daemon is killed here: its log events and the offset die together
+
+    def restart() -> None:
+        write(store, step_line(4))  # the trainer went on; the next daemon reads from the offset
+        restarted = Daemon(store)
+        restarted.follower.restore(store.get(TASK))
+        restarted.poll(write_state=False)  # up to where metrics.jsonl stands
+        restarted.poll(write_state=True)
+
+    await asyncio.to_thread(restart)
+    assert await asyncio.to_thread(logged_steps, store) == [step_line(s)[:-1] for s in range(1, 5)]
+    assert metric_steps(store) == [1, 2, 3, 4]
+
+
+async def test_the_saved_log_offset_is_written_once_the_bus_has_recorded_the_lines(
+    store: JobStore,
+) -> None:
+    bus = EventBus(store, "node")
+    recording = asyncio.ensure_future(bus.run())
+    try:
+        watch = watch_on_a_bus(store, bus)
+        write(store, step_line(1), step_line(2))
+        assert await asyncio.to_thread(watch.follower.poll)
+        await watch.flush()
+        size = (store.layout.job_dir(TASK) / "train.log").stat().st_size
+        assert store.get(TASK)["log_offset"] == size
+        logged = await asyncio.to_thread(logged_steps, store)
+        assert logged == [step_line(1)[:-1], step_line(2)[:-1]]
+    finally:
+        recording.cancel()

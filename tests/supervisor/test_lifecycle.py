@@ -246,7 +246,9 @@ def test_cuda_oom_fails_the_job_with_its_cause(tmp_path: Path, daemons: list) ->
 def test_kill_9_of_the_daemon_mid_training_loses_and_repeats_nothing(
     tmp_path: Path, daemons: list
 ) -> None:
-    daemon = make_daemon(tmp_path, step_seconds=0.1)
+    # 16 steps of 0.25 s: the kill must come while the trainer still writes, after state.json
+    # shows step 3, which trails the output by a read and an events.jsonl write
+    daemon = make_daemon(tmp_path, step_seconds=0.25)
     daemons.append(daemon)
     daemon.start()
     daemon.drop("k.json", job_document(daemon.data, task_id="k"))
