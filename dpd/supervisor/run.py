@@ -91,8 +91,8 @@ class JobRun:
             if self.stop_reason is not None:
                 # edge: queued -> stopped (stopped before its launch began)
                 with contextlib.suppress(Conflict):  # it left queued otherwise: not ours
-                    await self._move(Status.QUEUED, Status.STOPPED, stopped_at=utc_now(),
-                                     ended_at=utc_now())  # fmt: skip
+                    await _move(self.ctx, self.task_id, Status.QUEUED, Status.STOPPED,
+                                stopped_at=utc_now(), ended_at=utc_now())  # fmt: skip
                 return await self._end()
             if not await self._claim(state):
                 return await self._end()  # a stop came first: nothing was launched
@@ -114,7 +114,9 @@ class JobRun:
         log_start = await asyncio.to_thread(runfiles.create_log, self.follower.follower.path)
         names = {g.gpu_id: g.name for g in self.ctx.monitor.latest}
         try:
-            await self._move(
+            await _move(
+                self.ctx,
+                self.task_id,
                 Status.QUEUED,
                 Status.RUNNING,
                 announce={"gpu_ids": list(self.gpu_ids)},
@@ -180,8 +182,12 @@ class JobRun:
         reason = self.stop_reason
         assert reason is not None
         if reason.by_user:
-            await self._move(
-                Status.RUNNING, Status.STOPPING, announce={"force": reason is StopReason.FORCE}
+            await _move(
+                self.ctx,
+                self.task_id,
+                Status.RUNNING,
+                Status.STOPPING,
+                announce={"force": reason is StopReason.FORCE},
             )
         self.phase = RunPhase.STOPPING
         graceful = reason is not StopReason.FORCE and not self.follower.caching_failed()
@@ -276,8 +282,8 @@ class JobRun:
             fields = await asyncio.to_thread(self._outcome_fields, outcome.error)
             try:
                 # edge: running|stopping -> completed|failed|stopped (the run ended)
-                await self._move(ACTIVE, outcome.status, announce={"error": outcome.error},
-                                 **fields)  # fmt: skip
+                await _move(self.ctx, self.task_id, ACTIVE, outcome.status,
+                            announce={"error": outcome.error}, **fields)  # fmt: skip
             except Conflict:
                 log.exception("%s: its outcome could not be recorded", self.task_id)
             self.phase = RunPhase.ENDED  # nothing of the run is written after its outcome
@@ -304,14 +310,6 @@ class JobRun:
         await self.ctx.monitor.poll_now()  # the old trainer's pids must not make it look busy
         self.ctx.wake()
 
-    async def _move(
-        self, expect: Status | frozenset[Status], to: Status, announce: Any = None, **fields: Any
-    ) -> None:
-        event = await asyncio.to_thread(
-            self.ctx.store.transition, self.task_id, expect, to, announce=announce, **fields
-        )
-        runfiles.announce(self.ctx.emit, event)
-
     # ------------------------------------------------------------ re-attach
 
     async def recover(self, state: dict[str, Any]) -> bool:
@@ -325,11 +323,17 @@ class JobRun:
             if found.kind == "never_started":
                 if stopping:
                     # edge: stopping -> stopped (restart; nothing of the run ever ran)
-                    await self._move(Status.STOPPING, Status.STOPPED, stopped_at=utc_now(),
-                                     ended_at=utc_now())  # fmt: skip
+                    await _move(self.ctx, self.task_id, Status.STOPPING, Status.STOPPED,
+                                stopped_at=utc_now(), ended_at=utc_now())  # fmt: skip
                 else:
                     # edge: running -> queued (restart; nothing ran: safe to queue again)
-                    await self._move(Status.RUNNING, Status.QUEUED, announce={"relaunch": True})
+                    await _move(
+                        self.ctx,
+                        self.task_id,
+                        Status.RUNNING,
+                        Status.QUEUED,
+                        announce={"relaunch": True},
+                    )
                     log.warning("%s: dpd stopped while launching it; queued again", self.task_id)
                 self.phase = RunPhase.ENDED
                 return False
@@ -361,3 +365,18 @@ class JobRun:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _move(
+    ctx: RunContext,
+    task_id: str,
+    expect: Status | frozenset[Status],
+    to: Status,
+    announce: Any = None,
+    **fields: Any,
+) -> None:
+    """One status change of the run: the store's compare-and-set, then its event."""
+    event = await asyncio.to_thread(
+        ctx.store.transition, task_id, expect, to, announce=announce, **fields
+    )
+    runfiles.announce(ctx.emit, event)
