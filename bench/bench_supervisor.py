@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -58,7 +59,10 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
 
 def start_daemon(root: Path, gpus: int, sim_env: dict[str, str]) -> DaemonProcess:
     deepspeed, diffusion_pipe_dir = simulation_paths()
-    low = free_port()
+    # master ports below the kernel's ephemeral range (32768-60999 here): a window taken
+    # from free_port() lay inside it, and a client socket's port could then clash with a
+    # trainer's bind (a stand-in trainer failed on one in about ten runs)
+    low = random.randrange(20000, 32700)
     daemon = DaemonProcess(
         root,
         {
@@ -189,7 +193,12 @@ def bench_cpu(root: Path, window: float) -> None:
         task_ids = [f"cpu{i}" for i in range(4)]
         for task_id in task_ids:
             daemon.drop(f"{task_id}.json", job(daemon, task_id, epochs=10))
-        wait_until(lambda: all(training(daemon, t) for t in task_ids), timeout=60, interval=0.1)
+        wait_until(lambda: all(started(daemon, t) for t in task_ids), timeout=60, interval=0.1)
+        for task_id in task_ids:  # a job that failed to start is shown, not hidden
+            state = daemon.job_state(task_id) or {}
+            if state.get("status") != "running":
+                error = json.dumps(state.get("error"))[:500]
+                print(f"    {task_id} did not start training: {state.get('status')}: {error}")
         busy = cpu_percent(daemon.process.pid, window)
         steps = sum(current_step(daemon, t) for t in task_ids)
         for task_id in task_ids:
@@ -207,6 +216,12 @@ def bench_cpu(root: Path, window: float) -> None:
 
 def training(daemon: DaemonProcess, task_id: str) -> bool:
     return current_step(daemon, task_id) >= 1
+
+
+def started(daemon: DaemonProcess, task_id: str) -> bool:
+    """Training, or ended before it could (shown by bench_cpu, never waited on for ever)."""
+    state = daemon.job_state(task_id) or {}
+    return training(daemon, task_id) or state.get("status") in ("failed", "stopped", "completed")
 
 
 def current_step(daemon: DaemonProcess, task_id: str) -> int:
