@@ -135,6 +135,10 @@ def test_fl1_jobs_from_every_host_run_once_each_on_a_host_that_fits(
     assert not duplicates([r for r in runs if r.task in records])
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="a trainer sometimes fails to bind its master port (EADDRINUSE) here (issue 17)",
+)
 def test_fl2_same_task_id_posted_to_every_host_at_once_creates_one_job(
     fleet: Fleet, cluster: NatsCluster
 ) -> None:
