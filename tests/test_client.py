@@ -4,7 +4,6 @@ envelope, and the SSE log stream followed across dropped connections."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import threading
@@ -24,6 +23,7 @@ from dpd.client import (
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess, free_port
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 from tests.waiting import wait_for
 
 KEY = "sdk-test-bootstrap-key"
@@ -32,7 +32,7 @@ TERMINAL = ("completed", "failed", "stopped")
 
 def start_daemon(root: Path) -> DaemonProcess:
     deepspeed, diffusion_pipe_dir = simulation_paths()
-    base_port = 33000 + (os.getpid() % 300) * 20
+    base_port = master_port_range(20)[0]
     daemon = DaemonProcess(
         root,
         {

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from dpd.trainlog.follow import split_lines
-from tests.daemon_harness import DaemonProcess, free_port
+from tests.daemon_harness import DaemonProcess
 from tests.events.harness import collecting, consume_all, durable_consumer
 from tests.events.nats_server import NatsServer
 from tests.jobfiles import job_document
+from tests.ports import master_port_range
 from tests.supervisor.test_lifecycle import make_daemon
 from tests.waiting import wait_for, wait_until
 
@@ -23,8 +24,7 @@ TERMINAL = ("completed", "failed", "stopped")
 def nats_daemon(root: Path, url: str, jetstream: bool, step_seconds: float) -> DaemonProcess:
     daemon = make_daemon(root, step_seconds=step_seconds)
     daemon.config["nats"] = {"url": url, "jetstream": jetstream}
-    port = free_port()  # a range other test runs on this machine are unlikely to share
-    daemon.config["trainer"]["master_port_range"] = [port, port + 20]
+    daemon.config["trainer"]["master_port_range"] = master_port_range(21)
     return daemon
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess
 from tests.fleet.natscluster import NatsCluster
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 from tests.waiting import wait_for
 
 FLEET_TIMING = {
@@ -53,8 +53,8 @@ class Fleet:
         self.ledger = root / "ledger"
         self.ledger.mkdir(parents=True, exist_ok=True)
         self.step_seconds = step_seconds
-        # master ports: disjoint per host, and per test run (other tests may run beside)
-        self.base = base_port if base_port is not None else 30000 + (os.getpid() % 500) * 60
+        # master ports: disjoint per host and per test run, below the ephemeral range
+        self.base = base_port if base_port is not None else master_port_range(20 * 8)[0]
         self.hosts: dict[str, DaemonProcess] = {}
         for index, (name, gpus) in enumerate(hosts.items()):
             self.hosts[name] = self.make_host(name, gpus, index)

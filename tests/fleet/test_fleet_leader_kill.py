@@ -128,12 +128,17 @@ def test_with_every_nats_server_down_rest_answers_503_and_spool_files_wait_in_in
         time.sleep(0.5)
     assert code == 201
     wait_for(lambda: not dropped.exists(), timeout=60)
-    spool_ids = [
-        t
-        for t, r in kv_records(cluster).items()
-        if (r.spec or {}).get("description") == f"outage-{tag}"
-    ]
-    assert len(spool_ids) == 1
+
+    def from_spool() -> list[str]:
+        return [
+            t
+            for t, r in kv_records(cluster).items()
+            if (r.spec or {}).get("description") == f"outage-{tag}"
+        ]
+
+    # the file is removed only after its record is committed: the record is there now
+    spool_ids = from_spool()
+    assert len(spool_ids) == 1, spool_ids
     done = wait_for(lambda: all_done(cluster, {task_id, *spool_ids}), timeout=120, interval=1)
     runs = fleet.runs()
     for tid in (task_id, *spool_ids):

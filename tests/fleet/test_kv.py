@@ -51,6 +51,23 @@ async def wait_until(condition: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def seen_by(bucket: Bucket, client: NATS) -> Bucket:
+    """``bucket`` on another client's connection, once that client's server routes to the
+    new stream (right after it is created, a request from another server can find no
+    responders for a moment)."""
+
+    async def answers() -> bool:
+        try:
+            await other.leader_get("never.written")
+        except Unavailable:
+            return False
+        return True
+
+    other = Bucket(client.jetstream(), bucket.spec)
+    await wait_until(answers)
+    return other
+
+
 async def test_buckets_are_created_as_specified_and_differences_only_warned(
     clients: list[NATS], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -180,7 +197,7 @@ async def test_a_lost_reply_is_applied_exactly_once(clients: list[NATS], message
 
 async def test_a_lost_reply_overtaken_by_another_writer_is_not_applied(clients: list[NATS]) -> None:
     bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
-    other = Bucket(clients[1].jetstream(), bucket.spec)
+    other = await seen_by(bucket, clients[1])
     first = await bucket.write("job.n", b"0", 0)
     real = bucket.js.publish
 
@@ -209,7 +226,7 @@ async def test_a_lost_reply_is_not_taken_for_an_equal_write_of_another_client(
     reported as applied, one increment would count twice (a claim believed held that is
     not). Only the message id tells them apart."""
     bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
-    other = Bucket(clients[1].jetstream(), bucket.spec)
+    other = await seen_by(bucket, clients[1])
     first = await bucket.write("job.n", b"0", 0)
     real = bucket.js.publish
 
@@ -303,7 +320,7 @@ async def test_concurrent_cas_from_three_clients_never_loses_an_update(
 async def test_cas_gives_up_after_bounded_conflicts(clients: list[NATS]) -> None:
     bucket = await Bucket.ensure(clients[0].jetstream(), jobs_spec(prefix(), 3))
     await bucket.write("job.x", b"0", 0)
-    sneaky = Bucket(clients[1].jetstream(), bucket.spec)
+    sneaky = await seen_by(bucket, clients[1])
 
     racers: list[asyncio.Task[Any]] = []
 

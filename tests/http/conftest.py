@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from dpd.config import (
 from dpd.daemon import Daemon
 from dpd.simulation import simulation_paths
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 
 BOOTSTRAP = "bootstrap-admin-key-for-tests"
 UNLIMITED = RateLimitConfig(*(RateLimit(0, 0) for _ in dataclasses.fields(RateLimitConfig)))
@@ -141,7 +141,7 @@ def make_config(root: Path, **tables: Any) -> Config:
 
 
 def _port_base() -> int:
-    return 40000 + (os.getpid() % 400) * 50
+    return master_port_range(50)[0]
 
 
 MakeApi = Callable[..., Awaitable[Api]]

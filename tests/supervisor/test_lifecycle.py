@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess, job_processes, wait_for
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 
 TERMINAL = ("completed", "failed", "stopped")
 
@@ -51,14 +51,10 @@ def make_daemon(
     return daemon
 
 
-_port_counter = [0]
 
 
 def free_base_port() -> int:
-    # distinct ranges per daemon so parallel test runs do not compete for ports; all below
-    # the kernel's ephemeral range (32768+), where the daemon's own HTTP port is picked
-    _port_counter[0] += 1
-    return 20000 + (os.getpid() % 120) * 100 + (_port_counter[0] % 2) * 50
+    return master_port_range(41)[0]
 
 
 def status(daemon: DaemonProcess, task_id: str) -> str | None:

@@ -6,7 +6,6 @@ edge of ``dpd.supervisor.run``: stops in every phase, a failed launch, a restart
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from dpd.supervisor.wakeups import WatchTiming
 from tests.fakes.fake_clock import FakeClock
 from tests.fakes.fake_launcher import FakeLauncher
 from tests.jobfiles import add_job, new_store
+from tests.ports import master_port_range
 from tests.waiting import wait_until
 
 FAST = WatchTiming(period=0.002, idle_period=0.002, fallback_period=0.02)
@@ -92,7 +92,7 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0) -> None:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store, data = new_store(tmp_path)
-    base = 40000 + random.Random(str(tmp_path)).randrange(0, 20000)
+    base = master_port_range(21)[0]
     config = Config(
         trainer=TrainerConfig(
             inactivity_timeout=INACTIVITY,
