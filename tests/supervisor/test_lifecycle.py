@@ -51,8 +51,6 @@ def make_daemon(
     return daemon
 
 
-
-
 def free_base_port() -> int:
     return master_port_range(41)[0]
 
