@@ -69,14 +69,20 @@ def browser() -> Iterator[Any]:
 
 
 def start_daemon(
-    root: Path, auth: bool, step_seconds: str = "0.3", gpu_mb: int = 24576, **trainer_env: str
+    root: Path,
+    auth: bool,
+    step_seconds: str = "0.3",
+    gpu_mb: int = 24576,
+    tables: dict[str, dict[str, Any]] | None = None,
+    **trainer_env: str,
 ) -> DaemonProcess:
-    """One simulated GPU of ``gpu_mb``; ``trainer_env``: more DPD_SIM_* settings of the
-    stand-in trainer."""
+    """One simulated GPU of ``gpu_mb``; ``tables``: more config tables (``[models]``...);
+    ``trainer_env``: more DPD_SIM_* settings of the stand-in trainer."""
     deepspeed, diffusion_pipe_dir = simulation_paths()
     daemon = DaemonProcess(
         root,
         {
+            **(tables or {}),
             "auth": {"enabled": auth, "bootstrap_key": ADMIN_KEY if auth else ""},
             "ratelimit": {name: "0" for name in ("auth", "training", "preprocess", "logs")},
             "gpus": {
