@@ -249,6 +249,8 @@ def wait_status(daemon: DaemonProcess, task_id: str, *wanted: str, timeout: floa
 
 def shoot(watched: Watched, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
+    # from the top: the sticky header of a scrolled page would land mid-picture
+    watched.page.evaluate("() => window.scrollTo(0, 0)")
     watched.page.screenshot(path=str(path), full_page=True)
     return path
 

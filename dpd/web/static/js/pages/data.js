@@ -96,6 +96,7 @@ export function DataPage() {
     <${UploadForm} onQueued=${queued} />
     <${PreprocessTasks} ids=${ids} />
     <section class="card"><h2>Datasets</h2><${ErrorText} error=${error} />
+      ${datasets === null && !error && html`<p class="muted">Loading…</p>`}
       ${datasets && datasets.length === 0 && html`<p class="muted">No preprocessed dataset yet.</p>`}
       ${datasets && datasets.length > 0 && html`<ul class="rows">${datasets.map((d) => html`<li>
         <span class="name">${d.name}</span><span class="muted">${d.path}</span>

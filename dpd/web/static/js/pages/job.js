@@ -95,7 +95,7 @@ function Summary({ job }) {
     <${ProgressBar} value=${p.overall_progress} />
     <dl class="facts-grid">
       <div><dt>Progress</dt><dd data-field="progress">${percent(p.overall_progress)}</dd></div>
-      <div><dt>ETA</dt><dd>${duration(p.eta_seconds)}</dd></div>
+      <div><dt>ETA</dt><dd>${ACTIVE.has(job.status) ? duration(p.eta_seconds) : "–"}</dd></div>
       <div><dt>Epoch</dt><dd>${p.current_epoch ?? "–"} / ${p.total_epochs ?? "–"}</dd></div>
       <div><dt>Step</dt><dd>${p.current_step ?? "–"}${p.total_steps ? ` / ${p.total_steps}` : ""}</dd></div>
       <div><dt>Loss</dt><dd>${number(m.current_loss)}</dd></div>
