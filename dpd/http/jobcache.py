@@ -10,7 +10,8 @@ lines only), its resume markers (``ResumeFold``) and its alert events, each read
 the start again. A thinned answer is kept until its series grows.
 
 Memory is bounded: entries are dropped least recently used first once they weigh more
-than ``max_bytes`` together (the one just asked for is kept, whatever it weighs). Entries and
+than ``max_bytes`` together or number more than ``max_jobs`` (the one just asked for is
+kept, whatever it weighs). Entries and
 the table have their own locks: requests for one job wait for each other, requests for
 different jobs do not.
 """
@@ -30,6 +31,7 @@ from dpd.spool.appendscan import AppendScan
 from dpd.spool.jsontail import field_bytes
 
 MAX_BYTES: Final = 256 << 20
+MAX_JOBS: Final = 64
 MAX_ANSWERS: Final = 8  # thinned answers kept per job
 ANSWER_POINTS: Final = 5000  # answers of more points are made again when asked for
 ALERT_WEIGHT: Final = 1024  # bytes counted per alert event or marker kept
@@ -217,6 +219,7 @@ class JobCache:
     """The entries of the jobs asked about, least recently used first."""
 
     max_bytes: int = MAX_BYTES
+    max_jobs: int = MAX_JOBS
     _entries: OrderedDict[Path, JobEntry] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -232,7 +235,7 @@ class JobCache:
     def _evict(self, keep: JobEntry) -> None:
         total = sum(e.weight for e in self._entries.values())
         for job_dir in list(self._entries):
-            if total <= self.max_bytes:
+            if total <= self.max_bytes and len(self._entries) <= self.max_jobs:
                 break
             victim = self._entries[job_dir]
             if victim is not keep:

@@ -152,6 +152,10 @@ def test_entries_beyond_the_memory_bound_are_dropped_and_read_again(tmp_path: Pa
         assert len(cache) <= 2
     append(dirs[0] / names.METRICS_FILE, step_records(1001, 1100))
     assert cache.series(dirs[0], "step_loss", 100).total == 1100
+    few = JobCache(max_jobs=2)
+    for job_dir in dirs:
+        few.alert_events(job_dir)
+    assert len(few) == 2
 
 
 def test_alerts_appended_after_the_first_read_are_listed(tmp_path: Path) -> None:
