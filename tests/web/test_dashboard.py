@@ -126,6 +126,9 @@ def test_job_page_chart_gains_points_live_and_stop_stops_it(
     wait_for(lambda: chart_points(page) >= first + 5, timeout=30)
     # the new points came over the event stream, not by asking the metrics route again
     assert sum("/metrics" in url for url in watched.requests) == metric_fetches
+    # the best loss follows the live points too (the stand-in's loss falls from step 2 on)
+    best = page.locator(".facts-grid div", has_text="Best").locator("dd")
+    expect(best).not_to_have_text("–")
     expect(page.locator("canvas").first).to_be_visible()
     expect(page).to_have_title(re.compile(r"^\[\d+%\] live-job · dpd$"))
     # one cursor for all panels: hovering the step loss moves the learning rate's too

@@ -38,7 +38,13 @@ function useJob(id) {
       setJob((j) => j && { ...j, status: event.data.status });
       load();
     } else if (type === "metrics" && event.data?.type === "step" && event.data?.metric === "loss") {
-      setJob((j) => j && { ...j, metrics: { ...j.metrics, current_loss: event.data.value } });
+      const loss = event.data.value;
+      setJob((j) => {
+        if (!j) return j;
+        const best = j.metrics?.best_loss;
+        const better = Number.isFinite(loss) && (!Number.isFinite(best) || loss < best);
+        return { ...j, metrics: { ...j.metrics, current_loss: loss, ...(better ? { best_loss: loss } : {}) } };
+      });
     }
   }, [id]);
   return { job, error, reload: load };
