@@ -11,9 +11,8 @@ the start again. A thinned answer is kept until its series grows.
 
 Memory is bounded: entries are dropped least recently used first once they weigh more
 than ``max_bytes`` together or number more than ``max_jobs`` (the one just asked for is
-kept, whatever it weighs). Entries and
-the table have their own locks: requests for one job wait for each other, requests for
-different jobs do not.
+kept, whatever it weighs). Entries and the table have their own locks: requests for one job
+wait for each other, requests for different jobs do not.
 """
 
 from __future__ import annotations
@@ -47,8 +46,12 @@ def marker_lines(block: bytes) -> list[bytes]:
     """The lines of ``block`` (whole events.jsonl lines) the markers and alerts need: status
     and alert events, and of the progress events only the last that names a step before each
     of those (a resume marker sits at the step the last progress reported) and at the end.
-    Found with ``bytes.find``: most of the file is log events, never looked at one by one."""
-    starts = sorted({_line_start(block, at) for needle in _KEPT for at in _finds(block, needle)})
+    Found with ``bytes.find``: most of the file is log events, never looked at one by one.
+    A record's own type comes first in its line (``event_record``): a type named deeper in
+    a line does not count."""
+    starts = sorted(
+        {at - 1 for needle in _KEPT for at in _finds(block, needle) if _heads(block, at)}
+    )
     kept: list[bytes] = []
     done = 0
     for start in starts:
@@ -72,6 +75,11 @@ def _finds(block: bytes, needle: bytes) -> list[int]:
     return found
 
 
+def _heads(block: bytes, at: int) -> bool:
+    """Whether the field found at ``at`` is the first of its line's record."""
+    return at >= 1 and block[at - 1 : at] == b"{" and (at == 1 or block[at - 2 : at - 1] == b"\n")
+
+
 def _line_start(block: bytes, at: int) -> int:
     return block.rfind(b"\n", 0, at) + 1
 
@@ -87,7 +95,7 @@ def _last_step_line(block: bytes, low: int, high: int) -> bytes | None:
     while at >= 0:
         start = _line_start(block, at)
         line = block[start : _line_end(block, start)]
-        if _STEP in line and _NO_STEP not in line:
+        if _heads(block, at) and _STEP in line and _NO_STEP not in line:
             return line
         at = block.rfind(_PROGRESS, low, start)
     return None

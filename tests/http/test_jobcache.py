@@ -216,6 +216,9 @@ EVENTS = st.lists(
         st.builds(lambda s: ("status", {"status": s}), st.sampled_from(["running", "stopped"])),
         st.builds(lambda s: ("log", {"lines": [s]}), st.text(max_size=5)),
         st.just(("alert", {"kind": "stalled"})),
+        # a type named deeper in a line is not the event's
+        st.builds(lambda s: ("note", {"type": "progress", "current_step": s}), STEPS),
+        st.just(("note", {"type": "status", "data": {"status": "running"}})),
     ),
     max_size=40,
 )
@@ -234,6 +237,21 @@ def test_marker_lines_keep_what_the_markers_need(kinds: list[Any], blocks: int) 
     assert fold.found == series.resume_markers(
         e for e in events if e["type"] in ("status", "progress")
     )
+
+
+def test_only_a_records_own_type_makes_it_a_status_or_progress_event() -> None:
+    kinds = [
+        ("status", {"status": "running"}),
+        ("progress", {"current_step": 40}),
+        ("note", {"type": "progress", "current_step": 99}),
+        ("note", {"type": "status", "status": "running"}),
+        ("status", {"status": "running"}),
+    ]
+    block = b"\n".join(record_bytes(event(n, k, d)) for n, (k, d) in enumerate(kinds))
+    fold = series.ResumeFold()
+    for line in marker_lines(block):
+        fold.add(json.loads(line))
+    assert fold.found == [{"step": 40, "kind": "resume", "run": 2, "name": "run 2"}]
 
 
 def test_a_scan_reads_only_what_was_appended(tmp_path: Path) -> None:
