@@ -21,6 +21,7 @@ import pytest
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess, kill_daemons, wait_for
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 
 CHROMIUM = os.environ.get("DPD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -100,6 +101,8 @@ def start_daemon(
                 },
                 # a graceful stop saves a checkpoint first; on a busy machine that takes time
                 "stop_timeout": 30,
+                # not dpd's default 29500-29999, which other test runs on the machine share
+                "master_port_range": master_port_range(20),
             },
         },
     )
