@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import nats
@@ -62,7 +63,7 @@ from dpd.fleet.kv import (
 from dpd.fleet.placer import Claim, PeerView, plan_claims
 from dpd.fleet.reaper import Policy, Reaper, run_reaper
 from dpd.fleet.reaper import change_for as reaper_change
-from dpd.fleet.reconcile import rebooted_since
+from dpd.fleet.reconcile import end_unrecorded, rebooted_since
 from dpd.fleet.records import (
     SPAWNABLE,
     AliveRecord,
@@ -78,6 +79,7 @@ from dpd.fleet.records import (
     node_key,
 )
 from dpd.fleet.registry import Heartbeat, boottime, register, this_daemon
+from dpd.fleet.resume import runnable_spec
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
     AliveRead,
@@ -570,7 +572,8 @@ class FleetAgent:
                 record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
                 ident.mtime_ns,
             )  # fmt: skip
-            self.store.create_job(JobSpec.from_dict(record.spec), submission)
+            spec = runnable_spec(record.spec, Path(self.store.output_root) / task_id)  # T11
+            self.store.create_job(JobSpec.from_dict(spec), submission)
             events = self.store.read_events(task_id)
         elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
             raise Conflict(f"task {task_id} already has a local job here")
@@ -678,7 +681,7 @@ class FleetAgent:
             return None
         status = state["status"]
         now = time.time()
-        if status in _TERMINAL_LOCAL and rebooted_since(record, self.me):  # phase 3: T10a+T11
+        if end_unrecorded(state) and rebooted_since(record, self.me):  # phase 3: T10a+T11
             return self._after_reboot
         if status == Status.RUNNING.value and record.state is JobState.STARTING:
             port = state.get("master_port")
@@ -762,6 +765,8 @@ class FleetAgent:
         new = reaper_change(record, me, None, 0.0, self.policy(), self.node, time.time())
         if new is None:
             raise TransitionRefused("T10a by the owner", "the record does not allow it")
+        log.warning("%s: its run ended with this host's reboot (attempt %d); now %s",
+                    record.task_id, record.attempt, new.state.value)  # fmt: skip
         return new
 
     async def _reaper_loop(self) -> None:

@@ -117,3 +117,16 @@ def rebooted_since(record: JobRecord, me: Actor) -> bool:
         and owner.boot_id != me.boot_id
         and record.state in SPAWNABLE
     )
+
+
+def end_unrecorded(state: dict[str, Any]) -> bool:
+    """The local job failed because its run was lost (no exit recorded: the shim vanished,
+    the host rebooted), not because the trainer ended badly. After a reboot such a run is
+    a node loss (T10a), not the trainer's failure (T7)."""
+    error = state.get("error")
+    return (
+        state.get("status") == "failed"
+        and isinstance(error, dict)
+        and error.get("exit_code") is None
+        and error.get("signal") is None
+    )
