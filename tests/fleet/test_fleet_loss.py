@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +57,16 @@ def drain(fleet: Fleet, node: str, undo: bool = False, via: str = "a") -> dict[s
     code, body = fleet[via].request("POST", f"/api/v1/fleet/nodes/{node}/drain", {"undo": undo})
     assert code == 200, body
     return body["data"]  # type: ignore[no-any-return]
+
+
+def dpd_fleet(fleet: Fleet, via: str, *argv: str) -> str:
+    """``dpd fleet ARGV --url <via's url>`` as an operator types it; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dpd", "fleet", *argv, "--url", fleet[via].url],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "DPD_API_KEY": "unused"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def run_on_b(fleet: Fleet, cluster: NatsCluster, epochs: int = LONG_EPOCHS, **config: Any) -> str:
@@ -130,7 +142,10 @@ def test_drain_stops_new_placements_and_undo_restores_them(
     done = wait_for(lambda: finished(cluster, task_id), timeout=60, interval=0.5)
     assert done.state is JobState.COMPLETED and done.owner is not None
     assert done.owner.node in ("a", "c")
-    assert drain(fleet, "b", undo=True)["draining"] is False
+    table = dpd_fleet(fleet, "a", "nodes")  # the operator's view: b draining
+    assert any(line.split()[:2] == ["b", "draining"] for line in table.splitlines()), table
+    undone = json.loads(dpd_fleet(fleet, "c", "drain", "b", "--undo", "--json"))
+    assert undone["draining"] is False
     again = run_on_b(fleet, cluster, epochs=1)  # a and c drained: b takes it
     done = wait_for(lambda: finished(cluster, again), timeout=60, interval=0.5)
     assert done.state is JobState.COMPLETED and done.owner and done.owner.node == "b"
