@@ -489,8 +489,8 @@ class FleetAgent:
         assert self.jobs is not None and self.heartbeat is not None
         if c.task_id in self.claiming:
             return
-        if self.store.exists(c.task_id) and _active_here(self.store.get(c.task_id)):
-            return
+        if self.store.exists(c.task_id) and self.store.get(c.task_id)["status"] != "queued":
+            return  # running here, or ended here: materialising would refuse (a wasted attempt)
         held = self._claimed_gpus()
         if held & set(c.gpu_ids):
             return

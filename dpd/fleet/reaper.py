@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -39,7 +39,7 @@ from dpd.fleet.records import (
     enc,
     node_key,
 )
-from dpd.fleet.registry import ReaperView, alive_read
+from dpd.fleet.registry import ReaperView, Verdict, alive_read
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
     FENCED,
@@ -190,7 +190,6 @@ class ReaperStats:
     marked_lost: int = 0
     declared_lost: int = 0
     requeued: int = 0
-    detected: dict[str, float] = field(default_factory=dict)  # node -> monotonic first "gone"
 
 
 class Reaper:
@@ -267,15 +266,11 @@ class Reaper:
             watched = self._watched_boot(node)
             pending = [r for r in records if r.terminal]
             other_boot = any(r.owner is not None and r.owner.boot_id != watched for r in records)
-            suspect = self.view.suspect(seen, now).value == "suspect"
+            suspect = self.view.suspect(seen, now) is Verdict.SUSPECT
             if not (suspect or other_boot or node in self.view.lost_since or pending):
                 continue
             read = alive_read(await self.alive.leader_get(node_key(node)))
             self.view.settle(node, read, None, self.clock())
-            if not read.present:
-                self.stats.detected.setdefault(node, self.view.lost_since.get(node, now))
-            else:
-                self.stats.detected.pop(node, None)
             absent = self.view.absent_for(node, self.clock())
             down = self._down(node)
             for record in records:
