@@ -8,6 +8,7 @@ sees every run of every trainer: a second run of a task, at any time, shows ther
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,9 +22,13 @@ from typing import Any
 
 import pytest
 
-from dpd.fleet.records import JobRecord, JobState
+from dpd.fleet.kv import Bucket, Entry, jobs_spec
+from dpd.fleet.records import Fence, JobRecord, JobState, enc
+from dpd.fleet.transitions import Actor, ClaimFacts, NodeFacts, claim
+from dpd.fleet.transitions import start as start_run
 from dpd.supervisor import outputs
 from tests.daemon_harness import job_processes
+from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_hosts import kv_records
@@ -244,3 +249,59 @@ def test_node_down_requeues_the_held_job_of_a_dead_host(fleet: Fleet, cluster: N
     fleet["b"].env["DPD_TEST_BOOT_ID"] = str(uuid.uuid4())
     back(fleet, "b")
     wait_for(lambda: nodes(fleet, "a")["b"]["down"] is None, timeout=30)
+
+
+def test_self_audit_resolves_records_left_under_a_live_owner(
+    fleet: Fleet, cluster: NatsCluster
+) -> None:
+    """FL14's self-audit: records that name b (its node, this boot) as owner but that no
+    claim, launch or job directory of b's stands behind (a lost reply, a crash between two
+    writes of an earlier daemon) are resolved by b itself, though b is alive and no reaper
+    may touch them: a claim is given back (T4a) and runs once, elsewhere or on b; a started
+    run with no local job is failed ``node_state_lost``."""
+    for node in ("a", "b", "c"):
+        drain(fleet, node)
+    wait_for(lambda: all(n["state"] == "draining" for n in nodes(fleet, "b").values()))
+    claimed_id, started_id = (f"audit-{k}-{uuid.uuid4().hex[:6]}" for k in ("c", "s"))
+    for task_id in (claimed_id, started_id):
+        code, body = fleet["a"].request(
+            "POST", "/api/v1/training/start", fleet.job(task_id=task_id)
+        )
+        assert code == 201, body
+    ghost = Actor("b", "an-earlier-daemon", fleet["b"].env["DPD_TEST_BOOT_ID"], "machine-b")
+    asyncio.run(claim_as(cluster, ghost, claimed_id, start=False))
+    asyncio.run(claim_as(cluster, ghost, started_id, start=True))
+    given_back = wait_for(
+        lambda: (lambda r: r if r and r.state is JobState.QUEUED and r.attempt == 1 else None)(
+            record_of(cluster, claimed_id)
+        ),
+        timeout=30,
+        interval=0.3,
+    )
+    assert given_back.history[-1].outcome == "declined" and given_back.owner is None
+    lost = wait_for(lambda: finished(cluster, started_id), timeout=30, interval=0.3)
+    assert lost.state is JobState.FAILED and lost.result is not None
+    assert lost.result.reason == "node_state_lost" and lost.requeues == 0
+    for node in ("a", "b", "c"):
+        drain(fleet, node, undo=True)
+    done = wait_for(lambda: finished(cluster, claimed_id), timeout=60, interval=0.5)
+    assert done.state is JobState.COMPLETED and done.attempt == 2
+    assert [r.task for r in fleet.runs()].count(claimed_id) == 1
+    assert started_id not in [r.task for r in fleet.runs()]
+
+
+async def claim_as(cluster: NatsCluster, actor: Actor, task_id: str, start: bool) -> None:
+    """T2 (and T3) of ``task_id`` written as ``actor`` would have: an earlier daemon of b."""
+    nc = await connect(cluster.urls)
+    try:
+        jobs = Bucket(nc.jetstream(), jobs_spec("dpd", 3))
+        facts = ClaimFacts(NodeFacts("b", "t", {}, {0: 81920}), Fence(), (0,), 0.0, 3.0)
+
+        def fn(entry: Entry | None) -> bytes:
+            assert entry is not None
+            record = claim(JobRecord.from_json(entry.value), actor, facts, time.time())
+            return (start_run(record, actor, 1, time.time()) if start else record).to_json()
+
+        await jobs.cas_update(enc(task_id), fn)
+    finally:
+        await nc.close()
