@@ -730,6 +730,9 @@ class FleetAgent:
         except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
             log.warning("fleet: reconciliation waits for NATS (%r)", err)
             return
+        except Exception:  # the self-audit tries again; the agent must not stop for it
+            log.exception("fleet: reconciliation at start failed; the self-audit retries")
+            return
         for task_id, step in sorted(steps.items()):
             log.info("fleet reconciliation: %s → %s", task_id, step.value)
 

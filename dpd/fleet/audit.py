@@ -6,6 +6,13 @@ local fleet job and every record the watched table shows owned by this node is r
 the stream leader; afterwards, every ``period``, the table is read first and only a task
 whose table record calls for a step is read again from the leader before anything is done
 (the table is a hint, §3.4).
+
+Where this differs from §9.5: the start-up pass runs once the agent is connected, after the
+supervisor re-attached the last daemon's runs (the daemon starts the agent after
+``supervisor.start()``), so an orphan is a re-attached run that is then stopped, rather
+than one never re-attached; and the publication gate of §9.7 is not built, so the local
+status events of a superseded run (an orphan stopped, a lost run failed after a reboot)
+still reach stream ``DPD``.
 """
 
 from __future__ import annotations
