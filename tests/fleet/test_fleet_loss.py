@@ -48,6 +48,17 @@ def fleet(cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         hosts.down()
 
 
+@pytest.fixture(autouse=True)
+def whole_fleet(fleet: Fleet) -> Iterator[None]:
+    """Every host up and draining nothing after each test, whatever the test left."""
+    yield
+    for name, host in fleet.hosts.items():
+        if host.process is None or host.process.poll() is not None:
+            back(fleet, name)
+    for name in fleet.hosts:
+        fleet["a"].request("POST", f"/api/v1/fleet/nodes/{name}/drain", {"undo": True})
+
+
 def record_of(cluster: NatsCluster, task_id: str) -> JobRecord | None:
     return kv_records(cluster).get(task_id)
 
@@ -91,8 +102,14 @@ def run_on_b(fleet: Fleet, cluster: NatsCluster, epochs: int = LONG_EPOCHS, **co
     wait_for(lambda: any(r.task == task_id for r in fleet.runs()), timeout=30)
     for node in ("a", "c"):
         assert drain(fleet, node, undo=True)["draining"] is False
-    record = record_of(cluster, task_id)
-    assert record is not None and record.owner is not None and record.owner.node == "b"
+    record = wait_for(  # the owner reported the run (T5): the record says running
+        lambda: (lambda r: r if r is not None and r.state is JobState.RUNNING else None)(
+            record_of(cluster, task_id)
+        ),
+        timeout=30,
+        interval=0.2,
+    )
+    assert record.owner is not None and record.owner.node == "b"
     return task_id
 
 
