@@ -103,7 +103,7 @@ def nodes_table(nodes: list[dict[str, object]]) -> list[str]:
         rows.append(
             (
                 str(n.get("node", "")),
-                str(n.get("state", "")),
+                _state(n),
                 f"{len(free)}/{n.get('gpus', '?')}",
                 str(len(running)),
                 ", ".join(str(t) for t in held) or "-",
@@ -111,6 +111,11 @@ def nodes_table(nodes: list[dict[str, object]]) -> list[str]:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _state(node: dict[str, object]) -> str:
+    since = node.get("lost_since")
+    return f"{node.get('state', '')} since {since}" if since else str(node.get("state", ""))
 
 
 def run_nodes(args: argparse.Namespace) -> int:

@@ -355,7 +355,8 @@ class FleetAgent:
                     "draining": node.draining,
                     "down": node.down,
                     "state": state,  # phase 3: alive | draining | lost | down
-                    "held": sorted(held.get(node.node, [])),  # jobs shown node_state lost
+                    "held": sorted(t for t, _ in held.get(node.node, [])),  # node_state lost
+                    "lost_since": min((at for _, at in held.get(node.node, [])), default=None),
                 }
             )
         return out
@@ -803,12 +804,12 @@ class FleetAgent:
         self.wake()
         return done
 
-    def held_jobs(self) -> dict[str, list[str]]:
-        """node → the tasks shown ``node_state: lost`` on it (held, hold mode)."""
-        out: dict[str, list[str]] = {}
+    def held_jobs(self) -> dict[str, list[tuple[str, str]]]:
+        """node → (task, lost since) of the jobs shown ``node_state: lost`` on it."""
+        out: dict[str, list[tuple[str, str]]] = {}
         for record, _ in self.records():
             if record.lost is not None and not record.terminal:
-                out.setdefault(record.lost.node, []).append(record.task_id)
+                out.setdefault(record.lost.node, []).append((record.task_id, record.lost.since))
         return out
 
 

@@ -193,7 +193,7 @@ def test_fl3_daemon_away_past_the_ttl_its_training_goes_on_held_then_readopted(
     assert record.lost is not None and record.lost.node == "b"
     assert record.lost.observed_by in ("a", "c")
     view = nodes(fleet, "a")["b"]
-    assert view["state"] == "lost" and task_id in view["held"]
+    assert view["state"] == "lost" and task_id in view["held"] and view["lost_since"]
     time.sleep(max(0.0, 2 * 3.0 - (time.monotonic() - started)))
     assert [r.end for r in fleet.runs() if r.task == task_id] == [None]  # still training
     back(fleet, "b")
