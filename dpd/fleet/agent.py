@@ -108,6 +108,8 @@ Change = Callable[[JobRecord], JobRecord]  # a transition with its facts bound (
 
 PASS_PERIOD: Final = 1.0  # a pass at least this often (SCHEDULE_PERIOD, §9.2)
 CLAIM_ATTEMPTS: Final = 3
+FENCE_TRIES: Final = 4  # T3 refused on a stale direct read: the leader's view decides
+FENCE_PAUSE: Final = 0.05
 CONNECT_PAUSE: Final = 1.0
 FLEET: Final = "fleet"  # state.json's fleet section (§7.4)
 _TERMINAL_LOCAL: Final = {
@@ -594,22 +596,29 @@ class FleetAgent:
         stopped and nothing is spawned. No answer: raises, nothing is decided (the
         self-audit takes the claim again)."""
         assert self.jobs is not None
-        try:
-            await self._cas(task_id, lambda r: start(r, self.me, attempt, time.time()))
-            return True
-        except (TransitionRefused, CasConflict) as err:
+        change: Change = lambda r: start(r, self.me, attempt, time.time())  # noqa: E731
+        for _ in range(FENCE_TRIES):
+            try:
+                await self._cas(task_id, change)
+                return True
+            except (TransitionRefused, CasConflict) as err:
+                refused = err
+            # the CAS decides on a direct get, which may be stale: ask the leader
             current = await self.jobs.leader_get(enc(task_id))
             now = JobRecord.from_json(current.value) if current and current.present else None
-            if now is not None and may_spawn(now, self.me, attempt):
+            if now is None or now.attempt != attempt or now.owner is None:
+                break
+            if may_spawn(now, self.me, attempt):
                 return True
-            if now is not None and now.state is JobState.STARTING:  # phase 3: a restart (§9.5)
-                try:
-                    await self._cas(task_id, lambda r: refence(r, self.me, attempt, time.time()))
-                    log.info("%s: re-fenced by this daemon after a restart", task_id)
-                    return True
-                except (TransitionRefused, CasConflict):
-                    pass  # not this node's any more: abandoned below
-            log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, err, attempt)
+            mine = now.owner.node == self.node and now.owner.boot_id == self.me.boot_id
+            if mine and now.state is JobState.CLAIMED:  # our claim, read stale: T3 again
+                change = lambda r: start(r, self.me, attempt, time.time())  # noqa: E731
+            elif mine and now.state is JobState.STARTING:  # phase 3: a restart (§9.5)
+                change = lambda r: refence(r, self.me, attempt, time.time())  # noqa: E731
+            else:
+                break
+            await asyncio.sleep(FENCE_PAUSE)
+        log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, refused, attempt)
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
                 self.store.transition, task_id, Status.QUEUED, Status.STOPPED,

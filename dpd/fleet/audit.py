@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpd.errors import Conflict, DpdError
 from dpd.fleet.kv import TRANSIENT, CasConflict, OutcomeUnknown, Unavailable
-from dpd.fleet.reconcile import NODE_STATE_LOST, SUPERSEDED, Local, Step, decide
+from dpd.fleet.reconcile import NODE_STATE_LOST, NOT_STARTED, SUPERSEDED, Local, Step, decide
 from dpd.fleet.records import JobRecord, JobState, RecordError, enc
 from dpd.fleet.transitions import TransitionRefused, clear_lost, decline, finish
 from dpd.jobs.states import Status
@@ -132,16 +132,21 @@ async def _carry_out(agent: FleetAgent, task_id: str, step: Step, record: JobRec
         if not agent.take_again(record):
             log.info("%s: the claim waits for its GPUs", task_id)
     elif step is Step.DECLINE and record is not None:
-        attempt, why = record.attempt, "restarted without the claim's job directory"
+        attempt, why = record.attempt, "nothing of the claim stands here (given up, or lost)"
         await agent._cas(task_id, lambda r: decline(r, me, attempt, why, time.time()))
         log.warning("%s: claim given back (%s)", task_id, why)
-    elif step is Step.DATA_LOST and record is not None:
+    elif step in (Step.DATA_LOST, Step.UNSTARTED) and record is not None:
         attempt = record.attempt
-        error = {"reason": NODE_STATE_LOST, "message": "the owner has no local job any more"}
+        error = (
+            {"reason": NODE_STATE_LOST, "message": "the owner has no local job any more"}
+            if step is Step.DATA_LOST
+            else {"reason": NOT_STARTED, "message": "the owner gave the run up before it began"}
+        )
         await agent._cas(
             task_id, lambda r: finish(r, me, attempt, JobState.FAILED, time.time(), error=error)
         )
-        log.warning("%s: the owner lost its local job; the run is failed", task_id)
+        log.warning("%s: no run of it here; the record says failed (%s)", task_id,
+                    error["reason"])  # fmt: skip
 
 
 def _mark_superseded(agent: FleetAgent, task_id: str) -> None:

@@ -24,6 +24,7 @@ from dpd.fleet.records import SPAWNABLE, JobRecord, JobState
 from dpd.fleet.transitions import Actor
 
 NODE_STATE_LOST: Final = "node_state_lost"  # the owner's local job is gone (disk replaced?)
+NOT_STARTED: Final = "not_started"  # the owner gave the run up before spawning it
 SUPERSEDED: Final = "superseded"
 _ACTIVE: Final = ("running", "stopping")
 _TERMINAL: Final = ("completed", "failed", "stopped")
@@ -39,6 +40,7 @@ class Step(StrEnum):
     OUTBOX = "outbox"  # the local end is not in the record yet: the outbox applies it
     DECLINE = "decline"  # claimed here, nothing on disk: give the claim back (T4a)
     DATA_LOST = "data_lost"  # started here, nothing on disk: T7 failed node_state_lost
+    UNSTARTED = "unstarted"  # fenced here but given up before any spawn: T7 failed
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,20 @@ def decide(local: Local | None, record: JobRecord | None, me: Actor) -> Step:
         return Step.CONTINUE if _claimed_here(record, me, local.attempt) else Step.ABANDON
     if local.status in _TERMINAL and local.stage in ("starting", "running"):
         return Step.OUTBOX if _runs_here(record, me, local.attempt) else Step.NONE
+    if local.status in _TERMINAL and local.stage == "claimed":  # given up before any spawn
+        return _unspawned(record, me, local.attempt)
+    return Step.NONE
+
+
+def _unspawned(record: JobRecord | None, me: Actor, attempt: int) -> Step:
+    """This node gave its claim up locally (a refused fence, e.g. on a stale read) while
+    the record still names it: nothing runs, so the record must say so."""
+    if not _mine(record, me, attempt) or record is None:
+        return Step.NONE
+    if record.state is JobState.CLAIMED:
+        return Step.DECLINE
+    if record.state in SPAWNABLE:
+        return Step.UNSTARTED
     return Step.NONE
 
 

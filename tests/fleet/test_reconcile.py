@@ -114,3 +114,13 @@ def test_only_a_run_lost_without_a_recorded_end_counts_as_a_node_loss() -> None:
     killed = {"status": "failed", "error": {"exit_code": None, "signal": "SIGKILL"}}
     assert not end_unrecorded(killed)
     assert not end_unrecorded({"status": "completed", "error": None})
+
+
+def test_a_claim_given_up_here_before_any_spawn_is_handed_back() -> None:
+    """A refused fence (e.g. on a stale read) left the local job stopped while the record
+    still names this node: the claim goes back to the queue, a fenced one is failed."""
+    given_up = local("stopped", "claimed")
+    assert decide(given_up, job(JobState.CLAIMED), ME) is Step.DECLINE
+    assert decide(given_up, job(JobState.STARTING), ME) is Step.UNSTARTED
+    assert decide(given_up, job(JobState.CLAIMED, by=C), ME) is Step.NONE
+    assert decide(given_up, None, ME) is Step.NONE
