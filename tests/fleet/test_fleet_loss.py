@@ -322,3 +322,36 @@ async def claim_as(cluster: NatsCluster, actor: Actor, task_id: str, start: bool
         await jobs.cas_update(enc(task_id), fn)
     finally:
         await nc.close()
+
+
+def test_fl5_hold_a_paused_daemon_keeps_its_job_and_clears_the_flag(
+    fleet: Fleet, cluster: NatsCluster
+) -> None:
+    """FL5 (hold, reduced): b's daemon SIGSTOPped past 2 x node_ttl while its training runs
+    (a pause or a partition, as the others see it): the job is held, not requeued; after
+    SIGCONT b heartbeats again, its self-audit clears ``node_state`` while the job still
+    runs, and the job completes once, on b."""
+    task_id = run_on_b(fleet, cluster)
+    process = fleet["b"].process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        record = wait_for(lambda: held(cluster, task_id), timeout=30, interval=0.3)
+        assert record.state is JobState.RUNNING and record.requeues == 0
+        time.sleep(3.0)  # well past the ttl: still held, never requeued in hold mode
+        record = record_of(cluster, task_id)
+        assert record is not None and record.lost is not None and record.attempt == 1
+    finally:
+        process.send_signal(signal.SIGCONT)
+    cleared = wait_for(
+        lambda: (lambda r: r if r is not None and r.lost is None else None)(
+            record_of(cluster, task_id)
+        ),
+        timeout=30,
+        interval=0.3,
+    )
+    assert cleared.state is JobState.RUNNING and cleared.attempt == 1
+    done = wait_for(lambda: finished(cluster, task_id), timeout=120, interval=0.5)
+    assert done.state is JobState.COMPLETED and done.attempt == 1 and done.requeues == 0
+    runs = [r for r in fleet.runs() if r.task == task_id]
+    assert len(runs) == 1 and runs[0].completed and runs[0].host == "b"
