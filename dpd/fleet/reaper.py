@@ -274,6 +274,9 @@ class Reaper:
             absent = self.view.absent_for(node, self.clock())
             down = self._down(node)
             for record in records:
+                hint = change_for(record, read, down, absent, self.policy, self.me, time.time())
+                if hint is None:
+                    continue  # as the table shows it, nothing to do (held, or alive)
                 if await self._apply(record.task_id, read, down, absent):
                     applied += 1
         return applied
