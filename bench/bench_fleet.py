@@ -9,6 +9,10 @@ Three real ``dpd serve`` hosts (a: 2 GPUs, b: 1, c: 4) on a real 3-node NATS clu
   2. the same on one host with fleet mode off (the baseline: what the fleet adds).
   3. burst: JOBS jobs of 1/2/4 GPUs submitted round-robin at once; lost CAS per placed job
      (the agents' counters, ``GET /api/v1/fleet/stats``).   target < 0.5 with stagger
+  4. node loss (``bench/fleet_loss.py``): failure detection (kill -9 → alive key gone by a
+     leader read; → other hosts show the node lost; → the job shows node_state lost) and
+     time to requeue per case: hold + reboot, claimed only.   targets: detection ≤ ttl + 1 s,
+     claimed only ≤ ttl + 2 s
 
     python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--quick]
 """
@@ -28,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fleet_loss import loss_figures
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess
 from tests.fleet.hosts import Fleet
@@ -80,6 +85,15 @@ def idle_latencies(hosts: list[DaemonProcess], doc_of: Any, n: int) -> list[floa
         out.append(wait_running(hosts, task_id) - acked)
         time.sleep(0.3)  # the previous job finishes: the fleet stays idle
     return out
+
+
+def wait_done(hosts: list[DaemonProcess], task_id: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any((h.job_state(task_id) or {}).get("status") == "completed" for h in hosts):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{task_id} not completed within {timeout} s")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -174,6 +188,12 @@ def main() -> int:
             f"  lost CAS per placed job {lost / max(1, won):.2f} ({lost} lost, {won} claims won)"
             f"  target < {LOST_CAS_TARGET}"
         )
+        for task_id in burst:  # the fleet idle again before a host is killed
+            wait_done(hosts, task_id)
+        long_job = fleet.job(description=f"bench-{tag}-loss")
+        long_job["config"]["epochs"] = 60
+        for line in loss_figures(fleet, cluster, long_job):
+            print(line)
     finally:
         fleet.down()
         cluster.stop()

@@ -107,7 +107,7 @@ def man_sections(text: str) -> dict[tuple[str, ...], str]:
     sections: dict[tuple[str, ...], str] = {}
     current: tuple[str, ...] | None = None
     for line in text.splitlines():
-        heading = re.fullmatch(r"\.SS (?:\"|)dpd ([a-z ]+?)(?:\"|)", line)
+        heading = re.fullmatch(r"\.SS (?:\"|)dpd ([a-z -]+?)(?:\"|)", line.replace("\\-", "-"))
         if heading:
             current = tuple(heading.group(1).split())
             sections[current] = ""

@@ -18,8 +18,13 @@ placement loop:
 I1 holds here: the supervisor is asked to launch only after T3 of this instance succeeded.
 A T3 that fails leaves the local job stopped (``superseded``) and spawns nothing.
 
-Not yet (phases 2–4, §15): the reaper, reconciliation and self-audit after a restart, RPC and
-reads through any host, the requeue policy's fence, the janitor.
+Phase 3 (wired here, built in their own modules): the reaper (``dpd.fleet.reaper``: a gone
+node's claims requeued, its running jobs held as ``node_state: lost`` until it returns, comes
+back rebooted or is marked down), reconciliation at start and the periodic self-audit
+(``dpd.fleet.reconcile``, ``dpd.fleet.audit``), drain and node-down (``dpd.fleet.operator``).
+
+Not yet (phases 2 and 4, §15): RPC and reads through any host, the requeue policy's fence,
+the janitor.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import nats
@@ -39,6 +45,8 @@ from nats.js.errors import APIError
 from dpd import __version__
 from dpd.config import Config
 from dpd.errors import Conflict, DpdError, InsufficientResources
+from dpd.fleet import audit as fleet_audit
+from dpd.fleet import operator as fleet_operator
 from dpd.fleet import submit as fleet_submit
 from dpd.fleet.kv import (
     TRANSIENT,
@@ -53,6 +61,9 @@ from dpd.fleet.kv import (
     nodes_spec,
 )
 from dpd.fleet.placer import Claim, PeerView, plan_claims
+from dpd.fleet.reaper import Policy, Reaper, run_reaper
+from dpd.fleet.reaper import change_for as reaper_change
+from dpd.fleet.reconcile import end_unrecorded, rebooted_since
 from dpd.fleet.records import (
     SPAWNABLE,
     AliveRecord,
@@ -65,10 +76,13 @@ from dpd.fleet.records import (
     RecordError,
     enc,
     iso,
+    node_key,
 )
 from dpd.fleet.registry import Heartbeat, boottime, register, this_daemon
+from dpd.fleet.resume import runnable_spec
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
+    AliveRead,
     ClaimFacts,
     NodeFacts,
     TransitionRefused,
@@ -77,6 +91,7 @@ from dpd.fleet.transitions import (
     finish,
     mark_running,
     may_spawn,
+    refence,
     start,
 )
 from dpd.jobs.spec import JobSpec
@@ -93,6 +108,8 @@ Change = Callable[[JobRecord], JobRecord]  # a transition with its facts bound (
 
 PASS_PERIOD: Final = 1.0  # a pass at least this often (SCHEDULE_PERIOD, §9.2)
 CLAIM_ATTEMPTS: Final = 3
+FENCE_TRIES: Final = 4  # T3 refused on a stale direct read: the leader's view decides
+FENCE_PAUSE: Final = 0.05
 CONNECT_PAUSE: Final = 1.0
 FLEET: Final = "fleet"  # state.json's fleet section (§7.4)
 _TERMINAL_LOCAL: Final = {
@@ -137,6 +154,10 @@ class FleetAgent:
         self.alive_table: WatchedTable | None = None
         self.node_table: WatchedTable | None = None
         self.heartbeat: Heartbeat | None = None
+        self.alive: Bucket | None = None  # phase 3: the reaper's and node-down's leader reads
+        self.nodes: Bucket | None = None  # phase 3: drain, node-down
+        self.reaper: Reaper | None = None
+        self.audits = 0
         self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -166,9 +187,11 @@ class FleetAgent:
                     group.create_task(table.run(), name=f"fleet watch {table.bucket.stream}")
                 for table in (self.job_table, self.alive_table, self.node_table):
                     await table.ready.wait()
+                await self._reconcile_at_start()  # phase 3: before placement (§9.5)
                 self.ready.set()
                 log.info("fleet: %s registered (instance %s)", self.node, self.me.instance)
                 group.create_task(self._placement_loop(), name="fleet placement")
+                group.create_task(self._reaper_loop(), name="fleet reaper")  # phase 3
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -194,6 +217,7 @@ class FleetAgent:
                 )
                 await heartbeat.start()
                 self.jobs, self.heartbeat = jobs, heartbeat
+                self.alive, self.nodes = alive, nodes
                 return jobs, alive, nodes, heartbeat
             except (KvError, *TRANSIENT, APIError) as err:
                 log.warning("fleet: setting up on NATS failed (%r); retrying", err)
@@ -267,7 +291,7 @@ class FleetAgent:
             for v in self.supervisor.gpu_views()
             if v.status == AVAILABLE and v.gpu_id not in held
         )
-        return free, tuple(self.supervisor.running), len(self.claiming), False
+        return free, tuple(self.supervisor.running), len(self.claiming), self._draining()
 
     def records(self) -> list[tuple[JobRecord, int]]:
         """The watched job records (a hint, §3.4) with their revisions."""
@@ -314,9 +338,13 @@ class FleetAgent:
     def nodes_view(self) -> list[dict[str, Any]]:
         """Every registered node with its last heartbeat (``GET /api/v1/fleet/nodes``)."""
         alive = self.alive_nodes()
+        held = self.held_jobs()  # phase 3
         out = []
         for node in sorted(self.registered_nodes(), key=lambda n: n.node):
             beat = alive.get(node.node)
+            state = "down" if node.down else "lost" if beat is None else "alive"
+            if state == "alive" and beat is not None and (node.draining or beat.draining):
+                state = "draining"
             out.append(
                 {
                     "node": node.node,
@@ -328,6 +356,9 @@ class FleetAgent:
                     "running": list(beat.running) if beat else [],
                     "draining": node.draining,
                     "down": node.down,
+                    "state": state,  # phase 3: alive | draining | lost | down
+                    "held": sorted(t for t, _ in held.get(node.node, [])),  # node_state lost
+                    "lost_since": min((at for _, at in held.get(node.node, [])), default=None),
                 }
             )
         return out
@@ -401,6 +432,7 @@ class FleetAgent:
             try:
                 await self.place_once()
                 await self.apply_outbox()
+                await self._audit_now_and_then()  # phase 3: self-audit (§9.2 step 8)
             except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
                 log.warning("fleet pass: NATS unavailable (%r); next pass soon", err)
             except Exception:
@@ -460,8 +492,8 @@ class FleetAgent:
         assert self.jobs is not None and self.heartbeat is not None
         if c.task_id in self.claiming:
             return
-        if self.store.exists(c.task_id) and _active_here(self.store.get(c.task_id)):
-            return
+        if self.store.exists(c.task_id) and self.store.get(c.task_id)["status"] != "queued":
+            return  # running here, or ended here: materialising would refuse (a wasted attempt)
         held = self._claimed_gpus()
         if held & set(c.gpu_ids):
             return
@@ -473,6 +505,8 @@ class FleetAgent:
             gpus=c.gpu_ids,
             lease_age=boottime() - last_ok,
             node_ttl=self.fleet.node_ttl,
+            draining=self._draining(),
+            down=self._down(),
         )
 
         def t2(entry: Entry | None) -> bytes | None:
@@ -541,7 +575,8 @@ class FleetAgent:
                 record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
                 ident.mtime_ns,
             )  # fmt: skip
-            self.store.create_job(JobSpec.from_dict(record.spec), submission)
+            spec = runnable_spec(record.spec, Path(self.store.output_root) / task_id)  # T11
+            self.store.create_job(JobSpec.from_dict(spec), submission)
             events = self.store.read_events(task_id)
         elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
             raise Conflict(f"task {task_id} already has a local job here")
@@ -561,15 +596,29 @@ class FleetAgent:
         stopped and nothing is spawned. No answer: raises, nothing is decided (the
         self-audit takes the claim again)."""
         assert self.jobs is not None
-        try:
-            await self._cas(task_id, lambda r: start(r, self.me, attempt, time.time()))
-            return True
-        except (TransitionRefused, CasConflict) as err:
+        change: Change = lambda r: start(r, self.me, attempt, time.time())  # noqa: E731
+        for _ in range(FENCE_TRIES):
+            try:
+                await self._cas(task_id, change)
+                return True
+            except (TransitionRefused, CasConflict) as err:
+                refused = err
+            # the CAS decides on a direct get, which may be stale: ask the leader
             current = await self.jobs.leader_get(enc(task_id))
             now = JobRecord.from_json(current.value) if current and current.present else None
-            if now is not None and may_spawn(now, self.me, attempt):
+            if now is None or now.attempt != attempt or now.owner is None:
+                break
+            if may_spawn(now, self.me, attempt):
                 return True
-            log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, err, attempt)
+            mine = now.owner.node == self.node and now.owner.boot_id == self.me.boot_id
+            if mine and now.state is JobState.CLAIMED:  # our claim, read stale: T3 again
+                change = lambda r: start(r, self.me, attempt, time.time())  # noqa: E731
+            elif mine and now.state is JobState.STARTING:  # phase 3: a restart (§9.5)
+                change = lambda r: refence(r, self.me, attempt, time.time())  # noqa: E731
+            else:
+                break
+            await asyncio.sleep(FENCE_PAUSE)
+        log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, refused, attempt)
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
                 self.store.transition, task_id, Status.QUEUED, Status.STOPPED,
@@ -642,6 +691,8 @@ class FleetAgent:
             return None
         status = state["status"]
         now = time.time()
+        if end_unrecorded(state) and rebooted_since(record, self.me):  # phase 3: T10a+T11
+            return self._after_reboot
         if status == Status.RUNNING.value and record.state is JobState.STARTING:
             port = state.get("master_port")
             return lambda r: mark_running(r, self.me, attempt, now, port=port)
@@ -652,6 +703,123 @@ class FleetAgent:
                 error = {"message": str(error)}
             return lambda r: finish(r, self.me, attempt, target, now, error=error)
         return None
+
+    # ------------------------------------------------- phase 3 (FLEET.md §9.3, §9.5)
+
+    def policy(self) -> Policy:
+        f = self.fleet
+        ttl = self.heartbeat_ttl()
+        return Policy(ttl, f.lost_after, f.fence_margin, f.max_attempts, f.requeue_on_reboot)
+
+    def heartbeat_ttl(self) -> float:
+        """The effective ``node_ttl``: the alive bucket's ``max_age`` (§6.3)."""
+        return self.alive.effective_max_age if self.alive is not None else self.fleet.node_ttl
+
+    def _own_record(self) -> NodeRecord | None:
+        seen = self.node_table.get(node_key(self.node)) if self.node_table else None
+        if seen is None:
+            return None
+        try:
+            return NodeRecord.from_json(seen.entry.value)
+        except RecordError:
+            return None
+
+    def _draining(self) -> bool:
+        own = self._own_record()
+        return own is not None and own.draining
+
+    def _down(self) -> bool:
+        own = self._own_record()
+        return own is not None and own.down is not None
+
+    async def _reconcile_at_start(self) -> None:
+        """§9.5 before this node places anything: every local fleet job and every record
+        it owns, read from the stream leader. NATS trouble: the self-audit does it later."""
+        try:
+            steps = await fleet_audit.audit(self, startup=True)
+        except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
+            log.warning("fleet: reconciliation waits for NATS (%r)", err)
+            return
+        except Exception:  # the self-audit tries again; the agent must not stop for it
+            log.exception("fleet: reconciliation at start failed; the self-audit retries")
+            return
+        for task_id, step in sorted(steps.items()):
+            log.info("fleet reconciliation: %s → %s", task_id, step.value)
+
+    async def _audit_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_audit < max(PASS_PERIOD, self.heartbeat_ttl()):
+            return
+        self._last_audit = now
+        self.audits += 1
+        await fleet_audit.audit(self)
+
+    _last_audit: float = 0.0
+
+    def take_again(self, record: JobRecord) -> bool:
+        """Take this node's claim again after a restart (materialise if needed, fence or
+        re-fence, launch); False while its GPUs are busy here."""
+        owner = record.owner
+        assert owner is not None
+        busy = self._claimed_gpus() | {
+            v.gpu_id for v in self.supervisor.gpu_views() if v.status != AVAILABLE
+        }
+        if busy & set(owner.gpus) or record.task_id in self.claiming:
+            return False
+        self.claiming[record.task_id] = owner.gpus
+        task = asyncio.create_task(self._take(record, owner.gpus), name=f"take {record.task_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _after_reboot(self, record: JobRecord) -> JobRecord:
+        """T10(a) by the owner itself, back on a new boot, then T11 per policy (§9.5)."""
+        me = AliveRead(True, self.me.boot_id, self.me.machine_id)
+        new = reaper_change(record, me, None, 0.0, self.policy(), self.node, time.time())
+        if new is None:
+            raise TransitionRefused("T10a by the owner", "the record does not allow it")
+        log.warning("%s: its run ended with this host's reboot (attempt %d); now %s",
+                    record.task_id, record.attempt, new.state.value)  # fmt: skip
+        return new
+
+    async def _reaper_loop(self) -> None:
+        assert self.jobs and self.alive and self.job_table and self.alive_table
+        assert self.node_table is not None
+        self.reaper = Reaper(
+            self.node, self.jobs, self.alive, self.job_table, self.alive_table,
+            self.node_table, self.policy(), self.fleet.heartbeat_interval,
+        )  # fmt: skip
+        await run_reaper(self.reaper, lambda: self.connected)
+
+    async def drain(self, node: str, on: bool) -> NodeRecord:
+        if self.nodes is None or not self.connected:
+            raise fleet_submit.QueueUnavailable("not connected to any NATS server")
+        try:
+            done = await fleet_operator.drain(self.nodes, node, on)
+        except (KvError, *TRANSIENT) as err:
+            raise fleet_submit.QueueUnavailable(f"the registry did not answer ({err!r})") from err
+        self.wake()
+        return done
+
+    async def node_down(self, node: str, by: str, reason: str) -> NodeRecord:
+        if self.nodes is None or self.alive is None or not self.connected:
+            raise fleet_submit.QueueUnavailable("not connected to any NATS server")
+        try:
+            done = await fleet_operator.node_down(
+                self.nodes, self.alive, node, by, reason, time.time()
+            )
+        except (KvError, *TRANSIENT) as err:
+            raise fleet_submit.QueueUnavailable(f"the registry did not answer ({err!r})") from err
+        self.wake()
+        return done
+
+    def held_jobs(self) -> dict[str, list[tuple[str, str]]]:
+        """node → (task, lost since) of the jobs shown ``node_state: lost`` on it."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for record, _ in self.records():
+            if record.lost is not None and not record.terminal:
+                out.setdefault(record.lost.node, []).append((record.task_id, record.lost.since))
+        return out
 
 
 def _active_here(state: dict[str, Any]) -> bool:
