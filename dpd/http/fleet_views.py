@@ -30,7 +30,14 @@ from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavaila
 from dpd.fleet.records import Desired, JobRecord, enc
 from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, RpcService, verb_for
 from dpd.fleet.transitions import TransitionRefused, cancel, request_stop
-from dpd.http.common import PRINCIPAL, envelope_response, parse_json, query_choice, query_int
+from dpd.http.common import (
+    PRINCIPAL,
+    envelope_response,
+    parse_json,
+    principal,
+    query_choice,
+    query_int,
+)
 from dpd.http.routes import events_stream
 from dpd.http.routes import stream as job_stream
 from dpd.http.routing import Route, declared_routes, guarded
@@ -43,6 +50,7 @@ log = logging.getLogger("dpd.http.fleet_views")
 SSE_SUFFIX: Final = "/logs/stream"
 DESIRED_PERIOD: Final = 0.5
 STOP_GRACE: Final = 10.0  # the stop RPC's timeout beyond trainer.stop_timeout (§9.6)
+RUN_MARK: Final = b'"desired":"run"'  # as records.dump_json writes it
 
 
 def sse_call(method: str, path: str) -> Call | None:
@@ -122,6 +130,7 @@ class FleetViews:
         return await self.agent.existing(task_id)
 
     async def serve(self, request: web.Request, call: Call, local: Any) -> web.StreamResponse:
+        principal(request)  # 401 before anything is looked up (as the route's own guard)
         store = request.app[SERVICES].store
         state = store.get(call.task_id) if store.exists(call.task_id) else None
         record = await self.record(call.task_id)
@@ -152,9 +161,8 @@ class FleetViews:
             if decision.source is fv.Source.KV:
                 return await self.cancel(record)
             path_qs = request.path + "?" + urlencode({"force": "true" if force else "false"})
-        assert decision.node is not None
         client = self.client()
-        if client is not None:
+        if client is not None and decision.node is not None:
             timeout = self.stop_timeout if call.verb == "job.stop" else self.rpc_timeout
             try:
                 reply = await client.call(
@@ -165,7 +173,8 @@ class FleetViews:
                 return web.json_response(envelope, status=reply.status)
             except RpcError as err:
                 log.info("%s: %s; answering from the fleet's record", call.task_id, err)
-        self.fallbacks += 1
+        if decision.node is not None:
+            self.fallbacks += 1
         return await self.fallback(request, call, record)
 
     def client(self) -> RpcClient | None:
@@ -282,8 +291,9 @@ class FleetViews:
 
         try:
             result = await jobs.cas_update(enc(record.task_id), t8)
-        except TransitionRefused as err:
-            raise Conflict(str(err), {"task_id": record.task_id}) from err
+        except TransitionRefused:  # a node took it meanwhile: it applies the recorded stop
+            data = {"task_id": record.task_id, "pending": True, **_fleet(record, self.node)}
+            return envelope_response(data, 202, "stop recorded; the owner applies it")
         except (CasConflict, Unavailable, OutcomeUnknown, *TRANSIENT) as err:
             raise ServiceUnavailable(f"the cancel could not be recorded: {err}") from err
         assert result.entry is not None
@@ -424,7 +434,13 @@ async def desired_loop(agent: FleetAgent, period: float, grace: float, busy: set
         await asyncio.sleep(period)
         if not agent.ready.is_set():
             continue
-        for record, _ in agent.records():
+        table = agent.job_table
+        for watched in list(table.entries.values()) if table is not None else []:
+            if RUN_MARK in watched.entry.value:  # most records: decided without parsing
+                continue
+            record = fv.record_of(watched.entry.value)
+            if record is None:
+                continue
             task_id = record.task_id
             if task_id in stopping or task_id in busy:
                 continue

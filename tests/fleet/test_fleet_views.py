@@ -167,6 +167,16 @@ def test_fl11_stop_on_a_for_a_job_on_c_by_rpc_and_while_c_is_down(
     a, c = fleet["a"], fleet["c"]
     task_id = on_c(fleet, 400, "fl11")
     wait_for(lambda: training(fleet, task_id), timeout=60)
+
+    waiting = on_c(fleet, 1, "fl11-queued")  # c's 4 GPUs are busy: no node can take it
+    assert record_state(cluster, waiting) is JobState.QUEUED
+    code, body = fleet["b"].request("POST", f"/api/v1/training/stop/{waiting}")
+    assert code == 200, body  # T9 + T8 on b: cancelled in the fleet's record
+    assert body["data"]["status"] == "stopped" and body["data"]["fleet"]["node"] is None
+    assert record_state(cluster, waiting) is JobState.STOPPED
+    code, body = a.request("GET", f"/api/v1/training/{waiting}")
+    assert code == 200 and body["data"]["status"] == "stopped"
+    assert body["data"]["source"] == "kv" and body["data"]["stale"] is False
     code, body = a.request("POST", f"/api/v1/training/stop/{task_id}", {"force": False})
     assert code == 200, body
     assert body["message"] == "training task stopped"
@@ -196,7 +206,8 @@ def test_fl11_stop_on_a_for_a_job_on_c_by_rpc_and_while_c_is_down(
     assert state is not None and state["status"] == "stopped"
     for stopped in (task_id, second):  # no trainer outlives its stop
         wait_for(lambda t=stopped: not job_processes(t), timeout=30)  # type: ignore[misc]
-    runs = [r for r in fleet.runs() if r.task in (task_id, second)]
+    runs = [r for r in fleet.runs() if r.task in (task_id, second, waiting)]
     assert sorted(r.task for r in runs) == sorted((task_id, second))  # one run each
     assert not duplicates(runs)
+    assert waiting not in fleet.local_jobs()  # never materialised anywhere
     wait_for(lambda: fleet._sees_all(a), timeout=60)

@@ -201,3 +201,13 @@ async def test_the_owner_answers_from_its_own_handler_behind_the_asserted_permis
     reply = await service.answer(call("/api/v1/training/stop/t1"), "job.get")  # wrong verb
     assert reply.status == 400
     assert len(seen) == 2
+
+
+def test_the_desired_prefilter_matches_how_records_are_written() -> None:
+    """The owner's loop skips records by this byte pattern before parsing them."""
+    from dpd.http.fleet_views import RUN_MARK
+
+    record = running_on("c")
+    assert RUN_MARK in record.to_json()
+    assert RUN_MARK not in tr.request_stop(record, "a", T0).to_json()
+    assert RUN_MARK not in tr.request_stop(record, "a", T0, force=True).to_json()
