@@ -312,3 +312,87 @@ def applies_desired(record: JobRecord, me: str, local: dict[str, Any] | None) ->
 
 def now() -> float:
     return time.monotonic()
+
+
+# ------------------------------------------------------------------ the fleet-wide list
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    status: str | None = None
+    gpu_id: int | None = None
+    node: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def kv_summary(record: JobRecord, empty_progress: dict[str, Any]) -> dict[str, Any]:
+    """A ``/training/list`` row from the record alone (a job this node does not hold)."""
+    spec = record.spec or {}
+    progress = dict(empty_progress)
+    snapshot = record.progress or {}
+    progress.update(
+        {"current_epoch": snapshot.get("epoch"), "current_step": snapshot.get("step")}
+        if snapshot
+        else {}
+    )
+    progress["eta_seconds"] = snapshot.get("eta_seconds")
+    return {
+        "task_id": record.task_id,
+        "status": public_status(record.state),
+        "gpu_id": None,
+        "gpu_ids": list(record.owner.gpus) if record.owner else None,
+        "gpu_name": None,
+        "model_type": spec.get("model_type"),
+        "description": spec.get("description"),
+        "priority": record.priority,
+        "progress": progress,
+        "metrics": {k: None for k in ("current_loss", "best_loss", "learning_rate", "grad_norm")},
+        "created_at": record.submitted_at,
+        "started_at": None,
+        "updated_at": record.updated_at,
+    }
+
+
+def fleet_rows(
+    records: list[JobRecord],
+    local: dict[str, dict[str, Any]],
+    me: str,
+    summary: Callable[[dict[str, Any]], dict[str, Any]],
+    empty_progress: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Every job of the fleet, oldest first, each with its ``node``: this node's own
+    details for the jobs it holds, the record's for the others (FLEET.md §9.8)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for record in records:
+        state = local.get(record.task_id)
+        if state is not None and decide(state, record, me).source is Source.LOCAL:
+            rows[record.task_id] = {**summary(state), "node": me}
+        else:
+            node = record.owner.node if record.owner else None
+            rows[record.task_id] = {**kv_summary(record, empty_progress), "node": node}
+    for task_id, state in local.items():  # jobs here without a record (before fleet mode)
+        rows.setdefault(task_id, {**summary(state), "node": me})
+    return sorted(rows.values(), key=lambda r: (str(r.get("created_at") or ""), r["task_id"]))
+
+
+def list_page(rows: list[dict[str, Any]], query: ListQuery) -> dict[str, Any]:
+    """Filtered, newest first, one page: the same shape as the single-host list."""
+    kept = [
+        r
+        for r in rows
+        if (query.status is None or r["status"] == query.status)
+        and (query.gpu_id is None or query.gpu_id in (r.get("gpu_ids") or []))
+        and (query.node is None or r.get("node") == query.node)
+    ]
+    newest = list(reversed(kept))
+    page = newest[query.offset : query.offset + query.limit]
+    return {
+        "tasks": page,
+        "pagination": {
+            "total": len(kept),
+            "limit": query.limit,
+            "offset": query.offset,
+            "has_more": query.offset + len(page) < len(kept),
+        },
+    }

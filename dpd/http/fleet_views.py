@@ -30,6 +30,7 @@ from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavaila
 from dpd.fleet.records import Desired, JobRecord, enc
 from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, RpcService, verb_for
 from dpd.fleet.transitions import TransitionRefused, cancel, request_stop
+from dpd.http import views as http_views
 from dpd.http.common import (
     PRINCIPAL,
     envelope_response,
@@ -40,7 +41,9 @@ from dpd.http.common import (
 )
 from dpd.http.routes import events_stream
 from dpd.http.routes import stream as job_stream
+from dpd.http.routes.training import STATUSES
 from dpd.http.routing import Route, declared_routes, guarded
+from dpd.http.views import EMPTY_PROGRESS
 from dpd.logs.entries import LEVELS, TYPES, live_entry, make_filter, parse_time
 from dpd.logs.sse import HEARTBEAT, event_messages, message, parse_cursor, parse_kinds, retry_hint
 from dpd.services import SERVICES
@@ -48,6 +51,7 @@ from dpd.services import SERVICES
 log = logging.getLogger("dpd.http.fleet_views")
 
 SSE_SUFFIX: Final = "/logs/stream"
+LIST_PATH: Final = "/api/v1/training/list"
 DESIRED_PERIOD: Final = 0.5
 STOP_GRACE: Final = 10.0  # the stop RPC's timeout beyond trainer.stop_timeout (§9.6)
 RUN_MARK: Final = b'"desired":"run"'  # as records.dump_json writes it
@@ -114,6 +118,8 @@ class FleetViews:
     def middleware(self) -> Any:
         @web.middleware
         async def fleet_views(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.method == "GET" and request.path == LIST_PATH and self.agent.ready.is_set():
+                return await self.serve_list(request)
             call = verb_for(request.method, request.path) or sse_call(request.method, request.path)
             if call is None:
                 response: web.StreamResponse = await handler(request)
@@ -145,6 +151,30 @@ class FleetViews:
 
         route = _route_of(request)
         checked = guarded(Route(request.method, request.path, remote, route[0], route[1]))
+        return await checked(request)
+
+    async def serve_list(self, request: web.Request) -> web.StreamResponse:
+        """``GET /training/list``: every job of the fleet (the watched records, a hint
+        fresh within a heartbeat), this host's details for its own; ``node`` filters."""
+
+        async def fleet_list(request: web.Request) -> web.StreamResponse:
+            query = fv.ListQuery(
+                status=query_choice(request, "status", STATUSES),
+                gpu_id=query_int(request, "gpu_id", None, minimum=0),
+                node=request.query.get("node") or None,
+                limit=query_int(request, "limit", 50, minimum=1, maximum=1000) or 50,
+                offset=query_int(request, "offset", 0, minimum=0) or 0,
+            )
+            store = request.app[SERVICES].store
+            local_states = {s["task_id"]: s for s in store.states()}
+            records = [r for r, _ in self.agent.records()]
+            rows = fv.fleet_rows(
+                records, local_states, self.node, http_views.task_summary, EMPTY_PROGRESS
+            )
+            return envelope_response(fv.list_page(rows, query))
+
+        route = _route_of(request)
+        checked = guarded(Route("GET", LIST_PATH, fleet_list, route[0], route[1]))
         return await checked(request)
 
     # ----------------------------------------------------------------- the answers

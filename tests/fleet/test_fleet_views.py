@@ -119,6 +119,13 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
     assert all(e["node"] == "c" for e in mine if e["data"]["status"] == "running")
     wait_for(lambda: record_state(cluster, task_id) is JobState.COMPLETED, timeout=60)
 
+    for host in ("b", "c"):  # the list on any host shows every job, with its node
+        code, body = fleet[host].request("GET", "/api/v1/training/list?node=c&limit=1000")
+        assert code == 200, body
+        rows = {row["task_id"]: row for row in body["data"]["tasks"]}
+        assert rows[task_id]["status"] == "completed" and rows[task_id]["node"] == "c"
+        assert {row["node"] for row in rows.values()} == {"c"}
+
     base = f"/api/v1/training/{task_id}"
     own: dict[str, dict[str, Any]] = {}
     for path in (base, f"{base}/progress", f"{base}/logs?tail=40", f"{base}/metrics"):

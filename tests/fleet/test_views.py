@@ -211,3 +211,32 @@ def test_the_desired_prefilter_matches_how_records_are_written() -> None:
     assert RUN_MARK in record.to_json()
     assert RUN_MARK not in tr.request_stop(record, "a", T0).to_json()
     assert RUN_MARK not in tr.request_stop(record, "a", T0, force=True).to_json()
+
+
+def test_the_fleet_list_merges_local_details_and_filters_by_node() -> None:
+    on_c = running_on("c")
+    queued = dataclasses.replace(new_job(T0 + 1), task_id="t2")
+    mine = {"task_id": "t3", "status": "completed", "created_at": "2030-01-01T00:00:00Z"}
+
+    def summary(state: dict[str, object]) -> dict[str, object]:
+        return {"task_id": state["task_id"], "status": state["status"], "created_at":
+                state.get("created_at"), "gpu_ids": [0], "local": True}  # fmt: skip
+
+    rows = fv.fleet_rows([on_c, queued], {"t3": mine}, "a", summary, {"eta_seconds": None})
+    assert [(r["task_id"], r["node"], r.get("local", False)) for r in rows] == [
+        ("t1", "c", False),
+        ("t2", None, False),
+        ("t3", "a", True),
+    ]
+    page = fv.list_page(rows, fv.ListQuery(limit=2))
+    assert [r["task_id"] for r in page["tasks"]] == ["t3", "t2"]  # newest first
+    assert page["pagination"] == {"total": 3, "limit": 2, "offset": 0, "has_more": True}
+    only_c = fv.list_page(rows, fv.ListQuery(node="c"))
+    assert [r["task_id"] for r in only_c["tasks"]] == ["t1"]
+    assert only_c["tasks"][0]["status"] == "running"
+    assert fv.list_page(rows, fv.ListQuery(status="queued"))["pagination"]["total"] == 1
+    # c's own list: its local details win over the record
+    local_c = {"t1": {"task_id": "t1", "status": "running", "created_at": on_c.submitted_at,
+                      "fleet": {"attempt": 1}}}  # fmt: skip
+    rows_c = fv.fleet_rows([on_c], local_c, "c", summary, {})
+    assert rows_c[0]["local"] is True and rows_c[0]["node"] == "c"
