@@ -15,6 +15,7 @@ Pure parts (``verb_for``, the request's encoding) are separate from the service 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,9 +30,11 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
+from dpd.errors import DpdError
 from dpd.http.common import PRINCIPAL, Principal
 from dpd.http.middlewares import error_middleware
 from dpd.http.routing import declared_routes
+from dpd.services import SERVICES
 
 log = logging.getLogger("dpd.fleet.rpc")
 
@@ -51,7 +54,16 @@ _JOB_VERBS: Final = {
     ("GET", "/metrics"): "job.metrics",
     ("POST", "/resume"): "job.resume",
 }
-VERBS: Final = ("job.get", "job.logs", "job.metrics", "job.stop", "job.resume", "ping")
+VERBS: Final = (
+    "job.get",
+    "job.logs",
+    "job.metrics",
+    "job.stop",
+    "job.resume",
+    "job.events",
+    "ping",
+)
+EVENTS_LIMIT: Final = 1000  # events per job.events answer
 _JOB_PATH: Final = re.compile(
     r"/api/v1/training/([^/]+)(/logs/search|/logs|/progress|/metrics|/resume)?"
 )
@@ -157,7 +169,7 @@ class RpcService:
                 EndpointConfig(
                     name=verb.replace(".", "_"),
                     subject=subject(self.node, verb),
-                    handler=self._handle_ping if verb == "ping" else self._handle,
+                    handler=self._handlers.get(verb, self._handle),
                     queue_group=f"dpd-rpc-{self.node}",
                 )
             )
@@ -166,6 +178,24 @@ class RpcService:
         if self.service is not None:
             service, self.service = self.service, None
             await service.stop()
+
+    @property
+    def _handlers(self) -> dict[str, Any]:
+        return {"ping": self._handle_ping, "job.events": self._handle_events}
+
+    async def _handle_events(self, request: MicroRequest) -> None:
+        """``{"task_id", "after"}`` → the task's events after that seq from events.jsonl
+        (at most ``EVENTS_LIMIT``): what an SSE reader elsewhere fills a hole with."""
+        try:
+            query = json.loads(request.data)
+            task_id, after = str(query["task_id"]), int(query["after"])
+            store = self.app[SERVICES].store
+            events = await asyncio.to_thread(store.read_events, task_id, after)
+        except (ValueError, KeyError, TypeError, DpdError) as err:
+            await request.respond(b"[]", {STATUS_HEADER: "400", "Dpd-Error": str(err)[:200]})
+            return
+        body = json.dumps(events[:EVENTS_LIMIT], separators=(",", ":")).encode()
+        await request.respond(body, {STATUS_HEADER: "200"})
 
     async def _handle_ping(self, request: MicroRequest) -> None:
         await request.respond(json.dumps({"node": self.node}).encode())
@@ -242,6 +272,23 @@ class RpcClient:
         if "Nats-Service-Error-Code" in headers:
             raise RpcError(f"{node}: {headers.get('Nats-Service-Error', 'service error')}")
         return RpcReply(reply_status(headers), msg.data, headers)
+
+    async def events(
+        self, node: str, task_id: str, after: int, timeout: float
+    ) -> list[dict[str, Any]]:
+        """The owner's events of ``task_id`` after ``after`` (``job.events``)."""
+        try:
+            msg = await self.nc.request(
+                subject(node, "job.events"),
+                json.dumps({"task_id": task_id, "after": after}).encode(),
+                timeout=timeout,
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as err:
+            raise RpcError(f"{node} did not answer job.events") from err
+        if reply_status(dict(msg.headers or {})) != 200:
+            raise RpcError(f"{node} refused job.events")
+        events = json.loads(msg.data)
+        return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
     async def ping(self, node: str, timeout: float) -> bool:
         try:

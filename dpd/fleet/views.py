@@ -44,6 +44,7 @@ log = logging.getLogger("dpd.fleet.views")
 
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "stopped"})
 HOLE_WAIT: Final = 2.0  # seconds an SSE reader waits for a missing seq before going on
+FILL_AFTER: Final = 1.0  # ... and after this long asks the owner for it (job.events)
 LAST_KINDS: Final = ("status", "progress", "metrics")
 
 
@@ -190,6 +191,10 @@ class Reorder:
         if seq > self.cursor:
             self.held.setdefault(seq, event)
         return self.ready(now)
+
+    def hole_age(self, now: float) -> float:
+        """How long the next seq has been missing while later ones wait (0: no hole)."""
+        return 0.0 if self.hole_since is None or not self.held else now - self.hole_since
 
     def ready(self, now: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

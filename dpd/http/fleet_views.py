@@ -392,8 +392,14 @@ class FleetViews:
         quiet_since = time.monotonic()
         caught_up = cursor is None
         idle = min(job_stream.HEARTBEAT_SECONDS, job_stream.CLIENT_CHECK_SECONDS)
+        filled_at: int | None = None  # the cursor whose hole the owner was asked for
         async for event, pending in fv.stream_events(nc, subject, cursor is not None, idle):
-            ready = order.push(event, time.monotonic()) if event else order.ready(time.monotonic())
+            now = time.monotonic()
+            ready = order.push(event, now) if event is not None else order.ready(now)
+            if order.hole_age(now) >= fv.FILL_AFTER and filled_at != order.cursor:
+                filled_at = order.cursor  # once per hole: then HOLE_WAIT gives up on it
+                for missing in await self.fill(record, task_id, order.cursor or 0):
+                    ready += order.push(missing, now)
             for item in ready:
                 for chunk in event_messages(item, kinds, keep, cursor):
                     await response.write(chunk)
@@ -415,6 +421,18 @@ class FleetViews:
                     quiet_since = time.monotonic()
                 fresh = await self.record(task_id)
                 record = fresh or record
+
+    async def fill(self, record: JobRecord, task_id: str, after: int) -> list[dict[str, Any]]:
+        """The events after ``after`` from the owner's events.jsonl: a hole in what stream
+        DPD delivered (FLEET.md §9.8); none when the owner does not answer."""
+        client = self.client()
+        if client is None or record.owner is None:
+            return []
+        try:
+            return await client.events(record.owner.node, task_id, after, self.rpc_timeout)
+        except RpcError as err:
+            log.info("%s: hole after seq %d not filled (%s)", task_id, after, err)
+            return []
 
     async def _end(self, response: web.StreamResponse, task_id: str, last: int | None) -> None:
         end = {"task_id": task_id, "last_seq": last or 0}

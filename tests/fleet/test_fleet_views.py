@@ -5,17 +5,23 @@ are read and stopped through a.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from dpd.events.subjects import job_subject
+from dpd.fleet import views as fv
 from dpd.fleet.records import Desired, JobState
+from dpd.fleet.rpc import RpcClient
 from dpd.http.views import stop_view
 from tests.daemon_harness import job_processes
+from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_hosts import kv_records
@@ -127,7 +133,6 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         assert {row["node"] for row in rows.values()} == {"c"}
 
     base = f"/api/v1/training/{task_id}"
-    own: dict[str, dict[str, Any]] = {}
     for path in (base, f"{base}/progress", f"{base}/logs?tail=40", f"{base}/metrics"):
         code_c, body_c = c.request("GET", path)
         code_a, body_a = a.request("GET", path)
@@ -135,7 +140,6 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         assert body_a["data"]["fleet"]["node"] == "c"
         assert "fleet" not in body_c["data"]
         assert without_fleet(body_a) == body_c["data"], path
-        own[path] = body_c["data"]
     assert a.request("GET", "/api/v1/training/no-such-task")[0] == 404
 
     stream = f"{base}/logs/stream"
@@ -146,6 +150,38 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
     seqs = sorted({int(m["id"].split(":")[0]) for m in from_a})
     assert seqs == list(range(3, seqs[-1] + 1))  # no seq missed
 
+    async def owners_events() -> list[dict[str, Any]]:  # what fills an SSE reader's hole
+        nc = await connect(cluster.urls)
+        try:
+            return await RpcClient(nc, "test").events("c", task_id, 2, 5.0)
+        finally:
+            await nc.close()
+
+    recorded = [json.loads(line) for line in (c.spool / "jobs" / task_id / "events.jsonl")
+                .read_text().splitlines()]  # fmt: skip
+    assert asyncio.run(owners_events()) == [e for e in recorded if e["seq"] > 2]
+
+    async def stream_last_seq() -> int:
+        nc = await connect(cluster.urls)
+        try:
+            events = await fv.read_all(nc, job_subject("dpd", task_id, "*"), 5.0)
+            return max((int(e["seq"]) for e in events), default=0)
+        finally:
+            await nc.close()
+
+    def logs_settled() -> dict[str, Any] | None:
+        """c's log answer once its follower has read the whole train.log (two reads agree)
+        and stream DPD holds every event up to it: what the fallback can know."""
+        first = c.request("GET", f"{base}/logs?tail=40")[1]["data"]
+        time.sleep(0.3)
+        second = c.request("GET", f"{base}/logs?tail=40")[1]["data"]
+        if first != second or asyncio.run(stream_last_seq()) < second["last_seq"]:
+            return None
+        return second  # type: ignore[no-any-return]
+
+    settled = wait_for(logs_settled, timeout=30)
+    everything = sse(fleet, "c", stream, last_event_id="0")
+    logged_lines = [m["data"]["message"] for m in everything if "event" not in m]
     c.kill9()
     try:
         code, body = a.request("GET", base)
@@ -158,7 +194,8 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         assert code == 200, body
         assert body["data"]["stale"] is True and body["data"]["source"] == "stream"
         messages = [line["message"] for line in body["data"]["logs"]]
-        assert messages == [line["message"] for line in own[f"{base}/logs?tail=40"]["logs"]]
+        assert len(messages) == min(40, settled["total_lines"])
+        assert messages == logged_lines[-40:]  # the lines c's own stream sends
         assert sse(fleet, "a", stream, last_event_id="2") == from_c
     finally:
         c.start()

@@ -136,6 +136,12 @@ def test_reorder_sends_each_seq_once_in_order_and_skips_an_old_hole() -> None:
     assert order.push({"seq": 6}, 1.0) == []
     assert order.ready(1.0 + fv.HOLE_WAIT / 2) == []
     assert [e["seq"] for e in order.ready(1.0 + fv.HOLE_WAIT)] == [6]  # 5 given up
+    holed = fv.Reorder(cursor=0)
+    assert holed.hole_age(5.0) == 0.0
+    holed.push({"seq": 2}, 5.0)  # 1 missing
+    assert holed.hole_age(5.0 + fv.FILL_AFTER) == fv.FILL_AFTER  # time to ask the owner
+    assert [e["seq"] for e in holed.push({"seq": 1}, 5.5)] == [1, 2]  # the owner's answer
+    assert holed.hole_age(9.0) == 0.0
     fresh = fv.Reorder(cursor=None)  # from now: the first event seen sets the start
     assert [e["seq"] for e in fresh.push({"seq": 9}, 0.0)] == [9]
 
