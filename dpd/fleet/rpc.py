@@ -5,36 +5,30 @@ Subjects ``dpdctl.rpc.<node>.<verb>`` (outside ``dpd.>``, so stream ``DPD`` neve
 request), served through nats-py's ``nats.micro`` service API, so ``$SRV.PING.dpd`` lists the
 fleet. A request carries the REST call (method, path with its query) and the caller's key id
 and permissions as the receiving node authenticated them (one trust domain, §9.8); the owner
-checks the permission against its own route table, runs the route's handler in-process
-behind the same error mapping as its HTTP server, and answers the body as is with its status
-in the ``Dpd-Status`` header. Only the calls ``verb_for`` names are served: this is not a
-general proxy.
+(``dpd.http.fleet_rpc``) checks the permission against its own route table, runs the route's
+handler in-process behind the same error mapping as its HTTP server, and the body goes back
+as is with its status in the ``Dpd-Status`` header. Only the calls ``verb_for`` names are
+served: this is not a general proxy.
 
 Pure parts (``verb_for``, the request's encoding) are separate from the service and client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import nats.errors
 import nats.micro
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 from nats.aio.client import Client as NATS
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from dpd.errors import DpdError
-from dpd.http.common import PRINCIPAL, Principal
-from dpd.http.middlewares import error_middleware
-from dpd.http.routing import declared_routes
-from dpd.services import SERVICES
 
 log = logging.getLogger("dpd.fleet.rpc")
 
@@ -146,12 +140,19 @@ def reply_status(headers: dict[str, str] | None) -> int:
 # ------------------------------------------------------------------------ the service
 
 
-class RpcService:
-    """Answers ``dpdctl.rpc.<node>.*`` from this node's own REST handlers (in-process)."""
+Answer = Callable[[RpcRequest, str], Awaitable[RpcReply]]  # (request, verb) -> the reply
+EventsAfter = Callable[[str, int], Awaitable[list[dict[str, Any]]]]  # (task, seq) -> events
 
-    def __init__(self, node: str, app: web.Application) -> None:
+
+class RpcService:
+    """Serves ``dpdctl.rpc.<node>.*``: ``answer`` gives the REST answer of a call (the HTTP
+    layer runs this node's own route), ``events_after`` a task's events for ``job.events``.
+    This module knows the transport only."""
+
+    def __init__(self, node: str, answer: Answer, events_after: EventsAfter) -> None:
         self.node = node
-        self.app = app
+        self.answer = answer
+        self.events_after = events_after
         self.service: Service | None = None
         self.served = 0
         self.busy: set[str] = set()  # tasks with a call being answered
@@ -164,12 +165,13 @@ class RpcService:
             metadata={"node": self.node},
         )
         self.service = await nats.micro.add_service(nc, config)
+        handlers: dict[str, Any] = {"ping": self._handle_ping, "job.events": self._handle_events}
         for verb in VERBS:
             await self.service.add_endpoint(
                 EndpointConfig(
                     name=verb.replace(".", "_"),
                     subject=subject(self.node, verb),
-                    handler=self._handlers.get(verb, self._handle),
+                    handler=handlers.get(verb, self._handle),
                     queue_group=f"dpd-rpc-{self.node}",
                 )
             )
@@ -179,18 +181,13 @@ class RpcService:
             service, self.service = self.service, None
             await service.stop()
 
-    @property
-    def _handlers(self) -> dict[str, Any]:
-        return {"ping": self._handle_ping, "job.events": self._handle_events}
-
     async def _handle_events(self, request: MicroRequest) -> None:
-        """``{"task_id", "after"}`` → the task's events after that seq from events.jsonl
-        (at most ``EVENTS_LIMIT``): what an SSE reader elsewhere fills a hole with."""
+        """``{"task_id", "after"}`` → the task's events after that seq (at most
+        ``EVENTS_LIMIT``): what an SSE reader elsewhere fills a hole with."""
         try:
             query = json.loads(request.data)
             task_id, after = str(query["task_id"]), int(query["after"])
-            store = self.app[SERVICES].store
-            events = await asyncio.to_thread(store.read_events, task_id, after)
+            events = await self.events_after(task_id, after)
         except (ValueError, KeyError, TypeError, DpdError) as err:
             await request.respond(b"[]", {STATUS_HEADER: "400", "Dpd-Error": str(err)[:200]})
             return
@@ -204,52 +201,27 @@ class RpcService:
         wanted = ".".join(request.subject.rsplit(".", 2)[-2:])
         try:
             call = RpcRequest.decode(request.data)
-            response = await self.answer(call, wanted)
         except (ValueError, KeyError) as err:
-            body = json.dumps({"code": 400, "message": f"bad RPC request: {err}", "data": None})
-            await request.respond(body.encode(), {STATUS_HEADER: "400"})
+            await request.respond(
+                error_body(400, f"bad RPC request: {err}"), {STATUS_HEADER: "400"}
+            )
             return
+        found = verb_for(call.method, call.path_qs.split("?", 1)[0])
+        if found is None or found.verb != wanted:
+            body = error_body(400, f"{call.method} {call.path_qs} is not a {wanted} call")
+            await request.respond(body, {STATUS_HEADER: "400"})
+            return
+        self.busy.add(found.task_id)
+        try:
+            response = await self.answer(call, wanted)
+        finally:
+            self.busy.discard(found.task_id)
         self.served += 1
         await request.respond(response.body, {STATUS_HEADER: str(response.status)})
 
-    async def answer(self, call: RpcRequest, verb: str) -> RpcReply:
-        """The local REST answer to ``call``, as this node's HTTP server gives it."""
-        path = call.path_qs.split("?", 1)[0]
-        found = verb_for(call.method, path)
-        if found is None or found.verb != verb:
-            return _reply(400, f"{call.method} {path} is not a {verb} call")
-        request = make_mocked_request(call.method, call.path_qs, app=self.app)
-        match = await self.app.router.resolve(request)
-        handler = getattr(match.handler, "__wrapped__", match.handler)  # behind its guard
-        permission = _permission_of(self.app, handler)
-        who = Principal(call.key_id, call.user, frozenset(call.permissions))
-        if permission is not None and not who.has(permission):
-            return _reply(403, f"this API key lacks the {permission!r} permission")
-        request = make_mocked_request(
-            call.method, call.path_qs, app=self.app, match_info=dict(match)
-        )
-        request[PRINCIPAL] = who
-        self.busy.add(found.task_id)
-        try:
-            response = await error_middleware(request, handler)
-        finally:
-            self.busy.discard(found.task_id)
-        body = response.body if isinstance(response, web.Response) else None
-        if not isinstance(body, bytes):
-            return _reply(500, "the route gave no JSON body")
-        return RpcReply(response.status, body)
 
-
-def _permission_of(app: web.Application, handler: Any) -> str | None:
-    for route in declared_routes(app):
-        if route.handler is handler:
-            return route.permission
-    return None
-
-
-def _reply(code: int, message: str) -> RpcReply:
-    body = json.dumps({"code": code, "message": message, "data": None, "timestamp": 0})
-    return RpcReply(code, body.encode())
+def error_body(code: int, message: str) -> bytes:
+    return json.dumps({"code": code, "message": message, "data": None, "timestamp": 0}).encode()
 
 
 # ------------------------------------------------------------------------- the client

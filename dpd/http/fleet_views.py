@@ -28,7 +28,7 @@ from dpd.fleet import views as fv
 from dpd.fleet.agent import FleetAgent
 from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavailable
 from dpd.fleet.records import Desired, JobRecord, enc
-from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, RpcService, verb_for
+from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, verb_for
 from dpd.fleet.transitions import TransitionRefused, cancel, request_stop
 from dpd.http import views as http_views
 from dpd.http.common import (
@@ -39,6 +39,7 @@ from dpd.http.common import (
     query_choice,
     query_int,
 )
+from dpd.http.fleet_rpc import LocalAnswers
 from dpd.http.routes import events_stream
 from dpd.http.routes import stream as job_stream
 from dpd.http.routes.training import STATUSES
@@ -83,7 +84,7 @@ class FleetViews:
         await self.agent.ready.wait()
         nc = self.agent.nc
         assert nc is not None
-        service = RpcService(self.node, app)
+        service = LocalAnswers(app).service(self.node)
         while True:  # the service's subscriptions need a connection: wait for one
             try:
                 await service.start(nc)

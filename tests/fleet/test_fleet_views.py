@@ -18,7 +18,7 @@ import pytest
 from dpd.events.subjects import job_subject
 from dpd.fleet import views as fv
 from dpd.fleet.records import Desired, JobState
-from dpd.fleet.rpc import RpcClient
+from dpd.fleet.rpc import RpcClient, RpcRequest
 from dpd.http.views import stop_view
 from tests.daemon_harness import job_processes
 from tests.fleet.conftest import connect
@@ -211,6 +211,18 @@ def test_fl11_stop_on_a_for_a_job_on_c_by_rpc_and_while_c_is_down(
     a, c = fleet["a"], fleet["c"]
     task_id = on_c(fleet, 400, "fl11")
     wait_for(lambda: training(fleet, task_id), timeout=60)
+
+    async def smuggled() -> int:  # a stop sent on the get verb's subject: not served
+        nc = await connect(cluster.urls)
+        try:
+            call = RpcRequest("POST", f"/api/v1/training/stop/{task_id}", permissions=("admin",))
+            reply = await RpcClient(nc, "test").call("c", "job.get", call, 5.0)
+            return reply.status
+        finally:
+            await nc.close()
+
+    assert asyncio.run(smuggled()) == 400
+    assert record_state(cluster, task_id) is JobState.RUNNING
 
     waiting = on_c(fleet, 1, "fl11-queued")  # c's 4 GPUs are busy: no node can take it
     assert record_state(cluster, waiting) is JobState.QUEUED
