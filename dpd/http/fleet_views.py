@@ -140,10 +140,13 @@ class FleetViews:
         principal(request)  # 401 before anything is looked up (as the route's own guard)
         store = request.app[SERVICES].store
         state = store.get(call.task_id) if store.exists(call.task_id) else None
+        if state is not None and not isinstance(state.get("fleet"), dict):
+            response: web.StreamResponse = await local(request)  # not a fleet job: as ever
+            return response
         record = await self.record(call.task_id)
         decision = fv.decide(state, record, self.node)
         if decision.source is fv.Source.LOCAL or record is None:
-            response: web.StreamResponse = await local(request)
+            response = await local(request)
             return response
 
         async def remote(request: web.Request) -> web.StreamResponse:
