@@ -1,6 +1,6 @@
-"""Dashboard figures: shipped JS+CSS size (target <= 100 KB gzipped) and the job page's first
-chart with 100,000 step-loss points in headless Chromium (target <= 300 ms), each beside a
-baseline measured in the same run:
+"""Dashboard figures: shipped JS+CSS size (target <= 100 KB gzipped), the job page's first
+chart with 100,000 step-loss points in headless Chromium (target <= 300 ms) and what the
+job page's reads of job files cost, each beside a baseline measured in the same run:
   - assets: every .js/.mjs/.css under dpd/web/static gzipped (-9) one by one, against the
     vendored libraries alone (Preact, hooks, htm, uPlot and its CSS);
   - chart: a real ``dpd serve`` with the stand-in trainer makes a job of N steps (one
@@ -10,6 +10,12 @@ baseline measured in the same run:
     uPlot). Baseline: raw uPlot drawing the same N points (fetched unthinned from /series) in
     a page of the same origin, same browser, from ``new uPlot`` to its first draw hook.
 Both chart figures stop at uPlot's draw hook (canvas commands issued), not at rasterisation.
+  - job files: ``GET /series`` (step loss, 2,000 points), ``/markers`` and ``/alerts`` timed
+    over HTTP on the first request after the daemon starts (the job cache is built) and on
+    later ones (median), against the plain scan of the files each request made before the
+    cache (``metric_records`` + ``thin``, ``scanned_markers``, ``scanned_alerts``), run in
+    this process on the same files, beside building the cache there. The job page is then
+    opened on a daemon started afresh: the first open builds the cache, the later ones find it.
 
 Usage: python3 bench/bench_dashboard.py [--points N] [--repeat N] [--quick]
 """
@@ -23,11 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dpd.http.jobcache import JobCache
+from dpd.http.routes.job_dashboard import metric_records, scanned_alerts, scanned_markers
+from dpd.jobs import series
 from tests.jobfiles import job_document
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, start_daemon, submit_job, wait_status
 
@@ -107,6 +117,64 @@ def raw_figure(browser: Any, base: str, task_id: str, points: int) -> dict[str, 
     return found  # type: ignore[no-any-return]
 
 
+def timed_ms(action: Any) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def http_ms(url: str) -> float:
+    def get() -> None:
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            answer.read()
+
+    return timed_ms(get)
+
+
+def file_read_figures(daemon: Any, repeat: int) -> None:
+    """The job page's reads of job files over HTTP, cache cold then warm, beside the plain
+    scans they replaced."""
+    job_dir = daemon.spool / "jobs" / "bench"
+    base = f"{daemon.url}/api/v1/training/bench"
+    reads = {
+        "/series": (
+            "/series?kind=step_loss&max_points=2000",
+            lambda: series.thin(metric_records(job_dir, "step_loss"), 2000),
+            lambda cache: cache.series(job_dir, "step_loss", 2000),
+        ),
+        "/markers": (
+            "/markers",
+            lambda: scanned_markers(job_dir),
+            lambda cache: cache.marker_facts(job_dir),
+        ),
+        "/alerts": (  # after /markers, which read events.jsonl
+            "/alerts",
+            lambda: scanned_alerts(job_dir),
+            lambda cache: cache.alert_events(job_dir),
+        ),
+    }
+    sizes = ", ".join(
+        f"{name} {(job_dir / name).stat().st_size / 2**20:.1f} MiB"
+        for name in ("metrics.jsonl", "events.jsonl")
+    )
+    print(f"job files ({sizes}):")
+    for name, (path, scan, cached) in reads.items():
+        cold = http_ms(base + path)
+        warm = statistics.median(http_ms(base + path) for _ in range(max(3, repeat)))
+        baseline = statistics.median(timed_ms(scan) for _ in range(repeat))
+        building = statistics.median(
+            timed_ms(lambda build=cached: build(JobCache())) for _ in range(repeat)
+        )
+        print(
+            f"  GET {name}: first request {cold:.0f} ms (builds the cache), later ones "
+            f"{warm:.1f} ms (median)"
+        )
+        print(
+            f"    in process, no HTTP (median of {repeat}): the plain scan it replaced "
+            f"{baseline:.0f} ms; building the cache {building:.0f} ms"
+        )
+
+
 def chart_figures(points: int, repeat: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -120,21 +188,29 @@ def chart_figures(points: int, repeat: int) -> None:
             f"chart: a job of {points} steps made by the stand-in trainer in "
             f"{time.monotonic() - started:.1f} s"
         )
+        daemon.stop()
+        daemon.start()  # the job cache starts empty
+        file_read_figures(daemon, repeat)
+        daemon.stop()
+        daemon.start()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page_runs = [page_figure(browser, f"{daemon.url}/#/job/bench") for _ in range(repeat)]
+            url = f"{daemon.url}/#/job/bench"
+            page_runs = [page_figure(browser, url) for _ in range(repeat + 1)]
             raw_runs = [raw_figure(browser, daemon.url, "bench", points) for _ in range(repeat)]
             browser.close()
     finally:
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
+    first, page_runs = page_runs[0], page_runs[1:]
     total = statistics.median(r["total"] for r in page_runs)
     render = statistics.median(r["render"] for r in page_runs)
     raw = statistics.median(r["ms"] for r in raw_runs)
     drawn = int(page_runs[0]["points"])
     print(
-        f"  job page, navigation -> step-loss chart drawn: {total:.0f} ms "
-        f"(median of {repeat}; includes loading the page, the API calls and the server's thinning)"
+        f"  job page, navigation -> step-loss chart drawn: first open {first['total']:.0f} ms "
+        f"(the daemon's job cache is built), later opens {total:.0f} ms (median of {repeat}; "
+        "includes loading the page, the API calls and the server's thinning)"
     )
     print(
         f"  job page, series in hand -> chart drawn: {render:.1f} ms "

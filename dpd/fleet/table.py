@@ -21,6 +21,7 @@ import nats.errors
 from dpd.fleet.kv import Bucket, Entry, Operation
 
 log = logging.getLogger("dpd.fleet.table")
+_NOTHING = object()  # no update within the poll interval
 
 
 @dataclass(frozen=True)
@@ -75,24 +76,44 @@ class WatchedTable:
 
     async def _watch_once(self) -> None:
         kv = await self.bucket.js.key_value(self.bucket.spec.bucket)
+        # The watcher's "initial values complete" comes from the consumer's pending count at
+        # its creation, which can read 0 before a just-acknowledged write is counted (seen
+        # here on an R3 stream). The snapshot is complete once it holds the stream's last
+        # message as of now (the newest message is always the last of its key, so the watch
+        # delivers it), or once everything up to it is gone (expired, purged).
+        floor = await self._last_seq()
         watcher = await kv.watch(">")
         try:
             snapshot: dict[str, TableEntry] | None = {}
+            newest = 0
+            initial_done = False
             while not self._rebuild.is_set():
                 try:
                     update = await watcher.updates(timeout=0.5)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
-                    continue
-                if update is None:  # the initial values are complete
-                    if snapshot is not None:
-                        self._install(snapshot)
-                        snapshot = None
-                    continue
-                target = snapshot if snapshot is not None else self.entries
-                await self._apply(target, update, notify=snapshot is None)
+                    update = _NOTHING
+                if update is None:
+                    initial_done = True
+                elif update is not _NOTHING:
+                    newest = max(newest, int(update.revision or 0))
+                    target = snapshot if snapshot is not None else self.entries
+                    await self._apply(target, update, notify=snapshot is None)
+                if snapshot is not None and initial_done and await self._complete(newest, floor):
+                    self._install(snapshot)
+                    snapshot = None
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         self.rebuilds += 1
+
+    async def _last_seq(self) -> int:
+        info = await self.bucket.js.stream_info(self.bucket.stream)
+        return int(info.state.last_seq or 0)
+
+    async def _complete(self, newest: int, floor: int) -> bool:
+        if newest >= floor:
+            return True
+        info = await self.bucket.js.stream_info(self.bucket.stream)
+        return int(info.state.first_seq or 0) > floor or not info.state.messages
 
     def _install(self, snapshot: dict[str, TableEntry]) -> None:
         for key, new in snapshot.items():

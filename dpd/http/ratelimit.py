@@ -3,7 +3,8 @@
 Route classes: ``auth`` (/auth/*), ``training`` (POST /training/start), ``preprocess``
 (POST /preprocess/upload), ``logs`` (/training/{id}/logs*), ``gpu`` (/gpu/*). A route declares
 its class (``Route(..., rate="<class>")``, ``dpd.http.routing``); a class whose limit is 0 (or
-that the configuration does not know) is unlimited and sends no headers.
+that the configuration does not know) is unlimited and sends no headers. The dashboard's login
+(``POST /auth/session``, open: no key yet) counts in the ``auth`` class per client address.
 
 The counting (``WindowCounter``) is pure: fixed windows of ``window`` seconds per (key, class),
 the first request opening one. It is what the headers describe exactly: ``Limit`` requests per
@@ -29,7 +30,7 @@ from aiohttp import web
 
 from dpd.config import RateLimit, RateLimitConfig
 from dpd.errors import TooManyRequests
-from dpd.http.common import RATE_HEADERS, RATE_LIMITER, principal
+from dpd.http.common import PRINCIPAL, RATE_HEADERS, RATE_LIMITER, principal
 from dpd.http.views import iso_from_unix
 
 ROUTE_CLASSES = tuple(f.name for f in fields(RateLimitConfig))
@@ -115,8 +116,7 @@ class RateLimiter:
         app.on_response_prepare.append(_add_rate_headers)
 
     async def __call__(self, request: web.Request, route_class: str) -> None:
-        who = principal(request)
-        decision = self.counter.check(who.key_id, route_class, self.clock())
+        decision = self.counter.check(_counted_as(request), route_class, self.clock())
         if decision is None:
             return
         request[RATE_HEADERS] = decision.headers()
@@ -131,6 +131,14 @@ class RateLimiter:
                     "retry_after": decision.retry_after,
                 },
             )
+
+
+def _counted_as(request: web.Request) -> str:
+    """Whose window a request counts in: its key's, or before any key is known (the
+    dashboard's login) its client address's, so guessing keys there is limited too."""
+    if request.get(PRINCIPAL) is not None:
+        return principal(request).key_id
+    return f"address:{request.remote or 'unknown'}"
 
 
 async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:

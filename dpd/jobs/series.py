@@ -15,8 +15,9 @@ reported; and where it saved (``epochN``/``stepN`` models) and checkpointed
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 # ``kind`` query value -> (record "type", record "metric") as metrics.jsonl holds them
@@ -78,6 +79,136 @@ def thin(records: Sequence[dict[str, Any]], max_points: int) -> Thinned:
     return Thinned(points, True, total)
 
 
+# ------------------------------------------------------------------ columns
+
+NO_INT: Final = -(2**63)  # a step or epoch that is null (or not an integer)
+_NAN: Final = float("nan")
+
+
+def _plain_int(value: Any) -> int:
+    return value if type(value) is int else NO_INT
+
+
+def _value_or_nan(value: Any) -> float:
+    if type(value) is float and value - value == 0.0:
+        return value
+    finite = _finite(value)
+    return _NAN if finite is None else finite
+
+
+def _int_or_none(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not NO_INT < value < 2**63:
+        return NO_INT
+    return value
+
+
+@dataclass
+class Columns:
+    """One series kept as columns: 8 bytes a number, a timestamp string shared with the
+    point before when equal (the trainer's points of one step share one). What ``thin``
+    would answer for the records appended, with steps and epochs that are not integers
+    taken as null."""
+
+    steps: array[int] = field(default_factory=lambda: array("q"))
+    epochs: array[int] = field(default_factory=lambda: array("q"))
+    values: array[float] = field(default_factory=lambda: array("d"))
+    stamps: list[str | None] = field(default_factory=list)
+    stamp_bytes: int = 0  # what the distinct timestamp strings weigh
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def extend(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append ``records`` (a fast path for the usual types; the rest one by one)."""
+        try:
+            steps = array("q", [_plain_int(r.get("step")) for r in records])
+            epochs = array("q", [_plain_int(r.get("epoch")) for r in records])
+        except OverflowError:  # an integer beyond 64 bits
+            for record in records:
+                self.append(record)
+            return
+        self.steps.extend(steps)
+        self.epochs.extend(epochs)
+        self.values.extend([_value_or_nan(r.get("value")) for r in records])
+        self._add_stamps(r.get("timestamp") for r in records)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.steps.append(_int_or_none(record.get("step")))
+        self.epochs.append(_int_or_none(record.get("epoch")))
+        self.values.append(_value_or_nan(record.get("value")))
+        self._add_stamps([record.get("timestamp")])
+
+    def _add_stamps(self, stamps: Iterable[Any]) -> None:
+        last = self.stamps[-1] if self.stamps else None
+        kept = self.stamps
+        for stamp in stamps:
+            if stamp != last:
+                last = stamp if isinstance(stamp, str) else None
+                self.stamp_bytes += 0 if last is None else 49 + len(last)
+            kept.append(last)
+
+    def weight(self) -> int:
+        """About how many bytes the columns hold."""
+        return 32 * len(self.steps) + self.stamp_bytes
+
+    def point(self, index: int) -> dict[str, Any]:
+        value = self.values[index]
+        return {
+            "step": _none_if(self.steps[index]),
+            "value": None if value != value else value,
+            "epoch": _none_if(self.epochs[index]),
+            "t": self.stamps[index],
+        }
+
+    def bucket(self, start: int, end: int) -> dict[str, Any]:
+        values = [v for v in self.values[start:end] if v == v]
+        last = end - 1
+        return {
+            "step": _none_if(self.steps[last]),
+            "value": sum(values) / len(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "epoch": _none_if(self.epochs[last]),
+            "t": self.stamps[last],
+        }
+
+
+def _none_if(number: int) -> int | None:
+    return None if number == NO_INT else number
+
+
+def thin_columns(columns: Columns, max_points: int) -> Thinned:
+    """``thin`` of the records ``columns`` holds, same buckets and numbers."""
+    total = len(columns)
+    if total <= max_points:
+        return Thinned([columns.point(i) for i in range(total)], False, total)
+    points = [
+        columns.bucket(index * total // max_points, (index + 1) * total // max_points)
+        for index in range(max_points)
+    ]
+    return Thinned(points, True, total)
+
+
+@dataclass
+class ResumeFold:
+    """``resume_markers`` kept up to date one event at a time (status and progress events,
+    in event order)."""
+
+    runs: int = 0
+    step: int | None = None
+    found: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind, data = event.get("type"), event.get("data") or {}
+        if kind == "progress" and isinstance(data.get("current_step"), int):
+            self.step = data["current_step"]
+        elif kind == "status" and data.get("status") == "running":
+            self.runs += 1
+            if self.runs > 1:
+                self.found.append({"step": self.step or 0, "kind": "resume", "run": self.runs,
+                                   "name": f"run {self.runs}"})  # fmt: skip
+
+
 def markers(
     events: Iterable[dict[str, Any]],
     saved: Iterable[str],
@@ -88,7 +219,17 @@ def markers(
 
     ``saved``: model names (``epochN``/``stepN``); ``checkpoint_steps``: N of each
     ``global_stepN``; ``epoch_steps``: epoch -> the step it ended at (epoch-loss points)."""
-    found = resume_markers(events)
+    return place_markers(resume_markers(events), saved, checkpoint_steps, epoch_steps)
+
+
+def place_markers(
+    resumes: Iterable[dict[str, Any]],
+    saved: Iterable[str],
+    checkpoint_steps: Iterable[int],
+    epoch_steps: dict[int, int],
+) -> list[dict[str, Any]]:
+    """``markers`` with the resume markers found already (``ResumeFold``)."""
+    found = [dict(m) for m in resumes]
     for name in saved:
         step = _saved_step(name, epoch_steps)
         found.append({"step": step, "kind": "save", "run": None, "name": name})
@@ -100,19 +241,10 @@ def markers(
 
 
 def resume_markers(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    runs = 0
-    step: int | None = None
+    fold = ResumeFold()
     for event in events:
-        kind, data = event.get("type"), event.get("data") or {}
-        if kind == "progress" and isinstance(data.get("current_step"), int):
-            step = data["current_step"]
-        elif kind == "status" and data.get("status") == "running":
-            runs += 1
-            if runs > 1:
-                found.append({"step": step or 0, "kind": "resume", "run": runs,
-                              "name": f"run {runs}"})  # fmt: skip
-    return found
+        fold.add(event)
+    return fold.found
 
 
 def _saved_step(name: str, epoch_steps: dict[int, int]) -> int | None:

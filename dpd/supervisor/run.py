@@ -11,6 +11,7 @@ is one compare-and-set (``JobStore.transition``) announced as it is made. The ed
     running   --stop-->             stopping       save_quit / SIGTERM / SIGKILL (staged)
     running   --hung, fatal-->      (failing)      the daemon stops it; the status stays running
     stopping  --force-->            stopping       SIGKILL now, beside the graceful stop
+    (failing) --force-->            (failing)      SIGKILL now; the failure stays the outcome
     running|stopping --ended-->     completed | failed | stopped   (``outcome.judge_run``)
     (restart) running  --never started--> queued;  stopping --never started--> stopped
     (closing) any      --let go-->        nothing more reaches the launcher; the status on
@@ -67,6 +68,7 @@ class JobRun:
         self.port = port
         self.phase = RunPhase.LAUNCHING
         self.stop_reason: StopReason | None = None
+        self._forced = False  # a force stop joined the daemon's own stop
         self.failure_reason: str | None = None
         self.shim: ShimInfo | None = None
         self.exit_status: ExitStatus | None = None  # known at re-attach (ended or lost)
@@ -173,6 +175,11 @@ class JobRun:
             elif force and self.stop_reason is StopReason.GRACEFUL:
                 # edge: stopping -> stopping (force after graceful): SIGKILL now
                 self.stop_reason = StopReason.FORCE
+                self._send_stop(graceful=False)
+            elif force and self.stop_reason is StopReason.FAILURE and not self._forced:
+                # edge: (failing) -> (failing), force: SIGKILL now; the failure stays the
+                # outcome (the user did not stop a healthy run)
+                self._forced = True
                 self._send_stop(graceful=False)
         await self.settled.wait()
 

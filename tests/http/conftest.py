@@ -133,15 +133,11 @@ def make_config(root: Path, **tables: Any) -> Config:
             diffusion_pipe_dir=diffusion_pipe_dir,
             env={"DPD_SIM_STEP_SECONDS": "0.2", "DPD_SIM_CACHE_SECONDS": "0.1"},
             stop_timeout=2,
-            master_port_range=[_port_base(), _port_base() + 40],
+            master_port_range=master_port_range(41),
         ),
         source="tests/http",
     )
     return dataclasses.replace(base, **tables)
-
-
-def _port_base() -> int:
-    return master_port_range(50)[0]
 
 
 MakeApi = Callable[..., Awaitable[Api]]

@@ -76,6 +76,24 @@ async def test_a_long_series_is_thinned_keeping_its_spikes(api: Api) -> None:
     assert (await api.get("/api/v1/training/nope/series")).status == 404
 
 
+async def test_series_and_alerts_follow_appends_after_the_first_answer(api: Api) -> None:
+    """The route's cache (dpd.http.jobcache) answers what the files hold now."""
+    await api.post("/api/v1/training/start", json=await api.parked_job("grows"))
+    await asyncio.to_thread(write_metrics, api, "grows", [2.0] * 300)
+    url = "/api/v1/training/grows/series?kind=step_loss&max_points=100"
+    first = (await api.get(url)).body["data"]
+    assert first["total"] == 300 and first["points"][-1]["step"] == 300
+    assert (await api.get("/api/v1/training/grows/alerts")).body["data"]["alerts"] == []
+    await asyncio.to_thread(write_metrics, api, "grows", [2.0] * 300 + [9.0] * 50)
+    await asyncio.to_thread(
+        api.daemon.services.store.append_event, "grows", "alert", {"kind": "stalled"}
+    )
+    later = (await api.get(url)).body["data"]
+    assert later["total"] == 650 and later["points"][-1]["max"] == 9.0
+    alerts = (await api.get("/api/v1/training/grows/alerts")).body["data"]["alerts"]
+    assert [a["data"]["kind"] for a in alerts] == ["stalled"]
+
+
 def test_thinning_puts_every_point_in_one_bucket() -> None:
     records = [{"step": i, "value": float(i)} for i in range(1, 1001)]
     thinned = series.thin(records, 7)

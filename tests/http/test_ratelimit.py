@@ -127,3 +127,24 @@ async def test_set_limits_takes_effect_on_a_running_daemon(make_api: MakeApi) ->
     api.daemon.rate_limiter.set_limits(dataclasses.replace(UNLIMITED, gpu=RateLimit(1, 60)))
     assert (await api.get("/api/v1/gpu/status", key)).status == 200
     assert (await api.get("/api/v1/gpu/status", key)).status == 429
+
+
+async def test_logins_are_limited_per_client_address_before_any_key_is_known(
+    make_api: MakeApi,
+) -> None:
+    """The dashboard's login is open (no key yet): its attempts count in the ``auth`` class
+    of the client's address, so keys cannot be guessed there at full speed. Past the limit a
+    right key is refused too, until the window ends."""
+    api = await make_api(ratelimit=LIMITS)
+    good = api.key("training")
+    login = "/api/v1/auth/session"
+    first = await api.post(login, key=None, json={"api_key": "sk_guess1"})
+    second = await api.post(login, key=None, json={"api_key": "sk_guess2"})
+    assert [first.status, second.status] == [401, 401]
+    assert second.headers["X-RateLimit-Remaining"] == "0"
+    refused = await api.post(login, key=None, json={"api_key": good})
+    assert refused.status == 429 and "Set-Cookie" not in refused.headers
+    assert int(refused.headers["Retry-After"]) >= 1
+    # the key's own auth window is its own: the address's attempts did not use it up
+    listed = await api.get("/api/v1/auth/keys", api.key("admin"))
+    assert listed.status == 200 and listed.headers["X-RateLimit-Remaining"] == "1"

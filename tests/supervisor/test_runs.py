@@ -469,6 +469,24 @@ async def test_no_new_step_mid_training_is_a_hang_after_the_step_timeout(rig: Ri
     assert "last line: a warning that is not progress" in reason
 
 
+async def test_a_force_stop_during_the_daemons_own_stop_kills_at_once(rig: Rig) -> None:
+    """A hung run is being stopped by the daemon (staged: SIGTERM, then SIGKILL after
+    ``stop_timeout``). The user's force stop must not wait out that stage: SIGKILL now. The
+    job still fails with the hang as its reason."""
+    await rig.start()
+    await launched(rig, "t")
+    rig.launcher.stop_gate = asyncio.Event()  # the daemon's graceful stop never gets anywhere
+    rig.launcher.print("t", *SET_UP)
+    await until(lambda: rig.store.get("t")["log_offset"] > 0)
+    rig.clock.advance(INACTIVITY + 1)
+    await stop_sent(rig, "t")
+    assert rig.status("t") == "running"  # a daemon-made stop shows as failed at its end
+    state = await asyncio.wait_for(rig.sup.stop("t", force=True), 5)
+    assert [graceful for graceful, _ in rig.launcher.runs["t"].stops] == [True, False]
+    assert state["status"] == "failed" and "hung" in state["error"]["reason"]
+    assert rig.gpu_free()
+
+
 async def test_output_while_evaluating_counts_as_life(rig: Rig) -> None:
     await rig.start()
     await launched(rig, "t")

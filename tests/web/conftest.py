@@ -21,6 +21,7 @@ import pytest
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess, kill_daemons, wait_for
 from tests.jobfiles import job_document, make_data_root
+from tests.ports import master_port_range
 
 CHROMIUM = os.environ.get("DPD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -69,14 +70,20 @@ def browser() -> Iterator[Any]:
 
 
 def start_daemon(
-    root: Path, auth: bool, step_seconds: str = "0.3", gpu_mb: int = 24576, **trainer_env: str
+    root: Path,
+    auth: bool,
+    step_seconds: str = "0.3",
+    gpu_mb: int = 24576,
+    tables: dict[str, dict[str, Any]] | None = None,
+    **trainer_env: str,
 ) -> DaemonProcess:
-    """One simulated GPU of ``gpu_mb``; ``trainer_env``: more DPD_SIM_* settings of the
-    stand-in trainer."""
+    """One simulated GPU of ``gpu_mb``; ``tables``: more config tables (``[models]``...);
+    ``trainer_env``: more DPD_SIM_* settings of the stand-in trainer."""
     deepspeed, diffusion_pipe_dir = simulation_paths()
     daemon = DaemonProcess(
         root,
         {
+            **(tables or {}),
             "auth": {"enabled": auth, "bootstrap_key": ADMIN_KEY if auth else ""},
             "ratelimit": {name: "0" for name in ("auth", "training", "preprocess", "logs")},
             "gpus": {
@@ -94,6 +101,8 @@ def start_daemon(
                 },
                 # a graceful stop saves a checkpoint first; on a busy machine that takes time
                 "stop_timeout": 30,
+                # not dpd's default 29500-29999, which other test runs on the machine share
+                "master_port_range": master_port_range(20),
             },
         },
     )
@@ -134,8 +143,8 @@ def stop_everything(daemon: DaemonProcess) -> None:
 
 
 # Answers a page may get without anything being wrong: the session probe of a browser that
-# is not logged in yet.
-EXPECTED_FAILURES = {("/api/v1/auth/session", 401)}
+# is not logged in yet, and the Overview's probe of fleet mode on a daemon without it.
+EXPECTED_FAILURES = {("/api/v1/auth/session", 401), ("/api/v1/fleet/nodes", 404)}
 
 
 @dataclass
@@ -243,6 +252,8 @@ def wait_status(daemon: DaemonProcess, task_id: str, *wanted: str, timeout: floa
 
 def shoot(watched: Watched, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
+    # from the top: the sticky header of a scrolled page would land mid-picture
+    watched.page.evaluate("() => window.scrollTo(0, 0)")
     watched.page.screenshot(path=str(path), full_page=True)
     return path
 

@@ -126,6 +126,9 @@ def test_job_page_chart_gains_points_live_and_stop_stops_it(
     wait_for(lambda: chart_points(page) >= first + 5, timeout=30)
     # the new points came over the event stream, not by asking the metrics route again
     assert sum("/metrics" in url for url in watched.requests) == metric_fetches
+    # the best loss follows the live points too (the stand-in's loss falls from step 2 on)
+    best = page.locator(".facts-grid div", has_text="Best").locator("dd")
+    expect(best).not_to_have_text("–")
     expect(page.locator("canvas").first).to_be_visible()
     expect(page).to_have_title(re.compile(r"^\[\d+%\] live-job · dpd$"))
     # one cursor for all panels: hovering the step loss moves the learning rate's too
@@ -387,15 +390,22 @@ def test_phone_width_overview_and_job_page_do_not_scroll_sideways(
     wait_for(lambda: chart_points(page) >= 3, timeout=30)
     assert no_horizontal_scroll(watched)
     shoot(watched, screenshots, "job-phone")
-    for route, name in (
-        ("#/submit", "submit"),
-        ("#/data", "data"),
-        ("#/models", "models"),
-        ("#/keys", "keys"),
-        ("#/compare", "compare"),
+    for route, name, loaded in (
+        ("#/submit", "submit", "#f-model_type option"),
+        ("#/data", "data", "main h1"),
+        ("#/models", "models", "tr[data-model]"),
+        ("#/keys", "keys", "tr[data-key]"),
+        ("#/compare", "compare", "main h1"),
     ):
         watched.goto(route)
         page.wait_for_selector("main h1")
+        page.locator(loaded).first.wait_for(state="attached")
         shoot(watched, screenshots, f"{name}-phone")
         assert no_horizontal_scroll(watched), route
+        # nor inside: a table wider than the phone is cut off in its scroll box
+        assert page.evaluate(TABLES_FIT), route
     watched.clean()
+
+
+TABLES_FIT = """() => [...document.querySelectorAll('.table-wrap')]
+  .every((box) => box.scrollWidth <= box.clientWidth + 1)"""

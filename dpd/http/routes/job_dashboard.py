@@ -9,7 +9,10 @@
 - ``GET /training/{id}/config``: the accepted spec and the generated TOML files;
 - ``GET /training/{id}/alerts``: the task's recorded ``alert`` events (``dpd.alerts``).
 
-Reads of job files run in a worker thread. The priority is changed through the store's
+Series, markers and alerts come from the app's ``JobCache`` (``dpd.http.jobcache``), which
+reads each job's files once and then only what they gained; ``metric_records`` and
+``read_records`` are the plain scans it replaced (the benchmark's baseline). Reads of job
+files run in a worker thread. The priority is changed through the store's
 ``update_state``, whose per-job lock the launch takes too, so a job is never both launched
 and re-prioritised: whichever comes second sees the other's result.
 """
@@ -27,6 +30,7 @@ from aiohttp import web
 
 from dpd.errors import BadRequest, Conflict, FieldError, ValidationFailed
 from dpd.http.common import document_format, envelope_response, query_choice, query_int
+from dpd.http.jobcache import JobCache
 from dpd.http.routing import Route, add_routes
 from dpd.jobs import series
 from dpd.jobs.dpconfig import render_configs
@@ -43,9 +47,11 @@ PREFIX: Final = "/api/v1/training"
 MAX_POINTS_LIMIT: Final = 100_000
 PRIORITY_EVENT: Final = "priority"
 SERIES_KINDS: Final = tuple(series.SERIES)
+JOB_CACHE: Final = web.AppKey("job_cache", JobCache)
 
 
 def setup(app: web.Application) -> None:
+    app[JOB_CACHE] = JobCache()
     add_routes(app, ROUTES)
 
 
@@ -70,9 +76,10 @@ def read_records(path: Path, needles: tuple[bytes, ...]) -> list[dict[str, Any]]
     return found
 
 
-def metric_records(services: Services, task_id: str, kind: str) -> list[dict[str, Any]]:
+def metric_records(job_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """One series' records, read from the whole of metrics.jsonl (the cache's baseline)."""
     record_type, metric = series.SERIES[kind]
-    path = services.layout.job_dir(task_id) / names.METRICS_FILE
+    path = job_dir / names.METRICS_FILE
     needles = (field_bytes("type", record_type), field_bytes("metric", metric))
     return [
         r
@@ -93,8 +100,8 @@ async def get_series(request: web.Request) -> web.Response:
         query_int(request, "max_points", series.DEFAULT_MAX_POINTS, 2, MAX_POINTS_LIMIT)
         or series.DEFAULT_MAX_POINTS
     )
-    records = await asyncio.to_thread(metric_records, services, task_id, kind)
-    thinned = series.thin(records, max_points)
+    job_dir = services.layout.job_dir(task_id)
+    thinned = await asyncio.to_thread(request.app[JOB_CACHE].series, job_dir, kind, max_points)
     return envelope_response(
         {
             "task_id": task_id,
@@ -106,8 +113,20 @@ async def get_series(request: web.Request) -> web.Response:
     )
 
 
-def _markers(services: Services, task_id: str, output_dir: str | None) -> list[dict[str, Any]]:
-    path = services.layout.job_dir(task_id) / names.EVENTS_FILE
+def _markers(cache: JobCache, job_dir: Path, output_dir: str | None) -> list[dict[str, Any]]:
+    resumes, epoch_steps = cache.marker_facts(job_dir)
+    saved: list[str] = []
+    checkpoints: list[int] = []
+    for run_dir in outputs.find_run_dirs(Path(output_dir)) if output_dir else []:
+        saved.extend(m.name for m in outputs.saved_models(run_dir))
+        checkpoints.extend(_checkpoint_steps(run_dir))
+    return series.place_markers(resumes, saved, checkpoints, epoch_steps)
+
+
+def scanned_markers(job_dir: Path) -> list[dict[str, Any]]:
+    """The resume markers and epoch ends as a plain scan of the job's files finds them
+    (what the cache replaced; the benchmark's baseline)."""
+    path = job_dir / names.EVENTS_FILE
     events = [
         e
         for kind in ("status", "progress")
@@ -117,15 +136,10 @@ def _markers(services: Services, task_id: str, output_dir: str | None) -> list[d
     events.sort(key=lambda e: int(e.get("seq", 0)))
     epoch_steps = {
         int(r["epoch"]): int(r["step"])
-        for r in metric_records(services, task_id, "epoch_loss")
+        for r in metric_records(job_dir, "epoch_loss")
         if isinstance(r.get("epoch"), int) and isinstance(r.get("step"), int)
     }
-    saved: list[str] = []
-    checkpoints: list[int] = []
-    for run_dir in outputs.find_run_dirs(Path(output_dir)) if output_dir else []:
-        saved.extend(m.name for m in outputs.saved_models(run_dir))
-        checkpoints.extend(_checkpoint_steps(run_dir))
-    return series.markers(events, saved, checkpoints, epoch_steps)
+    return series.markers(events, [], [], epoch_steps)
 
 
 def _checkpoint_steps(run_dir: Path) -> list[int]:
@@ -142,7 +156,10 @@ async def get_markers(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     state = services.store.get(task_id)
-    found = await asyncio.to_thread(_markers, services, task_id, state.get("output_dir"))
+    job_dir = services.layout.job_dir(task_id)
+    found = await asyncio.to_thread(
+        _markers, request.app[JOB_CACHE], job_dir, state.get("output_dir")
+    )
     return envelope_response({"task_id": task_id, "markers": found})
 
 
@@ -277,8 +294,9 @@ async def get_config(request: web.Request) -> web.Response:
     return envelope_response({"task_id": task_id, **view})
 
 
-def _alert_events(services: Services, task_id: str) -> list[dict[str, Any]]:
-    path = services.layout.job_dir(task_id) / names.EVENTS_FILE
+def scanned_alerts(job_dir: Path) -> list[dict[str, Any]]:
+    """The alert events as a plain scan of events.jsonl finds them (the cache's baseline)."""
+    path = job_dir / names.EVENTS_FILE
     found = read_records(path, (field_bytes("type", "alert"),))
     return [e for e in found if e.get("type") == "alert"]
 
@@ -287,7 +305,8 @@ async def get_alerts(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     task_id = request.match_info["task_id"]
     services.store.get(task_id)
-    alerts = await asyncio.to_thread(_alert_events, services, task_id)
+    job_dir = services.layout.job_dir(task_id)
+    alerts = await asyncio.to_thread(request.app[JOB_CACHE].alert_events, job_dir)
     return envelope_response({"task_id": task_id, "alerts": alerts})
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from dpd.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from dpd.http.auth import KEY_STORE, LOCAL_ADMIN, Authenticator, bearer_key
-from dpd.http.common import Principal, envelope_response, principal
+from dpd.http.common import Principal, envelope_response, principal, rate_limit
 from dpd.http.routing import Route, add_routes
 from dpd.http.sessions import (
     LOGIN_PATH,
@@ -85,6 +85,7 @@ async def log_in(request: web.Request) -> web.Response:
     authenticator = request.app[AUTHENTICATOR]
     if request.content_type != "application/json":
         raise BadRequest("send the key as a JSON body (Content-Type: application/json)")
+    await rate_limit(request, "auth")  # per client address: no key is known yet
     raw_key = _api_key_from_body(await request.read())
     if not authenticator.enabled:
         return envelope_response(session_view(LOCAL_ADMIN, False), 200, "auth is disabled")

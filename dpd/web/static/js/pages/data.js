@@ -2,12 +2,14 @@
 import { html, useEffect, useRef, useState } from "../html.js";
 import { ApiError, get, post, seg, upload } from "../api.js";
 import { useLiveEvents } from "../live.js";
-import { bytes, percent } from "../pure/format.js";
+import { bytes, duration, percent } from "../pure/format.js";
 import { REFETCH_MS } from "../throttle.js";
 import { ErrorText, ProgressBar, StatusPill } from "../ui/widgets.js";
 
 const TRACKED = "dpd.preprocess.ids";
 const TERMINAL = new Set(["completed", "failed", "cancelled", "stopped"]);
+// Numbers an event carries that the row shows (a download's bytes, speed and ETA too).
+const LIVE_FIGURES = ["progress", "bytes_done", "bytes_total", "speed_bps", "eta_seconds"];
 
 /** Records refreshed from their status route when the stream mentions them (at most every 5 s). */
 function useTracked(ids, fetchOne) {
@@ -19,8 +21,8 @@ function useTracked(ids, fetchOne) {
     const id = event?.task_id;
     if (!ids.includes(id)) return;
     const d = event.data ?? {};
-    setRecords((all) => ({ ...all, [id]: { ...(all[id] ?? {}), ...(d.status ? { status: d.status } : {}),
-      ...(Number.isFinite(d.progress) ? { progress: d.progress } : {}) } }));
+    const figures = Object.fromEntries(LIVE_FIGURES.filter((k) => Number.isFinite(d[k])).map((k) => [k, d[k]]));
+    setRecords((all) => ({ ...all, [id]: { ...(all[id] ?? {}), ...(d.status ? { status: d.status } : {}), ...figures } }));
     const now = Date.now();
     if (!last.current[id] || now - last.current[id] >= REFETCH_MS) {
       last.current[id] = now;
@@ -94,6 +96,7 @@ export function DataPage() {
     <${UploadForm} onQueued=${queued} />
     <${PreprocessTasks} ids=${ids} />
     <section class="card"><h2>Datasets</h2><${ErrorText} error=${error} />
+      ${datasets === null && !error && html`<p class="muted">Loading…</p>`}
       ${datasets && datasets.length === 0 && html`<p class="muted">No preprocessed dataset yet.</p>`}
       ${datasets && datasets.length > 0 && html`<ul class="rows">${datasets.map((d) => html`<li>
         <span class="name">${d.name}</span><span class="muted">${d.path}</span>
@@ -114,6 +117,9 @@ export function ModelsPage() {
   useEffect(() => { document.title = "Models · dpd"; load(); }, []);
   const ids = downloads.map((d) => d.download_id);
   const live = useTracked(ids, (id) => get(`/models/download/${seg(id)}`));
+  // A download that finishes changes the catalog's installed column: list it again.
+  const finished = ids.filter((id) => live[id]?.status === "completed").join(",");
+  useEffect(() => { if (finished) get("/models/list").then((d) => setModels(d.models ?? []), setError); }, [finished]);
   const start = async (model) => {
     setError(null);
     try { await post("/models/download", { model_id: model.id }); load(); } catch (err) { setError(err); }
@@ -129,18 +135,19 @@ export function ModelsPage() {
         const d = { ...d0, ...(live[d0.download_id] ?? {}) };
         return html`<li data-download=${d.download_id}><span class="name">${d.model_id}</span>
           <${StatusPill} status=${d.status} /><${ProgressBar} value=${d.progress} /><span>${percent(d.progress)}</span>
-          ${d.bytes_total ? html`<span class="muted">${bytes(d.bytes_done)} / ${bytes(d.bytes_total)}</span>` : null}
+          ${d.bytes_total ? html`<span class="muted" data-field="bytes">${bytes(d.bytes_done)} / ${bytes(d.bytes_total)}</span>` : null}
+          ${d.status === "downloading" && d.speed_bps ? html`<span class="muted">${bytes(d.speed_bps)}/s · ${duration(d.eta_seconds)} left</span>` : null}
           ${!TERMINAL.has(d.status) && html`<button class="small secondary" onClick=${() => cancel(d.download_id)}>Cancel</button>`}
           ${d.error && html`<span class="error-line">${typeof d.error === "string" ? d.error : d.error.message}</span>`}</li>`;
       })}</ul></section>`}
     <section class="card"><h2>Catalog</h2>
       ${models === null ? html`<p class="muted">Loading…</p>` : html`<div class="table-wrap"><table class="catalog">
-        <thead><tr><th>model</th><th>type</th><th>VRAM</th><th>installed</th><th></th></tr></thead>
+        <thead><tr><th>model</th><th class="c-type">type</th><th>VRAM</th><th>installed</th></tr></thead>
         <tbody>${models.map((m) => html`<tr data-model=${m.id}>
-          <td><strong>${m.name}</strong><br /><code>${m.id}</code></td><td>${m.type}</td>
+          <td><strong>${m.name}</strong><br /><code>${m.id}</code></td><td class="c-type">${m.type}</td>
           <td>≥ ${m.min_vram_gb} GB</td>
-          <td>${m.installed ? "yes" : `${(m.components ?? []).filter((c) => c.installed).length}/${(m.components ?? []).length} parts`}</td>
-          <td>${!m.installed && html`<button class="small" onClick=${() => start(m)}>Download</button>`}</td></tr>`)}</tbody>
+          <td><span data-field="installed">${m.installed ? "yes" : `${(m.components ?? []).filter((c) => c.installed).length}/${(m.components ?? []).length} parts`}</span>
+            ${!m.installed && html` <button class="small" onClick=${() => start(m)}>Download</button>`}</td></tr>`)}</tbody>
       </table></div>`}
     </section>
   </div>`;

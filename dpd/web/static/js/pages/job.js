@@ -38,7 +38,13 @@ function useJob(id) {
       setJob((j) => j && { ...j, status: event.data.status });
       load();
     } else if (type === "metrics" && event.data?.type === "step" && event.data?.metric === "loss") {
-      setJob((j) => j && { ...j, metrics: { ...j.metrics, current_loss: event.data.value } });
+      const loss = event.data.value;
+      setJob((j) => {
+        if (!j) return j;
+        const best = j.metrics?.best_loss;
+        const better = Number.isFinite(loss) && (!Number.isFinite(best) || loss < best);
+        return { ...j, metrics: { ...j.metrics, current_loss: loss, ...(better ? { best_loss: loss } : {}) } };
+      });
     }
   }, [id]);
   return { job, error, reload: load };
@@ -95,7 +101,7 @@ function Summary({ job }) {
     <${ProgressBar} value=${p.overall_progress} />
     <dl class="facts-grid">
       <div><dt>Progress</dt><dd data-field="progress">${percent(p.overall_progress)}</dd></div>
-      <div><dt>ETA</dt><dd>${duration(p.eta_seconds)}</dd></div>
+      <div><dt>ETA</dt><dd>${ACTIVE.has(job.status) ? duration(p.eta_seconds) : "–"}</dd></div>
       <div><dt>Epoch</dt><dd>${p.current_epoch ?? "–"} / ${p.total_epochs ?? "–"}</dd></div>
       <div><dt>Step</dt><dd>${p.current_step ?? "–"}${p.total_steps ? ` / ${p.total_steps}` : ""}</dd></div>
       <div><dt>Loss</dt><dd>${number(m.current_loss)}</dd></div>

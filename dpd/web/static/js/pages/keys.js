@@ -45,9 +45,9 @@ export function KeysPage({ session }) {
       <div class="controls"><button type="submit">Create key</button></div>
     </form>
     <section class="card"><h2>Keys</h2>
-      ${keys && html`<div class="table-wrap"><table><thead><tr><th>id</th><th>user</th><th>permissions</th><th>created</th><th>expires</th><th></th></tr></thead>
-        <tbody>${keys.map((k) => html`<tr data-key=${k.key_id ?? k.id}><td><code>${k.key_id ?? k.id}</code></td><td>${k.user ?? k.user_id}</td>
-          <td>${(k.permissions ?? []).join(", ")}</td><td>${when(k.created_at)}</td><td>${when(k.expires_at)}</td>
+      ${keys && html`<div class="table-wrap"><table class="stacked"><thead><tr><th>id</th><th>user</th><th>permissions</th><th>created</th><th>expires</th><th></th></tr></thead>
+        <tbody>${keys.map((k) => html`<tr data-key=${k.key_id ?? k.id}><td data-label="id"><code>${k.key_id ?? k.id}</code></td><td data-label="user">${k.user ?? k.user_id}</td>
+          <td data-label="permissions">${(k.permissions ?? []).join(", ")}</td><td data-label="created">${when(k.created_at)}</td><td data-label="expires">${when(k.expires_at)}</td>
           <td>${k.revoked ? html`<span class="pill s-failed">revoked</span>`
             : html`<button class="small danger" onClick=${() => revoke(k)}>Revoke</button>`}</td></tr>`)}</tbody></table></div>`}
     </section>

@@ -8,6 +8,7 @@ import { pageTitle } from "../pure/title.js";
 import { duration, mib, number, oneLine, percent, when } from "../pure/format.js";
 import { ErrorText, ProgressBar, Sparkline, StatusPill } from "../ui/widgets.js";
 import { Alerts, useAlerts } from "../ui/alerts.js";
+import { Hosts, useFleetNodes } from "../ui/hosts.js";
 import { throttled } from "../throttle.js";
 
 const SMOOTHING = 0.6;
@@ -197,6 +198,7 @@ function RunningRow({ job, losses }) {
 export function OverviewPage() {
   const { gpus, history, jobs, losses, errors, error, reload } = useOverviewData();
   const [alerts] = useAlerts(null);
+  const fleet = useFleetNodes();
   const queued = useMemo(() => jobs.filter((j) => j.status === "queued")
     .sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0) || String(a.created_at).localeCompare(String(b.created_at))), [jobs]);
   const running = jobs.filter((j) => ACTIVE.has(j.status));
@@ -212,6 +214,7 @@ export function OverviewPage() {
       ${gpus.map((g) => html`<${GpuCard} key=${g.gpu_id} gpu=${g} samples=${history[g.gpu_id] ?? []} jobs=${jobs} />`)}
       ${gpus.length === 0 && html`<p class="muted">No GPU reported.</p>`}
     </div></section>
+    <${Hosts} fleet=${fleet} localJobs=${jobs} />
     <section><h2>Running</h2>
       ${running.length ? html`<ul class="rows running">${running.map((j) => html`<${RunningRow} key=${j.task_id} job=${j} losses=${losses[j.task_id]} />`)}</ul>`
         : html`<p class="muted">Nothing is training.</p>`}</section>

@@ -27,8 +27,10 @@ export function number(v, digits = 4) {
   return String(Number(v.toPrecision(digits)));
 }
 
+/** Whole percent, but one decimal between 0 and 1 (step 7 of 1600 is not "0%"). */
 export function percent(v) {
-  return v === null || v === undefined || !Number.isFinite(v) ? "–" : `${Math.round(v)}%`;
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  return v > 0 && v < 1 ? `${v.toFixed(1)}%` : `${Math.round(v)}%`;
 }
 
 export function when(iso) {

@@ -141,7 +141,8 @@ export function ChartPanel({ panel, smoothing, logY, syncKey, markers, xRange })
   const drawnPoints = panel.series.x.length;
   return html`<figure class=${`chart${panel.smooth ? "" : " nosmooth"}`} data-series=${panel.key}
     data-points=${drawnPoints} data-markers=${(markers ?? []).length}>
-    <figcaption>${panel.title}${panel.thinned ? html` <span class="muted">(thinned: band = min/max)</span>` : ""}</figcaption>
+    <figcaption>${panel.title}${panel.thinned ? html` <span class="muted">(thinned: band = min/max)</span>` : ""}
+      ${drawnPoints === 0 ? html` <span class="muted" data-role="no-points">no point logged yet</span>` : ""}</figcaption>
     <div ref=${box} class="plot"></div>
   </figure>`;
 }
