@@ -13,13 +13,18 @@ Three real ``dpd serve`` hosts (a: 2 GPUs, b: 1, c: 4) on a real 3-node NATS clu
      leader read; → other hosts show the node lost; → the job shows node_state lost) and
      time to requeue per case: hold + reboot, claimed only.   targets: detection ≤ ttl + 1 s,
      claimed only ≤ ttl + 2 s
+  5. cross-host read latency (§9.8): ``GET /training/{id}`` on a for a job that ran on c
+     (RPC to c), beside the same GET on c itself (the baseline), p50/p99; then c's daemon
+     killed: the same GET on a answered from the KV record and stream DPD (the fallback).
+     target p99 < 50 ms (RPC)
 
-    python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--quick]
+    python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--reads 300] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import statistics
@@ -43,6 +48,7 @@ HOSTS = ("a", "b", "c")
 SIZES = (1, 2, 4)
 P99_TARGET = 1.0
 LOST_CAS_TARGET = 0.5
+READ_P99_TARGET = 0.050
 
 
 def running_at(host: DaemonProcess, task_id: str) -> float | None:
@@ -144,10 +150,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=int, default=30, help="jobs placed one at a time")
     parser.add_argument("--burst", type=int, default=60, help="jobs submitted at once")
+    parser.add_argument("--reads", type=int, default=300, help="GETs per cross-host figure")
     parser.add_argument("--quick", action="store_true", help="a few seconds, small sizes (CI)")
     args = parser.parse_args()
     if args.quick:
-        args.idle, args.burst = 6, 12
+        args.idle, args.burst, args.reads = 6, 12, 40
     reason = why_no_fleet_server()
     if reason:
         print(f"bench_fleet: skipped: {reason}")
@@ -194,11 +201,59 @@ def main() -> int:
         long_job["config"]["epochs"] = 60
         for line in loss_figures(fleet, cluster, long_job):
             print(line)
+        cross_host_reads(fleet, task_on(fleet, "c"), args.reads)  # kills c's daemon last
     finally:
         fleet.down()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def task_on(fleet: Fleet, node: str) -> str:
+    """A task that ran on ``node`` (a 4-GPU one: only c has 4 GPUs)."""
+    ids = fleet[node].job_ids()
+    if not ids:
+        raise RuntimeError(f"no job ran on {node}")
+    return ids[0]
+
+
+def timed_gets(host: DaemonProcess, path: str, n: int) -> tuple[list[float], dict[str, Any]]:
+    """``n`` GETs on one kept-alive connection: their latencies and the last answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=30)
+    out: list[float] = []
+    body: dict[str, Any] = {}
+    try:
+        for _ in range(n):
+            began = time.perf_counter()
+            conn.request("GET", path)
+            response = conn.getresponse()
+            raw = response.read()
+            out.append(time.perf_counter() - began)
+            if response.status != 200:
+                raise RuntimeError(f"GET {path} answered {response.status}: {raw[:200]!r}")
+            body = json.loads(raw)
+    finally:
+        conn.close()
+    return out, body
+
+
+def cross_host_reads(fleet: Fleet, task_id: str, n: int) -> None:
+    """§14's cross-host read latency; kills c's daemon at the end (the fallback)."""
+    path = f"/api/v1/training/{task_id}"
+    timed_gets(fleet["a"], path, 5)  # warm: connections, first RPC
+    own, _ = timed_gets(fleet["c"], path, n)
+    via_rpc, body = timed_gets(fleet["a"], path, n)
+    if body["data"].get("fleet", {}).get("node") != "c":
+        raise RuntimeError(f"a did not answer through c: {body}")
+    fleet["c"].kill9()
+    fallback, body = timed_gets(fleet["a"], path, n)
+    if body["data"].get("stale") is not True:
+        raise RuntimeError(f"a's fallback is not marked stale: {body}")
+    print(f"cross-host read latency, GET /training/{{id}} of a job on c ({n} each)")
+    print("  " + show("on c itself (baseline)", own))
+    print("  " + show("on a, RPC to c", via_rpc))
+    print("  " + show("on a, c killed: KV + stream", fallback))
+    print(f"  target p99 < {READ_P99_TARGET * 1000:.0f} ms (RPC)")
 
 
 def stats(hosts: list[DaemonProcess]) -> dict[str, int]:

@@ -119,6 +119,14 @@ class Daemon:
             intake.commit = self.fleet.commit_batch
             middlewares.append(fleet_submit.middleware(self.fleet, intake))
         # --- end of fleet mode
+        # --- fleet mode, phase 2 (FLEET.md §9.6–§9.8): any host shows and stops any job
+        self.fleet_views: Any = None
+        if self.fleet is not None:
+            from dpd.http.fleet_views import FleetViews
+
+            self.fleet_views = FleetViews(self.fleet)
+            middlewares.append(self.fleet_views.middleware())
+        # --- end of fleet views
         self.app = build_app(config.http.max_body_kb * 1024, middlewares)
         self.app[SERVICES] = self.services
         self.app[KEY_STORE] = self.keys
@@ -193,6 +201,8 @@ class Daemon:
         self._spawn(services.supervisor.failure(), "job supervision")
         if self.fleet is not None:  # fleet mode: register, heartbeat, place (FLEET.md §9)
             self._spawn(self.fleet.run(), "fleet agent")
+        if self.fleet_views is not None:  # fleet mode: RPC, other nodes' events, desired stops
+            self._spawn(self.fleet_views.run(self.app), "fleet views")
         await self.preprocess.start()
         await self.downloads.start()
         self._spawn(self.watcher.run(), "spool watcher")
