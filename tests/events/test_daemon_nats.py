@@ -5,7 +5,6 @@ consumer gets every seq exactly once through a daemon kill -9 and a nats-server 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from tests.daemon_harness import DaemonProcess
 from tests.events.harness import collecting, consume_all, durable_consumer
 from tests.events.nats_server import NatsServer
 from tests.jobfiles import job_document
+from tests.jsonl import complete_records
 from tests.ports import master_port_range
 from tests.supervisor.test_lifecycle import make_daemon
 from tests.waiting import wait_for, wait_until
@@ -29,8 +29,7 @@ def nats_daemon(root: Path, url: str, jetstream: bool, step_seconds: float) -> D
 
 
 def disk_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
-    path = daemon.spool / "jobs" / task_id / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return complete_records(daemon.spool / "jobs" / task_id / "events.jsonl")
 
 
 def ended_events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]] | None:

@@ -8,7 +8,6 @@ events.jsonl, metrics.jsonl, the run directory and the process table.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess, job_processes, wait_for
 from tests.jobfiles import job_document, make_data_root
+from tests.jsonl import complete_records
 from tests.ports import master_port_range
 
 TERMINAL = ("completed", "failed", "stopped")
@@ -76,8 +76,7 @@ def wait_status(
 
 
 def events(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
-    path = daemon.spool / "jobs" / task_id / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return complete_records(daemon.spool / "jobs" / task_id / "events.jsonl")
 
 
 def statuses(daemon: DaemonProcess, task_id: str) -> list[str]:
@@ -85,10 +84,7 @@ def statuses(daemon: DaemonProcess, task_id: str) -> list[str]:
 
 
 def metrics(daemon: DaemonProcess, task_id: str) -> list[dict[str, Any]]:
-    path = daemon.spool / "jobs" / task_id / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return complete_records(daemon.spool / "jobs" / task_id / "metrics.jsonl")
 
 
 def test_full_lifecycle_of_a_job(tmp_path: Path, daemons: list) -> None:
