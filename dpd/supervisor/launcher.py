@@ -170,6 +170,8 @@ class ShimLauncher:
             "orphan_grace": self.orphan_grace,
             "term_grace": self.shim_term_grace,
         }
+        if spec.fence is not None:  # fleet requeue mode: the shim fences itself (§9.4)
+            launch["fence"] = spec.fence.as_dict()
         # 0600: trainer.env may hold tokens.
         write_json_atomic(job_dir / LAUNCH_FILE, launch, mode=0o600)
 

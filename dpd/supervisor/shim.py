@@ -21,6 +21,11 @@ Guarantees:
   job remains: leftovers (descendants, group members, processes with the job's marker) get
   ``orphan_grace`` seconds, then SIGTERM, ``term_grace`` seconds, then SIGKILL.
   ``ended_at`` is when the runner was reaped.
+- Fleet requeue mode (launch.json ``fence``, FLEET.md §9.4): every ``fence.check`` seconds
+  the shim reads the daemon's lease; older than ``fence.after`` (or unreadable), it stops the
+  trainer itself, staged (save_quit, SIGTERM, SIGKILL), even with the daemon dead or paused,
+  and records the end with ``"fenced": true``. Leftovers of a fenced run are SIGKILLed at
+  once: the whole stop fits in ``fence.deadline`` after the last renewal.
 - SIGHUP and SIGINT are ignored; SIGTERM to the shim is forwarded to the trainer's group and
   the shim keeps waiting (stopping the shim stops the job, and still records its end).
 
@@ -39,6 +44,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -47,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from dpd.spool.atomic import write_json_atomic
-from dpd.supervisor import proctree
+from dpd.supervisor import lease, proctree
+from dpd.supervisor.lease import FenceOrder
 from dpd.supervisor.shim_protocol import EXIT_FILE as EXIT_FILE
 from dpd.supervisor.shim_protocol import JOB_MARKER as JOB_MARKER
 from dpd.supervisor.shim_protocol import LAUNCH_FILE as LAUNCH_FILE
@@ -283,17 +290,26 @@ def run_job(job_dir: Path, launch: Launch) -> int:
 
 
 def finish(job_dir: Path, launch: Launch, trainer_pid: int) -> int:
-    status = wait_for(trainer_pid)
+    if launch.fence is None:
+        status, fenced = wait_for(trainer_pid), False
+    else:
+        status, fenced = wait_fenced(launch, launch.fence, trainer_pid)
     ended_at = time.time()
     returncode, signum = decode_wait_status(status)
-    leftovers = clean_leftovers(launch, trainer_pid)
+    if fenced:
+        leftovers = kill_leftovers(launch, trainer_pid)
+        reason = f"{FENCED}: the node's fleet lease ran out; {describe_end(returncode, signum)}"
+    else:
+        leftovers = clean_leftovers(launch, trainer_pid)
+        reason = describe_end(returncode, signum)
     end = {
         "returncode": returncode,
         "signal": signum,
         "ended_at": ended_at,
-        "reason": describe_end(returncode, signum),
+        "reason": reason,
         "leftovers_killed": leftovers,
         "trainer_pid": trainer_pid,
+        **({"fenced": True} if fenced else {}),
     }
     try:
         write_exit(job_dir, launch, end)
@@ -301,6 +317,94 @@ def finish(job_dir: Path, launch: Launch, trainer_pid: int) -> int:
         log(f"cannot record exit.json: {err}")
         return 1
     return 0
+
+
+# ------------------------------------------------------------- fleet fence (§9.4)
+
+FENCED = "fenced"
+
+
+def reaped(pid: int) -> int | None:
+    """Reap every ended child without blocking; ``pid``'s wait status once it has ended."""
+    while True:
+        try:
+            child, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if child == 0:
+            return None
+        if child == pid:
+            return status
+
+
+def wait_fenced(launch: Launch, order: FenceOrder, pid: int) -> tuple[int, bool]:
+    """Wait for the trainer like ``wait_for``, reading the lease every ``order.check``
+    seconds; once it has run out, stop the trainer, staged. (wait status, fenced)."""
+    pidfd = os.pidfd_open(pid)
+    stages: lease.Stages | None = None
+    save_quit: Path | None = None
+    next_check = time.monotonic()
+    try:
+        while True:
+            status = reaped(pid)
+            if status is not None:
+                return status, stages is not None
+            now = time.monotonic()
+            if stages is None and now >= next_check:
+                next_check = now + order.check
+                last = lease.read(order.lease)
+                if lease.expired(last, lease.boottime(), order.after):
+                    log(f"fleet lease {last} ran out ({order.after:g} s): stopping the trainer")
+                    stages = lease.Stages(order, now)
+            while stages is not None and (step := stages.due(now)) is not None:
+                save_quit = fence_step(launch, order, pid, step) or save_quit
+            due = stages.next_at() if stages is not None else next_check
+            wait = order.check if due is None else min(order.check, max(0.0, due - now))
+            select.select([pidfd], [], [], wait)
+    finally:
+        os.close(pidfd)
+        if save_quit is not None:  # a stale save_quit would end a resumed run at once
+            with contextlib.suppress(OSError):
+                save_quit.unlink()
+
+
+def fence_step(launch: Launch, order: FenceOrder, pid: int, step: str) -> Path | None:
+    """One step of the fenced trainer's staged stop; the save_quit file it created."""
+    if step == lease.SAVE_QUIT:
+        from dpd.supervisor.outputs import latest_run_dir  # only a fencing shim pays for it
+
+        run_dir = latest_run_dir(Path(order.output_dir)) if order.output_dir else None
+        if run_dir is None:
+            return None
+        path = run_dir / "save_quit"
+        with contextlib.suppress(OSError):
+            path.touch()
+            log(f"fence: {path} created")
+            return path
+        return None
+    if step == lease.TERM:
+        log("fence: SIGTERM to the trainer's process group")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    elif step == lease.KILL:
+        log("fence: SIGKILL to every process of the job")
+        signal_all(find_leftovers(launch, pid), pid, signal.SIGKILL)
+    elif step == lease.GIVEN_UP:
+        log(f"fence: the trainer survived SIGKILL for {order.kill_timeout:g} s")
+    return None
+
+
+def kill_leftovers(launch: Launch, pgid: int) -> int:
+    """A fenced run's leftovers get no grace: SIGKILL, then wait for them to go."""
+    remaining = find_leftovers(launch, pgid)
+    if not remaining:
+        return 0
+    log(f"fence: {len(remaining)} leftover process(es) {remaining}: sending SIGKILL")
+    signal_all(remaining, pgid, signal.SIGKILL)
+    survivors = wait_until_empty(lambda: find_leftovers(launch, pgid), KILL_WAIT)
+    if survivors:
+        log(f"processes {survivors} survived SIGKILL (uninterruptible?)")
+    return len(remaining)
 
 
 def read_launch(job_dir: Path) -> Launch:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dpd.errors import InternalError
+from dpd.supervisor.lease import FenceOrder
 from dpd.supervisor.shim_protocol import EXIT_FILE, SHIM_FILE, JobMark
 
 
@@ -42,6 +43,7 @@ class LaunchSpec:
     env: dict[str, str]
     log_path: Path
     job_dir: Path
+    fence: FenceOrder | None = None  # fleet requeue mode (FLEET.md §9.4)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class ExitStatus:
     reason: str
     leftovers_killed: int = 0
     run: int | None = None
+    fenced: bool = False  # the shim stopped the trainer: its fleet lease ran out (§9.4)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,4 +145,5 @@ def read_exit_status(job_dir: Path) -> ExitStatus | None:
         reason=str(data.get("reason", "")),
         leftovers_killed=int(data.get("leftovers_killed", 0)),
         run=data.get("run"),
+        fenced=data.get("fenced") is True,
     )
