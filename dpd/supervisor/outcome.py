@@ -62,6 +62,8 @@ class Outcome:
 def judge_run(facts: RunFacts) -> Outcome:
     if facts.completed and facts.stop_requested in (None, StopReason.GRACEFUL, StopReason.FENCED):
         return Outcome(Status.COMPLETED, None)
+    if facts.stop_requested is StopReason.FENCED or facts.reason == FENCED:
+        return Outcome(Status.FAILED, _error(facts))  # its save_quit was no user's stop
     if facts.stop_requested is not None and facts.stop_requested.by_user:
         return Outcome(Status.STOPPED, None)
     if facts.manual_quit and facts.returncode == 0:

@@ -14,8 +14,10 @@ from uuid import uuid4
 
 import pytest
 
+from dpd.jobs.states import Status
 from dpd.supervisor import lease, proctree
 from dpd.supervisor.lease import FenceOrder, Stages
+from dpd.supervisor.outcome import FENCED, RunFacts, StopReason, judge_run
 from dpd.supervisor.shim import MARKER
 from dpd.supervisor.shim_protocol import Launch
 from dpd.supervisor.shim_records import read_exit_status
@@ -71,6 +73,17 @@ def test_launch_json_carries_the_fence_or_none() -> None:
     base = {"task_id": "t", "run": 1, "command": ["x"], "cwd": "/", "env": {}, "log_path": "l"}
     assert Launch.from_dict(base).fence is None
     assert Launch.from_dict({**base, "fence": ORDER.as_dict()}).fence == ORDER
+
+
+def test_a_fenced_run_fails_with_reason_fenced_unless_it_had_completed() -> None:
+    quit_on_fence = RunFacts(manual_quit=True, returncode=0, reason=FENCED)  # shim's save_quit
+    outcome = judge_run(quit_on_fence)
+    assert outcome.status is Status.FAILED and outcome.error is not None
+    assert outcome.error["reason"] == FENCED  # what T11 requeues
+    by_daemon = RunFacts(manual_quit=True, returncode=0, stop_requested=StopReason.FENCED)
+    assert judge_run(by_daemon).status is Status.FAILED
+    done = RunFacts(completed=True, returncode=0, stop_requested=StopReason.FENCED)
+    assert judge_run(done).status is Status.COMPLETED
 
 
 # ---------------------------------------------------------------- real shims
