@@ -18,6 +18,7 @@ from typing import Any
 from dpd.jobs.states import Status
 
 FENCED = "fenced"  # error.reason of a run its fleet fence stopped; T11 requeues it (§9.4)
+DUPLICATE_PREVENTED = "duplicate_prevented"  # fleet run lock held elsewhere (§10.2)
 
 
 class StopReason(Enum):

@@ -42,9 +42,9 @@ from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import utc_now
 from dpd.supervisor import runfiles
 from dpd.supervisor.context import RunContext
-from dpd.supervisor.outcome import FENCED, StopReason, judge_run
+from dpd.supervisor.outcome import DUPLICATE_PREVENTED, FENCED, StopReason, judge_run
 from dpd.supervisor.progress import ProgressTracker
-from dpd.supervisor.shim_records import ExitStatus, ShimInfo
+from dpd.supervisor.shim_records import DuplicatePrevented, ExitStatus, ShimInfo
 from dpd.supervisor.watch import RunWatch
 
 if TYPE_CHECKING:
@@ -149,6 +149,10 @@ class JobRun:
                 self.ctx.config, self.ctx.store, state, run, self.gpu_ids, self.port
             )
             self.shim = await self.ctx.launcher.spawn(spec)
+        except DuplicatePrevented as err:  # fleet run lock held elsewhere (FLEET.md §10.2)
+            log.error("%s not started: %s", self.task_id, err)
+            self.failure_reason = DUPLICATE_PREVENTED
+            return
         except Exception as err:
             log.exception("launching %s failed", self.task_id)
             self.failure_reason = f"the trainer could not be started: {err}"

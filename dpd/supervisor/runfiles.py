@@ -52,7 +52,18 @@ def launch_spec(
         log_path=job_dir / names.TRAIN_LOG,
         job_dir=job_dir,
         fence=fence_order(config, state),
+        run_lock=run_lock(config, state),
     )
+
+
+RUN_LOCK = ".dpd-run.lock"
+
+
+def run_lock(config: Config, state: dict[str, Any]) -> Path | None:
+    """A fleet job's run lock in its (shared) output dir (FLEET.md §10.2); None otherwise."""
+    if not config.fleet.enabled or not isinstance(state.get("fleet"), dict):
+        return None
+    return Path(state["output_dir"]) / RUN_LOCK if state.get("output_dir") else None
 
 
 def fence_order(config: Config, state: dict[str, Any]) -> FenceOrder | None:

@@ -26,6 +26,10 @@ Guarantees:
   trainer itself, staged (save_quit, SIGTERM, SIGKILL), even with the daemon dead or paused,
   and records the end with ``"fenced": true``. Leftovers of a fenced run are SIGKILLed at
   once: the whole stop fits in ``fence.deadline`` after the last renewal.
+- Fleet mode (launch.json ``run_lock``, FLEET.md §10.2): before the trainer starts the shim
+  takes ``flock(LOCK_EX|LOCK_NB)`` on the task's ``.dpd-run.lock`` in the shared output dir,
+  inherited by the trainer's runner; if another host's trainer holds it, nothing starts and
+  ``exit.json`` says ``duplicate_prevented`` (best effort: it depends on the filesystem).
 - SIGHUP and SIGINT are ignored; SIGTERM to the shim is forwarded to the trainer's group and
   the shim keeps waiting (stopping the shim stops the job, and still records its end).
 
@@ -268,6 +272,12 @@ def run_job(job_dir: Path, launch: Launch) -> int:
         log("prctl(PR_SET_CHILD_SUBREAPER) failed: orphans will reparent to init")
     supervision = Supervision(launch)
     supervision.install_handlers()
+    if launch.run_lock and take_run_lock(launch.run_lock) is None:
+        reason = f"{DUPLICATE_PREVENTED}: another trainer of this task holds {launch.run_lock}"
+        end = {"returncode": None, "signal": None, "ended_at": time.time()}
+        write_exit(job_dir, launch, {**end, "reason": reason, "leftovers_killed": 0,
+                                     DUPLICATE_PREVENTED: True})  # fmt: skip
+        return 0
     try:
         trainer_pid = spawn_trainer(launch)
     except OSError as err:
@@ -405,6 +415,30 @@ def kill_leftovers(launch: Launch, pgid: int) -> int:
     if survivors:
         log(f"processes {survivors} survived SIGKILL (uninterruptible?)")
     return len(remaining)
+
+
+DUPLICATE_PREVENTED = "duplicate_prevented"
+
+
+def take_run_lock(path: str) -> int | None:
+    """flock the run lock without waiting; the descriptor is inherited by the trainer's
+    runner (the lock outlives a killed shim while the trainer lives). None: held elsewhere;
+    -1: no lock could be taken here (best effort: the trainer starts)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # best effort: no lock is no reason not to train
+        log(f"run lock {path} not taken ({err})")
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as err:  # a filesystem without flock (nolock NFS): best effort
+        log(f"run lock {path} not supported here ({err})")
+    os.set_inheritable(fd, True)
+    return fd
 
 
 def read_launch(job_dir: Path) -> Launch:

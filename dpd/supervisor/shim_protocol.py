@@ -36,6 +36,7 @@ class Launch:
     orphan_grace: float = 5.0
     term_grace: float = 5.0
     fence: FenceOrder | None = None  # fleet requeue mode: stop the trainer on a stale lease
+    run_lock: str = ""  # fleet mode: flock'ed for the trainer's life (FLEET.md §10.2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:
@@ -49,6 +50,7 @@ class Launch:
             orphan_grace=float(data.get("orphan_grace", 5.0)),
             term_grace=float(data.get("term_grace", 5.0)),
             fence=FenceOrder.from_dict(data.get("fence")),
+            run_lock=str(data.get("run_lock") or ""),
         )
         if not launch.command or not launch.task_id:
             raise ValueError("launch.json needs a command and a task_id")

@@ -26,6 +26,10 @@ class LaunchFailed(ShimError):
     default_message = "the trainer could not be launched"
 
 
+class DuplicatePrevented(LaunchFailed):
+    """Another trainer of the task holds its run lock (FLEET.md §10.2): nothing started."""
+
+
 class RunAlreadyLaunched(ShimError):
     default_message = "this run of the job was already launched"
 
@@ -44,6 +48,7 @@ class LaunchSpec:
     log_path: Path
     job_dir: Path
     fence: FenceOrder | None = None  # fleet requeue mode (FLEET.md §9.4)
+    run_lock: Path | None = None  # fleet mode: the task's lock in the shared output dir (§10.2)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class ExitStatus:
     leftovers_killed: int = 0
     run: int | None = None
     fenced: bool = False  # the shim stopped the trainer: its fleet lease ran out (§9.4)
+    duplicate_prevented: bool = False  # the run lock was held elsewhere: nothing started
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,4 +152,5 @@ def read_exit_status(job_dir: Path) -> ExitStatus | None:
         leftovers_killed=int(data.get("leftovers_killed", 0)),
         run=data.get("run"),
         fenced=data.get("fenced") is True,
+        duplicate_prevented=data.get("duplicate_prevented") is True,
     )

@@ -3,6 +3,7 @@ staged stop's timetable on a fake clock, then real shims whose lease runs out, o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -170,3 +171,33 @@ def test_a_shim_whose_lease_is_renewed_lets_its_trainer_finish(
     end = wait_for(renewed_until_done, timeout=15, interval=0.2)
     assert not end.fenced and end.returncode == 0, end
     assert "TRAINING COMPLETE!" in (tmp_path / "train.log").read_text()
+
+
+# ---------------------------------------------------------------- run lock (§10.2)
+
+
+def test_a_held_run_lock_keeps_a_second_trainer_from_starting(tmp_path: Path, task_id: str) -> None:
+    """Another host's trainer holds the task's lock in the shared output dir: the shim
+    starts nothing and records ``duplicate_prevented``; once the lock is free, it runs."""
+    lock_path = tmp_path / "out" / ".dpd-run.lock"
+    lock_path.parent.mkdir()
+    held = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the other host"
+    marker = tmp_path / "trainer-ran"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    write_launch(tmp_path, task_id, command)
+    launch = json.loads((tmp_path / "launch.json").read_text())
+    launch["run_lock"] = str(lock_path)
+    (tmp_path / "launch.json").write_text(json.dumps(launch))
+    try:
+        assert run_shim(tmp_path).returncode == 0
+        end = wait_for(lambda: read_exit_status(tmp_path), timeout=10)
+        assert end.duplicate_prevented and end.reason.startswith("duplicate_prevented"), end
+        assert not marker.exists()
+    finally:
+        os.close(held)
+    (tmp_path / "exit.json").unlink()
+    assert run_shim(tmp_path).returncode == 0
+    end = wait_for(lambda: read_exit_status(tmp_path), timeout=10)
+    assert not end.duplicate_prevented and end.returncode == 0, end
+    assert marker.exists()
