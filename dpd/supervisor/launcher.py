@@ -77,8 +77,8 @@ from dpd.supervisor.trainer_command import (
 )
 
 __all__ = [
-    "ExitStatus",
     "DuplicatePrevented",
+    "ExitStatus",
     "LaunchFailed",
     "LaunchSpec",
     "Reattach",
