@@ -824,13 +824,14 @@ class FleetAgent:
         """Requeue mode: every ``fence_check`` s, once the last successful heartbeat was sent
         more than ``fence_after`` s ago (CLOCK_BOOTTIME), stop every fleet run owned here
         (staged; each ends failed ``fenced``), before any reaper may requeue it."""
-        self._fencing: set[str] = set()  # runs being fenced now
+        self._fencing: set[str] = set()  # runs fenced, while they are still running
         while True:
             await asyncio.sleep(self.fleet.fence_check)
             beat = self.heartbeat
             last_ok = beat.last_ok if beat is not None else None
             if last_ok is None:  # a restarted daemon before its first beat: the last lease
-                last_ok = read_lease(self.config.daemon.state_dir)
+                last_ok = await asyncio.to_thread(read_lease, self.config.daemon.state_dir)
+            self._fencing &= set(self.supervisor.running)  # each run is fenced once
             if not fleet_fence.lease_ran_out(last_ok, boottime(), self.fleet.fence_after):
                 continue
             states = self.store.states(lambda s: isinstance(s.get(FLEET), dict))
@@ -847,8 +848,6 @@ class FleetAgent:
             await self.supervisor.fence(task_id)
         except Exception:
             log.exception("%s: fencing its run failed", task_id)
-        finally:
-            self._fencing.discard(task_id)
 
     def held_jobs(self) -> dict[str, list[tuple[str, str]]]:
         """node → (task, lost since) of the jobs shown ``node_state: lost`` on it."""

@@ -1,9 +1,12 @@
-"""The requeue policy's daemon side, pure (FLEET.md §9.4): the fence contract a claim carries,
-the daemon fence's lease test on a fake BOOTTIME, which runs it stops, the launch request a
-requeue-mode fleet job's shim gets, and the configuration that makes the margin hold."""
+"""The requeue policy's daemon side (FLEET.md §9.4): the fence contract a claim carries, the
+daemon fence's lease test on a fake BOOTTIME, which runs it stops, the launch request a
+requeue-mode fleet job's shim gets, the configuration that makes the margin hold, and the
+agent's fence loop over a real spool."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import re
 from pathlib import Path
@@ -13,11 +16,15 @@ import pytest
 
 from dpd.config import Config, FleetConfig, TrainerConfig, load_config
 from dpd.errors import ConfigError
+from dpd.fleet.agent import FleetAgent
 from dpd.fleet.fence import claim_fence, lease_ran_out, to_fence
 from dpd.fleet.records import Fence, FenceMode
+from dpd.fleet.registry import boottime
 from dpd.fleet.transitions import fence_wait
+from dpd.spool.store import JobStore
 from dpd.supervisor.runfiles import fence_order
 from tests.fleet.test_startup import write_config
+from tests.jobfiles import add_job, new_store
 
 
 def config(node_loss: str = "requeue", **trainer: Any) -> Config:
@@ -81,3 +88,60 @@ def test_requeue_mode_refuses_timings_that_break_the_margin(tmp_path: Path) -> N
     tables["trainer"]["term_timeout"] = 0
     with pytest.raises(ConfigError, match="term_timeout"):
         load_config(write_config(tmp_path, tables), environ={})
+
+
+# ------------------------------------------------- the daemon fence's loop, wired to a store
+
+
+class Runs:
+    """The supervisor as the fence loop sees it: which runs it has, and fence calls."""
+
+    def __init__(self, running: list[str]) -> None:
+        self.running = running
+        self.fenced: list[str] = []
+
+    async def fence(self, task_id: str) -> bool:
+        self.fenced.append(task_id)
+        return True
+
+
+class Beat:
+    def __init__(self, last_ok: float | None) -> None:
+        self.last_ok = last_ok
+
+
+def spool_with_two_jobs(root: Path) -> JobStore:
+    store, data = new_store(root)
+    for task_id in ("fleet-job", "local-job"):
+        add_job(store, data, task_id)
+    store.update_state("fleet-job", {"fleet": {"attempt": 1, "stage": "starting", "node": "a"}})
+    return store
+
+
+async def fence_loop_fences(tmp_path: Path, last_ok: float | None) -> list[str]:
+    """Run the agent's fence loop over a real spool (a fleet job and a local job, both
+    running here) for a few checks; the runs it fenced."""
+    store = await asyncio.to_thread(spool_with_two_jobs, tmp_path)
+    cfg = dataclasses.replace(config(), fleet=FleetConfig(
+        enabled=True, node_loss="requeue", fence_after=5, fence_check=0.01))  # fmt: skip
+    daemon = dataclasses.replace(cfg.daemon, state_dir=tmp_path / "state")  # no lease file
+    cfg = dataclasses.replace(cfg, daemon=daemon)
+    runs = Runs(["fleet-job", "local-job"])
+    agent = await asyncio.to_thread(FleetAgent, cfg, store, runs, None, lambda e: None)  # type: ignore[arg-type]
+    agent.heartbeat = Beat(last_ok)  # type: ignore[assignment]
+    loop = asyncio.create_task(agent._fence_loop())
+    try:
+        await asyncio.sleep(0.2)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    return runs.fenced
+
+
+async def test_the_fence_loop_stops_the_fleet_runs_once_the_lease_ran_out(
+    tmp_path: Path,
+) -> None:
+    assert await fence_loop_fences(tmp_path / "fresh", boottime()) == []
+    assert await fence_loop_fences(tmp_path / "stale", boottime() - 6) == ["fleet-job"]  # once
+    assert await fence_loop_fences(tmp_path / "none", None) == ["fleet-job"]  # no lease file
