@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,24 +152,38 @@ def test_a_trainer_deaf_to_save_quit_and_sigterm_is_killed_within_the_deadline(
     assert not proctree.processes_with_env(MARKER, task_id)
 
 
+def renew(lease_file: Path) -> None:
+    """Write the lease as the daemon does: whole or not at all (a torn read is expired)."""
+    part = lease_file.with_suffix(".part")
+    part.write_text(f"{lease.boottime()}\n")
+    os.replace(part, lease_file)
+
+
 def test_a_shim_whose_lease_is_renewed_lets_its_trainer_finish(
     tmp_path: Path, task_id: str
 ) -> None:
     lease_file = tmp_path / "lease"
-    lease_file.write_text(f"{lease.boottime()}\n")
+    renew(lease_file)
     out = tmp_path / "out"
     short = TRAINER.replace("time.time() + 30", "time.time() + 2.5")
     write_launch(tmp_path, task_id, [sys.executable, "-c", short, str(out)])
     launch = json.loads((tmp_path / "launch.json").read_text())
-    launch["fence"] = FenceOrder(str(lease_file), 1.0, 0.2, 1.0, 0.5, 1.0, str(out)).as_dict()
+    launch["fence"] = FenceOrder(str(lease_file), 3.0, 0.2, 1.0, 0.5, 1.0, str(out)).as_dict()
     (tmp_path / "launch.json").write_text(json.dumps(launch))
-    assert run_shim(tmp_path).returncode == 0
+    done = threading.Event()
 
-    def renewed_until_done() -> object:
-        lease_file.write_text(f"{lease.boottime()}\n")  # the daemon's heartbeats
-        return read_exit_status(tmp_path)
+    def heartbeats() -> None:  # the daemon's, every 0.1 s, from before the shim starts
+        while not done.wait(0.1):
+            renew(lease_file)
 
-    end = wait_for(renewed_until_done, timeout=15, interval=0.2)
+    beating = threading.Thread(target=heartbeats, daemon=True)
+    beating.start()
+    try:
+        assert run_shim(tmp_path).returncode == 0
+        end = wait_for(lambda: read_exit_status(tmp_path), timeout=15, interval=0.1)
+    finally:
+        done.set()
+        beating.join()
     assert not end.fenced and end.returncode == 0, end
     assert "TRAINING COMPLETE!" in (tmp_path / "train.log").read_text()
 
