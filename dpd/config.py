@@ -136,6 +136,9 @@ class TrainerConfig:
     )
     master_port_range: list[int] = field(default_factory=lambda: [29500, 29999])
     stop_timeout: float = 60.0
+    # fleet requeue mode: the launcher's SIGTERM -> SIGKILL wait and its kill wait (§9.4)
+    term_timeout: float = 35.0
+    kill_timeout: float = 10.0
     inactivity_timeout: float = 1800.0
     # in training: hung when no new step for max(inactivity_timeout, factor x slowest step)
     step_timeout_factor: float = 10.0
@@ -157,7 +160,6 @@ class ModelsConfig:
 
 # --- fleet mode (FLEET.md §11): several hosts share one queue on NATS JetStream -------------
 FLEET_NODE_LOSS = ("hold", "requeue")
-FLEET_KILL_GRACE = 45.0  # the launcher's SIGTERM->SIGKILL wait plus its kill wait (§9.4)
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,15 @@ def _fleet_value_problem(key: str, value: Any) -> str | None:
     return None
 
 
+def fence_deadline(config: Config) -> float:
+    """The longest a trainer outlives its node's last lease renewal in requeue mode:
+    ``fence_after + fence_check + stop_timeout + kill_grace`` (FLEET.md §9.4), where
+    kill_grace is the launcher's SIGTERM->SIGKILL wait plus its kill wait."""
+    trainer = config.trainer
+    kill_grace = trainer.term_timeout + trainer.kill_timeout
+    return config.fleet.fence_after + config.fleet.fence_check + trainer.stop_timeout + kill_grace
+
+
 def _check_fleet(config: Config) -> None:
     """What fleet mode needs from the rest of the configuration (FLEET.md §9.4, §11)."""
     fleet = config.fleet
@@ -231,18 +242,13 @@ def _check_fleet(config: Config) -> None:
     if fleet.require_sync_always and not fleet.monitor_url:
         raise ConfigError("[fleet] require_sync_always needs monitor_url to read /varz")
     if fleet.node_loss == "requeue":
-        fenced = (
-            fleet.fence_after
-            + fleet.fence_check
-            + config.trainer.stop_timeout
-            + FLEET_KILL_GRACE
-            + fleet.fence_margin
-        )
+        fenced = fence_deadline(config) + fleet.fence_margin
         if fenced >= fleet.node_ttl + fleet.lost_after:
             raise ConfigError(
                 f"[fleet] node_loss = requeue needs fence_after + fence_check + "
-                f"trainer.stop_timeout + {FLEET_KILL_GRACE:g} + fence_margin ({fenced:g}) < "
-                f"node_ttl + lost_after ({fleet.node_ttl + fleet.lost_after:g})"
+                f"trainer.stop_timeout + trainer.term_timeout + trainer.kill_timeout + "
+                f"fence_margin ({fenced:g}) < node_ttl + lost_after "
+                f"({fleet.node_ttl + fleet.lost_after:g})"
             )
 
 
@@ -515,6 +521,8 @@ def _value_problem(table: str, key: str, value: Any) -> str | None:
             "[low, high] with 1024 <= low <= high <= 65535",
         ),
         ("trainer", "stop_timeout"): (lambda v: v > 0, "a positive number of seconds"),
+        ("trainer", "term_timeout"): (lambda v: v > 0, "a positive number of seconds"),
+        ("trainer", "kill_timeout"): (lambda v: v > 0, "a positive number of seconds"),
         ("trainer", "inactivity_timeout"): (lambda v: v > 0, "a positive number of seconds"),
         ("trainer", "step_timeout_factor"): (lambda v: v >= 1, "a number of at least 1"),
         ("trainer", "deepspeed"): (bool, "a command name or path"),

@@ -74,8 +74,11 @@ class Daemon:
         store = JobStore(layout, config.daemon.output_root, config.daemon.node)
         bus = EventBus(store, config.daemon.node)
         monitor = GpuMonitor(open_inventory(config.gpus), config.gpus.monitor_interval)
+        launcher = ShimLauncher(  # the timeouts bound the requeue-mode fence (FLEET.md §9.4)
+            term_timeout=config.trainer.term_timeout, kill_timeout=config.trainer.kill_timeout
+        )
         supervisor = Supervisor(
-            config, store, bus.emit, monitor, ShimLauncher(), events_recorded=bus.recorded
+            config, store, bus.emit, monitor, launcher, events_recorded=bus.recorded
         )
         intake = JobIntake(layout, store, config.daemon.data_roots, bus.announce, supervisor.wake)
         catalog = load_catalog(Path(config.models.catalog) if config.models.catalog else None)

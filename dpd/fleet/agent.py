@@ -23,8 +23,11 @@ node's claims requeued, its running jobs held as ``node_state: lost`` until it r
 back rebooted or is marked down), reconciliation at start and the periodic self-audit
 (``dpd.fleet.reconcile``, ``dpd.fleet.audit``), drain and node-down (``dpd.fleet.operator``).
 
-Not yet (phases 2 and 4, §15): RPC and reads through any host, the requeue policy's fence,
-the janitor.
+Phase 4 (``dpd.fleet.fence``): in ``node_loss = "requeue"`` mode claims carry the fence
+contract, and the daemon stops every fleet run it owns once its lease has run out (its shims
+do the same on their own, ``dpd.supervisor.lease``).
+
+Not yet: the janitor.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from dpd import __version__
 from dpd.config import Config
 from dpd.errors import Conflict, DpdError, InsufficientResources
 from dpd.fleet import audit as fleet_audit
+from dpd.fleet import fence as fleet_fence
 from dpd.fleet import operator as fleet_operator
 from dpd.fleet import submit as fleet_submit
 from dpd.fleet.kv import (
@@ -67,7 +71,6 @@ from dpd.fleet.reconcile import end_unrecorded, rebooted_since
 from dpd.fleet.records import (
     SPAWNABLE,
     AliveRecord,
-    Fence,
     FreeGpu,
     GpuInfo,
     JobRecord,
@@ -78,7 +81,7 @@ from dpd.fleet.records import (
     iso,
     node_key,
 )
-from dpd.fleet.registry import Heartbeat, boottime, register, this_daemon
+from dpd.fleet.registry import Heartbeat, boottime, read_lease, register, this_daemon
 from dpd.fleet.resume import runnable_spec
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
@@ -183,6 +186,8 @@ class FleetAgent:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(heartbeat.run(), name="fleet heartbeat")
+                if self.fleet.node_loss == fleet_fence.REQUEUE:  # phase 4: daemon fence
+                    group.create_task(self._fence_loop(), name="fleet fence")
                 for table in (self.job_table, self.alive_table, self.node_table):
                     group.create_task(table.run(), name=f"fleet watch {table.bucket.stream}")
                 for table in (self.job_table, self.alive_table, self.node_table):
@@ -501,7 +506,7 @@ class FleetAgent:
         last_ok = self.heartbeat.last_ok or 0.0
         facts = ClaimFacts(
             node=self.facts(),
-            fence=Fence(),
+            fence=fleet_fence.claim_fence(self.config),  # phase 4: owner.fence
             gpus=c.gpu_ids,
             lease_age=boottime() - last_ok,
             node_ttl=self.fleet.node_ttl,
@@ -812,6 +817,37 @@ class FleetAgent:
             raise fleet_submit.QueueUnavailable(f"the registry did not answer ({err!r})") from err
         self.wake()
         return done
+
+    # ------------------------------------------------- phase 4 (FLEET.md §9.4)
+
+    async def _fence_loop(self) -> None:
+        """Requeue mode: every ``fence_check`` s, once the last successful heartbeat was sent
+        more than ``fence_after`` s ago (CLOCK_BOOTTIME), stop every fleet run owned here
+        (staged; each ends failed ``fenced``), before any reaper may requeue it."""
+        self._fencing: set[str] = set()  # runs fenced, while they are still running
+        while True:
+            await asyncio.sleep(self.fleet.fence_check)
+            beat = self.heartbeat
+            last_ok = beat.last_ok if beat is not None else None
+            if last_ok is None:  # a restarted daemon before its first beat: the last lease
+                last_ok = await asyncio.to_thread(read_lease, self.config.daemon.state_dir)
+            self._fencing &= set(self.supervisor.running)  # each run is fenced once
+            if not fleet_fence.lease_ran_out(last_ok, boottime(), self.fleet.fence_after):
+                continue
+            states = self.store.states(lambda s: isinstance(s.get(FLEET), dict))
+            for task_id in fleet_fence.to_fence(states, self.supervisor.running):
+                if task_id not in self._fencing:
+                    log.warning("%s: fleet lease ran out; fencing its run", task_id)
+                    self._fencing.add(task_id)
+                    task = asyncio.create_task(self._fence_run(task_id), name=f"fence {task_id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _fence_run(self, task_id: str) -> None:
+        try:
+            await self.supervisor.fence(task_id)
+        except Exception:
+            log.exception("%s: fencing its run failed", task_id)
 
     def held_jobs(self) -> dict[str, list[tuple[str, str]]]:
         """node → (task, lost since) of the jobs shown ``node_state: lost`` on it."""

@@ -46,6 +46,7 @@ from dpd.fleet.records import AliveRecord, FreeGpu, NodeRecord, RecordError, iso
 from dpd.fleet.table import TableEntry
 from dpd.fleet.transitions import Actor, AliveRead
 from dpd.spool.atomic import write_atomic
+from dpd.supervisor import lease
 from dpd.supervisor.proctree import boot_id as kernel_boot_id
 
 log = logging.getLogger("dpd.fleet.registry")
@@ -53,7 +54,7 @@ log = logging.getLogger("dpd.fleet.registry")
 MACHINE_ID_PATHS: Final = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 TEST_BOOT_ID: Final = "DPD_TEST_BOOT_ID"  # test-only: hosts sharing one kernel (§13.2)
 TEST_MACHINE_ID: Final = "DPD_TEST_MACHINE_ID"
-LEASE_FILE: Final = "fleet/lease"
+LEASE_FILE: Final = lease.LEASE_FILE
 
 
 class NameTaken(Exception):
@@ -102,10 +103,7 @@ def write_lease(state_dir: Path, last_ok: float) -> None:
 
 def read_lease(state_dir: Path) -> float | None:
     """The lease, or None when missing or unreadable (the shim treats that as expired)."""
-    try:
-        return float((state_dir / LEASE_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return lease.read(str(state_dir / LEASE_FILE))
 
 
 # ---------------------------------------------------------------------- registration

@@ -44,6 +44,7 @@ from dpd.supervisor.shim import (
     JobMark,
 )
 from dpd.supervisor.shim_records import (
+    DuplicatePrevented,
     ExitStatus,
     LaunchFailed,
     LaunchSpec,
@@ -76,6 +77,7 @@ from dpd.supervisor.trainer_command import (
 )
 
 __all__ = [
+    "DuplicatePrevented",
     "ExitStatus",
     "LaunchFailed",
     "LaunchSpec",
@@ -170,6 +172,10 @@ class ShimLauncher:
             "orphan_grace": self.orphan_grace,
             "term_grace": self.shim_term_grace,
         }
+        if spec.fence is not None:  # fleet requeue mode: the shim fences itself (§9.4)
+            launch["fence"] = spec.fence.as_dict()
+        if spec.run_lock is not None:  # fleet mode: the run lock (§10.2)
+            launch["run_lock"] = str(spec.run_lock)
         # 0600: trainer.env may hold tokens.
         write_json_atomic(job_dir / LAUNCH_FILE, launch, mode=0o600)
 
@@ -214,6 +220,8 @@ class ShimLauncher:
                 return info
             status = await asyncio.to_thread(read_exit_status, job_dir)
             if status is not None and status.run == spec.run:
+                if status.duplicate_prevented:
+                    raise DuplicatePrevented(f"job {spec.task_id}: {status.reason}")
                 raise LaunchFailed(f"job {spec.task_id}: {status.reason}")
             # A dead shim may have written its records just before ending: look once more.
             shim_alive = await asyncio.to_thread(proctree.is_same_process, shim_pid, shim_start)

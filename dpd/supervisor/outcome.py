@@ -17,6 +17,9 @@ from typing import Any
 
 from dpd.jobs.states import Status
 
+FENCED = "fenced"  # error.reason of a run its fleet fence stopped; T11 requeues it (§9.4)
+DUPLICATE_PREVENTED = "duplicate_prevented"  # fleet run lock held elsewhere (§10.2)
+
 
 class StopReason(Enum):
     """Why a run is being stopped."""
@@ -24,10 +27,16 @@ class StopReason(Enum):
     GRACEFUL = "graceful"  # the user asked: save_quit, SIGTERM, then SIGKILL
     FORCE = "force"  # the user asked: SIGKILL at once
     FAILURE = "failure"  # the daemon ends it: a hang, a fatal error during caching
+    FENCED = "fenced"  # fleet requeue mode: the node's lease ran out (FLEET.md §9.4)
 
     @property
     def by_user(self) -> bool:
-        return self is not StopReason.FAILURE
+        return self not in (StopReason.FAILURE, StopReason.FENCED)
+
+    @property
+    def saves(self) -> bool:
+        """The staged stop begins with save_quit (a checkpoint to resume from)."""
+        return self in (StopReason.GRACEFUL, StopReason.FENCED)
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,10 @@ class Outcome:
 
 
 def judge_run(facts: RunFacts) -> Outcome:
-    if facts.completed and facts.stop_requested in (None, StopReason.GRACEFUL):
+    if facts.completed and facts.stop_requested in (None, StopReason.GRACEFUL, StopReason.FENCED):
         return Outcome(Status.COMPLETED, None)
+    if facts.stop_requested is StopReason.FENCED or facts.reason == FENCED:
+        return Outcome(Status.FAILED, _error(facts))  # its save_quit was no user's stop
     if facts.stop_requested is not None and facts.stop_requested.by_user:
         return Outcome(Status.STOPPED, None)
     if facts.manual_quit and facts.returncode == 0:

@@ -42,9 +42,9 @@ from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import utc_now
 from dpd.supervisor import runfiles
 from dpd.supervisor.context import RunContext
-from dpd.supervisor.outcome import StopReason, judge_run
+from dpd.supervisor.outcome import DUPLICATE_PREVENTED, FENCED, StopReason, judge_run
 from dpd.supervisor.progress import ProgressTracker
-from dpd.supervisor.shim_records import ExitStatus, ShimInfo
+from dpd.supervisor.shim_records import DuplicatePrevented, ExitStatus, ShimInfo
 from dpd.supervisor.watch import RunWatch
 
 if TYPE_CHECKING:
@@ -149,6 +149,10 @@ class JobRun:
                 self.ctx.config, self.ctx.store, state, run, self.gpu_ids, self.port
             )
             self.shim = await self.ctx.launcher.spawn(spec)
+        except DuplicatePrevented as err:  # fleet run lock held elsewhere (FLEET.md §10.2)
+            log.error("%s not started: %s", self.task_id, err)
+            self.failure_reason = DUPLICATE_PREVENTED
+            return
         except Exception as err:
             log.exception("launching %s failed", self.task_id)
             self.failure_reason = f"the trainer could not be started: {err}"
@@ -221,7 +225,7 @@ class JobRun:
                 graceful=graceful,
                 run_dir=Path(run_dir) if run_dir else None,
                 training=facts.phase == Phase.TRAINING.value and self.stop_reason is not None
-                and self.stop_reason.by_user,
+                and self.stop_reason.saves,
                 timeout=self.ctx.config.trainer.stop_timeout,
             )  # fmt: skip
         except Exception:
@@ -280,7 +284,21 @@ class JobRun:
 
     # --------------------------------------------------------------- outcome
 
+    async def fence(self) -> None:
+        """Fleet requeue mode: this node's lease ran out (FLEET.md §9.4). The run is stopped,
+        staged like a user's stop, and ends ``failed`` with reason ``fenced``. A run not
+        running (launching, stopping, ended) is left as it is: its shim fences it."""
+        async with self._lock:
+            if self.phase is not RunPhase.RUNNING:
+                return
+            log.warning("%s: this node's fleet lease ran out; stopping it (fenced)", self.task_id)
+            self.failure_reason = FENCED
+            self.stop_reason = StopReason.FENCED
+            await self._begin_stop()
+
     async def _finish(self, exit_status: ExitStatus | None) -> None:
+        if exit_status is not None and exit_status.fenced and self.failure_reason is None:
+            self.failure_reason = FENCED  # its shim stopped it: the lease ran out (§9.4)
         await self.watch.flush()
         await self.ctx.events_recorded()  # the outcome's log_offset passes the last lines
         async with self._lock:

@@ -14,6 +14,7 @@ from dpd.events import EmitEvent
 from dpd.spool import layout as names
 from dpd.spool.store import JobStore, StatusEvent
 from dpd.supervisor import outputs
+from dpd.supervisor.lease import LEASE_FILE, FenceOrder
 from dpd.supervisor.shim_records import LaunchSpec
 from dpd.supervisor.trainer_command import build_trainer_command, build_trainer_env
 
@@ -50,6 +51,38 @@ def launch_spec(
         env=build_trainer_env(os.environ, trainer.env),  # the launcher adds the job markers
         log_path=job_dir / names.TRAIN_LOG,
         job_dir=job_dir,
+        fence=fence_order(config, state),
+        run_lock=run_lock(config, state),
+    )
+
+
+RUN_LOCK = ".dpd-run.lock"
+
+
+def run_lock(config: Config, state: dict[str, Any]) -> Path | None:
+    """A fleet job's run lock in its (shared) output dir (FLEET.md §10.2); None otherwise."""
+    if not config.fleet.enabled or not isinstance(state.get("fleet"), dict):
+        return None
+    return Path(state["output_dir"]) / RUN_LOCK if state.get("output_dir") else None
+
+
+def fence_order(config: Config, state: dict[str, Any]) -> FenceOrder | None:
+    """What the shim of a fleet job claimed in requeue mode checks (FLEET.md §9.4): the
+    daemon's lease, and how to stop the trainer once it runs out. None otherwise."""
+    fleet = config.fleet
+    if not fleet.enabled or fleet.node_loss != "requeue":
+        return None
+    if not isinstance(state.get("fleet"), dict):
+        return None
+    trainer = config.trainer
+    return FenceOrder(
+        lease=str(config.daemon.state_dir / LEASE_FILE),
+        after=fleet.fence_after,
+        check=fleet.fence_check,
+        stop_timeout=trainer.stop_timeout,
+        term_timeout=trainer.term_timeout,
+        kill_timeout=trainer.kill_timeout,
+        output_dir=str(state.get("output_dir") or ""),
     )
 
 

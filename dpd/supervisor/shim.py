@@ -21,6 +21,15 @@ Guarantees:
   job remains: leftovers (descendants, group members, processes with the job's marker) get
   ``orphan_grace`` seconds, then SIGTERM, ``term_grace`` seconds, then SIGKILL.
   ``ended_at`` is when the runner was reaped.
+- Fleet requeue mode (launch.json ``fence``, FLEET.md §9.4): every ``fence.check`` seconds
+  the shim reads the daemon's lease; older than ``fence.after`` (or unreadable), it stops the
+  trainer itself, staged (save_quit, SIGTERM, SIGKILL), even with the daemon dead or paused,
+  and records the end with ``"fenced": true``. Leftovers of a fenced run are SIGKILLed at
+  once: the whole stop fits in ``fence.deadline`` after the last renewal.
+- Fleet mode (launch.json ``run_lock``, FLEET.md §10.2): before the trainer starts the shim
+  takes ``flock(LOCK_EX|LOCK_NB)`` on the task's ``.dpd-run.lock`` in the shared output dir,
+  inherited by the trainer's runner; if another host's trainer holds it, nothing starts and
+  ``exit.json`` says ``duplicate_prevented`` (best effort: it depends on the filesystem).
 - SIGHUP and SIGINT are ignored; SIGTERM to the shim is forwarded to the trainer's group and
   the shim keeps waiting (stopping the shim stops the job, and still records its end).
 
@@ -39,6 +48,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -47,7 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from dpd.spool.atomic import write_json_atomic
-from dpd.supervisor import proctree
+from dpd.supervisor import lease, proctree
+from dpd.supervisor.lease import FenceOrder
 from dpd.supervisor.shim_protocol import EXIT_FILE as EXIT_FILE
 from dpd.supervisor.shim_protocol import JOB_MARKER as JOB_MARKER
 from dpd.supervisor.shim_protocol import LAUNCH_FILE as LAUNCH_FILE
@@ -261,6 +272,12 @@ def run_job(job_dir: Path, launch: Launch) -> int:
         log("prctl(PR_SET_CHILD_SUBREAPER) failed: orphans will reparent to init")
     supervision = Supervision(launch)
     supervision.install_handlers()
+    if launch.run_lock and take_run_lock(launch.run_lock) is None:
+        reason = f"{DUPLICATE_PREVENTED}: another trainer of this task holds {launch.run_lock}"
+        end = {"returncode": None, "signal": None, "ended_at": time.time()}
+        write_exit(job_dir, launch, {**end, "reason": reason, "leftovers_killed": 0,
+                                     DUPLICATE_PREVENTED: True})  # fmt: skip
+        return 0
     try:
         trainer_pid = spawn_trainer(launch)
     except OSError as err:
@@ -283,17 +300,26 @@ def run_job(job_dir: Path, launch: Launch) -> int:
 
 
 def finish(job_dir: Path, launch: Launch, trainer_pid: int) -> int:
-    status = wait_for(trainer_pid)
+    if launch.fence is None:
+        status, fenced = wait_for(trainer_pid), False
+    else:
+        status, fenced = wait_fenced(launch, launch.fence, trainer_pid)
     ended_at = time.time()
     returncode, signum = decode_wait_status(status)
-    leftovers = clean_leftovers(launch, trainer_pid)
+    if fenced:
+        leftovers = kill_leftovers(launch, trainer_pid)
+        reason = f"{FENCED}: the node's fleet lease ran out; {describe_end(returncode, signum)}"
+    else:
+        leftovers = clean_leftovers(launch, trainer_pid)
+        reason = describe_end(returncode, signum)
     end = {
         "returncode": returncode,
         "signal": signum,
         "ended_at": ended_at,
-        "reason": describe_end(returncode, signum),
+        "reason": reason,
         "leftovers_killed": leftovers,
         "trainer_pid": trainer_pid,
+        **({"fenced": True} if fenced else {}),
     }
     try:
         write_exit(job_dir, launch, end)
@@ -301,6 +327,118 @@ def finish(job_dir: Path, launch: Launch, trainer_pid: int) -> int:
         log(f"cannot record exit.json: {err}")
         return 1
     return 0
+
+
+# ------------------------------------------------------------- fleet fence (§9.4)
+
+FENCED = "fenced"
+
+
+def reaped(pid: int) -> int | None:
+    """Reap every ended child without blocking; ``pid``'s wait status once it has ended."""
+    while True:
+        try:
+            child, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if child == 0:
+            return None
+        if child == pid:
+            return status
+
+
+def wait_fenced(launch: Launch, order: FenceOrder, pid: int) -> tuple[int, bool]:
+    """Wait for the trainer like ``wait_for``, reading the lease every ``order.check``
+    seconds; once it has run out, stop the trainer, staged. (wait status, fenced)."""
+    pidfd = os.pidfd_open(pid)
+    stages: lease.Stages | None = None
+    save_quit: Path | None = None
+    next_check = time.monotonic()
+    try:
+        while True:
+            status = reaped(pid)
+            if status is not None:
+                return status, stages is not None
+            now = time.monotonic()
+            if stages is None and now >= next_check:
+                next_check = now + order.check
+                last = lease.read(order.lease)
+                if lease.expired(last, lease.boottime(), order.after):
+                    log(f"fleet lease {last} ran out ({order.after:g} s): stopping the trainer")
+                    stages = lease.Stages(order, now)
+            while stages is not None and (step := stages.due(now)) is not None:
+                save_quit = fence_step(launch, order, pid, step) or save_quit
+            due = stages.next_at() if stages is not None else next_check
+            wait = order.check if due is None else min(order.check, max(0.0, due - now))
+            select.select([pidfd], [], [], wait)
+    finally:
+        os.close(pidfd)
+        if save_quit is not None:  # a stale save_quit would end a resumed run at once
+            with contextlib.suppress(OSError):
+                save_quit.unlink()
+
+
+def fence_step(launch: Launch, order: FenceOrder, pid: int, step: str) -> Path | None:
+    """One step of the fenced trainer's staged stop; the save_quit file it created."""
+    if step == lease.SAVE_QUIT:
+        from dpd.supervisor.outputs import latest_run_dir  # only a fencing shim pays for it
+
+        run_dir = latest_run_dir(Path(order.output_dir)) if order.output_dir else None
+        if run_dir is None:
+            return None
+        path = run_dir / "save_quit"
+        with contextlib.suppress(OSError):
+            path.touch()
+            log(f"fence: {path} created")
+            return path
+        return None
+    if step == lease.TERM:
+        log("fence: SIGTERM to the trainer's process group")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    elif step == lease.KILL:
+        log("fence: SIGKILL to every process of the job")
+        signal_all(find_leftovers(launch, pid), pid, signal.SIGKILL)
+    elif step == lease.GIVEN_UP:
+        log(f"fence: the trainer survived SIGKILL for {order.kill_timeout:g} s")
+    return None
+
+
+def kill_leftovers(launch: Launch, pgid: int) -> int:
+    """A fenced run's leftovers get no grace: SIGKILL, then wait for them to go."""
+    remaining = find_leftovers(launch, pgid)
+    if not remaining:
+        return 0
+    log(f"fence: {len(remaining)} leftover process(es) {remaining}: sending SIGKILL")
+    signal_all(remaining, pgid, signal.SIGKILL)
+    survivors = wait_until_empty(lambda: find_leftovers(launch, pgid), KILL_WAIT)
+    if survivors:
+        log(f"processes {survivors} survived SIGKILL (uninterruptible?)")
+    return len(remaining)
+
+
+DUPLICATE_PREVENTED = "duplicate_prevented"
+
+
+def take_run_lock(path: str) -> int | None:
+    """flock the run lock without waiting; the descriptor is inherited by the trainer's
+    runner (the lock outlives a killed shim while the trainer lives). None: held elsewhere;
+    -1: no lock could be taken here (best effort: the trainer starts)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # best effort: no lock is no reason not to train
+        log(f"run lock {path} not taken ({err})")
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as err:  # a filesystem without flock (nolock NFS): best effort
+        log(f"run lock {path} not supported here ({err})")
+    os.set_inheritable(fd, True)
+    return fd
 
 
 def read_launch(job_dir: Path) -> Launch:

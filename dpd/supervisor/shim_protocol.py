@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpd.supervisor import proctree
+from dpd.supervisor.lease import FenceOrder
 
 LAUNCH_FILE = "launch.json"
 SHIM_FILE = "shim.json"
@@ -34,6 +35,8 @@ class Launch:
     log_path: str
     orphan_grace: float = 5.0
     term_grace: float = 5.0
+    fence: FenceOrder | None = None  # fleet requeue mode: stop the trainer on a stale lease
+    run_lock: str = ""  # fleet mode: flock'ed for the trainer's life (FLEET.md §10.2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:
@@ -46,6 +49,8 @@ class Launch:
             log_path=str(data["log_path"]),
             orphan_grace=float(data.get("orphan_grace", 5.0)),
             term_grace=float(data.get("term_grace", 5.0)),
+            fence=FenceOrder.from_dict(data.get("fence")),
+            run_lock=str(data.get("run_lock") or ""),
         )
         if not launch.command or not launch.task_id:
             raise ValueError("launch.json needs a command and a task_id")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dpd.errors import InternalError
+from dpd.supervisor.lease import FenceOrder
 from dpd.supervisor.shim_protocol import EXIT_FILE, SHIM_FILE, JobMark
 
 
@@ -23,6 +24,10 @@ class ShimError(InternalError):
 
 class LaunchFailed(ShimError):
     default_message = "the trainer could not be launched"
+
+
+class DuplicatePrevented(LaunchFailed):
+    """Another trainer of the task holds its run lock (FLEET.md §10.2): nothing started."""
 
 
 class RunAlreadyLaunched(ShimError):
@@ -42,6 +47,8 @@ class LaunchSpec:
     env: dict[str, str]
     log_path: Path
     job_dir: Path
+    fence: FenceOrder | None = None  # fleet requeue mode (FLEET.md §9.4)
+    run_lock: Path | None = None  # fleet mode: the task's lock in the shared output dir (§10.2)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ class ExitStatus:
     reason: str
     leftovers_killed: int = 0
     run: int | None = None
+    fenced: bool = False  # the shim stopped the trainer: its fleet lease ran out (§9.4)
+    duplicate_prevented: bool = False  # the run lock was held elsewhere: nothing started
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,4 +151,6 @@ def read_exit_status(job_dir: Path) -> ExitStatus | None:
         reason=str(data.get("reason", "")),
         leftovers_killed=int(data.get("leftovers_killed", 0)),
         run=data.get("run"),
+        fenced=data.get("fenced") is True,
+        duplicate_prevented=data.get("duplicate_prevented") is True,
     )

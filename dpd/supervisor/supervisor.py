@@ -263,6 +263,15 @@ class Supervisor:
 
     # ------------------------------------------------------- stop and resume
 
+    async def fence(self, task_id: str) -> bool:
+        """Fleet requeue mode: stop a run because this node's lease ran out (FLEET.md §9.4);
+        it ends ``failed`` (``fenced``). False when no run of it is running here."""
+        run = self.running.get(task_id)
+        if run is None:
+            return False
+        await run.fence()
+        return True
+
     async def stop(self, task_id: str, force: bool = False) -> dict[str, Any]:
         """Stop a job: its run stops it, or (queued, no run) it is stopped here. A launch
         racing this stop for a queued job loses or wins whole; then the run is stopped."""

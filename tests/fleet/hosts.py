@@ -46,8 +46,11 @@ class Fleet:
         hosts: Mapping[str, int],
         step_seconds: float = 0.02,
         base_port: int | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """``overrides``: table → keys merged into every host's ``[fleet]``/``[trainer]``."""
         self.cluster = cluster
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
         self.root = root
         self.shared = make_data_root(root / "shared")
         self.ledger = root / "ledger"
@@ -97,10 +100,11 @@ class Fleet:
                     },
                     "stop_timeout": 2,
                     "master_port_range": [low, low + 19],
+                    **self.overrides.get("trainer", {}),
                 },
                 "nats": {"url": cluster.url_list, "jetstream": True},
                 "ratelimit": {"training": "0"},  # bursts of submissions
-                "fleet": {"enabled": True, **FLEET_TIMING},
+                "fleet": {"enabled": True, **FLEET_TIMING, **self.overrides.get("fleet", {})},
             },
         )
         host.env = {

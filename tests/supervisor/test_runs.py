@@ -20,6 +20,7 @@ from dpd.jobs.states import Status
 from dpd.spool.store import JobStore
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import StaticInventory
+from dpd.supervisor.shim_records import DuplicatePrevented, ExitStatus
 from dpd.supervisor.supervisor import Supervisor
 from dpd.supervisor.wakeups import WatchTiming
 from tests.fakes.fake_clock import FakeClock
@@ -500,3 +501,51 @@ async def test_output_while_evaluating_counts_as_life(rig: Rig) -> None:
     rig.launcher.print("t", "TRAINING COMPLETE!")
     rig.launcher.end("t", 0)
     await ended(rig, "t", "completed")
+
+
+# ------------------------------------------------- fleet requeue mode (FLEET.md §9.4, §10.2)
+
+
+async def test_the_daemon_fence_stops_a_training_run_with_save_quit_and_fails_it(
+    rig: Rig,
+) -> None:
+    """The node's lease ran out: the run is stopped staged from save_quit (a checkpoint to
+    resume from), not as a user's stop; it ends failed with reason ``fenced``."""
+    await rig.start()
+    await launched(rig, "t")
+    rig.launcher.print("t", *SET_UP, step(1))
+    await until(lambda: (rig.store.get("t")["progress"] or {}).get("current_step") == 1)
+    assert await rig.sup.fence("t") is True
+    await ended(rig, "t", "failed")
+    assert rig.store.get("t")["error"]["reason"] == "fenced"
+    assert rig.launcher.runs["t"].stops == [(True, True)]  # graceful, with save_quit
+    assert rig.told("t") == ["running", "failed"] and rig.gpu_free()
+    assert await rig.sup.fence("t") is False  # nothing of it runs any more
+
+
+async def test_a_run_its_shim_fenced_fails_fenced_though_it_quit_cleanly(rig: Rig) -> None:
+    """The shim stopped the trainer (the daemon was paused): save_quit made it print
+    ``Manually quitting`` and exit 0, which alone would read as a user's stop."""
+    await rig.start()
+    await launched(rig, "t")
+    run = rig.launcher.runs["t"]
+    rig.launcher.print("t", *SET_UP, step(1), "Manually quitting")
+    run.exit = ExitStatus(0, None, 0.0, "fenced: the lease ran out", 0, run.info.run, fenced=True)
+    await ended(rig, "t", "failed")
+    assert rig.store.get("t")["error"]["reason"] == "fenced"
+
+
+async def test_a_held_run_lock_fails_the_job_duplicate_prevented(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rig.start()
+
+    async def refused(spec: Any) -> Any:
+        raise DuplicatePrevented(f"job {spec.task_id}: duplicate_prevented: lock held")
+
+    monkeypatch.setattr(rig.launcher, "spawn", refused)
+    rig.add("t")
+    await rig.sup.schedule_once()
+    await ended(rig, "t", "failed")
+    assert rig.store.get("t")["error"]["reason"] == "duplicate_prevented"
+    assert rig.gpu_free()
