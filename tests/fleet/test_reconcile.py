@@ -79,7 +79,9 @@ def test_an_unspawned_claim_the_record_does_not_name_is_abandoned() -> None:
 
 
 def test_nothing_on_disk_gives_a_claim_back_and_fails_a_started_run() -> None:
-    assert decide(None, job(JobState.CLAIMED), ME) is Step.DECLINE
+    assert decide(None, job(JobState.CLAIMED), REBOOTED) is Step.DECLINE
+    # a crash between T2 and the materialisation, same boot: the claim is taken again
+    assert decide(None, job(JobState.CLAIMED), ME) is Step.CONTINUE
     assert decide(None, job(JobState.RUNNING), ME) is Step.DATA_LOST
     assert decide(None, job(JobState.RUNNING, by=C), ME) is Step.NONE
     assert decide(None, job(JobState.COMPLETED), ME) is Step.NONE
