@@ -44,6 +44,7 @@ from nats.js.errors import APIError
 
 from dpd import __version__
 from dpd.config import Config
+from dpd.crashpoints import crash_point
 from dpd.errors import Conflict, DpdError, InsufficientResources
 from dpd.fleet import audit as fleet_audit
 from dpd.fleet import operator as fleet_operator
@@ -529,6 +530,7 @@ class FleetAgent:
         assert result.entry is not None
         record = JobRecord.from_json(result.entry.value)
         log.info("%s: claimed (attempt %d) on GPUs %s", c.task_id, record.attempt, c.gpu_ids)
+        crash_point("t2_t3")  # FL6: claimed, nothing materialised
         task = asyncio.create_task(self._take(record, c.gpu_ids), name=f"take {c.task_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -550,7 +552,9 @@ class FleetAgent:
                 return
             if not await self._fence(task_id, attempt):
                 return
+            crash_point("t3_state")  # FL6: fenced, state.json not yet at "starting"
             await asyncio.to_thread(self._set_stage, task_id, attempt, "starting")
+            crash_point("t3_spawn")  # FL6: "starting" written, nothing launched
             try:
                 if self.supervisor.launch_claimed(task_id, gpus):
                     self.stats.launched += 1
@@ -662,6 +666,8 @@ class FleetAgent:
             attempt = int(fleet["attempt"])
             if self._outbox_change(record, state, attempt) is None:
                 continue  # the record (as watched) already shows it
+            if state["status"] in _TERMINAL_LOCAL:
+                crash_point("terminal_kv")  # FL6: ended here, the record not yet terminal
             try:
                 await self._apply(task_id, state, attempt)
                 self.stats.outbox_applied += 1
