@@ -111,8 +111,10 @@ class FleetViews:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+            # bounded: the agent closes the shared connection meanwhile, and a stop whose
+            # connection closes under it waits out nats-py's flush timeout (10 s)
             with contextlib.suppress(Exception):
-                await service.stop()
+                await asyncio.wait_for(service.stop(), self.rpc_timeout)
 
     # ----------------------------------------------------------------- the decision
 
