@@ -80,7 +80,7 @@ from dpd.fleet.records import (
     node_key,
 )
 from dpd.fleet.registry import Heartbeat, boottime, register, this_daemon
-from dpd.fleet.resume import runnable_spec
+from dpd.fleet.resume import resumed_run, runnable_spec
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
     AliveRead,
@@ -96,8 +96,9 @@ from dpd.fleet.transitions import (
     start,
 )
 from dpd.jobs.spec import JobSpec
-from dpd.jobs.states import Status
-from dpd.spool.store import JobStore, Submission, utc_now
+from dpd.jobs.states import TERMINAL, Status
+from dpd.spool.store import JobStore, StatusEvent, Submission, utc_now
+from dpd.supervisor import outputs, runfiles
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.ports import NoFreePort
 from dpd.supervisor.scheduler import AVAILABLE
@@ -477,7 +478,7 @@ class FleetAgent:
             task_id = record.task_id
             if task_id in self.claiming or task_id in self.supervisor.running:
                 continue
-            if self.store.exists(task_id) and self.store.get(task_id)["status"] != "queued":
+            if self._local_blocks(task_id, record.attempt):
                 continue  # its run exists or ended here: the outbox reports it
             if busy & set(owner.gpus):
                 continue
@@ -493,7 +494,9 @@ class FleetAgent:
         assert self.jobs is not None and self.heartbeat is not None
         if c.task_id in self.claiming:
             return
-        if self.store.exists(c.task_id) and self.store.get(c.task_id)["status"] != "queued":
+        seen = self.job_table.get(enc(c.task_id)) if self.job_table else None
+        next_attempt = JobRecord.from_json(seen.entry.value).attempt + 1 if seen else 0
+        if self._local_blocks(c.task_id, next_attempt):
             return  # running here, or ended here: materialising would refuse (a wasted attempt)
         held = self._claimed_gpus()
         if held & set(c.gpu_ids):
@@ -542,7 +545,10 @@ class FleetAgent:
         try:
             try:
                 for event in await asyncio.to_thread(self._materialize, record):
-                    self.announce(event)  # on the loop: the bus is not thread-safe
+                    if isinstance(event, StatusEvent):  # a job that ended here, resumed
+                        runfiles.announce(self.supervisor.emit, event)
+                    else:
+                        self.announce(event)  # on the loop: the bus is not thread-safe
             except DpdError as err:
                 reason = err.message
                 log.warning("%s: cannot run here (%s); declining", task_id, reason)
@@ -566,28 +572,48 @@ class FleetAgent:
             self.claiming.pop(task_id, None)
             self.wake()
 
-    def _materialize(self, record: JobRecord) -> list[dict[str, Any]]:
+    def _materialize(self, record: JobRecord) -> list[dict[str, Any] | StatusEvent]:
         """The job directory the supervisor runs, built with the store's own machinery
         (state.json ``queued`` with ``fleet.attempt``, the first event); the events to
         announce (none if the directory existed). Blocking."""
         if record.spec is None:
             raise InsufficientResources("the record has no spec (a tombstone)")
         task_id = record.task_id
+        output_dir = Path(self.store.output_root) / task_id
+        spec = runnable_spec(record.spec, output_dir)  # T11, T12
+        resume_run = resumed_run(spec, output_dir)
+        if resume_run is not None:  # a stale save_quit would end the resumed run at once
+            outputs.remove_signal_files(output_dir / resume_run)
+        events: list[dict[str, Any] | StatusEvent] = []
         if not self.store.exists(task_id):
             ident = record.submitted_by.identity
             submission = Submission(
                 record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
                 ident.mtime_ns,
             )  # fmt: skip
-            spec = runnable_spec(record.spec, Path(self.store.output_root) / task_id)  # T11
             self.store.create_job(JobSpec.from_dict(spec), submission)
-            events = self.store.read_events(task_id)
+            events.extend(self.store.read_events(task_id))
+        elif _ended_before(self.store.get(task_id), record.attempt):
+            # T11/T12: a new attempt of a job that ended here, as the single-host resume;
+            # the new attempt in the same write (a crash must not leave it queued unclaimed)
+            announce = {"resume_from": resume_run} if resume_run else None
+            stage = {"attempt": record.attempt, "stage": "claimed", "node": self.node}
+            events.append(self.store.transition(
+                task_id, TERMINAL, Status.QUEUED, announce=announce, resume_run=resume_run,
+                error=None, **{FLEET: stage},
+            ))  # fmt: skip
         elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
             raise Conflict(f"task {task_id} already has a local job here")
-        else:
-            events = []
         self._set_stage(task_id, record.attempt, "claimed")
         return events
+
+    def _local_blocks(self, task_id: str, attempt: int) -> bool:
+        """A local job of the task that a claim of ``attempt`` cannot take: one queued
+        here is that claim's; one that ended here under an earlier attempt is resumed."""
+        if not self.store.exists(task_id):
+            return False
+        state = self.store.get(task_id)
+        return state["status"] != "queued" and not _ended_before(state, attempt)
 
     def _set_stage(self, task_id: str, attempt: int, stage: str) -> None:
         self.store.update_state(
@@ -826,6 +852,13 @@ class FleetAgent:
             if record.lost is not None and not record.terminal:
                 out.setdefault(record.lost.node, []).append((record.task_id, record.lost.since))
         return out
+
+
+def _ended_before(state: dict[str, Any], attempt: int) -> bool:
+    """The local job is a fleet job that ended here under an attempt before ``attempt``."""
+    fleet = state.get(FLEET)
+    ended = state.get("status") in _TERMINAL_LOCAL
+    return ended and isinstance(fleet, dict) and int(fleet.get("attempt", 0)) < attempt
 
 
 def _active_here(state: dict[str, Any]) -> bool:

@@ -69,6 +69,8 @@ def decide(local: Local | None, record: JobRecord | None, me: Actor) -> Step:
         return Step.STALE
     if local is None:
         return _nothing_here(record, me)
+    if local.status in _TERMINAL and record is not None and record.attempt > local.attempt:
+        return _nothing_here(record, me)  # ended here before a resume (T11, T12): a new attempt
     if local.supervised or local.status in _ACTIVE:
         return Step.ADOPT if _runs_here(record, me, local.attempt) else Step.ORPHAN
     if local.status == "queued" and local.stage in ("claimed", "starting"):

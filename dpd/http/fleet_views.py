@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -24,12 +25,14 @@ from nats.aio.msg import Msg
 
 from dpd.errors import Conflict, NotFound, ServiceUnavailable
 from dpd.events.subjects import job_subject
+from dpd.fleet import resume as fleet_resume
 from dpd.fleet import views as fv
 from dpd.fleet.agent import FleetAgent
 from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavailable
-from dpd.fleet.records import Desired, JobRecord, enc
+from dpd.fleet.records import Desired, JobRecord, JobState, enc
 from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, verb_for
-from dpd.fleet.transitions import TransitionRefused, cancel, request_stop
+from dpd.fleet.transitions import TransitionRefused, cancel, public_status, request_stop
+from dpd.fleet.transitions import resume as resume_record
 from dpd.http import views as http_views
 from dpd.http.common import (
     PRINCIPAL,
@@ -146,6 +149,10 @@ class FleetViews:
             response: web.StreamResponse = await local(request)  # not a fleet job: as ever
             return response
         record = await self.record(call.task_id)
+        if call.verb == "job.resume" and record is not None:  # T12, on whichever host
+            route = _route_of(request)
+            resume = guarded(Route(request.method, request.path, self.resume, *route))
+            return await resume(request)
         decision = fv.decide(state, record, self.node)
         if decision.source is fv.Source.LOCAL or record is None:
             response = await local(request)
@@ -345,6 +352,47 @@ class FleetViews:
             **_fleet(done, self.node),
         }
         return envelope_response(data, 200, "training task stopped")
+
+    # ----------------------------------------------------------------- resume
+
+    async def resume(self, request: web.Request) -> web.Response:
+        """T12 (§9.6): a stopped or failed fleet job queued again in the fleet's record, to
+        resume from its latest checkpoint on whichever node claims it; the refusals and the
+        envelope of the single-host resume."""
+        task_id = request.match_info["task_id"]
+        jobs = self.agent.jobs
+        if jobs is None or not self.agent.connected:
+            raise ServiceUnavailable("the fleet queue is not connected yet")
+        output_dir = Path(self.agent.store.output_root) / task_id
+
+        def t12(entry: Entry | None) -> bytes | None:
+            if entry is None or not entry.present:
+                raise NotFound(f"task {task_id} not found")
+            current = JobRecord.from_json(entry.value)
+            if current.state not in (JobState.FAILED, JobState.STOPPED):
+                status = public_status(current.state)
+                raise Conflict(
+                    f"task {task_id} is {status}; only stopped or failed tasks can be resumed",
+                    {"task_id": task_id, "status": status},
+                )
+            if not fleet_resume.has_checkpoint(output_dir):
+                raise Conflict(
+                    f"task {task_id} has no checkpoint to resume from",
+                    {"task_id": task_id, "output_dir": str(output_dir)},
+                )
+            return resume_record(current, self.node, time.time()).to_json()
+
+        try:
+            result = await jobs.cas_update(enc(task_id), t12)
+        except TransitionRefused as err:
+            raise Conflict(str(err), {"task_id": task_id}) from err
+        except (CasConflict, Unavailable, OutcomeUnknown, *TRANSIENT) as err:
+            raise ServiceUnavailable(f"the resume could not be recorded: {err}") from err
+        assert result.entry is not None
+        done = JobRecord.from_json(result.entry.value)
+        self.agent.wake()
+        data = {**fv.kv_detail(done, {}), **_fleet(done, self.node)}
+        return envelope_response(data, 200, "training task queued for resume")
 
     # -------------------------------------------------------------------- SSE
 

@@ -87,6 +87,14 @@ def test_nothing_on_disk_gives_a_claim_back_and_fails_a_started_run() -> None:
     assert decide(None, job(JobState.COMPLETED), ME) is Step.NONE
 
 
+def test_a_new_attempt_of_a_job_that_ended_here_is_taken_like_a_new_job() -> None:
+    """Resumed (T12) after it ended here, claimed again by this node (attempt 2): the
+    local job of attempt 1 does not hide the claim."""
+    claimed = dataclasses.replace(job(JobState.CLAIMED), attempt=2)
+    assert decide(local("stopped"), claimed, ME) is Step.CONTINUE
+    assert decide(local("stopped"), dataclasses.replace(claimed, owner=None), ME) is Step.NONE
+
+
 def test_a_local_end_the_record_lacks_goes_to_the_outbox() -> None:
     assert decide(local("failed"), job(JobState.RUNNING), ME) is Step.OUTBOX
     assert decide(local("completed"), job(JobState.COMPLETED), ME) is Step.NONE

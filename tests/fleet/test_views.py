@@ -68,6 +68,9 @@ def test_decide_who_answers() -> None:
     # an earlier attempt ran on a; the record's current one is c's
     assert fv.decide(local(attempt=0), on_c, "a") == fv.Decision(fv.Source.FORWARD, "c")
     assert fv.decide(local(attempt=1), on_c, "a") == fv.Decision(fv.Source.LOCAL)
+    # it ended here and was resumed (T12): queued in the record, no node holds it yet
+    ended_here = {**local(attempt=1), "status": "stopped"}
+    assert fv.decide(ended_here, queued, "a") == fv.Decision(fv.Source.KV)
 
 
 def test_the_owners_answer_gets_a_fleet_field_and_nothing_else_changes() -> None:
