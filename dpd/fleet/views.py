@@ -286,6 +286,21 @@ async def read_all(nc: NATS, subject: str, timeout: float) -> list[dict[str, Any
     return out
 
 
+def metric_points(
+    events: list[dict[str, Any]], metric: str, kind: str, limit: int | None
+) -> list[dict[str, Any]]:
+    """The last ``limit`` (None: all) points of ``metric`` and ``kind`` among a task's
+    ``metrics`` events, oldest first: what the owner's metrics.jsonl gives (a fallback)."""
+    found = [
+        e["data"]
+        for e in events
+        if isinstance(e.get("data"), dict)
+        and e["data"].get("metric") == metric
+        and e["data"].get("type") == kind
+    ]
+    return found[-limit:] if limit else found
+
+
 def event_from_subject(subject: str, data: bytes, prefix: str) -> dict[str, Any] | None:
     """A bus-shaped event (with its ``scope``) from a message on ``<prefix>.<scope>.…``."""
     parts = subject.split(".")

@@ -44,11 +44,13 @@ from dpd.http.common import (
 )
 from dpd.http.fleet_rpc import LocalAnswers
 from dpd.http.routes import events_stream
+from dpd.http.routes import logs as log_routes
 from dpd.http.routes import stream as job_stream
-from dpd.http.routes.training import STATUSES
+from dpd.http.routes.training import STATUSES, metric_view
 from dpd.http.routing import Route, declared_routes, guarded
 from dpd.http.views import EMPTY_PROGRESS
 from dpd.logs.entries import LEVELS, TYPES, live_entry, make_filter, parse_time
+from dpd.logs.search import search_lines
 from dpd.logs.sse import HEARTBEAT, event_messages, message, parse_cursor, parse_kinds, retry_hint
 from dpd.services import SERVICES
 
@@ -255,6 +257,10 @@ class FleetViews:
             return envelope_response(fv.stale_view(detail, record, self.node, "kv"))
         if call.verb == "job.logs" and path.endswith("/logs"):
             return await self.stream_logs(request, record)
+        if path.endswith("/metrics"):
+            return await self.stream_metrics(request, record)
+        if path.endswith("/logs/search"):
+            return await self.stream_search(request, record)
         raise ServiceUnavailable(
             f"the node holding task {record.task_id} does not answer; try again later",
             fv.stale_view({"task_id": record.task_id}, record, self.node, "kv"),
@@ -289,6 +295,39 @@ class FleetViews:
             "last_seq": last_seq,
             "logs": lines,
         }
+        return envelope_response(fv.stale_view(data, record, self.node, "stream"))
+
+    async def stream_search(self, request: web.Request, record: JobRecord) -> web.Response:
+        """``/logs/search`` over the task's ``log`` events in stream DPD, marked stale."""
+        query, echoed = log_routes.search_query(request)
+        events = await self._stream_events(record.task_id, "log")
+        lines = [
+            text
+            for event in sorted(events, key=lambda e: int(e.get("seq", 0)))
+            for text in (event.get("data") or {}).get("lines") or []
+        ]
+        page = search_lines(lines, query)
+        data = log_routes.search_data(record.task_id, query, echoed, page)
+        return envelope_response(fv.stale_view(data, record, self.node, "stream"))
+
+    async def _stream_events(self, task_id: str, kind: str) -> list[dict[str, Any]]:
+        nc = self.agent.nc
+        if nc is None or not nc.is_connected:
+            raise ServiceUnavailable("neither the job's node nor NATS can be reached")
+        subject = job_subject(self.prefix, task_id, kind)
+        try:
+            return await fv.read_all(nc, subject, max(self.rpc_timeout, 2.0))
+        except TimeoutError as err:
+            raise ServiceUnavailable("stream DPD did not answer in time") from err
+
+    async def stream_metrics(self, request: web.Request, record: JobRecord) -> web.Response:
+        """``/metrics`` from the task's ``metrics`` events in stream DPD, marked stale."""
+        metric = request.query.get("metric") or "loss"
+        kind = query_choice(request, "type", ("step", "epoch", "eval"), "step") or "step"
+        limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
+        events = await self._stream_events(record.task_id, "metrics")
+        points = [metric_view(p, kind) for p in fv.metric_points(events, metric, kind, limit)]
+        data = {"task_id": record.task_id, "metric": metric, "type": kind, "data": points}
         return envelope_response(fv.stale_view(data, record, self.node, "stream"))
 
     # ------------------------------------------------------------------- stop

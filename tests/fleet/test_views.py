@@ -248,3 +248,13 @@ def test_the_fleet_list_merges_local_details_and_filters_by_node() -> None:
                       "fleet": {"attempt": 1}}}  # fmt: skip
     rows_c = fv.fleet_rows([on_c], local_c, "c", summary, {})
     assert rows_c[0]["local"] is True and rows_c[0]["node"] == "c"
+
+
+def test_metric_points_are_the_newest_of_one_metric_and_kind_oldest_first() -> None:
+    def point(step: int, metric: str = "loss", kind: str = "step") -> dict[str, object]:
+        return {"type": "metrics", "data": {"metric": metric, "type": kind, "step": step}}
+
+    events = [point(1), point(2, "lr"), point(3), point(4, kind="epoch"), point(5)]
+    assert [p["step"] for p in fv.metric_points(events, "loss", "step", None)] == [1, 3, 5]
+    assert [p["step"] for p in fv.metric_points(events, "loss", "step", 2)] == [3, 5]
+    assert fv.metric_points(events, "grad_norm", "step", None) == []
