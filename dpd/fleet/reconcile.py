@@ -117,9 +117,8 @@ def _claimed_here(record: JobRecord | None, me: Actor, attempt: int) -> bool:
 def _nothing_here(record: JobRecord | None, me: Actor) -> Step:
     if record is None or record.owner is None or record.owner.node != me.node:
         return Step.NONE
-    if record.state is JobState.CLAIMED:  # a crash between T2 and the materialisation
-        same_boot = record.owner.boot_id == me.boot_id
-        return Step.CONTINUE if same_boot else Step.DECLINE
+    if record.state is JobState.CLAIMED:  # e.g. a crash between T2 and the materialisation
+        return Step.DECLINE
     if record.state in SPAWNABLE:
         return Step.DATA_LOST
     return Step.NONE
