@@ -24,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for layer in (
         # leaves: import nothing of dpd (simulation is the stand-in trainer, its own program;
         # web holds the dashboard's static files)
-        "dpd errors logsetup notify simulation web",
+        "dpd crashpoints errors logsetup notify simulation web",
         "config envelope",
         "jobs",  # pure domain: specs, states, the diffusion-pipe config renderer
         "spool",  # atomic files, the durable job store, spool intake

@@ -47,6 +47,7 @@ from nats.js.errors import APIError
 
 from dpd import __version__
 from dpd.config import Config
+from dpd.crashpoints import crash_point
 from dpd.errors import Conflict, DpdError, InsufficientResources
 from dpd.fleet import audit as fleet_audit
 from dpd.fleet import fence as fleet_fence
@@ -82,7 +83,7 @@ from dpd.fleet.records import (
     node_key,
 )
 from dpd.fleet.registry import Heartbeat, boottime, read_lease, register, this_daemon
-from dpd.fleet.resume import runnable_spec
+from dpd.fleet.resume import resumed_run, runnable_spec
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
     AliveRead,
@@ -98,8 +99,9 @@ from dpd.fleet.transitions import (
     start,
 )
 from dpd.jobs.spec import JobSpec
-from dpd.jobs.states import Status
-from dpd.spool.store import JobStore, Submission, utc_now
+from dpd.jobs.states import TERMINAL, Status
+from dpd.spool.store import JobStore, StatusEvent, Submission, utc_now
+from dpd.supervisor import outputs, runfiles
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.ports import NoFreePort
 from dpd.supervisor.scheduler import AVAILABLE
@@ -481,7 +483,7 @@ class FleetAgent:
             task_id = record.task_id
             if task_id in self.claiming or task_id in self.supervisor.running:
                 continue
-            if self.store.exists(task_id) and self.store.get(task_id)["status"] != "queued":
+            if self._local_blocks(task_id, record.attempt):
                 continue  # its run exists or ended here: the outbox reports it
             if busy & set(owner.gpus):
                 continue
@@ -497,7 +499,9 @@ class FleetAgent:
         assert self.jobs is not None and self.heartbeat is not None
         if c.task_id in self.claiming:
             return
-        if self.store.exists(c.task_id) and self.store.get(c.task_id)["status"] != "queued":
+        seen = self.job_table.get(enc(c.task_id)) if self.job_table else None
+        next_attempt = JobRecord.from_json(seen.entry.value).attempt + 1 if seen else 0
+        if self._local_blocks(c.task_id, next_attempt):
             return  # running here, or ended here: materialising would refuse (a wasted attempt)
         held = self._claimed_gpus()
         if held & set(c.gpu_ids):
@@ -534,6 +538,7 @@ class FleetAgent:
         assert result.entry is not None
         record = JobRecord.from_json(result.entry.value)
         log.info("%s: claimed (attempt %d) on GPUs %s", c.task_id, record.attempt, c.gpu_ids)
+        crash_point("t2_t3")  # FL6: claimed, nothing materialised
         task = asyncio.create_task(self._take(record, c.gpu_ids), name=f"take {c.task_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -545,7 +550,10 @@ class FleetAgent:
         try:
             try:
                 for event in await asyncio.to_thread(self._materialize, record):
-                    self.announce(event)  # on the loop: the bus is not thread-safe
+                    if isinstance(event, StatusEvent):  # a job that ended here, resumed
+                        runfiles.announce(self.supervisor.emit, event)
+                    else:
+                        self.announce(event)  # on the loop: the bus is not thread-safe
             except DpdError as err:
                 reason = err.message
                 log.warning("%s: cannot run here (%s); declining", task_id, reason)
@@ -555,7 +563,9 @@ class FleetAgent:
                 return
             if not await self._fence(task_id, attempt):
                 return
+            crash_point("t3_state")  # FL6: fenced, state.json not yet at "starting"
             await asyncio.to_thread(self._set_stage, task_id, attempt, "starting")
+            crash_point("t3_spawn")  # FL6: "starting" written, nothing launched
             try:
                 if self.supervisor.launch_claimed(task_id, gpus):
                     self.stats.launched += 1
@@ -567,28 +577,48 @@ class FleetAgent:
             self.claiming.pop(task_id, None)
             self.wake()
 
-    def _materialize(self, record: JobRecord) -> list[dict[str, Any]]:
+    def _materialize(self, record: JobRecord) -> list[dict[str, Any] | StatusEvent]:
         """The job directory the supervisor runs, built with the store's own machinery
         (state.json ``queued`` with ``fleet.attempt``, the first event); the events to
         announce (none if the directory existed). Blocking."""
         if record.spec is None:
             raise InsufficientResources("the record has no spec (a tombstone)")
         task_id = record.task_id
+        output_dir = Path(self.store.output_root) / task_id
+        spec = runnable_spec(record.spec, output_dir)  # T11, T12
+        resume_run = resumed_run(spec, output_dir)
+        if resume_run is not None:  # a stale save_quit would end the resumed run at once
+            outputs.remove_signal_files(output_dir / resume_run)
+        events: list[dict[str, Any] | StatusEvent] = []
         if not self.store.exists(task_id):
             ident = record.submitted_by.identity
             submission = Submission(
                 record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
                 ident.mtime_ns,
             )  # fmt: skip
-            spec = runnable_spec(record.spec, Path(self.store.output_root) / task_id)  # T11
             self.store.create_job(JobSpec.from_dict(spec), submission)
-            events = self.store.read_events(task_id)
+            events.extend(self.store.read_events(task_id))
+        elif _ended_before(self.store.get(task_id), record.attempt):
+            # T11/T12: a new attempt of a job that ended here, as the single-host resume;
+            # the new attempt in the same write (a crash must not leave it queued unclaimed)
+            announce = {"resume_from": resume_run} if resume_run else None
+            stage = {"attempt": record.attempt, "stage": "claimed", "node": self.node}
+            events.append(self.store.transition(
+                task_id, TERMINAL, Status.QUEUED, announce=announce, resume_run=resume_run,
+                error=None, **{FLEET: stage},
+            ))  # fmt: skip
         elif _active_here(self.store.get(task_id)) or self.store.get(task_id)["status"] != "queued":
             raise Conflict(f"task {task_id} already has a local job here")
-        else:
-            events = []
         self._set_stage(task_id, record.attempt, "claimed")
         return events
+
+    def _local_blocks(self, task_id: str, attempt: int) -> bool:
+        """A local job of the task that a claim of ``attempt`` cannot take: one queued
+        here is that claim's; one that ended here under an earlier attempt is resumed."""
+        if not self.store.exists(task_id):
+            return False
+        state = self.store.get(task_id)
+        return state["status"] != "queued" and not _ended_before(state, attempt)
 
     def _set_stage(self, task_id: str, attempt: int, stage: str) -> None:
         self.store.update_state(
@@ -667,6 +697,8 @@ class FleetAgent:
             attempt = int(fleet["attempt"])
             if self._outbox_change(record, state, attempt) is None:
                 continue  # the record (as watched) already shows it
+            if state["status"] in _TERMINAL_LOCAL:
+                crash_point("terminal_kv")  # FL6: ended here, the record not yet terminal
             try:
                 await self._apply(task_id, state, attempt)
                 self.stats.outbox_applied += 1
@@ -856,6 +888,13 @@ class FleetAgent:
             if record.lost is not None and not record.terminal:
                 out.setdefault(record.lost.node, []).append((record.task_id, record.lost.since))
         return out
+
+
+def _ended_before(state: dict[str, Any], attempt: int) -> bool:
+    """The local job is a fleet job that ended here under an attempt before ``attempt``."""
+    fleet = state.get(FLEET)
+    ended = state.get("status") in _TERMINAL_LOCAL
+    return ended and isinstance(fleet, dict) and int(fleet.get("attempt", 0)) < attempt
 
 
 def _active_here(state: dict[str, Any]) -> bool:

@@ -133,7 +133,9 @@ async def _carry_out(agent: FleetAgent, task_id: str, step: Step, record: JobRec
             log.info("%s: the claim waits for its GPUs", task_id)
     elif step is Step.DECLINE and record is not None:
         attempt, why = record.attempt, "nothing of the claim stands here (given up, or lost)"
-        await agent._cas(task_id, lambda r: decline(r, me, attempt, why, time.time()))
+        await agent._cas(  # not the job's fault: this node may claim it again at once
+            task_id, lambda r: decline(r, me, attempt, why, time.time(), remember=False)
+        )
         log.warning("%s: claim given back (%s)", task_id, why)
     elif step in (Step.DATA_LOST, Step.UNSTARTED) and record is not None:
         attempt = record.attempt

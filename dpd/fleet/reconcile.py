@@ -69,6 +69,8 @@ def decide(local: Local | None, record: JobRecord | None, me: Actor) -> Step:
         return Step.STALE
     if local is None:
         return _nothing_here(record, me)
+    if local.status in _TERMINAL and record is not None and record.attempt > local.attempt:
+        return _nothing_here(record, me)  # ended here before a resume (T11, T12): a new attempt
     if local.supervised or local.status in _ACTIVE:
         return Step.ADOPT if _runs_here(record, me, local.attempt) else Step.ORPHAN
     if local.status == "queued" and local.stage in ("claimed", "starting"):
@@ -115,7 +117,7 @@ def _claimed_here(record: JobRecord | None, me: Actor, attempt: int) -> bool:
 def _nothing_here(record: JobRecord | None, me: Actor) -> Step:
     if record is None or record.owner is None or record.owner.node != me.node:
         return Step.NONE
-    if record.state is JobState.CLAIMED:
+    if record.state is JobState.CLAIMED:  # e.g. a crash between T2 and the materialisation
         return Step.DECLINE
     if record.state in SPAWNABLE:
         return Step.DATA_LOST

@@ -26,3 +26,20 @@ def runnable_spec(spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         if outputs.latest_checkpoint(run_dir) is not None:
             return spec if index == 0 else {**spec, "resume_from_checkpoint": run_dir.name}
     return {**spec, "resume_from_checkpoint": None}
+
+
+def resumed_run(spec: dict[str, Any], output_dir: Path) -> str | None:
+    """The run directory ``spec`` (as ``runnable_spec`` made it) resumes, by name; None
+    for a fresh run."""
+    wanted = spec.get("resume_from_checkpoint")
+    if isinstance(wanted, str):
+        return wanted
+    if wanted is True:
+        run_dir = outputs.latest_run_dir(output_dir)
+        return run_dir.name if run_dir is not None else None
+    return None
+
+
+def has_checkpoint(output_dir: Path) -> bool:
+    """Some run of the task saved a checkpoint: a resume (T12) has something to start from."""
+    return any(outputs.latest_checkpoint(r) is not None for r in outputs.find_run_dirs(output_dir))

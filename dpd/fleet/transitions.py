@@ -343,13 +343,23 @@ def refence(record: JobRecord, actor: Actor, attempt: int, now: float) -> JobRec
 
 
 def decline(
-    record: JobRecord, actor: Actor, attempt: int, reason: str, now: float, seq: int | None = None
+    record: JobRecord,
+    actor: Actor,
+    attempt: int,
+    reason: str,
+    now: float,
+    seq: int | None = None,
+    remember: bool = True,
 ) -> JobRecord:
-    """T4a claimed → queued by the owner (it cannot run the job after all)."""
+    """T4a claimed → queued by the owner (it cannot run the job after all). ``remember``
+    False: a claim given back for what became of the owner (a restart that finds nothing
+    of it), not for what the job needs; the node may claim it again at once."""
     t = "T4a decline"
     _in(record, {JobState.CLAIMED}, t)
     _owned_by(record, actor, attempt, t)
-    declined = (*record.declined, Declined(actor.node, reason, iso(now)))[-MAX_DECLINED:]
+    declined = record.declined
+    if remember:
+        declined = (*declined, Declined(actor.node, reason, iso(now)))[-MAX_DECLINED:]
     return _touch(
         record,
         actor.node,

@@ -65,6 +65,8 @@ def decide(local: dict[str, Any] | None, record: JobRecord | None, me: str) -> D
     no local job); ``record``: its fleet record (None: not a fleet job, or none exists)."""
     owner = record.owner.node if record is not None and record.owner is not None else None
     if local is not None:
+        if record is not None and owner is None and _moved_on(local, record):
+            return Decision(Source.KV)  # resumed (T12) after it ended here, not placed yet
         if record is None or owner is None or owner == me:
             return Decision(Source.LOCAL)
         fleet = local.get("fleet")
@@ -76,6 +78,11 @@ def decide(local: dict[str, Any] | None, record: JobRecord | None, me: str) -> D
     if owner is None or owner == me:
         return Decision(Source.KV)
     return Decision(Source.FORWARD, owner)
+
+
+def _moved_on(local: dict[str, Any], record: JobRecord) -> bool:
+    ended = local.get("status") in ("completed", "failed", "stopped")
+    return ended and isinstance(local.get("fleet"), dict) and not record.terminal
 
 
 def fleet_field(record: JobRecord, me: str) -> dict[str, Any]:
@@ -277,6 +284,21 @@ async def read_all(nc: NATS, subject: str, timeout: float) -> list[dict[str, Any
             if pending == 0:
                 break
     return out
+
+
+def metric_points(
+    events: list[dict[str, Any]], metric: str, kind: str, limit: int | None
+) -> list[dict[str, Any]]:
+    """The last ``limit`` (None: all) points of ``metric`` and ``kind`` among a task's
+    ``metrics`` events, oldest first: what the owner's metrics.jsonl gives (a fallback)."""
+    found = [
+        e["data"]
+        for e in events
+        if isinstance(e.get("data"), dict)
+        and e["data"].get("metric") == metric
+        and e["data"].get("type") == kind
+    ]
+    return found[-limit:] if limit else found
 
 
 def event_from_subject(subject: str, data: bytes, prefix: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -24,12 +25,14 @@ from nats.aio.msg import Msg
 
 from dpd.errors import Conflict, NotFound, ServiceUnavailable
 from dpd.events.subjects import job_subject
+from dpd.fleet import resume as fleet_resume
 from dpd.fleet import views as fv
 from dpd.fleet.agent import FleetAgent
 from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavailable
-from dpd.fleet.records import Desired, JobRecord, enc
+from dpd.fleet.records import Desired, JobRecord, JobState, enc
 from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, verb_for
-from dpd.fleet.transitions import TransitionRefused, cancel, request_stop
+from dpd.fleet.transitions import TransitionRefused, cancel, public_status, request_stop
+from dpd.fleet.transitions import resume as resume_record
 from dpd.http import views as http_views
 from dpd.http.common import (
     PRINCIPAL,
@@ -41,11 +44,13 @@ from dpd.http.common import (
 )
 from dpd.http.fleet_rpc import LocalAnswers
 from dpd.http.routes import events_stream
+from dpd.http.routes import logs as log_routes
 from dpd.http.routes import stream as job_stream
-from dpd.http.routes.training import STATUSES
+from dpd.http.routes.training import STATUSES, metric_view
 from dpd.http.routing import Route, declared_routes, guarded
 from dpd.http.views import EMPTY_PROGRESS
 from dpd.logs.entries import LEVELS, TYPES, live_entry, make_filter, parse_time
+from dpd.logs.search import search_lines
 from dpd.logs.sse import HEARTBEAT, event_messages, message, parse_cursor, parse_kinds, retry_hint
 from dpd.services import SERVICES
 
@@ -111,8 +116,10 @@ class FleetViews:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+            # bounded: the agent closes the shared connection meanwhile, and a stop whose
+            # connection closes under it waits out nats-py's flush timeout (10 s)
             with contextlib.suppress(Exception):
-                await service.stop()
+                await asyncio.wait_for(service.stop(), self.rpc_timeout)
 
     # ----------------------------------------------------------------- the decision
 
@@ -144,6 +151,10 @@ class FleetViews:
             response: web.StreamResponse = await local(request)  # not a fleet job: as ever
             return response
         record = await self.record(call.task_id)
+        if call.verb == "job.resume" and record is not None:  # T12, on whichever host
+            route = _route_of(request)
+            resume = guarded(Route(request.method, request.path, self.resume, *route))
+            return await resume(request)
         decision = fv.decide(state, record, self.node)
         if decision.source is fv.Source.LOCAL or record is None:
             response = await local(request)
@@ -246,6 +257,10 @@ class FleetViews:
             return envelope_response(fv.stale_view(detail, record, self.node, "kv"))
         if call.verb == "job.logs" and path.endswith("/logs"):
             return await self.stream_logs(request, record)
+        if path.endswith("/metrics"):
+            return await self.stream_metrics(request, record)
+        if path.endswith("/logs/search"):
+            return await self.stream_search(request, record)
         raise ServiceUnavailable(
             f"the node holding task {record.task_id} does not answer; try again later",
             fv.stale_view({"task_id": record.task_id}, record, self.node, "kv"),
@@ -280,6 +295,39 @@ class FleetViews:
             "last_seq": last_seq,
             "logs": lines,
         }
+        return envelope_response(fv.stale_view(data, record, self.node, "stream"))
+
+    async def stream_search(self, request: web.Request, record: JobRecord) -> web.Response:
+        """``/logs/search`` over the task's ``log`` events in stream DPD, marked stale."""
+        query, echoed = log_routes.search_query(request)
+        events = await self._stream_events(record.task_id, "log")
+        lines = [
+            text
+            for event in sorted(events, key=lambda e: int(e.get("seq", 0)))
+            for text in (event.get("data") or {}).get("lines") or []
+        ]
+        page = search_lines(lines, query)
+        data = log_routes.search_data(record.task_id, query, echoed, page)
+        return envelope_response(fv.stale_view(data, record, self.node, "stream"))
+
+    async def _stream_events(self, task_id: str, kind: str) -> list[dict[str, Any]]:
+        nc = self.agent.nc
+        if nc is None or not nc.is_connected:
+            raise ServiceUnavailable("neither the job's node nor NATS can be reached")
+        subject = job_subject(self.prefix, task_id, kind)
+        try:
+            return await fv.read_all(nc, subject, max(self.rpc_timeout, 2.0))
+        except TimeoutError as err:
+            raise ServiceUnavailable("stream DPD did not answer in time") from err
+
+    async def stream_metrics(self, request: web.Request, record: JobRecord) -> web.Response:
+        """``/metrics`` from the task's ``metrics`` events in stream DPD, marked stale."""
+        metric = request.query.get("metric") or "loss"
+        kind = query_choice(request, "type", ("step", "epoch", "eval"), "step") or "step"
+        limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
+        events = await self._stream_events(record.task_id, "metrics")
+        points = [metric_view(p, kind) for p in fv.metric_points(events, metric, kind, limit)]
+        data = {"task_id": record.task_id, "metric": metric, "type": kind, "data": points}
         return envelope_response(fv.stale_view(data, record, self.node, "stream"))
 
     # ------------------------------------------------------------------- stop
@@ -343,6 +391,47 @@ class FleetViews:
             **_fleet(done, self.node),
         }
         return envelope_response(data, 200, "training task stopped")
+
+    # ----------------------------------------------------------------- resume
+
+    async def resume(self, request: web.Request) -> web.Response:
+        """T12 (§9.6): a stopped or failed fleet job queued again in the fleet's record, to
+        resume from its latest checkpoint on whichever node claims it; the refusals and the
+        envelope of the single-host resume."""
+        task_id = request.match_info["task_id"]
+        jobs = self.agent.jobs
+        if jobs is None or not self.agent.connected:
+            raise ServiceUnavailable("the fleet queue is not connected yet")
+        output_dir = Path(self.agent.store.output_root) / task_id
+
+        def t12(entry: Entry | None) -> bytes | None:
+            if entry is None or not entry.present:
+                raise NotFound(f"task {task_id} not found")
+            current = JobRecord.from_json(entry.value)
+            if current.state not in (JobState.FAILED, JobState.STOPPED):
+                status = public_status(current.state)
+                raise Conflict(
+                    f"task {task_id} is {status}; only stopped or failed tasks can be resumed",
+                    {"task_id": task_id, "status": status},
+                )
+            if not fleet_resume.has_checkpoint(output_dir):
+                raise Conflict(
+                    f"task {task_id} has no checkpoint to resume from",
+                    {"task_id": task_id, "output_dir": str(output_dir)},
+                )
+            return resume_record(current, self.node, time.time()).to_json()
+
+        try:
+            result = await jobs.cas_update(enc(task_id), t12)
+        except TransitionRefused as err:
+            raise Conflict(str(err), {"task_id": task_id}) from err
+        except (CasConflict, Unavailable, OutcomeUnknown, *TRANSIENT) as err:
+            raise ServiceUnavailable(f"the resume could not be recorded: {err}") from err
+        assert result.entry is not None
+        done = JobRecord.from_json(result.entry.value)
+        self.agent.wake()
+        data = {**fv.kv_detail(done, {}), **_fleet(done, self.node)}
+        return envelope_response(data, 200, "training task queued for resume")
 
     # -------------------------------------------------------------------- SSE
 

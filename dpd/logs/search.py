@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -77,6 +77,30 @@ def search_log(path: Path, query: SearchQuery, counter: LineCounter | None = Non
         scan = _Scan(query, first_line=before + 1)
         scan.run(handle, start, end)
     return scan.page
+
+
+def search_lines(lines: Iterable[str], query: SearchQuery) -> SearchPage:
+    """The same search over a log's lines in order from its first (a log read back from
+    its events, not its file): line numbers count from 1, a line without a timestamp has
+    the one of the logger line before it."""
+    page = SearchPage()
+    last_stamp: str | None = None
+    for number, raw in enumerate(lines, start=1):
+        text = display_text(raw.encode())
+        line = classify(text)
+        stamp = line.timestamp or last_stamp
+        last_stamp = stamp
+        if query.start is not None and (stamp is None or stamp < query.start):
+            continue
+        if query.end is not None and stamp is not None and stamp > query.end:
+            continue
+        matched = matched_text(text, query.keyword, query.ignore_case)
+        if matched is None or not query.line_filter.keeps(line):
+            continue
+        page.total_matches += 1
+        if len(page.results) < query.limit:
+            page.results.append(search_hit(line, stamp, number, matched))
+    return page
 
 
 class _Scan:

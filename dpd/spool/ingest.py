@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dpd.crashpoints import crash_point
 from dpd.envelope import error_envelope
 from dpd.errors import (
     BadRequest,
@@ -141,6 +142,8 @@ def ingest_files(
                 Outcome.ACCEPTED, checked.name, task_id, state=outcome
             )
     done = (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
+    if any(r.outcome is Outcome.ACCEPTED for r in results.values()):
+        crash_point("commit_unlink")  # FL6: committed, the files still in incoming/
     _remove_drops(layout, [r.name for r in results.values() if r.outcome in done])
     for result in results.values():
         if result.outcome is Outcome.ACCEPTED:

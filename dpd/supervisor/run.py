@@ -35,6 +35,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpd.crashpoints import crash_point
 from dpd.errors import Conflict
 from dpd.jobs.record import RunRecovery
 from dpd.jobs.states import ACTIVE, Phase, Status
@@ -100,6 +101,7 @@ class JobRun:
                 return await self._end()  # a stop came first: nothing was launched
             if self.stop_reason is None:
                 await self._spawn(state)
+                crash_point("spawn_t5")  # FL6: spawned; a fleet record not yet running
             # edge: launching -> running
             self.phase = RunPhase.RUNNING
             if self.stop_reason is not None and self.shim is not None:

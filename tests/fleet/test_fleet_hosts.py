@@ -8,6 +8,7 @@ of any length, shows there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -15,9 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
+from dpd.fleet.kv import Bucket, jobs_spec
 from dpd.fleet.records import JobRecord, JobState
+from dpd.fleet.table import WatchedTable
 from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
@@ -39,28 +41,25 @@ def fleet(cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def kv_records(cluster: NatsCluster) -> dict[str, JobRecord]:
-    """Every job record in ``dpd_jobs``, read from the cluster. A read that fails (a
-    cluster just restarted, a leader election) is tried again for up to 30 s; only an
-    empty bucket reads as no records."""
+    """Every job record in ``dpd_jobs``, read from the cluster through dpd's own watched
+    table: a listing with nats-py's ``keys()`` can end before a just-acknowledged write is
+    in it (its "no more" comes from a pending count that can read 0), the table waits for
+    the stream's last message. A read that fails (a cluster just restarted, a leader
+    election) is tried again for up to 30 s."""
 
     async def read() -> dict[str, JobRecord]:
         nc = await connect(cluster.urls)
+        table = WatchedTable(Bucket(nc.jetstream(), jobs_spec("dpd", cluster.n)))
+        watching = asyncio.create_task(table.run())
         try:
-            kv = await nc.jetstream().key_value("dpd_jobs")
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                return {}
-            out = {}
-            for key in keys:
-                try:
-                    entry = await kv.get(key)
-                except (KeyNotFoundError, KeyDeletedError):  # deleted since the listing
-                    continue
-                record = JobRecord.from_json(entry.value or b"")
-                out[record.task_id] = record
-            return out
+            async with asyncio.timeout(20):
+                await table.ready.wait()
+            records = (JobRecord.from_json(e.entry.value) for e in table.entries.values())
+            return {r.task_id: r for r in records}
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await nc.close()
 
     deadline = time.monotonic() + 30

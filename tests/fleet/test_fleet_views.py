@@ -140,6 +140,8 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         assert body_a["data"]["fleet"]["node"] == "c"
         assert "fleet" not in body_c["data"]
         assert without_fleet(body_a) == body_c["data"], path
+    metrics_c = body_c["data"]  # the last path's: c's own /metrics
+    assert metrics_c["data"], metrics_c
     assert a.request("GET", "/api/v1/training/no-such-task")[0] == 404
 
     stream = f"{base}/logs/stream"
@@ -180,6 +182,10 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         return second  # type: ignore[no-any-return]
 
     settled = wait_for(logs_settled, timeout=30)
+    search = f"{base}/logs/search?keyword=epoch&limit=20"
+    code, body = c.request("GET", search)
+    assert code == 200 and body["data"]["total_matches"] > 0, body
+    searched_on_c = body["data"]
     everything = sse(fleet, "c", stream, last_event_id="0")
     logged_lines = [m["data"]["message"] for m in everything if "event" not in m]
     c.kill9()
@@ -197,6 +203,16 @@ def test_fl12_reads_on_a_for_a_job_on_c_equal_cs_own_and_fall_back_when_c_is_gon
         assert len(messages) == min(40, settled["total_lines"])
         assert messages == logged_lines[-40:]  # the lines c's own stream sends
         assert sse(fleet, "a", stream, last_event_id="2") == from_c
+        code, body = a.request("GET", f"{base}/metrics")  # from stream DPD, not a 503
+        assert code == 200, body
+        assert body["data"]["stale"] is True and body["data"]["source"] == "stream"
+        assert body["data"]["data"] == metrics_c["data"]
+        assert body["data"]["metric"] == "loss" and body["data"]["type"] == "step"
+        code, body = a.request("GET", search)  # the same search over stream DPD's lines
+        assert code == 200, body
+        assert body["data"]["stale"] is True and body["data"]["source"] == "stream"
+        marks = ("stale", "source", "node_state", "fleet")
+        assert {k: v for k, v in body["data"].items() if k not in marks} == searched_on_c
     finally:
         c.start()
         wait_for(lambda: fleet._sees_all(a), timeout=60)

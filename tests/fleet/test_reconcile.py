@@ -80,9 +80,19 @@ def test_an_unspawned_claim_the_record_does_not_name_is_abandoned() -> None:
 
 def test_nothing_on_disk_gives_a_claim_back_and_fails_a_started_run() -> None:
     assert decide(None, job(JobState.CLAIMED), ME) is Step.DECLINE
+    assert decide(None, job(JobState.CLAIMED), REBOOTED) is Step.DECLINE
     assert decide(None, job(JobState.RUNNING), ME) is Step.DATA_LOST
     assert decide(None, job(JobState.RUNNING, by=C), ME) is Step.NONE
     assert decide(None, job(JobState.COMPLETED), ME) is Step.NONE
+
+
+def test_a_new_attempt_of_a_job_that_ended_here_is_settled_like_a_new_job() -> None:
+    """Resumed (T12) after it ended here, claimed again by this node (attempt 2), then a
+    crash before the job directory was taken over: the local job of attempt 1 does not
+    hide the claim, which is given back as one with nothing on disk."""
+    claimed = dataclasses.replace(job(JobState.CLAIMED), attempt=2)
+    assert decide(local("stopped"), claimed, ME) is Step.DECLINE
+    assert decide(local("stopped"), dataclasses.replace(claimed, owner=None), ME) is Step.NONE
 
 
 def test_a_local_end_the_record_lacks_goes_to_the_outbox() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpd.fleet.resume import runnable_spec
+from dpd.fleet.resume import has_checkpoint, resumed_run, runnable_spec
 
 SPEC = {"model_type": "sdxl", "resume_from_checkpoint": True}
 
@@ -35,3 +35,17 @@ def test_a_spec_that_does_not_resume_the_newest_run_is_left_alone(tmp_path: Path
     named = {**SPEC, "resume_from_checkpoint": "20261207_05-40-00"}
     assert runnable_spec(named, tmp_path) == named
     assert runnable_spec({"model_type": "sdxl"}, tmp_path) == {"model_type": "sdxl"}
+
+
+def test_the_resumed_run_is_named_and_a_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    assert not has_checkpoint(tmp_path / "never-ran")
+    assert resumed_run(SPEC, tmp_path) is None
+    run = tmp_path / "20261207_05-45-04"
+    run.mkdir()
+    assert not has_checkpoint(tmp_path)
+    (run / "global_step40").mkdir()
+    (run / "latest").write_text("global_step40\n")
+    assert has_checkpoint(tmp_path)
+    assert resumed_run(SPEC, tmp_path) == run.name
+    assert resumed_run({**SPEC, "resume_from_checkpoint": "older"}, tmp_path) == "older"
+    assert resumed_run({"model_type": "sdxl"}, tmp_path) is None

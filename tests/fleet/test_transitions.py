@@ -140,6 +140,15 @@ def test_claim_respects_pins_labels_and_recent_declines() -> None:
     assert tr.claim(record, actor("b"), claim_facts("b"), T0 + 2).attempt == 2
 
 
+def test_a_claim_given_back_after_a_restart_may_be_claimed_again_at_once() -> None:
+    me = actor("a")
+    record = tr.claim(new_job(), me, claim_facts("a"), T0)
+    record = tr.decline(record, me, 1, "nothing of the claim here", T0 + 1, remember=False)
+    assert record.state is JobState.QUEUED and record.declined == ()
+    assert [h.outcome for h in record.history] == ["declined"]
+    assert tr.claim(record, me, claim_facts("a"), T0 + 2).attempt == 2
+
+
 def test_start_is_fenced_by_attempt_and_boot() -> None:
     me = actor("a")
     record = tr.claim(new_job(), me, claim_facts("a"), T0)

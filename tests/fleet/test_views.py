@@ -68,6 +68,9 @@ def test_decide_who_answers() -> None:
     # an earlier attempt ran on a; the record's current one is c's
     assert fv.decide(local(attempt=0), on_c, "a") == fv.Decision(fv.Source.FORWARD, "c")
     assert fv.decide(local(attempt=1), on_c, "a") == fv.Decision(fv.Source.LOCAL)
+    # it ended here and was resumed (T12): queued in the record, no node holds it yet
+    ended_here = {**local(attempt=1), "status": "stopped"}
+    assert fv.decide(ended_here, queued, "a") == fv.Decision(fv.Source.KV)
 
 
 def test_the_owners_answer_gets_a_fleet_field_and_nothing_else_changes() -> None:
@@ -245,3 +248,13 @@ def test_the_fleet_list_merges_local_details_and_filters_by_node() -> None:
                       "fleet": {"attempt": 1}}}  # fmt: skip
     rows_c = fv.fleet_rows([on_c], local_c, "c", summary, {})
     assert rows_c[0]["local"] is True and rows_c[0]["node"] == "c"
+
+
+def test_metric_points_are_the_newest_of_one_metric_and_kind_oldest_first() -> None:
+    def point(step: int, metric: str = "loss", kind: str = "step") -> dict[str, object]:
+        return {"type": "metrics", "data": {"metric": metric, "type": kind, "step": step}}
+
+    events = [point(1), point(2, "lr"), point(3), point(4, kind="epoch"), point(5)]
+    assert [p["step"] for p in fv.metric_points(events, "loss", "step", None)] == [1, 3, 5]
+    assert [p["step"] for p in fv.metric_points(events, "loss", "step", 2)] == [3, 5]
+    assert fv.metric_points(events, "grad_norm", "step", None) == []

@@ -10,7 +10,7 @@ import pytest
 
 from dpd.logs import search
 from dpd.logs.entries import LineFilter, make_filter, parse_time
-from dpd.logs.search import SearchQuery, search_log, time_offset
+from dpd.logs.search import SearchQuery, search_lines, search_log, time_offset
 from tests.logs.logfactory import make_log, naive_search
 
 
@@ -126,3 +126,23 @@ def test_a_file_shorter_than_its_size_ends_the_scan(block: int, data: bytes) -> 
     scan.run(io.BytesIO(data), 0, len(data) + 1000)
     assert scan.page.total_matches == data.count(b"loss")
     assert scan.page.results[0]["line_number"] == 1
+
+
+@pytest.mark.parametrize(
+    ("keyword", "level", "start", "end"),
+    [("loss", None, None, None), ("slow step", "WARNING", None, None),
+     ("loss", None, "2025-02-12T07:10:00Z", "2025-02-12T07:20:00.5Z"),
+     ("no such text", None, None, None)],
+)  # fmt: skip
+def test_a_search_over_the_logs_lines_agrees_with_the_files(
+    log: Path, keyword: str, level: str | None, start: str | None, end: str | None
+) -> None:
+    """The fleet's fallback searches a log read back from its events (stream DPD)."""
+    query = SearchQuery(
+        keyword, make_filter(level, None), parse_time("start_time", start),
+        parse_time("end_time", end), limit=40,
+    )  # fmt: skip
+    lines = log.read_bytes().decode().split("\n")[:-1]  # tqdm redraws keep their CR
+    from_lines, from_file = search_lines(lines, query), search_log(log, query)
+    assert from_lines.total_matches == from_file.total_matches
+    assert from_lines.results == from_file.results

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -22,7 +22,7 @@ from dpd.http.common import envelope_response, query_bool, query_choice, query_i
 from dpd.http.routing import Route, add_routes
 from dpd.logs.entries import LEVELS, TYPES, make_filter, parse_time
 from dpd.logs.reader import read_tail
-from dpd.logs.search import SearchQuery, search_log
+from dpd.logs.search import SearchPage, SearchQuery, search_log
 from dpd.services import SERVICES, Services
 from dpd.spool import layout as names
 
@@ -67,6 +67,14 @@ async def get_logs(request: web.Request) -> web.Response:
 
 
 async def search_logs(request: web.Request) -> web.Response:
+    query, echoed = search_query(request)
+    services, task_id, path = _log_file(request)
+    page = await asyncio.to_thread(search_log, path, query, services.supervisor.line_counts)
+    return envelope_response(search_data(task_id, query, echoed, page))
+
+
+def search_query(request: web.Request) -> tuple[SearchQuery, dict[str, str]]:
+    """``/logs/search``'s query (400 for a bad one) and the parameters it echoes."""
     level = query_choice(request, "level", LEVELS)
     type_ = query_choice(request, "type", TYPES)
     limit = query_int(request, "limit", DEFAULT_LINES, minimum=1, maximum=MAX_LINES)
@@ -78,24 +86,26 @@ async def search_logs(request: web.Request) -> web.Response:
         raise BadRequest("query parameter 'keyword' is required")
     if "\n" in keyword or "\r" in keyword:
         raise BadRequest("query parameter 'keyword' must be on one line")
-    services, task_id, path = _log_file(request)
     query = SearchQuery(
         keyword, make_filter(level, type_), start, end, limit or DEFAULT_LINES, ignore_case
     )
-    page = await asyncio.to_thread(search_log, path, query, services.supervisor.line_counts)
     echoed = {
         name: request.query[name]
         for name in ("keyword", "type", "level", "start_time", "end_time")
         if request.query.get(name)
     }
-    return envelope_response(
-        {
-            "task_id": task_id,
-            "query": {**echoed, "limit": query.limit, "ignore_case": ignore_case},
-            "total_matches": page.total_matches,
-            "results": page.results,
-        }
-    )
+    return query, echoed
+
+
+def search_data(
+    task_id: str, query: SearchQuery, echoed: dict[str, str], page: SearchPage
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "query": {**echoed, "limit": query.limit, "ignore_case": query.ignore_case},
+        "total_matches": page.total_matches,
+        "results": page.results,
+    }
 
 
 ROUTES = (

@@ -319,11 +319,11 @@ async def get_metrics(request: web.Request) -> web.Response:
     kind = query_choice(request, "type", ("step", "epoch", "eval"), "step") or "step"
     limit = query_int(request, "limit", None, minimum=1, maximum=100_000)
     points = await asyncio.to_thread(_newest_points, services, task_id, metric, kind, limit)
-    selected = [_metric_view(p, kind) for p in points]
+    selected = [metric_view(p, kind) for p in points]
     return envelope_response({"task_id": task_id, "metric": metric, "type": kind, "data": selected})
 
 
-def _metric_view(point: dict[str, Any], kind: str | None) -> dict[str, Any]:
+def metric_view(point: dict[str, Any], kind: str | None) -> dict[str, Any]:
     view: dict[str, Any] = {"value": point.get("value"), "timestamp": point.get("timestamp")}
     if kind == "epoch":
         view = {"epoch": point.get("epoch"), **view}
