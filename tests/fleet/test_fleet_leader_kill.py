@@ -102,6 +102,7 @@ def test_fl8_killing_the_kv_leader_mid_burst_loses_and_duplicates_nothing(
     )
 
 
+@pytest.mark.slow
 def test_with_every_nats_server_down_rest_answers_503_and_spool_files_wait_in_incoming(
     fleet: Fleet, cluster: NatsCluster
 ) -> None:

@@ -177,6 +177,7 @@ def test_drain_stops_new_placements_and_undo_restores_them(
     assert code == 400, body
 
 
+@pytest.mark.slow
 def test_fl3_daemon_away_past_the_ttl_its_training_goes_on_held_then_readopted(
     fleet: Fleet, cluster: NatsCluster
 ) -> None:
@@ -214,6 +215,7 @@ def test_fl3_daemon_away_past_the_ttl_its_training_goes_on_held_then_readopted(
     assert not duplicates(runs)
 
 
+@pytest.mark.slow
 def test_fl4_hold_a_host_back_on_a_new_boot_has_its_job_requeued_once(
     fleet: Fleet, cluster: NatsCluster
 ) -> None:
@@ -245,6 +247,7 @@ def test_fl4_hold_a_host_back_on_a_new_boot_has_its_job_requeued_once(
     assert runs[1].host == record.owner.node if record.owner else False
 
 
+@pytest.mark.slow
 def test_node_down_requeues_the_held_job_of_a_dead_host(fleet: Fleet, cluster: NatsCluster) -> None:
     """An operator marks a powered-off host down: its held job is requeued and completes
     elsewhere, once (from the beginning: the lost run saved no checkpoint). Refused (409)
@@ -324,6 +327,7 @@ async def claim_as(cluster: NatsCluster, actor: Actor, task_id: str, start: bool
         await nc.close()
 
 
+@pytest.mark.slow
 def test_fl5_hold_a_paused_daemon_keeps_its_job_and_clears_the_flag(
     fleet: Fleet, cluster: NatsCluster
 ) -> None:

@@ -32,7 +32,7 @@ from tests.fleet.test_fleet_loss import (
 )
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.fleet
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 REQUEUE = {
     "fleet": {"node_loss": "requeue", "fence_check": 0.5, "lost_after": 8.0},

@@ -17,7 +17,6 @@ pytest.importorskip("transformers")
 from bench.gpu import tiny_flux
 
 
-@pytest.mark.slow
 def test_the_tiny_flux_loads_encodes_and_denoises(tmp_path: Path) -> None:
     model = tiny_flux.build(tmp_path / "tiny-flux")
     index = json.loads((model / "model_index.json").read_text())
@@ -39,7 +38,6 @@ def test_the_tiny_flux_loads_encodes_and_denoises(tmp_path: Path) -> None:
     assert 0 < seen["parameters"]["transformer"] < 1_000_000
 
 
-@pytest.mark.slow
 def test_the_tokenizers_split_captions_into_known_tokens(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer, T5TokenizerFast
 

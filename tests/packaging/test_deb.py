@@ -229,7 +229,6 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_install_reinstall_remove_purge_in_a_debootstrap_root(deb: Path, debian_root: Path) -> None:
     root = debian_root

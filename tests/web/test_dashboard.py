@@ -9,8 +9,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.daemon_harness import DaemonProcess, wait_for
 from tests.jobfiles import job_document
 from tests.web.conftest import (
@@ -23,8 +21,6 @@ from tests.web.conftest import (
     submit_job,
     wait_status,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def expect(locator: Any) -> Any:

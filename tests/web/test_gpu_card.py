@@ -13,8 +13,6 @@ import pytest
 from tests.daemon_harness import DaemonProcess, kill_daemons
 from tests.web.conftest import shoot
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[2]
 FAKE_PYNVML = """\
 import sys

@@ -14,8 +14,6 @@ from tests.daemon_harness import DaemonProcess, kill_daemons, wait_for
 from tests.jobfiles import job_document
 from tests.web.conftest import shoot, start_daemon, submit_job, wait_status
 
-pytestmark = pytest.mark.slow
-
 
 def expect(locator: Any) -> Any:
     from playwright.sync_api import expect as playwright_expect

@@ -15,8 +15,6 @@ from tests.daemon_harness import DaemonProcess, kill_daemons, wait_for
 from tests.jobfiles import job_document
 from tests.web.conftest import shoot, start_daemon, submit_job, wait_status, watch
 
-pytestmark = pytest.mark.slow
-
 # Records each Notification the page creates (the headless browser shows none).
 RECORD_NOTIFICATIONS = """
 window.__notes = [];

@@ -15,8 +15,6 @@ import pytest
 from tests.daemon_harness import DaemonProcess, kill_daemons
 from tests.web.conftest import Watched, start_daemon
 
-pytestmark = pytest.mark.slow
-
 
 def tensorboard_smoothing(values: list[float | None], weight: float) -> list[float | None]:
     """TensorBoard's scalar-card smoothing: a debiased EMA; non-finite values pass through."""

@@ -21,8 +21,6 @@ from tests.web.conftest import (
     wait_status,
 )
 
-pytestmark = pytest.mark.slow
-
 
 def expect(locator: Any) -> Any:
     from playwright.sync_api import expect as playwright_expect
