@@ -17,13 +17,19 @@ Three real ``dpd serve`` hosts (a: 2 GPUs, b: 1, c: 4) on a real 3-node NATS clu
      (RPC to c), beside the same GET on c itself (the baseline), p50/p99; then c's daemon
      killed: the same GET on a answered from the KV record and stream DPD (the fallback).
      target p99 < 50 ms (RPC)
+  6. the agent's idle CPU: each fleet host's daemon with nothing to run (heartbeats, watches,
+     reaper, self-audit), beside one host with fleet mode off, over the same window.
+  7. event throughput into a replicated stream: job events published as the bridge publishes
+     them (``PublishWindow``, pipelined, one ``Nats-Msg-Id`` each) into an R3 stream and an R1
+     stream on the same cluster, alternated, best of ``ROUNDS``: what stream DPD's R3 costs.
 
-    python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--reads 300] [--quick]
+    python3 bench/bench_fleet.py [--idle 30] [--burst 60] [--reads 300] [--events 20000] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import shutil
@@ -35,11 +41,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
+from nats.js.api import StorageType, StreamConfig
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet_loss import loss_figures
+from dpd.events.publish_window import PublishWindow
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess
+from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet
 from tests.fleet.natscluster import NatsCluster, why_no_fleet_server
 from tests.jobfiles import job_document, make_data_root
@@ -49,6 +60,17 @@ SIZES = (1, 2, 4)
 P99_TARGET = 1.0
 LOST_CAS_TARGET = 0.5
 READ_P99_TARGET = 0.050
+ROUNDS = 2  # R1/R3 alternations of the event throughput figure
+EVENT = json.dumps(  # a typical step event, as the bridge publishes it
+    {
+        "type": "step",
+        "task_id": "bench-events",
+        "seq": 0,
+        "node": "a",
+        "timestamp": 1765000000.0,
+        "data": {"epoch": 1, "step": 120, "total_steps": 4000, "loss": 0.0731, "lr": 5e-05},
+    }
+).encode()
 
 
 def running_at(host: DaemonProcess, task_id: str) -> float | None:
@@ -114,7 +136,28 @@ def show(name: str, values: list[float]) -> str:
     )
 
 
-def single_host(root: Path, n: int) -> list[float]:
+def cpu_percent(pid: int, window: float) -> float:
+    """CPU of one process over ``window`` seconds, in percent of one core."""
+    process = psutil.Process(pid)
+    before = process.cpu_times()
+    started = time.monotonic()
+    time.sleep(window)
+    after = process.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return float(100 * used / (time.monotonic() - started))
+
+
+def idle_cpu(hosts: list[DaemonProcess], window: float) -> list[float]:
+    """Each daemon's CPU while it has nothing to do (the hosts measured one after another)."""
+    time.sleep(2)  # start-up work (imports, first polls, table snapshots) is not idle
+    out = []
+    for host in hosts:
+        assert host.process is not None
+        out.append(cpu_percent(host.process.pid, window))
+    return out
+
+
+def single_host(root: Path, n: int, window: float) -> tuple[list[float], float]:
     deepspeed, dp_dir = simulation_paths()
     host = DaemonProcess(
         root / "single",
@@ -135,13 +178,14 @@ def single_host(root: Path, n: int) -> list[float]:
     make_data_root(host.data)
     host.start()
     try:
+        [cpu] = idle_cpu([host], window)
 
         def doc(i: int) -> dict[str, Any]:
             d = job_document(host.data, queue=True, description=f"single-{i}")
             d["config"]["epochs"] = 1
             return d
 
-        return idle_latencies([host], doc, n)
+        return idle_latencies([host], doc, n), cpu
     finally:
         host.stop()
 
@@ -151,10 +195,12 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=30, help="jobs placed one at a time")
     parser.add_argument("--burst", type=int, default=60, help="jobs submitted at once")
     parser.add_argument("--reads", type=int, default=300, help="GETs per cross-host figure")
+    parser.add_argument("--events", type=int, default=20000, help="events per throughput run")
+    parser.add_argument("--window", type=float, default=10.0, help="idle CPU window, seconds")
     parser.add_argument("--quick", action="store_true", help="a few seconds, small sizes (CI)")
     args = parser.parse_args()
     if args.quick:
-        args.idle, args.burst, args.reads = 6, 12, 40
+        args.idle, args.burst, args.reads, args.events, args.window = 6, 12, 40, 2000, 2.0
     reason = why_no_fleet_server()
     if reason:
         print(f"bench_fleet: skipped: {reason}")
@@ -163,9 +209,10 @@ def main() -> int:
     cluster = NatsCluster(root / "nats", n=3, sync="always").up()
     fleet = Fleet(cluster, root / "fleet", {"a": 2, "b": 1, "c": 4})
     try:
-        baseline = single_host(root, args.idle)
+        baseline, single_cpu = single_host(root, args.idle, args.window)
         fleet.up()
         hosts = [fleet[h] for h in HOSTS]
+        fleet_cpu = idle_cpu(hosts, args.window)
         tag = uuid.uuid4().hex[:6]
 
         def doc(i: int) -> dict[str, Any]:
@@ -177,9 +224,9 @@ def main() -> int:
         idle = idle_latencies(hosts, doc, args.idle)
         before = stats(hosts)
         began = time.monotonic()
-        burst = [post(hosts[i % 3], doc(1000 + i))[0] for i in range(args.burst)]
-        for task_id in burst:
-            wait_running(hosts, task_id, timeout=300)
+        posted = [post(hosts[i % 3], doc(1000 + i)) for i in range(args.burst)]
+        burst = [task_id for task_id, _ in posted]
+        busy = [wait_running(hosts, task_id, timeout=300) - acked for task_id, acked in posted]
         placed_in = time.monotonic() - began
         after = stats(hosts)
         won = after["claims_won"] - before["claims_won"]
@@ -191,6 +238,7 @@ def main() -> int:
         print(
             f"burst of {args.burst} jobs (1/2/4 GPUs) on a, b, c: all running in {placed_in:.1f} s"
         )
+        print("  " + show("placement latency, busy (queued)", busy))
         print(
             f"  lost CAS per placed job {lost / max(1, won):.2f} ({lost} lost, {won} claims won)"
             f"  target < {LOST_CAS_TARGET}"
@@ -201,12 +249,79 @@ def main() -> int:
         long_job["config"]["epochs"] = 60
         for line in loss_figures(fleet, cluster, long_job):
             print(line)
+        print(f"agent idle CPU over {args.window:.0f} s (percent of one core)")
+        print(f"  one host, fleet off (baseline)     {single_cpu:5.2f} %")
+        for name, cpu in zip(HOSTS, fleet_cpu, strict=True):
+            print(f"  fleet host {name}                       {cpu:5.2f} %")
+        for line in asyncio.run(event_throughput(cluster, args.events)):
+            print(line)
         cross_host_reads(fleet, task_on(fleet, "c"), args.reads)  # kills c's daemon last
     finally:
         fleet.down()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+async def publish_all(nc: Any, stream: str, n: int) -> float:
+    """Events per second: ``n`` events into ``stream``, pipelined as the bridge sends them."""
+    done = asyncio.get_running_loop().create_future()
+    acked = failed = 0
+
+    def on_ack(key: Any, duplicate: bool) -> None:
+        nonlocal acked
+        acked += 1
+        if acked + failed == n and not done.done():
+            done.set_result(None)
+
+    def on_fail(key: Any) -> None:
+        nonlocal failed
+        failed += 1
+        if acked + failed == n and not done.done():
+            done.set_result(None)
+
+    window = PublishWindow(4096, 30.0, on_ack, on_fail)
+    await window.open(nc)
+    run = uuid.uuid4().hex[:8]
+    began = time.perf_counter()
+    for i in range(n):
+        await window.publish(f"{stream}.events", EVENT, f"{run}:{i}", i)
+    await asyncio.wait_for(done, timeout=120)
+    took = time.perf_counter() - began
+    if failed:
+        raise RuntimeError(f"{failed} of {n} publishes to {stream} failed")
+    return n / took
+
+
+async def event_throughput(cluster: NatsCluster, n: int) -> list[str]:
+    nc = await connect(cluster.urls, name="bench-events")
+    js = nc.jetstream()
+    best = {1: 0.0, 3: 0.0}
+    try:
+        for replicas in best:
+            await js.add_stream(
+                StreamConfig(
+                    name=f"BENCH_R{replicas}",
+                    subjects=[f"BENCH_R{replicas}.>"],
+                    storage=StorageType.FILE,
+                    num_replicas=replicas,
+                    duplicate_window=120.0,
+                )
+            )
+        for _ in range(ROUNDS):
+            for replicas in best:
+                rate = await publish_all(nc, f"BENCH_R{replicas}", n)
+                best[replicas] = max(best[replicas], rate)
+        for replicas in best:
+            await js.delete_stream(f"BENCH_R{replicas}")
+    finally:
+        await nc.close()
+    return [
+        f"event throughput, {n} job events pipelined, sync_interval always, best of {ROUNDS}",
+        f"  R1 stream (baseline)               {best[1]:9.0f} events/s",
+        f"  R3 stream (stream DPD in a fleet)  {best[3]:9.0f} events/s"
+        f"  ({best[3] / best[1]:.2f} x R1)",
+    ]
 
 
 def task_on(fleet: Fleet, node: str) -> str:
