@@ -53,6 +53,23 @@ class AckWindow:
         self._watermarks[task_id] = mark
         self.changed = True
 
+    def skip(self, task_id: str, through: int) -> None:
+        """Seqs up to ``through`` will never be published from here (a fleet task's events
+        on this host go on after other hosts' seqs, FLEET.md §9.7): count them as acked."""
+        mark = self._watermarks.get(task_id, 0)
+        if through <= mark:
+            return
+        mark = through
+        waiting = self._above.pop(task_id, set())
+        waiting = {seq for seq in waiting if seq > mark}
+        while mark + 1 in waiting:
+            mark += 1
+            waiting.discard(mark)
+        if waiting:
+            self._above[task_id] = waiting
+        self._watermarks[task_id] = mark
+        self.changed = True
+
     def forget(self, task_id: str) -> None:
         self._watermarks.pop(task_id, None)
         self._above.pop(task_id, None)

@@ -202,11 +202,17 @@ class JetStreamPublisher:
                 self._dirty[task_id] = None
 
     async def _send_in_order(self, task_id: str, events: list[Event], expected: int) -> None:
+        """Send ``events`` (read from disk after ``expected - 1``) in seq order. A jump on
+        disk is no lost event: the file of a fleet task starts, or goes on, after seqs that
+        other hosts published (FLEET.md §9.7), so the seqs skipped count as settled here."""
         for event in sorted(events, key=lambda e: int(e["seq"])):
-            if int(event["seq"]) != expected or task_id in self._rewind:
+            seq = int(event["seq"])
+            if task_id in self._rewind or seq < expected:
                 return
+            if seq > expected:
+                self.window.skip(task_id, seq - 1)
             await self.send(event, replay=True)
-            expected += 1
+            expected = seq + 1
 
     def _forget(self, task_id: str) -> None:
         self._sent.pop(task_id, None)

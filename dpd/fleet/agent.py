@@ -53,6 +53,7 @@ from dpd.fleet import audit as fleet_audit
 from dpd.fleet import fence as fleet_fence
 from dpd.fleet import operator as fleet_operator
 from dpd.fleet import submit as fleet_submit
+from dpd.fleet import views as fleet_views
 from dpd.fleet.kv import (
     TRANSIENT,
     Bucket,
@@ -115,6 +116,7 @@ PASS_PERIOD: Final = 1.0  # a pass at least this often (SCHEDULE_PERIOD, §9.2)
 CLAIM_ATTEMPTS: Final = 3
 FENCE_TRIES: Final = 4  # T3 refused on a stale direct read: the leader's view decides
 FENCE_PAUSE: Final = 0.05
+STREAM_READ: Final = 5.0  # seconds for the read of a task's last seq in stream DPD (§9.7)
 CONNECT_PAUSE: Final = 1.0
 FLEET: Final = "fleet"  # state.json's fleet section (§7.4)
 _TERMINAL_LOCAL: Final = {
@@ -549,7 +551,8 @@ class FleetAgent:
         task_id, attempt = record.task_id, record.attempt
         try:
             try:
-                for event in await asyncio.to_thread(self._materialize, record):
+                base = await self._seq_base(record)
+                for event in await asyncio.to_thread(self._materialize, record, base):
                     if isinstance(event, StatusEvent):  # a job that ended here, resumed
                         runfiles.announce(self.supervisor.emit, event)
                     else:
@@ -577,10 +580,25 @@ class FleetAgent:
             self.claiming.pop(task_id, None)
             self.wake()
 
-    def _materialize(self, record: JobRecord) -> list[dict[str, Any] | StatusEvent]:
+    async def _seq_base(self, record: JobRecord) -> int:
+        """The seq this host's events of ``record`` number on from (FLEET.md §9.7): 0 for a
+        first attempt; for a later one, the highest seq the fleet has used (the record's,
+        or the last in stream ``DPD``), so that this host's events are neither dropped by
+        the stream as duplicates of another host's ``Nats-Msg-Id`` nor mistaken for them.
+        No answer from the stream raises: the claim is then taken again later."""
+        if record.attempt <= 1:
+            return 0
+        assert self.nc is not None
+        prefix = self.config.nats.subject_prefix
+        published = await fleet_views.last_seq(self.nc, prefix, record.task_id, STREAM_READ)
+        return max(record.seq, published)
+
+    def _materialize(
+        self, record: JobRecord, base: int = 0
+    ) -> list[dict[str, Any] | StatusEvent]:
         """The job directory the supervisor runs, built with the store's own machinery
-        (state.json ``queued`` with ``fleet.attempt``, the first event); the events to
-        announce (none if the directory existed). Blocking."""
+        (state.json ``queued`` with ``fleet.attempt``, the first event, numbered after
+        ``base``); the events to announce (none if the directory existed). Blocking."""
         if record.spec is None:
             raise InsufficientResources("the record has no spec (a tombstone)")
         task_id = record.task_id
@@ -596,13 +614,14 @@ class FleetAgent:
                 record.submitted_by.source, ident.name, ident.sha256, ident.uid, ident.inode,
                 ident.mtime_ns,
             )  # fmt: skip
-            self.store.create_job(JobSpec.from_dict(spec), submission)
+            self.store.create_job(JobSpec.from_dict(spec), submission, first_seq=base + 1)
             events.extend(self.store.read_events(task_id))
         elif _ended_before(self.store.get(task_id), record.attempt):
             # T11/T12: a new attempt of a job that ended here, as the single-host resume;
             # the new attempt in the same write (a crash must not leave it queued unclaimed)
             announce = {"resume_from": resume_run} if resume_run else None
             stage = {"attempt": record.attempt, "stage": "claimed", "node": self.node}
+            self.store.set_next_seq(task_id, base + 1)  # other hosts' attempts came between
             events.append(self.store.transition(
                 task_id, TERMINAL, Status.QUEUED, announce=announce, resume_run=resume_run,
                 error=None, **{FLEET: stage},

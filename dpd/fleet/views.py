@@ -237,6 +237,21 @@ async def last_events(nc: NATS, prefix: str, task_id: str, timeout: float) -> di
     return out
 
 
+async def last_seq(nc: NATS, prefix: str, task_id: str, timeout: float) -> int:
+    """The seq of the last event of a task stored in stream ``DPD`` (0: none, or no stream):
+    one get of the last message on any of its subjects (a wildcard: server >= 2.11). Other
+    errors (no answer) are raised: a caller numbering on from it must not guess."""
+    js = nc.jetstream(timeout=timeout)
+    try:
+        msg = await js.get_last_msg(STREAM, job_subject(prefix, task_id, ">"))
+    except NotFoundError:
+        return 0
+    try:
+        return int(json.loads(msg.data or b"{}").get("seq", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0  # not a dpd event: nothing to number on from
+
+
 async def stream_events(
     nc: NATS, subject: str, from_start: bool, idle: float
 ) -> AsyncIterator[tuple[dict[str, Any] | None, int]]:

@@ -13,7 +13,10 @@ Guarantees:
   job it already became instead of a second job.
 - Listing and lookup use an in-memory index, independent of the number of job directories.
 - Every event of a task gets the next ``seq`` (gapless, from 1) and is appended to
-  ``events.jsonl`` before it is handed to anyone.
+  ``events.jsonl`` before it is handed to anyone. A fleet job is the exception
+  (FLEET.md §9.7): its seqs go on across the hosts its attempts ran on, so a host's file
+  starts, or goes on, after the seqs other hosts published (``first_seq``,
+  ``set_next_seq``); within one file seqs still only grow.
 
 Blocking: every method does file I/O or may; call them from a worker thread
 (``asyncio.to_thread``). The store is thread-safe; writes to one job are serialised.
@@ -205,10 +208,13 @@ class JobStore:
         with self._lock:
             return self._by_submission.get(key) if key else None
 
-    def create_job(self, spec: JobSpec, submission: Submission) -> dict[str, Any]:
+    def create_job(
+        self, spec: JobSpec, submission: Submission, first_seq: int = 1
+    ) -> dict[str, Any]:
         """Make the job durable and return its state. ``Conflict`` if the client's task_id
-        is taken (by another submission)."""
-        (result,) = self.create_jobs([(spec, submission)])
+        is taken (by another submission). ``first_seq``: the seq of its first event (a fleet
+        job taken over from other hosts numbers on from theirs)."""
+        (result,) = self.create_jobs([(spec, submission)], first_seq)
         if isinstance(result, DpdError):
             raise result
         return result
@@ -230,7 +236,7 @@ class JobStore:
             )
 
     def create_jobs(
-        self, requests: Sequence[tuple[JobSpec, Submission]]
+        self, requests: Sequence[tuple[JobSpec, Submission]], first_seq: int = 1
     ) -> list[dict[str, Any] | DpdError]:
         """Make several jobs durable at once (group commit: their directories are built and
         synced, renamed into place, then ``jobs/`` is fsynced once for all of them). One
@@ -242,7 +248,7 @@ class JobStore:
         results: list[dict[str, Any] | DpdError | None] = [None] * len(requests)
         todo = list(enumerate(requests))
         for _ in range(1000):
-            todo = self._create_batch(todo, results)
+            todo = self._create_batch(todo, results, first_seq)
             if not todo:
                 return cast(list[dict[str, Any] | DpdError], results)  # every one settled
         raise RuntimeError("could not find a free task id")
@@ -251,6 +257,7 @@ class JobStore:
         self,
         todo: Sequence[tuple[int, tuple[JobSpec, Submission]]],
         results: list[dict[str, Any] | DpdError | None],
+        first_seq: int,
     ) -> list[tuple[int, tuple[JobSpec, Submission]]]:
         """One round of ``create_jobs``; returns the requests whose generated id turned out
         to be taken by a directory (they go again with the next number)."""
@@ -260,7 +267,7 @@ class JobStore:
         try:
             for index, request in todo:
                 try:
-                    builds.append((index, self._start_job(*request)))
+                    builds.append((index, self._start_job(*request, first_seq)))
                 except DpdError as err:
                     results[index] = err
             JobDirBuild.sync_all([job.build for _, job in builds])
@@ -282,7 +289,7 @@ class JobStore:
             results[index] = dict(job.state)
         return retry
 
-    def _start_job(self, spec: JobSpec, submission: Submission) -> _NewJob:
+    def _start_job(self, spec: JobSpec, submission: Submission, first_seq: int) -> _NewJob:
         """Claim an id and a submission number, write the job's files under ``.new-*``."""
         requested = spec
         generated = spec.task_id is None
@@ -297,10 +304,12 @@ class JobStore:
         state = self._initial_state(
             spec, task_id, os.path.join(self.layout.jobs, task_id), submitted_seq
         )
-        event = self._event_record(task_id, 1, "status", {"status": "queued", "previous": None})
+        event = self._event_record(
+            task_id, first_seq, "status", {"status": "queued", "previous": None}
+        )
         files = self._job_files(spec, state, submission, event)
         build = JobDirBuild.start(self.layout.jobs, task_id, files)
-        return _NewJob(requested, spec, submission, state, build, generated)
+        return _NewJob(requested, spec, submission, state, build, generated, first_seq)
 
     def _register(self, job: _NewJob) -> None:
         task_id = job.state["task_id"]
@@ -308,7 +317,7 @@ class JobStore:
             self._states[task_id] = job.state
             self._generation += 1
             self._specs[task_id] = job.spec
-            self._event_seq[task_id] = 1
+            self._event_seq[task_id] = job.first_seq
             if job.submission.key:
                 self._by_submission[job.submission.key] = task_id
 
@@ -515,6 +524,15 @@ class JobStore:
             )
             return records
 
+    def set_next_seq(self, task_id: str, seq: int) -> None:
+        """The task's next event is numbered at least ``seq`` (FLEET.md §9.7: a host that
+        takes a fleet job back numbers on from what other hosts published meanwhile).
+        Nothing is written: the next event on disk carries the jump."""
+        with self._job_lock(task_id), self._lock:
+            if task_id not in self._states:
+                raise NotFound(f"task {task_id} does not exist", {"task_id": task_id})
+            self._event_seq[task_id] = max(self._event_seq.get(task_id, 0), seq - 1)
+
     def last_event_seq(self, task_id: str) -> int:
         with self._lock:
             return self._event_seq.get(task_id, 0)
@@ -579,6 +597,7 @@ class _NewJob:
     state: dict[str, Any]
     build: JobDirBuild
     generated_id: bool
+    first_seq: int
 
 
 def _recovered(task_id: str, announced: str | None, state: dict[str, Any]) -> StatusEvent:

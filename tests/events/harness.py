@@ -33,9 +33,9 @@ def make_store(root: Path) -> tuple[JobStore, Path]:
     return store, make_data_root(root / "data")
 
 
-def create_job(store: JobStore, data_root: Path, task_id: str) -> None:
+def create_job(store: JobStore, data_root: Path, task_id: str, first_seq: int = 1) -> None:
     spec = validate_job(job_document(data_root, task_id=task_id), data_roots=[data_root])
-    store.create_job(spec, Submission("rest"))
+    store.create_job(spec, Submission("rest"), first_seq=first_seq)
 
 
 class Outlet:
@@ -85,8 +85,8 @@ class Outlet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def new_job(self, task_id: str) -> None:
-        create_job(self.store, self.data_root, task_id)
+    def new_job(self, task_id: str, first_seq: int = 1) -> None:
+        create_job(self.store, self.data_root, task_id, first_seq)
         for event in self.store.read_events(task_id):
             self.bus.announce(event)
 

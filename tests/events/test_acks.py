@@ -51,3 +51,18 @@ def test_missing_or_garbled_record_means_start_over(tmp_path: Path) -> None:
     assert load_watermarks(path) == {}
     path.write_text(json.dumps({"tasks": {"a": "x", "b": 3, "c": -1}}))
     assert load_watermarks(path) == {"b": 3}
+
+
+def test_a_skip_counts_seqs_that_never_come_from_here_and_joins_acks_above_them() -> None:
+    window = AckWindow()
+    window.ack("t", 1)
+    window.ack("t", 42)  # acked before the skip that explains the hole
+    window.skip("t", 41)  # 2..41 were published by other hosts
+    assert window.watermark("t") == 42
+    window.ack("t", 43)
+    assert window.watermark("t") == 43
+    window.skip("t", 10)  # behind the watermark: nothing moves
+    assert window.watermark("t") == 43
+    window.changed = False
+    window.skip("t", 50)
+    assert window.watermark("t") == 50 and window.changed

@@ -190,3 +190,37 @@ async def test_a_lost_ack_record_republishes_everything_and_the_stream_drops_it(
     received = await consume_all(nats_server.url)
     assert_exactly_once(outlet, received, ["t"])
     await outlet.stop()
+
+
+async def test_a_fleet_tasks_events_that_go_on_after_other_hosts_seqs_are_all_published(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """FLEET.md §9.7: a host that takes over a fleet job numbers its events on from the seqs
+    other hosts published (its file starts at 41), and a later attempt back on this host
+    jumps again (to 90). Every event on disk reaches the stream under its own seq, the
+    watermark ends at the last one, and nothing is left to catch up; a restart publishes
+    nothing twice."""
+    outlet = await ready_outlet(tmp_path, nats_server.url)
+    outlet.new_job("moved", first_seq=41)
+    await emit_steps(outlet, "moved", range(1, 11))
+    await wait_until(lambda: outlet.store.last_event_seq("moved") == 61)
+    await asyncio.to_thread(outlet.store.set_next_seq, "moved", 90)
+    await emit_steps(outlet, "moved", range(11, 16))
+    await wait_until(lambda: outlet.store.last_event_seq("moved") == 99)
+    on_disk = [e["seq"] for e in outlet.disk_events("moved")]
+    assert on_disk == [*range(41, 62), *range(90, 100)]
+    await wait_until(lambda: outlet.bridge.status()["acked"] == len(on_disk))
+    await wait_until(lambda: outlet.bridge.status()["acked_seq_lag"] == 0)
+    received = await consume_all(nats_server.url)
+    assert sorted(p["seq"] for p in received) == on_disk
+    by_seq = {p["seq"]: p for p in received}
+    assert all(by_seq[e["seq"]] == e for e in outlet.disk_events("moved"))
+    await outlet.stop()
+    record = json.loads(acks_path(tmp_path / "state").read_text())
+    assert record["tasks"] == {"moved": 99}
+    await outlet.crash()
+    await outlet.start()  # the watermark covers the jumps: nothing is sent again
+    await wait_until(lambda: outlet.bridge.status()["stream_ready"])
+    await asyncio.sleep(0.5)
+    assert outlet.bridge.status()["published"] == 0
+    await outlet.stop()

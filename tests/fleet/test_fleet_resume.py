@@ -3,19 +3,26 @@ as a new attempt in the fleet's record that any eligible node may claim; it runs
 from its checkpoint, and the run oracle sees exactly two runs of it, one after the other.
 
 Hosts a (2 GPUs), b (1) and c (4) on a real 3-node NATS cluster; the job needs 4 GPUs, so
-only c can run it, both times (c takes over its own ended job directory).
+only c can run it, both times (c takes over its own ended job directory). A second job is
+resumed on another host than its first run's: its events go on in stream ``DPD`` after the
+first host's (§9.7), none dropped as a duplicate of the other host's message ids.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from dpd.events.subjects import job_subject
 from dpd.fleet.records import JobRecord, JobState
+from dpd.fleet.views import read_all
 from dpd.supervisor import outputs
+from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_hosts import kv_records
@@ -97,3 +104,74 @@ def test_a_job_stopped_on_c_is_resumed_through_a_and_runs_once_more(fleet: Fleet
     # resuming it again: it completed, so the single-host refusal
     code, body = fleet["b"].request("POST", f"/api/v1/training/{task_id}/resume")
     assert code == 409 and body["data"]["status"] == "completed", body
+
+
+def drain(fleet: Fleet, node: str, undo: bool = False) -> None:
+    code, body = fleet["b"].request("POST", f"/api/v1/fleet/nodes/{node}/drain", {"undo": undo})
+    assert code == 200 and body["data"]["draining"] is not undo, body
+
+
+def in_stream(fleet: Fleet, task_id: str) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        nc = await connect(fleet.cluster.urls, name="resume-test")
+        try:
+            return await read_all(nc, job_subject("dpd", task_id, ">"), timeout=10)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def local_events(fleet: Fleet, host: str, task_id: str) -> list[dict[str, Any]]:
+    path = fleet[host].spool / "jobs" / task_id / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
+    fleet: Fleet,
+) -> None:
+    """Run 1 on a (c drained), stopped; resumed through b with a drained: run 2 on c. c's
+    events.jsonl starts after the last seq a published, so stream ``DPD`` holds every event
+    of both hosts once, under distinct seqs: a's, then c's (the ``completed`` among them)."""
+    task_id = f"moved-{uuid.uuid4().hex[:8]}"
+    doc = fleet.job(task_id=task_id, data_parallel=2)  # a (2 GPUs) or c (4)
+    doc["config"].update(epochs=60, checkpoint_every_n_epochs=2)
+    drain(fleet, "c")
+    try:
+        code, body = fleet["a"].request("POST", "/api/v1/training/start", doc)
+        assert code == 201, body
+        wait_for(lambda: record_in(fleet, task_id, JobState.RUNNING), timeout=60, interval=0.2)
+        wait_for(lambda: checkpointed(fleet, task_id), timeout=60, interval=0.2)
+        code, body = fleet["b"].request("POST", f"/api/v1/training/stop/{task_id}")
+        assert code in (200, 202), body
+        wait_for(lambda: record_in(fleet, task_id, JobState.STOPPED), timeout=30)
+    finally:
+        drain(fleet, "c", undo=True)
+    drain(fleet, "a")
+    try:
+        code, body = fleet["b"].request("POST", f"/api/v1/training/{task_id}/resume")
+        assert code == 200, body
+        done = wait_for(
+            lambda: record_in(fleet, task_id, JobState.COMPLETED, JobState.FAILED),
+            timeout=90,
+            interval=0.2,
+        )
+    finally:
+        drain(fleet, "a", undo=True)
+    assert done.state is JobState.COMPLETED and done.owner is not None, done
+    assert done.owner.node == "c", done
+
+    on_a, on_c = local_events(fleet, "a", task_id), local_events(fleet, "c", task_id)
+    assert on_c[0]["seq"] > on_a[-1]["seq"], (on_a[-1], on_c[0])  # c numbered on from a
+    expected = {(e["node"], e["seq"]) for e in on_a + on_c}
+
+    def all_stored() -> list[dict[str, Any]] | None:
+        stored = in_stream(fleet, task_id)
+        return stored if {(e["node"], e["seq"]) for e in stored} >= expected else None
+
+    stored = wait_for(all_stored, timeout=30, interval=0.5)
+    seqs = [e["seq"] for e in stored]
+    assert len(seqs) == len(set(seqs)) == len(on_a) + len(on_c)  # each once, none shared
+    assert [e for e in stored if e["node"] == "c"] == on_c  # c's very records, in order
+    last = stored[-1]
+    assert last["type"] == "status" and last["data"]["status"] == "completed", last

@@ -141,6 +141,30 @@ def test_event_seq_is_gapless_and_survives_a_restart(
     assert [e["seq"] for e in reloaded.read_events(task_id, after_seq=3)] == [4, 5]
 
 
+def test_a_fleet_job_numbers_on_from_other_hosts_seqs_and_keeps_that_over_a_restart(
+    store: JobStore, layout: SpoolLayout, data_root: Path, tmp_path: Path
+) -> None:
+    """FLEET.md §9.7: a job taken over from other hosts starts at ``first_seq``; one taken
+    back after them jumps with ``set_next_seq`` (never backwards); a reload goes on from
+    the file."""
+    task_id = store.create_job(spec_for(data_root), Submission("rest"), first_seq=41)["task_id"]
+    assert [e["seq"] for e in store.read_events(task_id)] == [41]
+    assert store.append_event(task_id, "log", {})["seq"] == 42
+    store.set_next_seq(task_id, 90)
+    store.set_next_seq(task_id, 50)  # behind what is already promised: no change
+    assert [r["seq"] for r in store.append_events(task_id, [("log", {}), ("log", {})])] == [
+        90,
+        91,
+    ]
+    reloaded = JobStore(layout, tmp_path / "outputs", "n")
+    reloaded.load()
+    assert reloaded.last_event_seq(task_id) == 91
+    assert reloaded.append_event(task_id, "log", {})["seq"] == 92
+    assert [e["seq"] for e in reloaded.read_events(task_id, after_seq=42)] == [90, 91, 92]
+    with pytest.raises(NotFound):
+        reloaded.set_next_seq("nobody", 5)
+
+
 def test_lookup_of_unknown_task_is_not_found(store: JobStore) -> None:
     with pytest.raises(NotFound):
         store.get("nope")
