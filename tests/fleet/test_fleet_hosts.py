@@ -48,7 +48,8 @@ def kv_records(cluster: NatsCluster) -> dict[str, JobRecord]:
     election) is tried again for up to 30 s."""
 
     async def read() -> dict[str, JobRecord]:
-        nc = await connect(cluster.urls)
+        async with asyncio.timeout(10):
+            nc = await connect(cluster.urls)
         table = WatchedTable(Bucket(nc.jetstream(), jobs_spec("dpd", cluster.n)))
         watching = asyncio.create_task(table.run())
         try:
@@ -57,19 +58,30 @@ def kv_records(cluster: NatsCluster) -> dict[str, JobRecord]:
             records = (JobRecord.from_json(e.entry.value) for e in table.entries.values())
             return {r.task_id: r for r in records}
         finally:
+            # bounded: after a server restart nats-py's unsubscribe or close can wait for
+            # good (seen once in the chaos run, the reader then hung for minutes)
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
-            await nc.close()
+            await asyncio.wait({watching}, timeout=5)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await nc.close()
 
     deadline = time.monotonic() + 30
     while True:
+        loop = asyncio.new_event_loop()  # closed without waiting on what may still hang
         try:
-            return asyncio.run(read())
+            return loop.run_until_complete(read())
         except Exception:  # timeouts, no responders while the cluster elects a leader
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+        finally:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=2))
+            loop.close()
 
 
 def submit(fleet: Fleet, host: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
