@@ -51,6 +51,7 @@ from dpd.crashpoints import crash_point
 from dpd.errors import Conflict, DpdError, InsufficientResources
 from dpd.fleet import audit as fleet_audit
 from dpd.fleet import fence as fleet_fence
+from dpd.fleet import heads as fleet_heads
 from dpd.fleet import operator as fleet_operator
 from dpd.fleet import submit as fleet_submit
 from dpd.fleet import views as fleet_views
@@ -164,6 +165,7 @@ class FleetAgent:
         self.alive: Bucket | None = None  # phase 3: the reaper's and node-down's leader reads
         self.nodes: Bucket | None = None  # phase 3: drain, node-down
         self.reaper: Reaper | None = None
+        self.heads = fleet_heads.HeadPublisher(self.node, config.nats.subject_prefix)
         self.audits = 0
         self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
         self._wake = asyncio.Event()
@@ -441,11 +443,22 @@ class FleetAgent:
             try:
                 await self.place_once()
                 await self.apply_outbox()
+                await self.publish_heads()
                 await self._audit_now_and_then()  # phase 3: self-audit (§9.2 step 8)
             except (Unavailable, OutcomeUnknown, *TRANSIENT) as err:
                 log.warning("fleet pass: NATS unavailable (%r); next pass soon", err)
             except Exception:
                 log.exception("fleet placement pass failed; trying again")
+
+    async def publish_heads(self) -> None:
+        """This node's status changes to records it does not own, to stream DPD (§9.7)."""
+        if self.nc is not None and self.connected:
+            await self.heads.publish(self.nc, [r for r, _ in self.records()])
+
+    async def seq_floor(self, task_id: str) -> int:
+        """The last seq stream DPD holds for the task (an announcement numbers after it)."""
+        prefix = self.config.nats.subject_prefix
+        return await fleet_heads.seq_floor(self.nc, prefix, task_id, STREAM_READ)
 
     async def place_once(self) -> None:
         assert self.heartbeat is not None
@@ -844,6 +857,7 @@ class FleetAgent:
         self.reaper = Reaper(
             self.node, self.jobs, self.alive, self.job_table, self.alive_table,
             self.node_table, self.policy(), self.fleet.heartbeat_interval,
+            seq_floor=self.seq_floor,
         )  # fmt: skip
         await run_reaper(self.reaper, lambda: self.connected)
 

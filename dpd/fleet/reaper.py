@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from dpd.fleet.heads import with_floor
 from dpd.fleet.kv import TRANSIENT, Bucket, CasConflict, Entry, OutcomeUnknown, Unavailable
 from dpd.fleet.records import (
     SPAWNABLE,
@@ -206,8 +207,10 @@ class Reaper:
         policy: Policy,
         heartbeat_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        seq_floor: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self.me = me
+        self.seq_floor = seq_floor  # the stream's last seq of a task (§9.7); None: 0
         self.jobs = jobs
         self.alive = alive
         self.job_table = job_table
@@ -285,12 +288,17 @@ class Reaper:
         self, task_id: str, read: AliveRead, down: dict[str, Any] | None, absent: float
     ) -> bool:
         seen: list[JobRecord] = []
+        # what the owner published may be past the record's seq: the events this change
+        # announces number after both (FLEET.md §9.7)
+        floor = await self.seq_floor(task_id) if self.seq_floor is not None else 0
 
         def fn(entry: Entry | None) -> bytes | None:
             if entry is None:
                 return None
             record = JobRecord.from_json(entry.value)
-            new = change_for(record, read, down, absent, self.policy, self.me, time.time())
+            new = change_for(
+                with_floor(record, floor), read, down, absent, self.policy, self.me, time.time()
+            )
             if new is None:
                 return None
             seen[:] = [record, new]

@@ -28,6 +28,7 @@ from dpd.events.subjects import job_subject
 from dpd.fleet import resume as fleet_resume
 from dpd.fleet import views as fv
 from dpd.fleet.agent import FleetAgent
+from dpd.fleet.heads import with_floor
 from dpd.fleet.kv import TRANSIENT, CasConflict, Entry, OutcomeUnknown, Unavailable
 from dpd.fleet.records import Desired, JobRecord, JobState, enc
 from dpd.fleet.rpc import Call, RpcClient, RpcError, RpcRequest, verb_for
@@ -366,10 +367,13 @@ class FleetViews:
         jobs = self.agent.jobs
         assert jobs is not None
 
+        floor = await self.agent.seq_floor(record.task_id)  # the event numbers after it
+
         def t8(entry: Entry | None) -> bytes | None:
             if entry is None:
                 raise TransitionRefused("T8 cancel", "the record is gone")
-            return cancel(JobRecord.from_json(entry.value), self.node, time.time()).to_json()
+            current = with_floor(JobRecord.from_json(entry.value), floor)
+            return cancel(current, self.node, time.time()).to_json()
 
         try:
             result = await jobs.cas_update(enc(record.task_id), t8)
@@ -379,6 +383,7 @@ class FleetViews:
         except (CasConflict, Unavailable, OutcomeUnknown, *TRANSIENT) as err:
             raise ServiceUnavailable(f"the cancel could not be recorded: {err}") from err
         assert result.entry is not None
+        self.agent.wake()  # its pass publishes the announcement
         done = JobRecord.from_json(result.entry.value)
         data = {
             "task_id": done.task_id,
@@ -403,6 +408,7 @@ class FleetViews:
         if jobs is None or not self.agent.connected:
             raise ServiceUnavailable("the fleet queue is not connected yet")
         output_dir = Path(self.agent.store.output_root) / task_id
+        floor = await self.agent.seq_floor(task_id)  # the event numbers after it
 
         def t12(entry: Entry | None) -> bytes | None:
             if entry is None or not entry.present:
@@ -419,7 +425,7 @@ class FleetViews:
                     f"task {task_id} has no checkpoint to resume from",
                     {"task_id": task_id, "output_dir": str(output_dir)},
                 )
-            return resume_record(current, self.node, time.time()).to_json()
+            return resume_record(with_floor(current, floor), self.node, time.time()).to_json()
 
         try:
             result = await jobs.cas_update(enc(task_id), t12)
@@ -428,6 +434,7 @@ class FleetViews:
         except (CasConflict, Unavailable, OutcomeUnknown, *TRANSIENT) as err:
             raise ServiceUnavailable(f"the resume could not be recorded: {err}") from err
         assert result.entry is not None
+        self.agent.wake()  # its pass publishes the announcement
         done = JobRecord.from_json(result.entry.value)
         self.agent.wake()
         data = {**fv.kv_detail(done, {}), **_fleet(done, self.node)}

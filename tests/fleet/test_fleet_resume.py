@@ -167,11 +167,41 @@ def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
 
     def all_stored() -> list[dict[str, Any]] | None:
         stored = in_stream(fleet, task_id)
-        return stored if {(e["node"], e["seq"]) for e in stored} >= expected else None
+        nodes = {e["node"] for e in stored}
+        seen = {(e["node"], e["seq"]) for e in stored}
+        return stored if seen >= expected and "b" in nodes else None
 
     stored = wait_for(all_stored, timeout=30, interval=0.5)
     seqs = [e["seq"] for e in stored]
-    assert len(seqs) == len(set(seqs)) == len(on_a) + len(on_c)  # each once, none shared
+    # each once, none shared: a's events, b's announcement of the resume, c's events
+    assert len(seqs) == len(set(seqs)) == len(on_a) + 1 + len(on_c)
+    [resumed] = [e for e in stored if e["node"] == "b"]
+    assert resumed["data"]["status"] == "queued" and resumed["data"]["resumed"] is True
+    assert on_a[-1]["seq"] < resumed["seq"] < on_c[0]["seq"], (on_a[-1], resumed, on_c[0])
     assert [e for e in stored if e["node"] == "c"] == on_c  # c's very records, in order
     last = stored[-1]
     assert last["type"] == "status" and last["data"]["status"] == "completed", last
+
+
+def test_a_queued_job_cancelled_through_another_host_shows_stopped_in_the_stream(
+    fleet: Fleet,
+) -> None:
+    """T8 (§9.7): no host holds the job (every one drains), so the host that takes the stop
+    records it in the fleet's record and publishes its ``stopped`` to stream ``DPD``."""
+    task_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    for node in ("a", "b", "c"):
+        drain(fleet, node)
+    try:
+        code, body = fleet["a"].request(
+            "POST", "/api/v1/training/start", fleet.job(task_id=task_id)
+        )
+        assert code == 201, body
+        code, body = fleet["c"].request("POST", f"/api/v1/training/stop/{task_id}")
+        assert code == 200 and body["data"]["status"] == "stopped", body
+    finally:
+        for node in ("a", "b", "c"):
+            drain(fleet, node, undo=True)
+    stored = wait_for(lambda: in_stream(fleet, task_id), timeout=30, interval=0.5)
+    assert [(e["node"], e["seq"], e["data"]["status"]) for e in stored] == [("c", 2, "stopped")]
+    assert stored[0]["data"]["previous"] == "queued"
+    assert record_in(fleet, task_id, JobState.STOPPED) is not None
