@@ -27,6 +27,11 @@ Phase 4 (``dpd.fleet.fence``): in ``node_loss = "requeue"`` mode claims carry th
 contract, and the daemon stops every fleet run it owns once its lease has run out (its shims
 do the same on their own, ``dpd.supervisor.lease``).
 
+The publication gate and muting (FLEET.md §9.7, ``dpd.fleet.publication``): the daemon
+hands the agent its NATS bridge (``attach_outlet``); a fleet task's events leave this node
+only while its lease is fresh and the job table, confirmed after a renewal, names this
+node and the local attempt; a superseded attempt is muted for good.
+
 Not yet: the janitor.
 """
 
@@ -66,6 +71,7 @@ from dpd.fleet.kv import (
     nodes_spec,
 )
 from dpd.fleet.placer import Claim, PeerView, plan_claims
+from dpd.fleet.publication import EventOutlet, Publication
 from dpd.fleet.reaper import Policy, Reaper, run_reaper
 from dpd.fleet.reaper import change_for as reaper_change
 from dpd.fleet.reconcile import end_unrecorded, rebooted_since
@@ -164,6 +170,7 @@ class FleetAgent:
         self.reaper: Reaper | None = None
         self.audits = 0
         self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
+        self.publication = Publication(self)  # the gate of §9.7
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -171,6 +178,10 @@ class FleetAgent:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def attach_outlet(self, outlet: EventOutlet) -> None:
+        """The NATS bridge: gate this node's fleet task events (§9.7)."""
+        self.publication.attach(outlet)
 
     @property
     def connected(self) -> bool:
@@ -181,13 +192,16 @@ class FleetAgent:
         and place until cancelled. ``NameTaken`` and a closed connection propagate."""
         self.nc = await self._connect()
         jobs, alive, nodes, heartbeat = await self._set_up(self.nc)
-        self.job_table = WatchedTable(jobs, on_change=self._changed)
+        self.job_table = WatchedTable(jobs, on_change=self._job_changed)
         self.alive_table = WatchedTable(alive, on_change=self._changed)
         self.node_table = WatchedTable(nodes)
         self.supervisor.on_wake = self.wake
+        heartbeat.on_renewed = self.publication.renewed
+        self.publication.renewed()  # the first beat (``_set_up``) renewed the lease
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(heartbeat.run(), name="fleet heartbeat")
+                group.create_task(self.publication.confirm_loop(), name="fleet gate")
                 if self.fleet.node_loss == fleet_fence.REQUEUE:  # phase 4: daemon fence
                     group.create_task(self._fence_loop(), name="fleet fence")
                 for table in (self.job_table, self.alive_table, self.node_table):
@@ -196,6 +210,7 @@ class FleetAgent:
                     await table.ready.wait()
                 await self._reconcile_at_start()  # phase 3: before placement (§9.5)
                 self.ready.set()
+                self.publication.reopen()  # fleet tasks' publication opened (§9.5, §9.7)
                 log.info("fleet: %s registered (instance %s)", self.node, self.me.instance)
                 group.create_task(self._placement_loop(), name="fleet placement")
                 group.create_task(self._reaper_loop(), name="fleet reaper")  # phase 3
@@ -254,6 +269,10 @@ class FleetAgent:
 
     def _changed(self, key: str) -> None:
         self.wake()
+
+    def _job_changed(self, key: str) -> None:
+        self.wake()
+        self.publication.reopen()  # a record moved: a held task may be let out now
 
     # --------------------------------------------------------------- facts
 
@@ -549,6 +568,7 @@ class FleetAgent:
         task_id, attempt = record.task_id, record.attempt
         try:
             try:
+                await self.publication.unmute_for(task_id, attempt)  # §9.7: requeued here
                 for event in await asyncio.to_thread(self._materialize, record):
                     if isinstance(event, StatusEvent):  # a job that ended here, resumed
                         runfiles.announce(self.supervisor.emit, event)
@@ -576,6 +596,7 @@ class FleetAgent:
         finally:
             self.claiming.pop(task_id, None)
             self.wake()
+            self.publication.reopen()  # held while claimed: the local attempt is settled
 
     def _materialize(self, record: JobRecord) -> list[dict[str, Any] | StatusEvent]:
         """The job directory the supervisor runs, built with the store's own machinery
@@ -654,6 +675,7 @@ class FleetAgent:
                 break
             await asyncio.sleep(FENCE_PAUSE)
         log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, refused, attempt)
+        await self.publication.mute(task_id)  # §9.7: a superseded claim's events stay here
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
                 self.store.transition, task_id, Status.QUEUED, Status.STOPPED,
