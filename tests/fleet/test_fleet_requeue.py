@@ -15,18 +15,15 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import nats
 import pytest
 
-from dpd.events.acks import acks_path
-from dpd.events.subjects import job_subject
 from dpd.fleet.records import FenceMode, JobRecord, JobState, enc
 from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_loss import (
+    ack_record,
     back,
     checkpointed,
     drain,
@@ -34,6 +31,7 @@ from tests.fleet.test_fleet_loss import (
     power_off,
     record_of,
     run_on_b,
+    stream_events,
 )
 from tests.waiting import wait_for
 
@@ -90,39 +88,6 @@ def history(cluster: NatsCluster, task_id: str) -> list[JobRecord]:
             await nc.close()
 
     return asyncio.run(read())
-
-
-def stream_events(cluster: NatsCluster, task_id: str) -> list[dict[str, Any]]:
-    """Every event of the task that stream ``DPD`` holds, in stream order."""
-
-    async def read() -> list[dict[str, Any]]:
-        nc = await connect(cluster.urls)
-        try:
-            js = nc.jetstream()
-            last = (await js.stream_info("DPD")).state.last_seq  # a running job adds more
-            sub = await js.pull_subscribe(job_subject("dpd", task_id, ">"), stream="DPD")
-            found: list[dict[str, Any]] = []
-            done = False
-            while not done:
-                try:
-                    batch = await sub.fetch(500, timeout=1)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    break
-                for msg in batch:
-                    found.append(json.loads(msg.data))
-                    await msg.ack()
-                    done = done or msg.metadata.sequence.stream >= last
-            await sub.unsubscribe()
-            return found
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
-
-
-def ack_record(fleet: Fleet, name: str) -> dict[str, Any]:
-    path = acks_path(fleet[name].root / "state")
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def test_fl4_requeue_a_powered_off_host_s_job_resumes_elsewhere_after_ttl_and_lost_after(
