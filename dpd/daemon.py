@@ -121,6 +121,8 @@ class Daemon:
             self.fleet = FleetAgent(config, store, supervisor, monitor, bus.announce)
             intake.commit = self.fleet.commit_batch
             middlewares.append(fleet_submit.middleware(self.fleet, intake))
+            if self.nats is not None:  # the publication gate of fleet tasks (FLEET.md §9.7)
+                self.fleet.attach_outlet(self.nats)
         # --- end of fleet mode
         # --- fleet mode, phase 2 (FLEET.md §9.6–§9.8): any host shows and stops any job
         self.fleet_views: Any = None

@@ -9,6 +9,10 @@ What this guarantees: an event at or below a stored watermark was acked by the s
 What it does not: events acked after the last write are not in the file; after a crash
 they are published again and the stream drops them by ``Nats-Msg-Id`` while within its
 ``duplicate_window`` (see nats_bridge for the consequence beyond it).
+
+The same file keeps the muted tasks (fleet mode, FLEET.md §9.7): task → the attempt whose
+events must never be published (it was superseded on another host). They are written in
+the same atomic write as the watermarks, so the two never disagree on disk.
 """
 
 from __future__ import annotations
@@ -70,6 +74,16 @@ class AckWindow:
         self._watermarks[task_id] = mark
         self.changed = True
 
+    def preset(self, task_id: str, seq: int) -> None:
+        """Count everything up to ``seq`` as done: events that must never be published
+        (a muted attempt's, when a later attempt of the task starts here)."""
+        self._above.pop(task_id, None)
+        if seq > 0:
+            self._watermarks[task_id] = seq
+        else:
+            self._watermarks.pop(task_id, None)
+        self.changed = True
+
     def forget(self, task_id: str) -> None:
         self._watermarks.pop(task_id, None)
         self._above.pop(task_id, None)
@@ -84,22 +98,38 @@ def acks_path(state_dir: Path) -> Path:
 
 
 def load_watermarks(path: Path) -> dict[str, int]:
-    """The record, or nothing (first start; an unreadable file is logged and replaced —
-    everything is then republished and the stream's dedup drops what it already holds)."""
+    """The watermarks of the record (see ``load_record``)."""
+    return load_record(path)[0]
+
+
+def load_record(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The watermarks and the muted tasks, or nothing (first start; an unreadable file is
+    logged and replaced — everything is then republished and the stream's dedup drops what
+    it already holds; a fleet node's gate mutes a superseded task again)."""
     try:
         raw = json.loads(path.read_bytes())
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, ValueError) as err:
         log.error("ignoring unreadable %s (%s); republishing from the start", path, err)
-        return {}
-    tasks = raw.get("tasks") if isinstance(raw, dict) else None
-    if not isinstance(tasks, dict):
-        return {}
-    return {str(k): int(v) for k, v in tasks.items() if isinstance(v, int) and v > 0}
+        return {}, {}
+    if not isinstance(raw, dict):
+        return {}, {}
+    return _counts(raw.get("tasks"), 1), _counts(raw.get("muted"), 0)
 
 
-def save_watermarks(path: Path, watermarks: dict[str, int]) -> None:
+def _counts(section: object, least: int) -> dict[str, int]:
+    if not isinstance(section, dict):
+        return {}
+    return {str(k): v for k, v in section.items() if isinstance(v, int) and v >= least}
+
+
+def save_watermarks(
+    path: Path, watermarks: dict[str, int], muted: dict[str, int] | None = None
+) -> None:
     """Blocking (fsync): call from a worker thread."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"version": 1, "tasks": watermarks}, 0o640)
+    record: dict[str, object] = {"version": 1, "tasks": watermarks}
+    if muted:
+        record["muted"] = muted
+    write_json_atomic(path, record, 0o640)

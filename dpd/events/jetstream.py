@@ -14,6 +14,16 @@ Each message carries ``Nats-Msg-Id: <task_id>:<seq>``; a re-send of something th
 already holds is dropped by the server (``PubAck.duplicate``), so a durable consumer sees
 every seq exactly once.
 
+Fleet mode (FLEET.md §9.7) adds a publication gate, passed in by the daemon's wiring (this
+package knows nothing of the fleet): before a task's events go out, ``gate(task_id)`` says
+publish, hold or mute. A held task waits on disk, exactly as during a NATS outage, in a
+held set that neither the audit nor the fast path looks at (no busy loop) until
+``reoffer()`` — called when the gate may have opened — makes it dirty again. A muted task
+(an attempt superseded on another host) is skipped by ``offer``, ``audit`` and
+``catch_up`` for good; the mute is kept in acked.json, so it survives a restart, until
+``unmute`` when a later attempt of the task starts here: its events before that point are
+counted as done, never published. Without a gate nothing changes.
+
 Known limits: dedup holds only within the stream's ``duplicate_window`` (set to
 ``DUPLICATE_WINDOW``). Events acked in the last ``flush_interval`` before a daemon crash
 are not in acked.json; if the daemon comes back later than the window, those few are
@@ -27,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -35,7 +47,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from dpd.errors import NotFound
-from dpd.events.acks import AckWindow, load_watermarks, save_watermarks
+from dpd.events.acks import AckWindow, load_record, save_watermarks
 from dpd.events.publish_window import PublishWindow
 from dpd.events.subjects import encode_payload, job_subject, message_id, stream_subjects
 
@@ -46,6 +58,19 @@ DUPLICATE_WINDOW: Final = 120.0  # seconds; the server's default, stated explici
 IN_FLIGHT_LIMIT: Final = 4096  # unacked publishes at once (each is on disk already)
 
 Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Gating:
+    """A publication gate's answer for one task (fleet mode, FLEET.md §9.7)."""
+
+    publish: bool
+    mute: int | None = None  # superseded for good: mute the task (this attempt of it)
+
+
+PUBLISH: Final = Gating(True)
+HOLD: Final = Gating(False)
+PublishGate = Callable[[str], Gating]
 
 
 class EventJournal(Protocol):
@@ -106,18 +131,34 @@ class JetStreamPublisher:
         self.duplicates = 0
         self.failed = 0
         self.republished = 0
+        self.gate: PublishGate | None = None  # fleet mode: set by the daemon's wiring
+        self._held: set[str] = set()  # tasks the gate holds, until reoffer()
+        self._muted: dict[str, int] = {}  # task -> the attempt muted for good
+        self._muted_changed = False
+        self._saving = asyncio.Lock()  # one write at a time: an older one never lands last
+        self._loaded = False  # a save before the load would wipe the record
 
     async def load(self) -> None:
-        marks = await asyncio.to_thread(load_watermarks, self.acks_file)
+        marks, muted = await asyncio.to_thread(load_record, self.acks_file)
         self.window = AckWindow(marks)
         self._sent = dict(marks)
+        self._muted = {**muted, **self._muted}  # a mute made before the load stands
+        self._loaded = True
 
     async def save(self) -> None:
-        """Write acked.json if anything was acked since the last write."""
-        if not self.window.changed:
-            return
-        self.window.changed = False
-        await asyncio.to_thread(save_watermarks, self.acks_file, self.window.snapshot())
+        """Write acked.json if anything was acked (or muted) since the last write."""
+        async with self._saving:
+            if not self._loaded or not (self.window.changed or self._muted_changed):
+                return
+            muted_changed, self._muted_changed = self._muted_changed, False
+            self.window.changed = False
+            try:
+                await asyncio.to_thread(
+                    save_watermarks, self.acks_file, self.window.snapshot(), dict(self._muted)
+                )
+            except BaseException:
+                self._muted_changed |= muted_changed  # a mute must reach the disk
+                raise
 
     async def ensure_stream(self, nc: NATS, max_age: int, max_bytes: int) -> None:
         """Create or update stream DPD, and listen for acks on this connection."""
@@ -148,10 +189,65 @@ class JetStreamPublisher:
     def mark_dirty(self, task_id: str) -> None:
         self._dirty[task_id] = None
 
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    def muted(self, task_id: str) -> int | None:
+        """The attempt of ``task_id`` that is muted, or None."""
+        return self._muted.get(task_id)
+
+    def mute(self, task_id: str, attempt: int) -> None:
+        """Never publish this task's events again (a superseded attempt, §9.7); kept in
+        acked.json at the next ``save``. In-flight publishes still get their acks."""
+        self._muted[task_id] = attempt
+        self._muted_changed = True
+        self._dirty.pop(task_id, None)
+        self._held.discard(task_id)
+        self._rewind.pop(task_id, None)
+
+    def unmute(self, task_id: str, after_seq: int) -> None:
+        """A later attempt of the task starts here: publish again, from ``after_seq + 1``
+        (what lies at or below it belongs to the muted attempt and is never published)."""
+        self._muted.pop(task_id, None)
+        self._muted_changed = True
+        self._rewind.pop(task_id, None)
+        self.window.preset(task_id, after_seq)
+        if after_seq > 0:
+            self._sent[task_id] = after_seq
+        else:
+            self._sent.pop(task_id, None)
+        self._dirty[task_id] = None
+
+    def reoffer(self) -> int:
+        """The gate may have opened: every held task is looked at again; how many."""
+        held, self._held = self._held, set()
+        for task_id in held:
+            self._dirty[task_id] = None
+        return len(held)
+
+    def _may_publish(self, task_id: str) -> bool:
+        """Not muted, not held, and the gate (if any) lets it out now."""
+        if task_id in self._muted or task_id in self._held:
+            return False
+        if self.gate is None:
+            return True
+        answer = self.gate(task_id)
+        if answer.publish:
+            return True
+        if answer.mute is not None:
+            self.mute(task_id, answer.mute)
+        else:
+            self._held.add(task_id)
+        return False
+
     def audit(self) -> int:
-        """Mark every task whose disk holds more than was sent; returns how many."""
+        """Mark every task whose disk holds more than was sent (neither muted nor held);
+        returns how many."""
         found = 0
         for task_id in self.journal.task_ids():
+            if task_id in self._muted or task_id in self._held:
+                continue
             if self.journal.last_event_seq(task_id) > self._sent.get(task_id, 0):
                 if task_id not in self._dirty:
                     found += 1
@@ -163,6 +259,7 @@ class JetStreamPublisher:
         return sum(
             max(0, self.journal.last_event_seq(t) - self.window.watermark(t))
             for t in self.journal.task_ids()
+            if t not in self._muted
         )
 
     # --------------------------------------------------------------- sending
@@ -170,8 +267,8 @@ class JetStreamPublisher:
     async def offer(self, event: Event) -> None:
         """The fast path: an event straight from the bus, sent if it is the next one."""
         task_id = event["task_id"]
-        if task_id in self._dirty:
-            return  # the catch-up from disk will include it
+        if task_id in self._dirty or task_id in self._held or task_id in self._muted:
+            return  # the catch-up from disk will include it (muted: nothing will)
         seq = int(event["seq"])
         sent = self._sent.get(task_id, 0)
         if seq <= sent:
@@ -179,12 +276,16 @@ class JetStreamPublisher:
         if seq > sent + 1:
             self._dirty[task_id] = None  # something in between was missed: go to disk
             return
+        if not self._may_publish(task_id):
+            return  # on disk: sent when the gate opens (or never, if muted)
         await self.send(event)
 
     async def catch_up(self) -> None:
         """Publish, from events.jsonl, what the first dirty task has not sent yet."""
         task_id = next(iter(self._dirty))
         del self._dirty[task_id]  # back at the end if it stays dirty: no task starves
+        if not self._may_publish(task_id):
+            return  # held (back at reoffer) or muted
         if task_id in self._rewind:
             self._sent[task_id] = min(self._sent.get(task_id, 0), self._rewind.pop(task_id))
         after = self._sent.get(task_id, 0)
@@ -208,6 +309,8 @@ class JetStreamPublisher:
         for event in sorted(events, key=lambda e: int(e["seq"])):
             seq = int(event["seq"])
             if task_id in self._rewind or seq < expected:
+                return
+            if task_id in self._muted:  # muted while the file was read
                 return
             if seq > expected:
                 self.window.skip(task_id, seq - 1)
@@ -269,5 +372,7 @@ class JetStreamPublisher:
             "republished": self.republished,
             "in_flight": self.in_flight,
             "catching_up": len(self._dirty),
+            "held": len(self._held),
+            "muted": len(self._muted),
             "acked_seq_lag": self.lag(),
         }

@@ -16,6 +16,10 @@ While NATS is away:
   Preprocess and model-download events are not in events.jsonl; they get core semantics.
 GPU snapshots are state, not history: only the latest is kept and published.
 
+Fleet mode (FLEET.md §9.7): the daemon's wiring hands the JetStream publisher a publication
+gate (``set_gate``) and mutes superseded tasks (``mute``/``unmute``); ``reopen`` is called
+when the gate may have opened. Without a gate (fleet off) nothing is held.
+
 Errors: connection problems are retried forever and shown in ``status()["last_error"]``;
 an unexpected error in the publisher is logged and the loop goes on after a pause.
 """
@@ -38,7 +42,7 @@ from nats.aio.client import Client as NATS
 from dpd.config import NatsConfig
 from dpd.events.acks import acks_path
 from dpd.events.bus import EventBus
-from dpd.events.jetstream import EventJournal, JetStreamPublisher
+from dpd.events.jetstream import EventJournal, JetStreamPublisher, PublishGate
 from dpd.events.nats_options import connect_options, reconnect_delay, redact_url
 from dpd.events.subjects import encode_payload, event_subject, gpu_subject
 
@@ -117,6 +121,35 @@ class NatsBridge:
             "data": {"gpus": [_as_dict(gpu) for gpu in snapshot]},
         }
         self._wake.set()
+
+    # ------------------------------------------------ fleet mode (FLEET.md §9.7)
+
+    def set_gate(self, gate: PublishGate) -> None:
+        """Job events of a task leave only when ``gate`` lets them (JetStream mode)."""
+        if self.jetstream is not None:
+            self.jetstream.gate = gate
+
+    def reopen(self) -> None:
+        """The gate may have opened: look at the held tasks again."""
+        if self.jetstream is not None and self.jetstream.reoffer():
+            self._wake.set()
+
+    def muted(self, task_id: str) -> int | None:
+        return self.jetstream.muted(task_id) if self.jetstream is not None else None
+
+    async def mute(self, task_id: str, attempt: int) -> None:
+        """Never publish this task's events again; on disk before this returns (unless
+        the write failed: then at the next flush)."""
+        if self.jetstream is not None:
+            self.jetstream.mute(task_id, attempt)
+            await self._save_acks(self.jetstream)
+
+    async def unmute(self, task_id: str, after_seq: int) -> None:
+        """A later attempt starts here: publish its events, those after ``after_seq``."""
+        if self.jetstream is not None:
+            self.jetstream.unmute(task_id, after_seq)
+            await self._save_acks(self.jetstream)
+            self._wake.set()
 
     @property
     def connected(self) -> bool:

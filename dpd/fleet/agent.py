@@ -27,6 +27,11 @@ Phase 4 (``dpd.fleet.fence``): in ``node_loss = "requeue"`` mode claims carry th
 contract, and the daemon stops every fleet run it owns once its lease has run out (its shims
 do the same on their own, ``dpd.supervisor.lease``).
 
+The publication gate and muting (FLEET.md §9.7, ``dpd.fleet.publication``): the daemon
+hands the agent its NATS bridge (``attach_outlet``); a fleet task's events leave this node
+only while its lease is fresh and the job table, confirmed after a renewal, names this
+node and the local attempt; a superseded attempt is muted for good.
+
 Not yet: the janitor.
 """
 
@@ -68,6 +73,7 @@ from dpd.fleet.kv import (
     nodes_spec,
 )
 from dpd.fleet.placer import Claim, PeerView, plan_claims
+from dpd.fleet.publication import EventOutlet, Publication
 from dpd.fleet.reaper import Policy, Reaper, run_reaper
 from dpd.fleet.reaper import change_for as reaper_change
 from dpd.fleet.reconcile import end_unrecorded, rebooted_since
@@ -168,6 +174,7 @@ class FleetAgent:
         self.heads = fleet_heads.HeadPublisher(self.node, config.nats.subject_prefix)
         self.audits = 0
         self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
+        self.publication = Publication(self)  # the gate of §9.7
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -175,6 +182,10 @@ class FleetAgent:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def attach_outlet(self, outlet: EventOutlet) -> None:
+        """The NATS bridge: gate this node's fleet task events (§9.7)."""
+        self.publication.attach(outlet)
 
     @property
     def connected(self) -> bool:
@@ -185,13 +196,16 @@ class FleetAgent:
         and place until cancelled. ``NameTaken`` and a closed connection propagate."""
         self.nc = await self._connect()
         jobs, alive, nodes, heartbeat = await self._set_up(self.nc)
-        self.job_table = WatchedTable(jobs, on_change=self._changed)
+        self.job_table = WatchedTable(jobs, on_change=self._job_changed)
         self.alive_table = WatchedTable(alive, on_change=self._changed)
         self.node_table = WatchedTable(nodes)
         self.supervisor.on_wake = self.wake
+        heartbeat.on_renewed = self.publication.renewed
+        self.publication.renewed()  # the first beat (``_set_up``) renewed the lease
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(heartbeat.run(), name="fleet heartbeat")
+                group.create_task(self.publication.confirm_loop(), name="fleet gate")
                 if self.fleet.node_loss == fleet_fence.REQUEUE:  # phase 4: daemon fence
                     group.create_task(self._fence_loop(), name="fleet fence")
                 for table in (self.job_table, self.alive_table, self.node_table):
@@ -200,6 +214,7 @@ class FleetAgent:
                     await table.ready.wait()
                 await self._reconcile_at_start()  # phase 3: before placement (§9.5)
                 self.ready.set()
+                self.publication.reopen()  # fleet tasks' publication opened (§9.5, §9.7)
                 log.info("fleet: %s registered (instance %s)", self.node, self.me.instance)
                 group.create_task(self._placement_loop(), name="fleet placement")
                 group.create_task(self._reaper_loop(), name="fleet reaper")  # phase 3
@@ -258,6 +273,10 @@ class FleetAgent:
 
     def _changed(self, key: str) -> None:
         self.wake()
+
+    def _job_changed(self, key: str) -> None:
+        self.wake()
+        self.publication.reopen()  # a record moved: a held task may be let out now
 
     # --------------------------------------------------------------- facts
 
@@ -565,6 +584,7 @@ class FleetAgent:
         try:
             try:
                 base = await self._seq_base(record)
+                await self.publication.unmute_for(task_id, attempt)  # §9.7: requeued here
                 for event in await asyncio.to_thread(self._materialize, record, base):
                     if isinstance(event, StatusEvent):  # a job that ended here, resumed
                         runfiles.announce(self.supervisor.emit, event)
@@ -592,6 +612,7 @@ class FleetAgent:
         finally:
             self.claiming.pop(task_id, None)
             self.wake()
+            self.publication.reopen()  # held while claimed: the local attempt is settled
 
     async def _seq_base(self, record: JobRecord) -> int:
         """The seq this host's events of ``record`` number on from (FLEET.md §9.7): 0 for a
@@ -686,6 +707,7 @@ class FleetAgent:
                 break
             await asyncio.sleep(FENCE_PAUSE)
         log.warning("%s: fence refused (%s); abandoning attempt %d", task_id, refused, attempt)
+        await self.publication.mute(task_id)  # §9.7: a superseded claim's events stay here
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
                 self.store.transition, task_id, Status.QUEUED, Status.STOPPED,

@@ -7,12 +7,19 @@ the stream leader; afterwards, every ``period``, the table is read first and onl
 whose table record calls for a step is read again from the leader before anything is done
 (the table is a hint, §3.4).
 
+A superseded local attempt (an orphan, an abandoned claim) is muted in the NATS publisher
+before it is stopped or marked (§9.7, ``dpd.fleet.publication``): its events stay in its
+events.jsonl and never reach stream ``DPD``, also after a restart. Events of the other
+cases (a lost run failed after a reboot, a run fenced while its daemon was paused) wait
+behind the publication gate until the job table, confirmed after a lease renewal, shows
+whether this node still owns that attempt: published if so, muted if another attempt
+replaced it.
+
 Where this differs from §9.5: the start-up pass runs once the agent is connected, after the
 supervisor re-attached the last daemon's runs (the daemon starts the agent after
 ``supervisor.start()``), so an orphan is a re-attached run that is then stopped, rather
-than one never re-attached; and the publication gate of §9.7 is not built, so the local
-status events of a superseded run (an orphan stopped, a lost run failed after a reboot)
-still reach stream ``DPD``.
+than one never re-attached; its events and those of the recovery before it are held by
+the publication gate until this pass has run.
 """
 
 from __future__ import annotations
@@ -123,10 +130,12 @@ async def _carry_out(agent: FleetAgent, task_id: str, step: Step, record: JobRec
         log.info("%s: re-adopted after a restart; node_state lost cleared", task_id)
     elif step is Step.ORPHAN:
         log.warning("%s: the fleet record no longer names this run; stopping it", task_id)
+        await agent.publication.mute(task_id)  # before the stop writes its events (§9.7)
         await agent.supervisor.stop(task_id, force=True)
         await asyncio.to_thread(_mark_superseded, agent, task_id)
     elif step is Step.ABANDON:
         log.warning("%s: the claim is no longer this node's; abandoning it", task_id)
+        await agent.publication.mute(task_id)
         await asyncio.to_thread(_mark_superseded, agent, task_id)
     elif step is Step.CONTINUE and record is not None and record.owner is not None:
         if not agent.take_again(record):

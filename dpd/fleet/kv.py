@@ -327,6 +327,12 @@ class Bucket:
         (or was trimmed). Deleted and expired keys come back with ``present`` False."""
         return await self._leader_msg(subject=self.subject(key))
 
+    async def last_revision(self) -> int:
+        """The bucket's last revision (its stream's last sequence), as the stream leader
+        answers ``STREAM.INFO``: what a watcher must have applied to be this recent."""
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq or 0)
+
     async def get(self, key: str) -> Entry | None:
         """A direct get (any replica, maybe stale): a hint, for read → decide → CAS."""
         try:

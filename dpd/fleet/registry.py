@@ -160,6 +160,7 @@ class Heartbeat:
         default=lambda: ((), (), 0, False)
     )
     on_recreated: Callable[[], Awaitable[None] | None] | None = None
+    on_renewed: Callable[[], None] | None = None  # after each success (the gate, §9.7)
     clock: Callable[[], float] = boottime
     last_ok: float | None = None  # BOOTTIME at which the last successful beat was sent
     beats: int = 0
@@ -214,6 +215,8 @@ class Heartbeat:
         self.last_ok = sent
         if self.state_dir is not None:  # fsync: off the loop
             await asyncio.to_thread(write_lease, self.state_dir, sent)
+        if self.on_renewed is not None:
+            self.on_renewed()
 
     async def beat(self) -> bool:
         """One heartbeat; True when it was stored. A conflict means the key expired (a pause,

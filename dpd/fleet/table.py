@@ -53,7 +53,9 @@ class WatchedTable:
         self.on_change = on_change
         self.retry_pause = retry_pause
         self.entries: dict[str, TableEntry] = {}
+        self.revision = 0  # the newest revision applied to ``entries``
         self.ready = asyncio.Event()
+        self._advanced = asyncio.Event()
         self.rebuilds = 0
         self._rebuild = asyncio.Event()
 
@@ -62,6 +64,18 @@ class WatchedTable:
 
     def rebuild(self) -> None:
         self._rebuild.set()
+
+    async def reached(self, revision: int) -> None:
+        """Wait until ``entries`` reflect the bucket as of ``revision`` at least (the caller
+        bounds the wait: a watcher cut off may never get there before its rebuild)."""
+        while self.revision < revision:
+            self._advanced.clear()
+            await self._advanced.wait()
+
+    def _advance(self, revision: int) -> None:
+        if revision > self.revision:
+            self.revision = revision
+            self._advanced.set()
 
     async def run(self) -> None:
         while True:
@@ -100,6 +114,7 @@ class WatchedTable:
                     await self._apply(target, update, notify=snapshot is None)
                 if snapshot is not None and initial_done and await self._complete(newest, floor):
                     self._install(snapshot)
+                    self._advance(max(newest, floor))
                     snapshot = None
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
@@ -133,6 +148,8 @@ class WatchedTable:
             old = table.get(update.key)
             if old is None or old.entry.revision != entry.revision:
                 table[update.key] = TableEntry(entry, self.clock())
+        if notify:
+            self._advance(int(update.revision or 0))
         if notify and self.on_change is not None:
             result = self.on_change(update.key)
             if result is not None:

@@ -6,7 +6,13 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpd.events.acks import AckWindow, acks_path, load_watermarks, save_watermarks
+from dpd.events.acks import (
+    AckWindow,
+    acks_path,
+    load_record,
+    load_watermarks,
+    save_watermarks,
+)
 
 
 def test_watermark_waits_for_the_hole_to_fill() -> None:
@@ -66,3 +72,25 @@ def test_a_skip_counts_seqs_that_never_come_from_here_and_joins_acks_above_them(
     window.changed = False
     window.skip("t", 50)
     assert window.watermark("t") == 50 and window.changed
+
+
+def test_muted_tasks_are_kept_in_the_same_record(tmp_path: Path) -> None:
+    path = acks_path(tmp_path / "state")
+    save_watermarks(path, {"a": 7}, {"a": 2, "b": 1})
+    assert load_record(path) == ({"a": 7}, {"a": 2, "b": 1})
+    assert load_watermarks(path) == {"a": 7}
+    save_watermarks(path, {"a": 7}, {})
+    assert load_record(path) == ({"a": 7}, {})
+    path.write_text(json.dumps({"tasks": {"a": 1}, "muted": {"a": "x", "b": 0}}))
+    assert load_record(path) == ({"a": 1}, {"b": 0})
+
+
+def test_a_preset_watermark_counts_everything_up_to_it_as_done() -> None:
+    window = AckWindow({"t": 3})
+    window.ack("t", 9)  # above a hole
+    window.preset("t", 20)
+    assert window.watermark("t") == 20 and window.changed
+    window.ack("t", 21)
+    assert window.watermark("t") == 21
+    window.preset("t", 0)
+    assert window.snapshot() == {}

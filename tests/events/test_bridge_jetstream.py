@@ -158,9 +158,9 @@ async def test_acks_are_saved_in_batches_not_one_write_per_ack(
     writes: list[dict[str, int]] = []
     real_save = jetstream.save_watermarks
 
-    def counting_save(path: Path, marks: dict[str, int]) -> None:
+    def counting_save(path: Path, marks: dict[str, int], muted: dict[str, int]) -> None:
         writes.append(marks)
-        real_save(path, marks)
+        real_save(path, marks, muted)
 
     monkeypatch.setattr(jetstream, "save_watermarks", counting_save)
     outlet = await ready_outlet(tmp_path, nats_server.url, consumer=False)

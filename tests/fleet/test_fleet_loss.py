@@ -20,8 +20,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import nats
 import pytest
 
+from dpd.events.acks import acks_path
+from dpd.events.subjects import job_subject
 from dpd.fleet.kv import Bucket, Entry, jobs_spec
 from dpd.fleet.records import Fence, JobRecord, JobState, enc
 from dpd.fleet.transitions import Actor, ClaimFacts, NodeFacts, claim
@@ -61,6 +64,39 @@ def whole_fleet(fleet: Fleet) -> Iterator[None]:
 
 def record_of(cluster: NatsCluster, task_id: str) -> JobRecord | None:
     return kv_records(cluster).get(task_id)
+
+
+def stream_events(cluster: NatsCluster, task_id: str) -> list[dict[str, Any]]:
+    """Every event of the task that stream ``DPD`` holds, in stream order."""
+
+    async def read() -> list[dict[str, Any]]:
+        nc = await connect(cluster.urls)
+        try:
+            js = nc.jetstream()
+            last = (await js.stream_info("DPD")).state.last_seq  # a running job adds more
+            sub = await js.pull_subscribe(job_subject("dpd", task_id, ">"), stream="DPD")
+            found: list[dict[str, Any]] = []
+            done = False
+            while not done:
+                try:
+                    batch = await sub.fetch(500, timeout=1)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break
+                for msg in batch:
+                    found.append(json.loads(msg.data))
+                    await msg.ack()
+                    done = done or msg.metadata.sequence.stream >= last
+            await sub.unsubscribe()
+            return found
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def ack_record(fleet: Fleet, name: str) -> dict[str, Any]:
+    path = acks_path(fleet[name].root / "state")
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def nodes(fleet: Fleet, host: str = "a") -> dict[str, dict[str, Any]]:
@@ -345,8 +381,19 @@ def test_fl5_hold_a_paused_daemon_keeps_its_job_and_clears_the_flag(
         time.sleep(3.0)  # well past the ttl: still held, never requeued in hold mode
         record = record_of(cluster, task_id)
         assert record is not None and record.lost is not None and record.attempt == 1
+        published_by_b = max(e["seq"] for e in stream_events(cluster, task_id) if e["node"] == "b")
     finally:
         process.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    # §9.7: b still owns attempt 1: its gate holds the events written since the pause only
+    # until a renewal and the table read after it, then lets them out, in order
+    wait_for(
+        lambda: any(e["node"] == "b" and e["seq"] > published_by_b
+                    for e in stream_events(cluster, task_id)),
+        timeout=30,
+        interval=0.2,
+    )  # fmt: skip
+    released_after = time.monotonic() - resumed
     cleared = wait_for(
         lambda: (lambda r: r if r is not None and r.lost is None else None)(
             record_of(cluster, task_id)
@@ -359,3 +406,11 @@ def test_fl5_hold_a_paused_daemon_keeps_its_job_and_clears_the_flag(
     assert done.state is JobState.COMPLETED and done.attempt == 1 and done.requeues == 0
     runs = [r for r in fleet.runs() if r.task == task_id]
     assert len(runs) == 1 and runs[0].completed and runs[0].host == "b"
+    last = json.loads(
+        (fleet["b"].spool / "jobs" / task_id / "events.jsonl").read_text().splitlines()[-1]
+    )
+    wait_for(lambda: ack_record(fleet, "b")["tasks"].get(task_id) == last["seq"], timeout=30)
+    assert task_id not in ack_record(fleet, "b").get("muted", {})
+    seqs = sorted(e["seq"] for e in stream_events(cluster, task_id) if e["node"] == "b")
+    assert seqs[-1] == last["seq"]
+    print(f"FL5 hold: b's events since the pause published {released_after:.1f} s after SIGCONT")

@@ -11,6 +11,7 @@ run of every trainer: two runs of a task at once would show there.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_loss import (
+    ack_record,
     back,
     checkpointed,
     drain,
@@ -29,6 +31,7 @@ from tests.fleet.test_fleet_loss import (
     power_off,
     record_of,
     run_on_b,
+    stream_events,
 )
 from tests.waiting import wait_for
 
@@ -149,8 +152,10 @@ def test_fl5_requeue_a_paused_daemon_s_shim_fences_its_trainer_before_the_requeu
         assert fenced[0].host == "b"
         log = (fleet["b"].spool / "jobs" / task_id / "train.log").read_text()
         assert "Manually quitting" in log  # the shim's save_quit: it saved, then quit
+        published_by_b = max(e["seq"] for e in stream_events(cluster, task_id) if e["node"] == "b")
     finally:
         process.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
     local = wait_for(
         lambda: (lambda s: s if s and s.get("status") == "failed" else None)(
             fleet["b"].job_state(task_id)
@@ -159,6 +164,24 @@ def test_fl5_requeue_a_paused_daemon_s_shim_fences_its_trainer_before_the_requeu
         interval=0.3,
     )
     assert (local.get("error") or {}).get("reason") == "fenced", local.get("error")
+    # §9.7: b's gate held the superseded attempt's events until its table, confirmed after
+    # a renewal, showed attempt 2, then muted the task; nothing of it left b after SIGCONT
+    # (without the gate, b's ack record shows it publishing them instead)
+    decided = wait_for(
+        lambda: (lambda r: r if r.get("muted", {}).get(task_id) == 1
+                 or r.get("tasks", {}).get(task_id, 0) > published_by_b else None)(
+            ack_record(fleet, "b")
+        ),
+        timeout=30,
+    )  # fmt: skip
+    muted_after = time.monotonic() - resumed
+    late = [(e["seq"], e["type"]) for e in stream_events(cluster, task_id)
+            if e["node"] == "b" and e["seq"] > published_by_b]  # fmt: skip
+    assert not late, late
+    assert decided["tasks"].get(task_id, 0) <= published_by_b, decided
+    assert decided["muted"] == {task_id: 1}
+    events = (fleet["b"].spool / "jobs" / task_id / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["seq"] > published_by_b  # they exist, on b's disk
     done = wait_for(lambda: finished(cluster, task_id), timeout=90, interval=0.5)
     assert done.state is JobState.COMPLETED and done.attempt == 2, done.result
     runs = sorted((r for r in fleet.runs() if r.task == task_id), key=lambda r: r.start)
@@ -170,5 +193,9 @@ def test_fl5_requeue_a_paused_daemon_s_shim_fences_its_trainer_before_the_requeu
     assert all(r.updated_by != "b" for r in revisions[first_of_2:]), [
         (r.updated_by, r.state.value) for r in revisions[first_of_2:]
     ]
+    late = [e["seq"] for e in stream_events(cluster, task_id)
+            if e["node"] == "b" and e["seq"] > published_by_b]  # fmt: skip
+    assert not late, late  # still nothing, the job done on another host
     print(f"FL5 requeue: trainer fenced {stopped_after:.1f} s into the pause, "
-          f"job requeued and running again after {requeued_after:.1f} s")  # fmt: skip
+          f"job requeued and running again after {requeued_after:.1f} s; "
+          f"b's stale events muted {muted_after:.1f} s after SIGCONT")  # fmt: skip
