@@ -179,7 +179,7 @@ def test_fl5_requeue_a_paused_daemon_s_shim_fences_its_trainer_before_the_requeu
             if e["node"] == "b" and e["seq"] > published_by_b]  # fmt: skip
     assert not late, late
     assert decided["tasks"].get(task_id, 0) <= published_by_b, decided
-    assert decided["muted"] == {task_id: 1}
+    assert decided["muted"].get(task_id) == 1, decided  # (FL4's task may be muted too)
     events = (fleet["b"].spool / "jobs" / task_id / "events.jsonl").read_text().splitlines()
     assert json.loads(events[-1])["seq"] > published_by_b  # they exist, on b's disk
     done = wait_for(lambda: finished(cluster, task_id), timeout=90, interval=0.5)
