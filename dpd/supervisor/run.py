@@ -85,9 +85,11 @@ class JobRun:
 
     # ---------------------------------------------------------------- launch
 
-    def launch(self, state: dict[str, Any]) -> None:
-        """Start the run's task: launch, then follow to the outcome."""
-        self.task = asyncio.create_task(self._guarded(self._launch(state)), name=self.task_id)
+    def start(self, state: dict[str, Any] | None = None) -> None:
+        """Start the run's task: launch a queued run (its ``state``), then follow it to the
+        outcome; without a state, follow a recovered run (``recover``)."""
+        body = self._launch(state) if state is not None else self._follow()
+        self.task = asyncio.create_task(self._guarded(body), name=self.task_id)
 
     async def _launch(self, state: dict[str, Any]) -> None:
         async with self._lock:
@@ -261,17 +263,24 @@ class JobRun:
     async def check_health(self, alive: bool) -> None:
         """A pass of the watch saw the run: end it if it hangs; notice a vanished shim."""
         reason = self.watch.trouble() if self.phase is RunPhase.RUNNING else None
-        if reason is None:
-            if self.shim is not None and not alive:
-                await self._lost()
-            return
+        if reason is not None:
+            await self.stop_failing(reason, StopReason.FAILURE)
+        elif self.shim is not None and not alive:
+            await self._lost()
+
+    async def stop_failing(self, reason: str, why: StopReason) -> None:
+        """The daemon's own stop of a running run, staged like a user's: it hangs or hit a
+        fatal error (FAILURE), or, in fleet requeue mode, this node's lease ran out (FENCED,
+        FLEET.md §9.4; ``reason`` is then ``fenced``). The run ends ``failed`` with
+        ``reason``. A run not running is left as it is (a stop came first; a launching
+        run's shim fences it itself)."""
         async with self._lock:
             if self.phase is not RunPhase.RUNNING:
-                return  # a stop came first
+                return
             log.warning("%s: %s; stopping it", self.task_id, reason)
-            # edge: running -> (failing): hung or a fatal error; the staged stop runs
+            # edge: running -> (failing); the staged stop runs
             self.failure_reason = reason
-            self.stop_reason = StopReason.FAILURE
+            self.stop_reason = why
             await self._begin_stop()
 
     async def _lost(self) -> None:
@@ -285,18 +294,6 @@ class JobRun:
             self.failure_reason = found.exit.reason if found.exit else "the run was lost"
 
     # --------------------------------------------------------------- outcome
-
-    async def fence(self) -> None:
-        """Fleet requeue mode: this node's lease ran out (FLEET.md §9.4). The run is stopped,
-        staged like a user's stop, and ends ``failed`` with reason ``fenced``. A run not
-        running (launching, stopping, ended) is left as it is: its shim fences it."""
-        async with self._lock:
-            if self.phase is not RunPhase.RUNNING:
-                return
-            log.warning("%s: this node's fleet lease ran out; stopping it (fenced)", self.task_id)
-            self.failure_reason = FENCED
-            self.stop_reason = StopReason.FENCED
-            await self._begin_stop()
 
     async def _finish(self, exit_status: ExitStatus | None) -> None:
         if exit_status is not None and exit_status.fenced and self.failure_reason is None:
@@ -354,13 +351,8 @@ class JobRun:
                                 stopped_at=utc_now(), ended_at=utc_now())  # fmt: skip
                 else:
                     # edge: running -> queued (restart; nothing ran: safe to queue again)
-                    await _move(
-                        self.ctx,
-                        self.task_id,
-                        Status.RUNNING,
-                        Status.QUEUED,
-                        announce={"relaunch": True},
-                    )
+                    await _move(self.ctx, self.task_id, Status.RUNNING, Status.QUEUED,
+                                announce={"relaunch": True})  # fmt: skip
                     log.warning("%s: dpd stopped while launching it; queued again", self.task_id)
                 self.phase = RunPhase.ENDED
                 return False
@@ -377,10 +369,6 @@ class JobRun:
                     self.failure_reason = found.exit.reason if found.exit else "the run was lost"
             log.info("re-attached %s: %s", self.task_id, found.kind)
             return True
-
-    def follow(self) -> None:
-        """Start following a recovered run."""
-        self.task = asyncio.create_task(self._guarded(self._follow()), name=self.task_id)
 
     async def cancel(self) -> None:
         """The daemon is closing: stop watching (the shim owns the trainer and goes on).

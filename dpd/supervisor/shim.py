@@ -48,17 +48,28 @@ import errno
 import fcntl
 import json
 import os
-import select
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dpd.spool.atomic import write_json_atomic
-from dpd.supervisor import lease, proctree
-from dpd.supervisor.lease import FenceOrder
+from dpd.supervisor import proctree
+from dpd.supervisor.shim_fleet import (
+    DUPLICATE_PREVENTED,
+    FENCED,
+    kill_leftovers,
+    take_run_lock,
+    wait_fenced,
+)
+from dpd.supervisor.shim_leftovers import (
+    KILL_WAIT,
+    find_leftovers,
+    log,
+    signal_all,
+    wait_until_empty,
+)
 from dpd.supervisor.shim_protocol import EXIT_FILE as EXIT_FILE
 from dpd.supervisor.shim_protocol import JOB_MARKER as JOB_MARKER
 from dpd.supervisor.shim_protocol import LAUNCH_FILE as LAUNCH_FILE
@@ -74,18 +85,7 @@ EXIT_ALREADY_RUNNING = 3
 EXIT_BAD_LAUNCH = 4
 
 PR_SET_CHILD_SUBREAPER = 36
-POLL_INTERVAL = 0.05
-KILL_WAIT = 5.0
 RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ)
-
-
-def log(message: str) -> None:
-    """One line to the shim's stderr (shim.log): the only diagnostics channel it has.
-    A raw write, not print: the SIGTERM handler logs too, and a buffered stream entered
-    twice (handler during a print) raises."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with contextlib.suppress(OSError):
-        os.write(2, f"{stamp} shim[{os.getpid()}]: {message}\n".encode())
 
 
 def decode_wait_status(status: int) -> tuple[int | None, int | None]:
@@ -185,44 +185,6 @@ def wait_for(pid: int) -> int:
         reaped, status = os.waitpid(-1, 0)
         if reaped == pid:
             return status
-
-
-def reap_children() -> None:
-    while True:
-        try:
-            reaped, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if reaped == 0:
-            return
-
-
-def find_leftovers(launch: Launch, pgid: int) -> list[int]:
-    """Live processes of the job: our descendants, the trainer's group, the marker holders."""
-    reap_children()
-    table = proctree.snapshot()
-    found = set(proctree.descendants(os.getpid(), table))
-    found.update(proctree.group_members(pgid, table))
-    found.update(launch.mark.processes(table.keys()))
-    found.discard(os.getpid())
-    return sorted(found)
-
-
-def wait_until_empty(probe: Callable[[], list[int]], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    remaining = probe()
-    while remaining and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-        remaining = probe()
-    return remaining
-
-
-def signal_all(pids: list[int], pgid: int, signum: int) -> None:
-    for target in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target, signum)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
 
 
 def clean_leftovers(launch: Launch, pgid: int) -> int:
@@ -327,118 +289,6 @@ def finish(job_dir: Path, launch: Launch, trainer_pid: int) -> int:
         log(f"cannot record exit.json: {err}")
         return 1
     return 0
-
-
-# ------------------------------------------------------------- fleet fence (§9.4)
-
-FENCED = "fenced"
-
-
-def reaped(pid: int) -> int | None:
-    """Reap every ended child without blocking; ``pid``'s wait status once it has ended."""
-    while True:
-        try:
-            child, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if child == 0:
-            return None
-        if child == pid:
-            return status
-
-
-def wait_fenced(launch: Launch, order: FenceOrder, pid: int) -> tuple[int, bool]:
-    """Wait for the trainer like ``wait_for``, reading the lease every ``order.check``
-    seconds; once it has run out, stop the trainer, staged. (wait status, fenced)."""
-    pidfd = os.pidfd_open(pid)
-    stages: lease.Stages | None = None
-    save_quit: Path | None = None
-    next_check = time.monotonic()
-    try:
-        while True:
-            status = reaped(pid)
-            if status is not None:
-                return status, stages is not None
-            now = time.monotonic()
-            if stages is None and now >= next_check:
-                next_check = now + order.check
-                last = lease.read(order.lease)
-                if lease.expired(last, lease.boottime(), order.after):
-                    log(f"fleet lease {last} ran out ({order.after:g} s): stopping the trainer")
-                    stages = lease.Stages(order, now)
-            while stages is not None and (step := stages.due(now)) is not None:
-                save_quit = fence_step(launch, order, pid, step) or save_quit
-            due = stages.next_at() if stages is not None else next_check
-            wait = order.check if due is None else min(order.check, max(0.0, due - now))
-            select.select([pidfd], [], [], wait)
-    finally:
-        os.close(pidfd)
-        if save_quit is not None:  # a stale save_quit would end a resumed run at once
-            with contextlib.suppress(OSError):
-                save_quit.unlink()
-
-
-def fence_step(launch: Launch, order: FenceOrder, pid: int, step: str) -> Path | None:
-    """One step of the fenced trainer's staged stop; the save_quit file it created."""
-    if step == lease.SAVE_QUIT:
-        from dpd.supervisor.outputs import latest_run_dir  # only a fencing shim pays for it
-
-        run_dir = latest_run_dir(Path(order.output_dir)) if order.output_dir else None
-        if run_dir is None:
-            return None
-        path = run_dir / "save_quit"
-        with contextlib.suppress(OSError):
-            path.touch()
-            log(f"fence: {path} created")
-            return path
-        return None
-    if step == lease.TERM:
-        log("fence: SIGTERM to the trainer's process group")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    elif step == lease.KILL:
-        log("fence: SIGKILL to every process of the job")
-        signal_all(find_leftovers(launch, pid), pid, signal.SIGKILL)
-    elif step == lease.GIVEN_UP:
-        log(f"fence: the trainer survived SIGKILL for {order.kill_timeout:g} s")
-    return None
-
-
-def kill_leftovers(launch: Launch, pgid: int) -> int:
-    """A fenced run's leftovers get no grace: SIGKILL, then wait for them to go."""
-    remaining = find_leftovers(launch, pgid)
-    if not remaining:
-        return 0
-    log(f"fence: {len(remaining)} leftover process(es) {remaining}: sending SIGKILL")
-    signal_all(remaining, pgid, signal.SIGKILL)
-    survivors = wait_until_empty(lambda: find_leftovers(launch, pgid), KILL_WAIT)
-    if survivors:
-        log(f"processes {survivors} survived SIGKILL (uninterruptible?)")
-    return len(remaining)
-
-
-DUPLICATE_PREVENTED = "duplicate_prevented"
-
-
-def take_run_lock(path: str) -> int | None:
-    """flock the run lock without waiting; the descriptor is inherited by the trainer's
-    runner (the lock outlives a killed shim while the trainer lives). None: held elsewhere;
-    -1: no lock could be taken here (best effort: the trainer starts)."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:  # best effort: no lock is no reason not to train
-        log(f"run lock {path} not taken ({err})")
-        return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError as err:  # a filesystem without flock (nolock NFS): best effort
-        log(f"run lock {path} not supported here ({err})")
-    os.set_inheritable(fd, True)
-    return fd
 
 
 def read_launch(job_dir: Path) -> Launch:

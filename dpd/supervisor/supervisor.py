@@ -33,6 +33,7 @@ from dpd.supervisor import outputs, runfiles
 from dpd.supervisor.context import RunContext, no_events_pending
 from dpd.supervisor.gpu_monitor import GpuMonitor
 from dpd.supervisor.gpus import gpu_status
+from dpd.supervisor.outcome import FENCED, StopReason
 from dpd.supervisor.ports import NoFreePort, PortAllocator
 from dpd.supervisor.registry import RunRegistry
 from dpd.supervisor.run import JobRun, RunPhase
@@ -96,7 +97,7 @@ class Supervisor:
             run = JobRun(self.ctx, state["task_id"], gpu_ids, int(state.get("master_port") or 0))
             if await run.recover(state):
                 self.running.add(run)
-                run.follow()
+                run.start()
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
 
     async def failure(self) -> None:
@@ -179,7 +180,7 @@ class Supervisor:
                 continue  # stopped since the queue was read
             run = JobRun(self.ctx, task_id, tuple(assignment.gpu_ids), port)
             self.running.add(run)  # before any await: no later pass places it again
-            run.launch(state)
+            run.start(state)
 
     def launch_claimed(self, task_id: str, gpu_ids: tuple[int, ...]) -> bool:
         """Fleet mode: launch a job this node claimed and fenced (T3 passed) on the GPUs of
@@ -191,7 +192,7 @@ class Supervisor:
         port = self.running.ports.allocate(task_id)
         run = JobRun(self.ctx, task_id, tuple(gpu_ids), port)
         self.running.add(run)
-        run.launch(state)
+        run.start(state)
         return True
 
     def _room_to_start(self) -> bool:
@@ -269,7 +270,7 @@ class Supervisor:
         run = self.running.get(task_id)
         if run is None:
             return False
-        await run.fence()
+        await run.stop_failing(FENCED, StopReason.FENCED)
         return True
 
     async def stop(self, task_id: str, force: bool = False) -> dict[str, Any]:
