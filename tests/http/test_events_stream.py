@@ -154,3 +154,13 @@ async def test_the_ring_wakes_a_waiting_reader() -> None:
     await asyncio.sleep(0)
     ring.append({"type": "status", "task_id": "t", "data": {}})
     await asyncio.wait_for(waiting, 1.0)
+
+
+async def test_a_5000_digit_id_gets_resync_and_the_stream_goes_on(api: Api) -> None:
+    """A Last-Event-ID too long to be a number (issue 14, hostile input) is a stale id:
+    resync, then the stream, never an error."""
+    for cursor in (f"{api_boot(api)}:" + "9" * 5000, "9" * 5000):
+        events = await read_stream(api, lambda es: len(es) >= 2, last_event_id=cursor,
+                                   query="?kinds=gpu")  # fmt: skip
+        assert events[0].event == "resync"
+        assert events[1].event == "gpu"
