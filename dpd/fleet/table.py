@@ -10,15 +10,18 @@ read — and it is rebuilt from scratch whenever its watcher is recreated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import nats.errors
 
 from dpd.fleet.kv import Bucket, Entry, Operation
+
+STOP_WAIT: Final = 2.0  # seconds for a watcher's unsubscribe
 
 log = logging.getLogger("dpd.fleet.table")
 _NOTHING = object()  # no update within the poll interval
@@ -117,7 +120,11 @@ class WatchedTable:
                     self._advance(max(newest, floor))
                     snapshot = None
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            # bounded: after a server restart nats-py's unsubscribe can wait for good, and a
+            # table stuck here would never be rebuilt (nor let its task be cancelled)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_WAIT):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
         self.rebuilds += 1
 
     async def _last_seq(self) -> int:

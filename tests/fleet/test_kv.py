@@ -348,6 +348,7 @@ async def test_cas_gives_up_after_bounded_conflicts(clients: list[NATS]) -> None
     assert unchanged.entry.revision == entry.revision
 
 
+@pytest.mark.slow
 async def test_leader_kill_mid_burst_loses_no_acknowledged_write(
     cluster: NatsCluster, clients: list[NATS]
 ) -> None:

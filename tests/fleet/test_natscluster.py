@@ -28,6 +28,7 @@ def cli(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_command_line_up_kill_leader_start_down(tmp_path: Path) -> None:
     reason = why_no_fleet_server()
     if reason:

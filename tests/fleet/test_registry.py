@@ -209,6 +209,7 @@ async def test_one_name_two_machines_and_a_reboot(clients: list[NATS]) -> None:
         await first.beat()
 
 
+@pytest.mark.slow
 @pytest.mark.fleet
 async def test_heartbeats_go_on_through_a_leader_kill_of_the_alive_stream(
     cluster: NatsCluster, clients: list[NATS]
