@@ -41,11 +41,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 from nats.js.api import StorageType, StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_supervisor import cpu_percent
 from bench.fleet_loss import loss_figures
 from dpd.events.publish_window import PublishWindow
 from dpd.simulation import simulation_paths
@@ -134,17 +134,6 @@ def show(name: str, values: list[float]) -> str:
         f"{name:34s} n={len(values):3d}  p50 {statistics.median(values) * 1000:7.1f} ms  "
         f"p99 {percentile(values, 99) * 1000:7.1f} ms"
     )
-
-
-def cpu_percent(pid: int, window: float) -> float:
-    """CPU of one process over ``window`` seconds, in percent of one core."""
-    process = psutil.Process(pid)
-    before = process.cpu_times()
-    started = time.monotonic()
-    time.sleep(window)
-    after = process.cpu_times()
-    used = (after.user - before.user) + (after.system - before.system)
-    return float(100 * used / (time.monotonic() - started))
 
 
 def idle_cpu(hosts: list[DaemonProcess], window: float) -> list[float]:

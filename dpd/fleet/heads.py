@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import Error as JetStreamError
 
 from dpd.events.jetstream import DUPLICATE_WINDOW
 from dpd.events.subjects import MSG_ID_HEADER, encode_payload, job_subject, message_id
@@ -71,7 +70,7 @@ async def seq_floor(nc: NATS | None, prefix: str, task_id: str, timeout: float =
         return 0
     try:
         return await last_seq(nc, prefix, task_id, timeout)
-    except (nats.errors.Error, JetStreamError, TimeoutError, OSError) as err:
+    except (nats.errors.Error, TimeoutError, OSError) as err:  # JetStream's errors too
         log.warning("%s: the stream's last seq could not be read (%r)", task_id, err)
         return 0
 
@@ -97,7 +96,7 @@ class HeadPublisher:
                     encode_payload(event),
                     headers={MSG_ID_HEADER: message_id(event)},
                 )
-            except (nats.errors.Error, JetStreamError, TimeoutError) as err:
+            except (nats.errors.Error, TimeoutError) as err:
                 log.warning("%s: announcement seq %s not published yet (%r)",
                             event["task_id"], event["seq"], err)  # fmt: skip
                 break

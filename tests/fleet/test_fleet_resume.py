@@ -10,7 +10,6 @@ first host's (§9.7), none dropped as a duplicate of the other host's message id
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -18,14 +17,12 @@ from typing import Any
 
 import pytest
 
-from dpd.events.subjects import job_subject
 from dpd.fleet.records import JobRecord, JobState
-from dpd.fleet.views import read_all
 from dpd.supervisor import outputs
-from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet, duplicates
 from tests.fleet.natscluster import NatsCluster
 from tests.fleet.test_fleet_hosts import kv_records
+from tests.fleet.test_fleet_loss import drain, stream_events
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.fleet
@@ -106,22 +103,6 @@ def test_a_job_stopped_on_c_is_resumed_through_a_and_runs_once_more(fleet: Fleet
     assert code == 409 and body["data"]["status"] == "completed", body
 
 
-def drain(fleet: Fleet, node: str, undo: bool = False) -> None:
-    code, body = fleet["b"].request("POST", f"/api/v1/fleet/nodes/{node}/drain", {"undo": undo})
-    assert code == 200 and body["data"]["draining"] is not undo, body
-
-
-def in_stream(fleet: Fleet, task_id: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        nc = await connect(fleet.cluster.urls, name="resume-test")
-        try:
-            return await read_all(nc, job_subject("dpd", task_id, ">"), timeout=10)
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
-
-
 def local_events(fleet: Fleet, host: str, task_id: str) -> list[dict[str, Any]]:
     path = fleet[host].spool / "jobs" / task_id / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -136,7 +117,7 @@ def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
     task_id = f"moved-{uuid.uuid4().hex[:8]}"
     doc = fleet.job(task_id=task_id, data_parallel=2)  # a (2 GPUs) or c (4)
     doc["config"].update(epochs=60, checkpoint_every_n_epochs=2)
-    drain(fleet, "c")
+    assert drain(fleet, "c")["draining"]
     try:
         code, body = fleet["a"].request("POST", "/api/v1/training/start", doc)
         assert code == 201, body
@@ -146,8 +127,8 @@ def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
         assert code in (200, 202), body
         wait_for(lambda: record_in(fleet, task_id, JobState.STOPPED), timeout=30)
     finally:
-        drain(fleet, "c", undo=True)
-    drain(fleet, "a")
+        assert not drain(fleet, "c", undo=True)["draining"]
+    assert drain(fleet, "a")["draining"]
     try:
         code, body = fleet["b"].request("POST", f"/api/v1/training/{task_id}/resume")
         assert code == 200, body
@@ -157,7 +138,7 @@ def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
             interval=0.2,
         )
     finally:
-        drain(fleet, "a", undo=True)
+        assert not drain(fleet, "a", undo=True)["draining"]
     assert done.state is JobState.COMPLETED and done.owner is not None, done
     assert done.owner.node == "c", done
 
@@ -166,7 +147,7 @@ def test_a_job_resumed_on_another_host_numbers_its_events_on_in_the_stream(
     expected = {(e["node"], e["seq"]) for e in on_a + on_c}
 
     def all_stored() -> list[dict[str, Any]] | None:
-        stored = in_stream(fleet, task_id)
+        stored = stream_events(fleet.cluster, task_id)
         nodes = {e["node"] for e in stored}
         seen = {(e["node"], e["seq"]) for e in stored}
         return stored if seen >= expected and "b" in nodes else None
@@ -190,7 +171,7 @@ def test_a_queued_job_cancelled_through_another_host_shows_stopped_in_the_stream
     records it in the fleet's record and publishes its ``stopped`` to stream ``DPD``."""
     task_id = f"cancel-{uuid.uuid4().hex[:8]}"
     for node in ("a", "b", "c"):
-        drain(fleet, node)
+        assert drain(fleet, node)["draining"]
     try:
         code, body = fleet["a"].request(
             "POST", "/api/v1/training/start", fleet.job(task_id=task_id)
@@ -200,8 +181,8 @@ def test_a_queued_job_cancelled_through_another_host_shows_stopped_in_the_stream
         assert code == 200 and body["data"]["status"] == "stopped", body
     finally:
         for node in ("a", "b", "c"):
-            drain(fleet, node, undo=True)
-    stored = wait_for(lambda: in_stream(fleet, task_id), timeout=30, interval=0.5)
+            assert not drain(fleet, node, undo=True)["draining"]
+    stored = wait_for(lambda: stream_events(fleet.cluster, task_id), timeout=30, interval=0.5)
     assert [(e["node"], e["seq"], e["data"]["status"]) for e in stored] == [("c", 2, "stopped")]
     assert stored[0]["data"]["previous"] == "queued"
     assert record_in(fleet, task_id, JobState.STOPPED) is not None
