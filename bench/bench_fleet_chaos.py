@@ -24,6 +24,7 @@ time without an acknowledgement around the leader kill, the wall time. The exit 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import shutil
 import sys
@@ -154,16 +155,31 @@ def run(jobs: int, root: Path, timeout: float, rate: float) -> int:
             for line in log:
                 print(" ", line)
             cluster.wait_healthy()
-            records = settle(cluster, tag, tally, timeout)
+            records = settle(fleet, cluster, tag, tally, timeout)
             return report(fleet, tally, records, jobs, time.monotonic() - started)
         finally:
             fleet.down()
 
 
-def settle(cluster: NatsCluster, tag: str, tally: Tally, timeout: float) -> dict[str, Any]:
+def exited(fleet: Fleet) -> list[str]:
+    """Hosts whose daemon is not running, each with its exit status and last log line."""
+    out = []
+    for name, host in fleet.hosts.items():
+        code = host.process.poll() if host.process is not None else None
+        if code is not None:
+            last = (host.log().strip().splitlines() or [""])[-1]
+            out.append(f"host {name}'s daemon exited with status {code}: {last}")
+    return out
+
+
+def settle(
+    fleet: Fleet, cluster: NatsCluster, tag: str, tally: Tally, timeout: float
+) -> dict[str, Any]:
     """Our records once every acknowledged job and spool file has one and all are terminal,
-    or whatever there is at the timeout."""
+    or whatever there is at the timeout, or as soon as a host's daemon has exited (nothing
+    would finish its jobs: the run fails at once, saying why)."""
     deadline = time.monotonic() + timeout
+    next_word = time.monotonic() + 15
     while True:
         ours = {
             t: r
@@ -177,6 +193,15 @@ def settle(cluster: NatsCluster, tag: str, tally: Tally, timeout: float) -> dict
         if time.monotonic() > deadline:
             print(f"  not settled after {timeout:.0f} s")
             return ours
+        gone = exited(fleet)
+        if gone:
+            for line in gone:
+                print(" ", line)
+            return ours
+        if time.monotonic() > next_word:
+            ended = sum(r.terminal for r in ours.values())
+            print(f"  settling: {ended} of {len(ours)} records terminal")
+            next_word += 15
         time.sleep(1)
 
 
@@ -211,7 +236,8 @@ def report(fleet: Fleet, tally: Tally, records: dict[str, Any], jobs: int, wall:
     for task_id in (lost + unfinished)[:10]:
         record = records.get(task_id)
         print("  lost or unfinished:", task_id, record.state if record else "no record")
-    bad = lost or unfinished or twice or spool_twice or tally.refused
+    gone = exited(fleet)
+    bad = lost or unfinished or twice or spool_twice or tally.refused or gone
     print("result:", "FAIL" if bad else "ok (0 lost, 0 duplicated)")
     return 1 if bad else 0
 
@@ -220,17 +246,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="30 jobs (CI's quick pass)")
-    parser.add_argument("--timeout", type=float, default=600, help="for all jobs to end")
+    parser.add_argument(
+        "--timeout", type=float, help="for all jobs to end (600 s; 60 s with --quick)"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="submissions per second")
     args = parser.parse_args()
     missing = why_no_fleet_server()
     if missing:
         print(f"skipped: {missing}")
         return 0
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a run cut off still shows how far it got
+        sys.stdout.reconfigure(line_buffering=True)
     jobs = 30 if args.quick else args.jobs
+    timeout = args.timeout if args.timeout is not None else (60.0 if args.quick else 600.0)
     root = Path(tempfile.mkdtemp(prefix="dpd-chaos-"))
     try:
-        return run(jobs, root, args.timeout, args.rate)
+        return run(jobs, root, timeout, args.rate)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

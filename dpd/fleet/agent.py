@@ -92,6 +92,7 @@ from dpd.fleet.records import (
 )
 from dpd.fleet.registry import Heartbeat, boottime, read_lease, register, this_daemon
 from dpd.fleet.resume import resumed_run, runnable_spec
+from dpd.fleet.startup import FleetUnsafe, JetStreamNotReady, connected_facts, problems
 from dpd.fleet.table import WatchedTable
 from dpd.fleet.transitions import (
     AliveRead,
@@ -195,6 +196,7 @@ class FleetAgent:
         """Connect (retrying while NATS is unreachable), register, then heartbeat, watch
         and place until cancelled. ``NameTaken`` and a closed connection propagate."""
         self.nc = await self._connect()
+        await self._check_server(self.nc)
         jobs, alive, nodes, heartbeat = await self._set_up(self.nc)
         self.job_table = WatchedTable(jobs, on_change=self._job_changed)
         self.alive_table = WatchedTable(alive, on_change=self._changed)
@@ -222,6 +224,22 @@ class FleetAgent:
             for task in list(self._tasks):
                 task.cancel()
             await self.nc.close()
+
+    async def _check_server(self, nc: NATS) -> None:
+        """The start-up check again, on this connection, before anything is claimed: the
+        daemon's own check may have found no server, or JetStream electing a leader
+        (FLEET.md §3.6). ``FleetUnsafe`` propagates; a JetStream not ready yet is waited for."""
+        while True:
+            try:
+                facts = await connected_facts(nc)
+            except JetStreamNotReady as err:
+                log.warning("fleet: %s; retrying", err)
+                await asyncio.sleep(CONNECT_PAUSE)
+                continue
+            found = problems([facts], self.fleet.require_sync_always)
+            if found:
+                raise FleetUnsafe(found[0])
+            return
 
     async def _set_up(self, nc: NATS) -> tuple[Bucket, Bucket, Bucket, Heartbeat]:
         """Buckets, registration, first heartbeat; retried while the cluster cannot answer

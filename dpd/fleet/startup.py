@@ -46,6 +46,23 @@ class NatsUnreachable(Exception):
     """No NATS server answered within the timeout."""
 
 
+class JetStreamNotReady(NatsUnreachable):
+    """The server runs JetStream but its API did not answer now; ask again later."""
+
+
+NOT_ENABLED: Final = frozenset({10039, 10076})  # "JetStream not enabled" (for the account)
+
+
+def says_disabled(err: Exception) -> bool:
+    """Is this API error the server's own word that JetStream is off? No responders on the
+    API subject (a server without JetStream) is a 503 with no error code. Pure."""
+    if not isinstance(err, nats.js.errors.APIError):
+        return False
+    if err.err_code in NOT_ENABLED:
+        return True
+    return isinstance(err, nats.js.errors.ServiceUnavailableError) and err.err_code is None
+
+
 def parse_version(text: str) -> tuple[int, int, int] | None:
     match = VERSION_RE.match(text.strip())
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
@@ -131,13 +148,22 @@ async def connect_once(config: NatsConfig, name: str, timeout: float = CHECK_TIM
 
 
 async def connected_facts(nc: NATS) -> ServerFacts:
-    """The connected server's version (its INFO) and JetStream API level."""
+    """The connected server's version (its INFO) and JetStream API level.
+
+    Only a server that says so is "JetStream disabled": its INFO does not announce JetStream
+    and the API has no responder, or the API answers "not enabled". A server that announces
+    JetStream but does not answer now (a meta-leader election, a restart in the cluster) is
+    ``JetStreamNotReady``, never a refusal: a daemon restarted during a NATS leader kill
+    would otherwise exit with a configuration error."""
     info: dict[str, Any] = dict(getattr(nc, "_server_info", {}) or {})
     where = redact_url(str(nc.connected_url.geturl())) if nc.connected_url else "?"
+    announced = bool(info.get("jetstream"))  # nats-server's INFO names JetStream when on
     try:
         account = await nc.jetstream(timeout=5).account_info()
         jetstream, level = True, getattr(account.api, "level", None)
-    except (nats.js.errors.Error, nats.errors.Error):
+    except (nats.js.errors.Error, nats.errors.Error) as err:
+        if announced or not says_disabled(err):
+            raise JetStreamNotReady(f"JetStream at {where} did not answer: {err!r}") from err
         jetstream, level = False, None
     return ServerFacts(
         where=where,

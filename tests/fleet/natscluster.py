@@ -226,12 +226,13 @@ class NatsCluster:
         and the server current)."""
         deadline = time.monotonic() + timeout
         for i in only if only is not None else range(self.n):
-            while not self._healthy(i):
+            while not self.healthy(i):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name(i)} not healthy:\n{self._log(i)[-2000:]}")
                 time.sleep(0.1)
 
-    def _healthy(self, i: int) -> bool:
+    def healthy(self, i: int) -> bool:
+        """Does server ``i``'s /healthz say ok (JetStream's meta leader known)?"""
         try:
             return bool(self._get_json(i, "/healthz").get("status") == "ok")
         except (OSError, ValueError):

