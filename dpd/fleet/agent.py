@@ -53,7 +53,7 @@ from nats.js.errors import APIError
 from dpd import __version__
 from dpd.config import Config
 from dpd.crashpoints import crash_point
-from dpd.errors import Conflict, DpdError, InsufficientResources
+from dpd.errors import Conflict, DpdError, InsufficientResources, ValidationFailed
 from dpd.fleet import audit as fleet_audit
 from dpd.fleet import fence as fleet_fence
 from dpd.fleet import heads as fleet_heads
@@ -72,7 +72,7 @@ from dpd.fleet.kv import (
     jobs_spec,
     nodes_spec,
 )
-from dpd.fleet.placer import Claim, PeerView, plan_claims
+from dpd.fleet.placer import Claim, PeerView, declined_by_all, plan_claims
 from dpd.fleet.publication import EventOutlet, Publication
 from dpd.fleet.reaper import Policy, Reaper, run_reaper
 from dpd.fleet.reaper import change_for as reaper_change
@@ -101,13 +101,14 @@ from dpd.fleet.transitions import (
     TransitionRefused,
     claim,
     decline,
+    decline_everywhere,
     finish,
     mark_running,
     may_spawn,
     refence,
     start,
 )
-from dpd.jobs.spec import JobSpec
+from dpd.jobs.spec import JobSpec, recheck_paths
 from dpd.jobs.states import TERMINAL, Status
 from dpd.spool.store import JobStore, StatusEvent, Submission, utc_now
 from dpd.supervisor import outputs, runfiles
@@ -175,6 +176,9 @@ class FleetAgent:
         self.heads = fleet_heads.HeadPublisher(self.node, config.nats.subject_prefix)
         self.audits = 0
         self.claiming: dict[str, tuple[int, ...]] = {}  # task -> GPUs, T2 sent .. launched
+        # task -> attempt this instance gave back (T4a, T4c): the watched table may still
+        # show it claimed here for a moment, and it must not be taken again as unfinished
+        self.given_back: dict[str, int] = {}
         self.publication = Publication(self)  # the gate of §9.7
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -528,11 +532,15 @@ class FleetAgent:
         }
         for record in records:
             owner = record.owner
+            task_id = record.task_id
+            if task_id in self.given_back and self.given_back[task_id] != record.attempt:
+                del self.given_back[task_id]  # the table has caught up
             if owner is None or owner.instance != self.me.instance:
                 continue
             if record.state not in (JobState.CLAIMED, JobState.STARTING):
                 continue
-            task_id = record.task_id
+            if self.given_back.get(task_id) == record.attempt:
+                continue
             if task_id in self.claiming or task_id in self.supervisor.running:
                 continue
             if self._local_blocks(task_id, record.attempt):
@@ -609,11 +617,13 @@ class FleetAgent:
                     else:
                         self.announce(event)  # on the loop: the bus is not thread-safe
             except DpdError as err:
-                reason = err.message
-                log.warning("%s: cannot run here (%s); declining", task_id, reason)
-                await self._cas(
-                    task_id, lambda r: decline(r, self.me, attempt, reason, time.time())
-                )
+                log.warning("%s: cannot run here (%s); declining", task_id, err.message)
+                refused = err
+                record = await self._cas(task_id, lambda r: self._give_back(r, attempt, refused))
+                self.given_back[task_id] = attempt
+                if record.state is JobState.FAILED:
+                    log.warning("%s: failed: every host that could run it declined", task_id)
+                    self.wake()  # its announcement is published with the next pass
                 return
             if not await self._fence(task_id, attempt):
                 return
@@ -632,6 +642,26 @@ class FleetAgent:
             self.wake()
             self.publication.reopen()  # held while claimed: the local attempt is settled
 
+    def _give_back(self, record: JobRecord, attempt: int, err: DpdError) -> JobRecord:
+        """T4a, or T4c when the paths the job names are missing here and every other live
+        node that could run it declined it too (FLEET.md §9.2 step 5): it then fails with
+        the 422 a submission on such a host would have had, instead of being claimed and
+        declined around the fleet every minute for good."""
+        now = time.time()
+        declined = decline(record, self.me, attempt, err.message, now)
+        if not isinstance(err, ValidationFailed):
+            return declined
+        if not declined_by_all(declined, self.facts(), self.peers(), now):
+            return declined
+        error = {
+            "reason": "missing_file",
+            "code": ValidationFailed.code,
+            "message": "every host that could run it declined: "
+            + "; ".join(f"{d.node}: {d.reason}" for d in declined.declined),
+            "errors": [e.as_dict() for e in err.errors],
+        }
+        return decline_everywhere(record, self.me, attempt, err.message, now, error)
+
     async def _seq_base(self, record: JobRecord) -> int:
         """The seq this host's events of ``record`` number on from (FLEET.md §9.7): 0 for a
         first attempt; for a later one, the highest seq the fleet has used (the record's,
@@ -645,14 +675,16 @@ class FleetAgent:
         published = await fleet_views.last_seq(self.nc, prefix, record.task_id, STREAM_READ)
         return max(record.seq, published)
 
-    def _materialize(
-        self, record: JobRecord, base: int = 0
-    ) -> list[dict[str, Any] | StatusEvent]:
+    def _materialize(self, record: JobRecord, base: int = 0) -> list[dict[str, Any] | StatusEvent]:
         """The job directory the supervisor runs, built with the store's own machinery
         (state.json ``queued`` with ``fleet.attempt``, the first event, numbered after
         ``base``); the events to announce (none if the directory existed). Blocking."""
         if record.spec is None:
             raise InsufficientResources("the record has no spec (a tombstone)")
+        missing = recheck_paths(JobSpec.from_dict(record.spec), self.config.daemon.data_roots)
+        if missing:  # T4a before anything is built here (FLEET.md §9.2 step 5)
+            where = "; ".join(f"{e.field}: {e.message}" for e in missing)
+            raise ValidationFailed(missing, f"not readable on {self.node}: {where}")
         task_id = record.task_id
         output_dir = Path(self.store.output_root) / task_id
         spec = runnable_spec(record.spec, output_dir)  # T11, T12

@@ -78,6 +78,21 @@ def declined_recently(record: JobRecord, node: str, now: float) -> bool:
     return any(d.node == node and now - parse_iso(d.at) < DECLINE_MEMORY_S for d in record.declined)
 
 
+def declined_by_all(
+    record: JobRecord, me: NodeFacts, peers: Sequence[PeerView], now: float
+) -> bool:
+    """Has every live node that could run the job (this one included) declined it within
+    the last minute? Then no node will take it: it fails rather than waiting for good, and
+    no node claims and declines it in a loop (FLEET.md §9.2 step 5). A draining node takes
+    nothing new; a busy one still could, once it has GPUs free."""
+    could = [me] + [
+        p.facts
+        for p in peers
+        if p.alive and not p.draining and constraints_match(record.constraints, p.facts) is None
+    ]
+    return all(declined_recently(record, facts.node, now) for facts in could)
+
+
 def queued_job(record: JobRecord, submitted_seq: int) -> QueuedJob:
     c = record.constraints
     return QueuedJob(

@@ -372,6 +372,27 @@ def decline(
     )
 
 
+def decline_everywhere(
+    record: JobRecord, actor: Actor, attempt: int, reason: str, now: float, error: dict[str, Any]
+) -> JobRecord:
+    """T4c claimed → failed by the owner: it declines the job, and every other live node
+    that could run it declined it within the last minute (FLEET.md §9.2 step 5, "all
+    eligible decline → failed"). T7 starts from ``starting``; a job that was never started
+    anywhere fails here, announced in the CAS like any change no run reports (§9.7)."""
+    declined = decline(record, actor, attempt, reason, now)  # T4a's checks, its list
+    changed = _announce(record, actor.node, now, JobState.FAILED, error=error)
+    return _touch(
+        changed,
+        actor.node,
+        now,
+        state=JobState.FAILED,
+        owner=None,
+        declined=declined.declined,
+        result=Result(JobState.FAILED.value, iso(now), error),
+        history=_history(record, actor.node, "declined_everywhere", now),
+    )
+
+
 def expire_claim(record: JobRecord, alive: AliveRead, by: str, now: float) -> JobRecord:
     """T4b claimed → queued by any node: the owner's alive key is gone, or names another
     boot (a same-boot restart keeps its claims). Safe: the owner can spawn only after its

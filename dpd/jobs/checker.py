@@ -49,6 +49,7 @@ class Checker:
     def __init__(self, data_roots: Sequence[Path] | None) -> None:
         self.data_roots = DataRoots.of(data_roots) if data_roots is not None else None
         self.errors: list[FieldError] = []
+        self.path_errors: list[FieldError] = []  # of ``errors``, those of the file system
         self.origin: dict[str, str] = {}  # flattened config key -> field the user wrote
 
     def error(self, field: str, message: str) -> None:
@@ -59,11 +60,11 @@ class Checker:
 
     def value(self, rule: mr.Rule, value: Any, field: str) -> Any:
         """The normalized value, or BAD (with the error recorded)."""
+        if rule.kind in _PATH_KINDS:
+            return self.path(value, field, _PATH_KINDS[rule.kind])
         try:
-            if rule.kind in _PATH_KINDS:
-                return self._check_path(value, _PATH_KINDS[rule.kind])
             return _CHECKS[rule.kind](rule, value)
-        except (Invalid, PathRefused) as err:
+        except Invalid as err:
             self.error(field, str(err))
             return self.BAD
 
@@ -72,6 +73,7 @@ class Checker:
             return self._check_path(value, kind)
         except PathRefused as err:
             self.error(field, str(err))
+            self.path_errors.append(self.errors[-1])
             return self.BAD
 
     def _check_path(self, value: Any, kind: PathKind) -> str:

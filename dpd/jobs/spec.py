@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import yaml
 
-from dpd.errors import BadRequest, ValidationFailed
+from dpd.errors import BadRequest, FieldError, ValidationFailed
 from dpd.jobs import model_rules as mr
 from dpd.jobs.checker import Checker, describe
 from dpd.jobs.tables import validate_config, validate_dataset
@@ -193,6 +193,25 @@ def validate_job(doc: Any, *, data_roots: Sequence[Path] | None, source: str = "
     which has the data roots, checks the rest)."""
     check_structure(doc)
     check = Checker(data_roots)
+    spec = _checked_job(doc, check, source)
+    if check.errors:
+        raise ValidationFailed(check.errors)
+    return spec
+
+
+def recheck_paths(spec: JobSpec, data_roots: Sequence[Path]) -> list[FieldError]:
+    """The paths of an accepted job that do not pass here: a fleet host that claims a job
+    submitted on another host checks every path it names on its own file system and under
+    its own data roots before it builds anything (FLEET.md §9.2 step 5). Only the file
+    system is judged again; the rest was the submitting host's to accept."""
+    document = {k: v for k, v in spec.to_dict().items() if k in JOB_KEYS and v is not None}
+    check = Checker(data_roots)
+    _checked_job(document, check, "rest")
+    return list(check.path_errors)
+
+
+def _checked_job(doc: Mapping[str, Any], check: Checker, source: str) -> JobSpec:
+    """The spec, every problem recorded in ``check``."""
     for key in doc:
         if key not in JOB_KEYS:
             check.error(key, f"unknown job field; expected one of {', '.join(JOB_KEYS)}")
@@ -203,7 +222,7 @@ def validate_job(doc: Any, *, data_roots: Sequence[Path] | None, source: str = "
     config = validate_config(doc.get("config"), model_type, rules, check)
     required_gpus = _required_gpus(doc, gpu_ids, config, rules, check)
     queue = _optional(check, "queue", doc.get("queue"), _QUEUE, False)
-    spec = JobSpec(
+    return JobSpec(
         task_id=_task_id(doc.get("task_id"), check),
         model_type=model_type,
         description=_description(doc.get("description"), check),
@@ -216,9 +235,6 @@ def validate_job(doc: Any, *, data_roots: Sequence[Path] | None, source: str = "
         dataset=dataset,
         config=config,
     )
-    if check.errors:
-        raise ValidationFailed(check.errors)
-    return spec
 
 
 def _optional(check: Checker, field: str, value: Any, rule: mr.Rule, default: Any) -> Any:

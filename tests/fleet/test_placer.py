@@ -12,6 +12,7 @@ from dpd.fleet import transitions as tr
 from dpd.fleet.placer import (
     Claim,
     PeerView,
+    declined_by_all,
     eligible,
     plan_claims,
     plan_with_reservations,
@@ -70,6 +71,28 @@ def test_eligibility() -> None:
     names = [r.task_id for r in eligible([*records, other_domain, declined], me, T0 + 30)]
     assert names == ["plain", "pinned-here", "labelled"]
     assert "declined" in [r.task_id for r in eligible([declined], me, T0 + 61)]
+
+
+def test_declined_by_all_counts_only_live_nodes_that_could_run_the_job() -> None:
+    """FLEET.md §9.2 step 5: the job fails once no live node that could take it is left."""
+    me = node("c", gpus=4)
+
+    def declined(*names: str, at: float = T0) -> JobRecord:
+        return dataclasses.replace(
+            job("t", gpus=2), declined=tuple(Declined(n, "missing", iso(at)) for n in names)
+        )
+
+    assert declined_by_all(declined("c"), me, [], T0 + 1)  # the only node there is
+    assert not declined_by_all(declined(), me, [], T0 + 1)  # not even this one yet
+    busy = peer("b", free=0)  # no GPU free now, but it could take the job later
+    assert not declined_by_all(declined("c"), me, [busy], T0 + 1)
+    assert declined_by_all(declined("c", "b"), me, [busy], T0 + 1)
+    assert not declined_by_all(declined("c", "b", at=T0 - 61), me, [busy], T0 + 1)  # forgotten
+    small = PeerView(node("a", gpus=1), (FreeGpu(0, 24000),), True)  # too few GPUs
+    dead = peer("d", free=4, alive=False)
+    draining = dataclasses.replace(peer("e", free=4), draining=True)
+    other_domain = peer("f", free=4, filesystem_domain="elsewhere")
+    assert declined_by_all(declined("c"), me, [small, dead, draining, other_domain], T0 + 1)
 
 
 def test_priority_then_submission_order_and_claims_in_flight() -> None:

@@ -149,6 +149,29 @@ def test_a_claim_given_back_after_a_restart_may_be_claimed_again_at_once() -> No
     assert tr.claim(record, me, claim_facts("a"), T0 + 2).attempt == 2
 
 
+def test_declined_everywhere_fails_the_job_with_its_announcement() -> None:
+    """T4c: the last node that could run the job declines it; the job fails in the same CAS,
+    its ``failed`` numbered into the log head for the decliner to publish (§9.7)."""
+    b, a = actor("b"), actor("a")
+    record = tr.claim(new_job(), b, claim_facts("b"), T0)
+    record = tr.decline(record, b, 1, "dataset missing on b", T0 + 1)
+    record = tr.claim(record, a, claim_facts("a"), T0 + 2)
+    error = {"reason": "missing_file", "code": 422, "message": "every host declined"}
+    failed = tr.decline_everywhere(record, a, 2, "dataset missing on a", T0 + 3, error)
+    assert failed.state is JobState.FAILED and failed.owner is None
+    assert failed.result is not None and failed.result.error == error
+    assert [d.node for d in failed.declined] == ["b", "a"]
+    assert [h.outcome for h in failed.history] == ["declined", "declined_everywhere"]
+    event = failed.log_head[-1]
+    assert failed.seq == record.seq + 1 == event["seq"]
+    assert event["node"] == "a" and event["data"]["status"] == "failed"
+    assert event["data"]["previous"] == "queued" and event["data"]["error"] == error
+    with pytest.raises(TransitionRefused, match="T4a"):  # only the owner, only while claimed
+        tr.decline_everywhere(record, b, 2, "not mine", T0 + 3, error)
+    with pytest.raises(TransitionRefused, match="state is failed"):
+        tr.decline_everywhere(failed, a, 2, "again", T0 + 4, error)
+
+
 def test_start_is_fenced_by_attempt_and_boot() -> None:
     me = actor("a")
     record = tr.claim(new_job(), me, claim_facts("a"), T0)

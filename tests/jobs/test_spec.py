@@ -11,7 +11,7 @@ import pytest
 
 from dpd.errors import BadRequest, ValidationFailed
 from dpd.jobs.model_rules import MODEL_RULES, MODEL_TYPES
-from dpd.jobs.spec import TASK_ID_RE, JobSpec, parse_job_document, validate_job
+from dpd.jobs.spec import TASK_ID_RE, JobSpec, parse_job_document, recheck_paths, validate_job
 from tests.jobs.jobdocs import API_EXAMPLE, api_example, job_doc, make_dataset
 
 
@@ -115,6 +115,28 @@ def test_spec_survives_job_json_round_trip(root: Path) -> None:
     renamed = spec.with_task_id("t-1")
     assert renamed.task_id == "t-1" and spec.task_id is None
     assert renamed.config == spec.config
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_an_accepted_job_rechecks_only_its_paths_on_another_host(
+    root: Path, tmp_path: Path, model_type: str
+) -> None:
+    """A fleet host claiming a job accepted elsewhere (FLEET.md §9.2 step 5): nothing to
+    say while every path is there; each path gone or outside this host's roots is named."""
+    spec = validate_job(job_doc(root, model_type, gpu_ids=[0, 1]), data_roots=[root])
+    assert recheck_paths(spec, [root]) == []
+    dataset = Path(spec.dataset["directories"][0]["path"])
+    for child in dataset.iterdir():
+        child.unlink()
+    dataset.rmdir()
+    missing = recheck_paths(spec, [root])
+    assert [e.field for e in missing] == ["dataset.directories[0].path"]
+    assert "does not exist" in missing[0].message
+    elsewhere = tmp_path / "other-root"
+    elsewhere.mkdir()
+    fields = {e.field for e in recheck_paths(spec, [elsewhere])}
+    assert "dataset.directories[0].path" in fields
+    assert any(f.startswith("config.model.") for f in fields), fields
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
