@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import nats
@@ -36,6 +37,8 @@ log = logging.getLogger("dpd.fleet.startup")
 MIN_VERSION: Final = (2, 11, 0)
 VERSION_RE: Final = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 CHECK_TIMEOUT: Final = 10.0
+DEFAULT_PORT: Final = 4222
+API_TIMEOUT: Final = 5.0  # for JetStream's account info
 
 
 class FleetUnsafe(ConfigError):
@@ -122,8 +125,30 @@ def problems(facts: Sequence[ServerFacts], require_sync_always: bool) -> list[st
     return out
 
 
+async def listening(urls: Sequence[str], timeout: float) -> bool:
+    """Does any server accept a TCP connection? nats-py's first connect tries again until
+    its caller gives up, even with reconnects off: without this a daemon whose NATS is
+    down would wait the whole check timeout before it serves anything."""
+    for url in urls:
+        parsed = urlsplit(url if "://" in url else f"nats://{url}")
+        if parsed.scheme not in ("nats", "tls"):
+            return True  # websocket and others: left to the client
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(
+                    parsed.hostname or "127.0.0.1", parsed.port or DEFAULT_PORT
+                )
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
 async def connect_once(config: NatsConfig, name: str, timeout: float = CHECK_TIMEOUT) -> NATS:
     """A connection for checks and tools: every listed server tried, no endless retry."""
+    if not await listening(server_urls(config.url), min(2.0, timeout)):
+        raise NatsUnreachable(f"no NATS server at {redact_url(config.url)} accepts connections")
     options: dict[str, Any] = {
         "servers": server_urls(config.url),
         "name": name,
@@ -147,7 +172,7 @@ async def connect_once(config: NatsConfig, name: str, timeout: float = CHECK_TIM
         ) from err
 
 
-async def connected_facts(nc: NATS) -> ServerFacts:
+async def connected_facts(nc: NATS, timeout: float = API_TIMEOUT) -> ServerFacts:
     """The connected server's version (its INFO) and JetStream API level.
 
     Only a server that says so is "JetStream disabled": its INFO does not announce JetStream
@@ -159,7 +184,7 @@ async def connected_facts(nc: NATS) -> ServerFacts:
     where = redact_url(str(nc.connected_url.geturl())) if nc.connected_url else "?"
     announced = bool(info.get("jetstream"))  # nats-server's INFO names JetStream when on
     try:
-        account = await nc.jetstream(timeout=5).account_info()
+        account = await nc.jetstream(timeout=timeout).account_info()
         jetstream, level = True, getattr(account.api, "level", None)
     except (nats.js.errors.Error, nats.errors.Error) as err:
         if announced or not says_disabled(err):
@@ -208,7 +233,7 @@ async def gather_facts(config: Config, timeout: float = CHECK_TIMEOUT) -> list[S
     """The connected server's facts, then every monitored server's."""
     nc = await connect_once(config.nats, f"{config.daemon.node}-fleet-check", timeout)
     try:
-        facts = [await connected_facts(nc)]
+        facts = [await connected_facts(nc, min(API_TIMEOUT, timeout))]
     finally:
         await nc.close()
     facts += await monitored_facts(monitor_urls(config.fleet.monitor_url))

@@ -299,7 +299,7 @@ def test_a_cluster_without_quorum_is_waited_for_never_refused(
     wait_for(lambda: not own_cluster.healthy(0), timeout=30)  # it has seen the loss
     config = fleet_config(tmp_path, own_cluster.url(0))
     with pytest.raises(JetStreamNotReady, match="did not answer") as raised:
-        asyncio.run(check_fleet_nats(config))
+        asyncio.run(check_fleet_nats(config, timeout=2))
     assert not isinstance(raised.value, FleetUnsafe)
 
     daemon = DaemonProcess(
