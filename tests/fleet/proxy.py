@@ -32,6 +32,8 @@ class NatsProxy:
         self.port = free_port()
         self.dropped: list[bytes] = []  # payloads swallowed so far
         self._armed: list[Matcher] = []  # one matcher per reply still to lose
+        self._muted: tuple[bytes, ...] = ()  # subject prefixes whose messages are lost
+        self.muted_count = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -45,6 +47,12 @@ class NatsProxy:
         """Lose the next server message whose payload ``matcher`` accepts."""
         with self._lock:
             self._armed.append(matcher)
+
+    def mute(self, *prefixes: str) -> None:
+        """Lose every server message whose subject starts with one of ``prefixes`` until
+        ``mute()`` with none (a watcher cut off while its connection stays up)."""
+        with self._lock:
+            self._muted = tuple(p.encode() for p in prefixes)
 
     def armed(self) -> int:
         with self._lock:
@@ -96,10 +104,18 @@ class NatsProxy:
             if op in (b"MSG", b"HMSG"):
                 size = int(line.split()[-1])
                 payload = await reader.readexactly(size + 2)  # the payload and its CRLF
-                if self._swallow(payload):
+                if self._silenced(line) or self._swallow(payload):
                     continue
             writer.write(line + payload)
             await writer.drain()
+
+    def _silenced(self, line: bytes) -> bool:
+        parts = line.split(b" ", 2)
+        with self._lock:
+            if len(parts) > 1 and self._muted and parts[1].startswith(self._muted):
+                self.muted_count += 1
+                return True
+        return False
 
     def _swallow(self, payload: bytes) -> bool:
         with self._lock:
