@@ -653,11 +653,11 @@ class FleetAgent:
             return declined
         if not declined_by_all(declined, self.facts(), self.peers(), now):
             return declined
-        error = {
-            "reason": "missing_file",
-            "code": ValidationFailed.code,
-            "message": "every host that could run it declined: "
+        error = {  # as a run's failure reads (cause, reason), with the 422's field errors
+            "cause": "missing_file",
+            "reason": "every host that could run it declined: "
             + "; ".join(f"{d.node}: {d.reason}" for d in declined.declined),
+            "code": ValidationFailed.code,
             "errors": [e.as_dict() for e in err.errors],
         }
         return decline_everywhere(record, self.me, attempt, err.message, now, error)

@@ -156,7 +156,7 @@ def test_declined_everywhere_fails_the_job_with_its_announcement() -> None:
     record = tr.claim(new_job(), b, claim_facts("b"), T0)
     record = tr.decline(record, b, 1, "dataset missing on b", T0 + 1)
     record = tr.claim(record, a, claim_facts("a"), T0 + 2)
-    error = {"reason": "missing_file", "code": 422, "message": "every host declined"}
+    error = {"cause": "missing_file", "code": 422, "reason": "every host declined"}
     failed = tr.decline_everywhere(record, a, 2, "dataset missing on a", T0 + 3, error)
     assert failed.state is JobState.FAILED and failed.owner is None
     assert failed.result is not None and failed.result.error == error
