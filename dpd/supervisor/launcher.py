@@ -327,9 +327,14 @@ class ShimLauncher:
         SIGKILL to the group and to every marked process. Raises ``StopFailed`` if marked
         processes survive ``kill_timeout`` after SIGKILL."""
         save_quit = Path(run_dir) / SAVE_QUIT if run_dir is not None else None
+        touched = False
         try:
-            if graceful and training and save_quit is not None:
+            # Only into the run of a job still alive: a run that ended (a fleet host's run
+            # fenced while its daemon was paused) may share its run directory with the next
+            # attempt by now, which would read the file as a stop (and lose it to the unlink).
+            if graceful and training and save_quit is not None and await self._alive(info):
                 await asyncio.to_thread(touch, save_quit)
+                touched = True
                 if await self._wait_job_gone(info, timeout):
                     return await self._final_status(info)
             if graceful:
@@ -339,7 +344,7 @@ class ShimLauncher:
             await self._kill_everything(info)
             return await self._final_status(info)
         finally:
-            if save_quit is not None:
+            if touched and save_quit is not None:
                 # A stale save_quit would end a resumed run after its first step.
                 await asyncio.to_thread(unlink_quietly, save_quit)
 
@@ -367,6 +372,9 @@ class ShimLauncher:
             if not found or time.monotonic() >= deadline:
                 return sorted(killed)
             await asyncio.sleep(self.poll_interval)
+
+    async def _alive(self, info: ShimInfo) -> bool:
+        return bool(await asyncio.to_thread(job_alive, info))
 
     async def _wait_job_gone(self, info: ShimInfo, timeout: float) -> bool:
         """True once the shim and every marked process have ended within ``timeout``."""

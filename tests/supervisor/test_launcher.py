@@ -388,6 +388,25 @@ async def test_graceful_stop_while_training_uses_save_quit(
     assert not (run_dir / "save_quit").exists()
 
 
+async def test_a_stop_of_an_ended_run_leaves_its_run_directory_alone(
+    launcher: ShimLauncher, task_id: str, job_dir: Path, tmp_path: Path
+) -> None:
+    """A fleet host's run fenced while its daemon was paused: the daemon, back, stops a run
+    that has ended, whose run directory the next attempt (another host) may use by now.
+    Its ``save_quit`` there (a user's stop of that attempt) is neither touched nor removed;
+    once, it was created and unlinked again, and the next attempt read it as a stop."""
+    run_dir = tmp_path / "run"
+    info = await launcher.spawn(make_spec(task_id, job_dir, ["true"]))
+    await wait_until(in_thread(lambda: (job_dir / "exit.json").exists()))
+    run_dir.mkdir()
+    theirs = run_dir / "save_quit"
+    theirs.write_text("")
+    before = theirs.stat().st_mtime_ns
+    status = await launcher.stop(info, graceful=True, run_dir=run_dir, training=True, timeout=5)
+    assert status.returncode == 0
+    assert theirs.exists() and theirs.stat().st_mtime_ns == before
+
+
 async def test_graceful_stop_before_training_sends_sigterm(
     launcher: ShimLauncher, task_id: str, job_dir: Path, tmp_path: Path
 ) -> None:
