@@ -332,7 +332,12 @@ class ShimLauncher:
             # Only into the run of a job still alive: a run that ended (a fleet host's run
             # fenced while its daemon was paused) may share its run directory with the next
             # attempt by now, which would read the file as a stop (and lose it to the unlink).
-            if graceful and training and save_quit is not None and await self._alive(info):
+            if (
+                graceful
+                and training
+                and save_quit is not None
+                and await asyncio.to_thread(job_alive, info)
+            ):
                 await asyncio.to_thread(touch, save_quit)
                 touched = True
                 if await self._wait_job_gone(info, timeout):
@@ -372,9 +377,6 @@ class ShimLauncher:
             if not found or time.monotonic() >= deadline:
                 return sorted(killed)
             await asyncio.sleep(self.poll_interval)
-
-    async def _alive(self, info: ShimInfo) -> bool:
-        return bool(await asyncio.to_thread(job_alive, info))
 
     async def _wait_job_gone(self, info: ShimInfo, timeout: float) -> bool:
         """True once the shim and every marked process have ended within ``timeout``."""

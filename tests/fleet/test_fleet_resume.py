@@ -25,7 +25,7 @@ from tests.fleet.test_fleet_hosts import kv_records
 from tests.fleet.test_fleet_loss import drain, stream_events
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.fleet
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]  # 30 s; its pieces have unit tests in CI
 
 
 @pytest.fixture(scope="module")
