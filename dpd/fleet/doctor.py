@@ -148,11 +148,10 @@ async def bucket_row(js: JetStreamContext, spec: BucketSpec, report: Report) -> 
 async def node_rows(
     js: JetStreamContext, nodes: Bucket, alive: Bucket | None
 ) -> list[dict[str, Any]]:
-    try:
-        kv = await js.key_value(nodes.spec.bucket)
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    # the stream leader's list of subjects, not nats-py's ``keys()``: that listing can end
+    # before a just-acknowledged write is in it (its end comes from a pending count)
+    info = await js.stream_info(nodes.stream, subjects_filter=f"{nodes.prefix}>")
+    keys = [subject[len(nodes.prefix) :] for subject in info.state.subjects or {}]
     rows: list[dict[str, Any]] = []
     for key in sorted(keys):
         entry = await nodes.leader_get(key)
