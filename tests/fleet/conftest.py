@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from tests.fleet.natscluster import NatsCluster, why_no_fleet_server
+from tests.fleet.proxy import NatsProxy
 
 DEBIAN_NATS = Path("/usr/sbin/nats-server")  # 2.9.10: too old for fleet mode
 
@@ -81,3 +82,11 @@ def lazy_server(tmp_path: Path) -> Iterator[NatsCluster]:
     server = NatsCluster(tmp_path / "lazy", n=1, sync="default").up()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def proxy(cluster: NatsCluster) -> Iterator[NatsProxy]:
+    """A proxy in front of the cluster's first server (``tests/fleet/proxy.py``): a host
+    given ``proxy.url`` as its ``[nats] url`` can lose replies or be blinded."""
+    with NatsProxy(cluster.ports[0]["client"]) as running:
+        yield running

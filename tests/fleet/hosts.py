@@ -139,6 +139,17 @@ class Fleet:
             with contextlib.suppress(Exception):
                 host.stop(timeout=20)
 
+    def __enter__(self) -> Fleet:
+        """``with Fleet(...) as hosts:`` every host up, and down again at the end."""
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
     def job(self, **overrides: Any) -> dict[str, Any]:
         doc = job_document(self.shared, queue=True, **overrides)
         doc["config"]["epochs"] = 1

@@ -26,21 +26,13 @@ pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 
 @pytest.fixture
-def proxy(cluster: NatsCluster) -> Iterator[NatsProxy]:
-    with NatsProxy(int(cluster.url(0).rsplit(":", 1)[1])) as running:
-        yield running
-
-
-@pytest.fixture
 def fleet(
     cluster: NatsCluster, proxy: NatsProxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     hosts = Fleet(cluster, tmp_path_factory.mktemp("fleet14w"), {"a": 1, "b": 1})
     hosts["a"].config["nats"]["url"] = proxy.url
-    try:
-        yield hosts.up()
-    finally:
-        hosts.down()
+    with hosts:
+        yield hosts
 
 
 def test_fl14_a_blind_watcher_still_finds_a_dead_host_by_leader_reads(

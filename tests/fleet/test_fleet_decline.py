@@ -36,10 +36,8 @@ def fleet(cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     elsewhere = hosts.root / "c-data"
     elsewhere.mkdir()
     hosts["c"].config["daemon"]["data_roots"] = [str(elsewhere)]  # the dataset is not here
-    try:
-        yield hosts.up()
-    finally:
-        hosts.down()
+    with hosts:
+        yield hosts
 
 
 def declines(fleet: Fleet, task_id: str) -> int:
@@ -105,10 +103,8 @@ def lone(cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("fleet10b")
     hosts = Fleet(cluster, root, {"c": 1})
     hosts["c"].config["trainer"]["env"]["DPD_SIM_GPU_DIR"] = str(root / "gpus")
-    try:
-        yield hosts.up()
-    finally:
-        hosts.down()
+    with hosts:
+        yield hosts
 
 
 def test_fl10_a_gpu_taken_between_plan_and_spawn_fails_the_run_not_the_job(

@@ -30,21 +30,13 @@ LOST = puback_of("KV_dpd_jobs")
 
 
 @pytest.fixture
-def proxy(cluster: NatsCluster) -> Iterator[NatsProxy]:
-    with NatsProxy(int(cluster.url(0).rsplit(":", 1)[1])) as running:
-        yield running
-
-
-@pytest.fixture
 def fleet(
     cluster: NatsCluster, proxy: NatsProxy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     hosts = Fleet(cluster, tmp_path_factory.mktemp("fleet14"), {"a": 1, "b": 2})
     hosts["b"].config["nats"]["url"] = proxy.url
-    try:
-        yield hosts.up()
-    finally:
-        hosts.down()
+    with hosts:
+        yield hosts
 
 
 def test_fl14_writes_whose_replies_are_lost_are_resolved_never_doubled(
