@@ -57,7 +57,10 @@ def test_bad_files_are_rejected_with_the_rest_envelope(daemon: DaemonProcess) ->
     daemon.drop("second.json", job_document(daemon.data, task_id="dup"))
     rejected = daemon.spool / "rejected"
     names = ("broken.json", "invalid.json", "second.json")
-    wait_for(lambda: all((rejected / f"{n}.error.json").exists() for n in names))
+    # The error file is written before the drop is moved beside it: once a rejected file is
+    # there, its reason is too.
+    wait_for(lambda: all((rejected / n).exists() for n in names))
+    assert all((rejected / f"{n}.error.json").exists() for n in names)
     codes = {n: json.loads((rejected / f"{n}.error.json").read_text())["code"] for n in names}
     assert codes == {"broken.json": 400, "invalid.json": 422, "second.json": 409}
     fields = {
@@ -65,7 +68,6 @@ def test_bad_files_are_rejected_with_the_rest_envelope(daemon: DaemonProcess) ->
         for e in json.loads((rejected / "invalid.json.error.json").read_text())["data"]["errors"]
     }
     assert "config.optimizer.type" in fields and "config.optimizer.lr" in fields
-    assert all((rejected / n).exists() for n in names)
     assert daemon.job_ids() == ["dup"]
 
 
