@@ -7,13 +7,16 @@ with it. Event-loop only: no locking.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
 
+from dpd.jobs.states import Phase
 from dpd.supervisor.ports import PortAllocator
 
 if TYPE_CHECKING:
     from dpd.supervisor.run import JobRun
+
+PAST_CACHING: Final = frozenset({Phase.TRAINING.value, Phase.EVAL.value, Phase.SAVING.value})
 
 
 class RunRegistry:
@@ -50,6 +53,17 @@ class RunRegistry:
     def assignments(self) -> dict[int, tuple[str, str]]:
         """GPU -> (task id, "training") for every GPU a live run holds."""
         return {gpu: (run.task_id, "training") for run in self.runs() for gpu in run.gpu_ids}
+
+    def building_caches(self, keys_of: Callable[[str], frozenset[str]]) -> dict[str, str]:
+        """The dataset caches live runs may be writing, each with the task writing it: a
+        run's, from its launch until its trainer reaches training (scheduler rule 6). A
+        stopping run's trainer may still be writing, so it counts until it is gone."""
+        return {
+            key: run.task_id
+            for run in self.runs()
+            if run.follower.facts.phase not in PAST_CACHING
+            for key in keys_of(run.task_id)
+        }
 
     def trainer_pids(self) -> set[int]:
         return {run.shim.trainer_pid for run in self.runs() if run.shim is not None}

@@ -16,6 +16,11 @@ Rules, in the order they apply:
    reserving job could start: its ``estimated_duration`` is at most the reserving job's
    *shadow time* (seconds until enough GPUs are expected free, from the running jobs' ETAs).
    Unknown durations or unknown shadow times never backfill.
+6. One builder per dataset cache. A job whose dataset cache (``dataset_cache.cache_keys``)
+   a live run may still be writing (it has not reached training) waits, and so does a job
+   sharing a cache with one placed earlier in the same pass: two trainers building one cache
+   tear it. Such a job reserves nothing (it waits for a run's caching, not for GPUs), and
+   keeps its place in the order for the pass after.
 
 Start-time estimates replay the queue in that order against the GPUs' expected free times
 (now, or now + the running job's ETA); a GPU held by a foreign process or in an unknown state
@@ -46,6 +51,7 @@ class QueuedJob:
     required_gpus: int
     min_memory_mb: int | None
     estimated_duration: float | None  # seconds, when the job (or its model) gives one
+    cache_keys: frozenset[str] = frozenset()  # dataset caches its trainer writes (rule 6)
 
     @property
     def needed(self) -> int:
@@ -105,17 +111,26 @@ def queue_positions(queue: Iterable[QueuedJob]) -> dict[str, int]:
 # ------------------------------------------------------------------------------- plan
 
 
-def plan(queue: Sequence[QueuedJob], gpus: Sequence[GpuView]) -> list[Assignment]:
-    """The jobs that start now and their GPUs (rules in the module docstring)."""
+def plan(
+    queue: Sequence[QueuedJob],
+    gpus: Sequence[GpuView],
+    caching: frozenset[str] = frozenset(),
+) -> list[Assignment]:
+    """The jobs that start now and their GPUs (rules in the module docstring). ``caching``:
+    the dataset caches live runs may still be writing (rule 6)."""
     free = {g.gpu_id: g for g in gpus if g.status == AVAILABLE}
     reserved: dict[int, float] = {}  # gpu_id -> shadow time of the job that reserved it
+    building = set(caching)
     assignments: list[Assignment] = []
     for job in queue_order(queue):
         if not free:
             break  # nothing else can start; the rest only matters for estimates
+        if job.cache_keys & building:
+            continue  # rule 6
         chosen = _choose_now(job, free, reserved)
         if chosen is not None:
             assignments.append(Assignment(job.task_id, chosen))
+            building |= job.cache_keys
             for gpu_id in chosen:
                 free.pop(gpu_id, None)
                 reserved.pop(gpu_id, None)

@@ -26,6 +26,7 @@ from typing import Any
 from dpd.config import Config
 from dpd.errors import Conflict, InsufficientResources
 from dpd.events import EmitEvent
+from dpd.jobs.dataset_cache import cache_keys
 from dpd.jobs.states import ACTIVE, RESUMABLE, Status
 from dpd.spool.atomic import DurabilityError
 from dpd.spool.store import JobStore, utc_now
@@ -80,6 +81,7 @@ class Supervisor:
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._waiting_for_port: set[str] = set()
+        self._waiting_for_cache: dict[str, str] = {}  # task -> the run it was told to wait on
         self._loop_task: asyncio.Task[None] | None = None
         self._fatal: asyncio.Future[None] | None = None
         self._short_of_room = False  # said once until there is room again
@@ -163,7 +165,9 @@ class Supervisor:
         queue = self.queued_jobs()
         if not queue or not await asyncio.to_thread(self._room_to_start):
             return
-        for assignment in plan(queue, self.gpu_views()):
+        caching = self.building_caches()
+        self._tell_cache_waits(queue, caching)
+        for assignment in plan(queue, self.gpu_views(), frozenset(caching)):
             task_id = assignment.task_id
             try:
                 port = self.running.ports.allocate(task_id)
@@ -214,19 +218,25 @@ class Supervisor:
         """Queued jobs without a run (one being launched is placed already). GPUs pinned by
         the job's document, not state.json's gpu_ids: those record where an earlier run
         ran and would pin a resumed job to its old GPU."""
-        return [
-            QueuedJob(
-                task_id=s["task_id"],
-                priority=int(s.get("priority", 0)),
-                submitted_seq=int(s.get("submitted_seq", 0)),
-                gpu_ids=self.store.spec(s["task_id"]).gpu_ids or None,
-                required_gpus=int(s.get("required_gpus", 1)),
-                min_memory_mb=self.store.spec(s["task_id"]).min_memory_mb,
-                estimated_duration=None,
+        states = self.store.states(lambda s: s["status"] == Status.QUEUED.value)
+        jobs = []
+        for s in states:
+            if s["task_id"] in self.running:
+                continue
+            spec = self.store.spec(s["task_id"])
+            jobs.append(
+                QueuedJob(
+                    task_id=s["task_id"],
+                    priority=int(s.get("priority", 0)),
+                    submitted_seq=int(s.get("submitted_seq", 0)),
+                    gpu_ids=spec.gpu_ids or None,
+                    required_gpus=int(s.get("required_gpus", 1)),
+                    min_memory_mb=spec.min_memory_mb,
+                    estimated_duration=None,
+                    cache_keys=cache_keys(spec.model_type, spec.dataset),
+                )
             )
-            for s in self.store.states(lambda s: s["status"] == Status.QUEUED.value)
-            if s["task_id"] not in self.running
-        ]
+        return jobs
 
     def assignments(self) -> dict[int, tuple[str, str]]:
         return self.running.assignments()
@@ -250,17 +260,41 @@ class Supervisor:
         return views
 
     def queue_info(self) -> dict[str, dict[str, Any]]:
-        """Position (1-based) and estimated start (unix time) of every queued job."""
+        """Position (1-based), estimated start (unix time) and, for a job held back by a
+        dataset cache another run is building (scheduler rule 6), what it waits for."""
         queue = self.queued_jobs()
         positions = queue_positions(queue)
         starts = estimate_start_times(queue, self.gpu_views(), self.ctx.clock.wall())
+        caching = self.building_caches()
         return {
             job.task_id: {
                 "position": positions.get(job.task_id),
                 "estimated_start": starts.get(job.task_id),
+                "waiting_for": _cache_wait(job, caching),
             }
             for job in queue
         }
+
+    def building_caches(self) -> dict[str, str]:
+        """Dataset caches live runs may be writing, and the task writing each (rule 6)."""
+
+        def keys_of(task_id: str) -> frozenset[str]:
+            spec = self.store.spec(task_id)
+            return cache_keys(spec.model_type, spec.dataset)
+
+        return self.running.building_caches(keys_of)
+
+    def _tell_cache_waits(self, queue: list[QueuedJob], caching: dict[str, str]) -> None:
+        """Log once per job and holder that a queued job waits for another run's caching."""
+        waits = {job.task_id: _cache_wait(job, caching) for job in queue}
+        for task_id, wait in waits.items():
+            told = self._waiting_for_cache.get(task_id)
+            if wait is not None and told != wait["task_id"]:
+                log.info(
+                    "%s waits: %s is building its dataset cache %s",
+                    task_id, wait["task_id"], wait["cache"],
+                )  # fmt: skip
+        self._waiting_for_cache = {t: w["task_id"] for t, w in waits.items() if w is not None}
 
     # ------------------------------------------------------- stop and resume
 
@@ -337,3 +371,12 @@ class Supervisor:
             self.store.transition, task_id, expect, to, announce=announce, **fields
         )
         runfiles.announce(self.emit, event)
+
+
+def _cache_wait(job: QueuedJob, caching: dict[str, str]) -> dict[str, str] | None:
+    """What a queued job waits for under scheduler rule 6, if anything: the first dataset
+    cache of its that a live run is building, and that run."""
+    for key in sorted(job.cache_keys):
+        if key in caching:
+            return {"reason": "dataset_cache", "cache": key, "task_id": caching[key]}
+    return None

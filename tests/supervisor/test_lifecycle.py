@@ -291,3 +291,32 @@ def test_training_that_ends_while_the_daemon_is_dead_is_picked_up(
         m["step"] for m in metrics(daemon, "e") if m["type"] == "step" and m["metric"] == "loss"
     ]
     assert steps == list(range(1, 17))
+
+
+def test_jobs_on_one_dataset_build_its_cache_one_at_a_time(tmp_path: Path, daemons: list) -> None:
+    """Scheduler rule 6 end to end: the second job waits, though a GPU is free, while the
+    first builds the dataset's cache; it then starts and finds the cache built."""
+    daemon = make_daemon(tmp_path, gpus=2, DPD_SIM_CACHE_SECONDS="3")
+    daemons.append(daemon)
+    daemon.start()
+    daemon.drop("a.json", job_document(daemon.data, task_id="a"))
+    wait_status(daemon, "a", ("running",))
+    daemon.drop("b.json", job_document(daemon.data, task_id="b"))
+
+    def waiting() -> dict[str, Any] | None:
+        code, body = daemon.request("GET", "/api/v1/training/b")
+        return body["data"].get("waiting_for") if code == 200 else None
+
+    wait_for(lambda: waiting() is not None)
+    assert waiting() == {
+        "reason": "dataset_cache",
+        "cache": str(daemon.data / "datasets" / "cats" / "cache" / "sdxl"),
+        "task_id": "a",
+    }
+    assert status(daemon, "b") == "queued"
+    for task_id in ("a", "b"):
+        assert wait_status(daemon, task_id, TERMINAL, timeout=60)["status"] == "completed"
+    logs = {t: (daemon.spool / "jobs" / t / "train.log").read_text() for t in ("a", "b")}
+    assert "Grouped metadata is not cached. Caching it now." in logs["a"]
+    assert "Found grouped metadata cache. Directly loading it." in logs["b"]
+    assert "Caching it now" not in logs["b"]

@@ -343,6 +343,8 @@ async def test_a_restart_adopts_a_live_run_and_records_one_that_ended_meanwhile(
     await rig.monitor.poll_now()
     await rig.start()
     await launched(rig, "alive")
+    rig.launcher.print("alive", *SET_UP)  # past caching: "ends" may build the same cache now
+    await until(lambda: (rig.store.get("alive")["progress"] or {}).get("phase") == "training")
     await launched(rig, "ends")
     await rig.sup.close(stop_jobs=False)
     rig.launcher.print("ends", "TRAINING COMPLETE!")

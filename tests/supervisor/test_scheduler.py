@@ -276,3 +276,34 @@ def test_the_first_job_in_order_starts_whenever_it_fits_now(
     alone = plan([first], gpus)
     if alone:  # nothing queued behind it changes the head's decision
         assert plan(queue, gpus)[0] == alone[0]
+
+
+# ---------------------------------------------------------------- rule 6: dataset caches
+
+
+def cached(task_id: str, seq: int, *keys: str, priority: int = 0) -> QueuedJob:
+    return QueuedJob(task_id, priority, seq, None, 1, None, None, frozenset(keys))
+
+
+def test_a_job_whose_cache_a_live_run_builds_waits_and_reserves_nothing() -> None:
+    queue = [cached("sweep-2", 1, "/d/cats/cache/sdxl", priority=5), cached("dogs", 2, "/d/dogs")]
+    assert started(queue, [free(0)]) == {"sweep-2": (0,)}
+    waiting = plan(queue, [free(0)], frozenset({"/d/cats/cache/sdxl"}))
+    assert waiting == [Assignment("dogs", (0,))]  # the waiting job held on to no GPU
+
+
+def test_one_builder_per_cache_in_a_pass() -> None:
+    queue = [
+        cached("a", 1, "/d/cats/cache/sdxl"),
+        cached("b", 2, "/d/cats/cache/sdxl", "/d/dogs/cache/sdxl"),
+        cached("c", 3, "/d/dogs/cache/sdxl"),
+        cached("d", 4),
+    ]
+    assert started(queue, [free(i) for i in range(4)]) == {"a": (0,), "c": (1,), "d": (2,)}
+
+
+def test_jobs_without_cache_keys_plan_as_before() -> None:
+    queue = [job("a", seq=1), job("b", seq=2)]
+    assert plan(queue, [free(0), free(1)], frozenset({"/d/cats/cache/sdxl"})) == plan(
+        queue, [free(0), free(1)]
+    )

@@ -235,6 +235,7 @@ async def get_training(request: web.Request) -> web.Response:
         queue = services.supervisor.queue_info().get(state["task_id"], {})
         detail["queue_position"] = queue.get("position")
         detail["estimated_start_time"] = views.iso_from_unix(queue.get("estimated_start"))
+        detail["waiting_for"] = queue.get("waiting_for")
     return envelope_response(detail)
 
 

@@ -2,7 +2,7 @@
 import { html, useCallback, useEffect, useRef, useState } from "../html.js";
 import { BASE, get, post, seg } from "../api.js";
 import { useLiveEvents } from "../live.js";
-import { go } from "../router.js";
+import { go, jobLink } from "../router.js";
 import { SERIES, useJobSeries } from "../series.js";
 import { pageTitle } from "../pure/title.js";
 import { bytes, duration, number, oneLine, percent, when } from "../pure/format.js";
@@ -98,6 +98,9 @@ function Summary({ job }) {
     <div class="row-head"><h1 class="job-id">${job.task_id}</h1><${StatusPill} status=${job.status} />
       ${p.phase && (ACTIVE.has(job.status)) && html`<span class="phase">${p.phase}</span>`}</div>
     ${job.description && html`<p class="muted">${job.description}</p>`}
+    ${job.status === "queued" && job.waiting_for && html`<p class="muted" data-field="waiting-for">
+      Waits for <a href=${jobLink(job.waiting_for.task_id)}>${job.waiting_for.task_id}</a> to finish
+      building the dataset cache <code>${job.waiting_for.cache}</code>; it starts once that job trains.</p>`}
     <${ProgressBar} value=${p.overall_progress} />
     <dl class="facts-grid">
       <div><dt>Progress</dt><dd data-field="progress">${percent(p.overall_progress)}</dd></div>
