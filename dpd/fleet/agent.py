@@ -72,7 +72,13 @@ from dpd.fleet.kv import (
     jobs_spec,
     nodes_spec,
 )
-from dpd.fleet.placer import Claim, PeerView, declined_by_all, plan_claims
+from dpd.fleet.placer import (
+    Claim,
+    PeerView,
+    building_elsewhere,
+    declined_by_all,
+    plan_claims,
+)
 from dpd.fleet.publication import EventOutlet, Publication
 from dpd.fleet.reaper import Policy, Reaper, run_reaper
 from dpd.fleet.reaper import change_for as reaper_change
@@ -89,8 +95,16 @@ from dpd.fleet.records import (
     enc,
     iso,
     node_key,
+    parse_iso,
 )
-from dpd.fleet.registry import Heartbeat, boottime, read_lease, register, this_daemon
+from dpd.fleet.registry import (
+    BeatFacts,
+    Heartbeat,
+    boottime,
+    read_lease,
+    register,
+    this_daemon,
+)
 from dpd.fleet.resume import resumed_run, runnable_spec
 from dpd.fleet.startup import FleetUnsafe, JetStreamNotReady, connected_facts, problems
 from dpd.fleet.table import WatchedTable
@@ -108,6 +122,7 @@ from dpd.fleet.transitions import (
     refence,
     start,
 )
+from dpd.jobs.dataset_cache import spec_cache_keys
 from dpd.jobs.spec import JobSpec, recheck_paths
 from dpd.jobs.states import TERMINAL, Status
 from dpd.spool.store import JobStore, StatusEvent, Submission, utc_now
@@ -336,14 +351,17 @@ class FleetAgent:
     def _claimed_gpus(self) -> set[int]:
         return {g for gpus in self.claiming.values() for g in gpus}
 
-    def _snapshot(self) -> tuple[tuple[FreeGpu, ...], tuple[str, ...], int, bool]:
+    def _snapshot(self) -> BeatFacts:
         held = self._claimed_gpus()
         free = tuple(
             FreeGpu(v.gpu_id, v.memory_free)
             for v in self.supervisor.gpu_views()
             if v.status == AVAILABLE and v.gpu_id not in held
         )
-        return free, tuple(self.supervisor.running), len(self.claiming), self._draining()
+        caching = tuple(sorted(set(self.supervisor.building_caches().values())))
+        return BeatFacts(
+            free, tuple(self.supervisor.running), len(self.claiming), self._draining(), caching
+        )
 
     def records(self) -> list[tuple[JobRecord, int]]:
         """The watched job records (a hint, §3.4) with their revisions."""
@@ -377,7 +395,17 @@ class FleetAgent:
                 dict(node.labels),
                 {g.id: g.memory_total for g in node.gpus},
             )
-            out.append(PeerView(facts, alive.free, True, alive.draining or node.draining))
+            caching = frozenset(alive.caching) if alive.caching is not None else None
+            out.append(
+                PeerView(
+                    facts,
+                    alive.free,
+                    True,
+                    alive.draining or node.draining,
+                    caching=caching,
+                    beat_at=parse_iso(alive.at),
+                )
+            )
         return out
 
     def registered_nodes(self) -> list[NodeRecord]:
@@ -506,8 +534,14 @@ class FleetAgent:
         if self.heartbeat.last_ok is None:
             return
         now = time.time()
-        records = [r for r, _ in self.records() if r.task_id not in self.claiming]
+        every = [r for r, _ in self.records()]
+        records = [r for r in every if r.task_id not in self.claiming]
         self._resume_own(records)
+        caching = set(self.supervisor.building_caches())
+        for r in every:
+            if r.task_id in self.claiming:
+                caching |= spec_cache_keys(r.spec)
+        caching |= building_elsewhere(every, self.node, self.peers())
         claims = plan_claims(
             records,
             self.facts(),
@@ -516,6 +550,7 @@ class FleetAgent:
             now,
             claiming=self._claimed_gpus(),
             stagger=self.fleet.claim_stagger,
+            caching=frozenset(caching),
         )
         for c in claims:
             if c.delay:

@@ -34,6 +34,7 @@ from typing import Final
 
 from dpd.fleet.records import Desired, FreeGpu, JobRecord, JobState, parse_iso
 from dpd.fleet.transitions import DECLINE_MEMORY_S, NodeFacts, constraints_match
+from dpd.jobs.dataset_cache import spec_cache_keys
 from dpd.supervisor.scheduler import AVAILABLE, Assignment, GpuView, QueuedJob, plan, queue_order
 
 CLAIM_STAGGER: Final = 0.05  # seconds per fit rank (fleet.claim_stagger)
@@ -48,6 +49,8 @@ class PeerView:
     free: tuple[FreeGpu, ...]
     alive: bool
     draining: bool = False
+    caching: frozenset[str] | None = None  # its runs not yet training (None: it does not say)
+    beat_at: float = 0.0  # unix time of the heartbeat these facts come from
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def queued_job(record: JobRecord, submitted_seq: int) -> QueuedJob:
         required_gpus=c.required_gpus,
         min_memory_mb=c.min_memory_mb,
         estimated_duration=None,
+        cache_keys=spec_cache_keys(record.spec),
     )
 
 
@@ -155,6 +159,32 @@ def my_views(gpus: Sequence[GpuView], claiming: Iterable[int]) -> list[GpuView]:
     return [dataclasses.replace(g, status=BUSY) if g.gpu_id in held else g for g in gpus]
 
 
+def building_elsewhere(
+    records: Iterable[JobRecord], me: str, peers: Sequence[PeerView]
+) -> frozenset[str]:
+    """The dataset caches live peers' jobs may be writing (scheduler rule 6 across hosts on
+    shared storage): a job claimed or starting there has not reached training; a running
+    or stopping one has not if its owner's last heartbeat lists it, or is older than the
+    record's last change (the beat may predate the launch). A peer that does not say (an
+    older version) and a node that is not alive hold nothing: a dead host's cache must not
+    hold a dataset's jobs back for good."""
+    by_node = {p.facts.node: p for p in peers if p.alive}
+    keys: set[str] = set()
+    for record in records:
+        owner = record.owner
+        if owner is None or owner.node == me or record.terminal:
+            continue
+        peer = by_node.get(owner.node)
+        if peer is None or peer.caching is None:
+            continue
+        if record.state in (JobState.CLAIMED, JobState.STARTING) or (
+            record.state in (JobState.RUNNING, JobState.STOPPING)
+            and (record.task_id in peer.caching or peer.beat_at < parse_iso(record.updated_at))
+        ):
+            keys |= spec_cache_keys(record.spec)
+    return frozenset(keys)
+
+
 def plan_claims(
     records: Iterable[JobRecord],
     me: NodeFacts,
@@ -163,14 +193,17 @@ def plan_claims(
     now: float,
     claiming: Iterable[int] = (),
     stagger: float = CLAIM_STAGGER,
+    caching: frozenset[str] = frozenset(),
 ) -> list[Claim]:
-    """The claims this node should attempt now, in plan order (§9.2 steps 1–4)."""
+    """The claims this node should attempt now, in plan order (§9.2 steps 1–4).
+    ``caching``: the dataset caches this node's runs and claims in flight may be writing
+    (scheduler rule 6)."""
     mine = my_views(my_gpus, claiming)
     candidates = eligible(records, me, now)
     by_id = {r.task_id: r for r in candidates}
     queue = as_queue(candidates)
     others = {job.task_id: others_for(by_id[job.task_id], job, peers) for job in queue}
-    assignments = plan_with_reservations(queue, mine, {t for t, o in others.items() if o})
+    assignments = plan_with_reservations(queue, mine, {t for t, o in others.items() if o}, caching)
     claims = []
     for assignment in assignments:
         job = next(j for j in queue if j.task_id == assignment.task_id)
@@ -180,7 +213,10 @@ def plan_claims(
 
 
 def plan_with_reservations(
-    queue: Sequence[QueuedJob], gpus: Sequence[GpuView], no_reserve: set[str]
+    queue: Sequence[QueuedJob],
+    gpus: Sequence[GpuView],
+    no_reserve: set[str],
+    caching: frozenset[str] = frozenset(),
 ) -> list[Assignment]:
     """``scheduler.plan`` where the jobs in ``no_reserve`` never reserve GPUs (rule 4) when
     they cannot start: plan; drop the first such job (in queue order) that got nothing;
@@ -188,7 +224,7 @@ def plan_with_reservations(
     reservation."""
     current = queue_order(queue)
     while True:
-        assignments = plan(current, gpus)
+        assignments = plan(current, gpus, caching)
         started = {a.task_id for a in assignments}
         blocked = [j for j in current if j.task_id in no_reserve and j.task_id not in started]
         if not blocked:

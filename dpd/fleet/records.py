@@ -485,6 +485,9 @@ class AliveRecord(Exported):
     running: tuple[str, ...] = ()
     claiming: int = 0
     draining: bool = False
+    # the running tasks that may still write dataset caches (not yet training; scheduler
+    # rule 6); None from a node that does not say (an older version)
+    caching: tuple[str, ...] | None = None
 
     def to_json(self) -> bytes:
         return dump_json(self.to_dict())
@@ -495,6 +498,9 @@ class AliveRecord(Exported):
         running = required(d, "running", list, where)
         if not all(isinstance(t, str) for t in running):
             raise RecordError(f"{where}.running: expected a list of task ids")
+        caching = optional(d, "caching", list, where)
+        if caching is not None and not all(isinstance(t, str) for t in caching):
+            raise RecordError(f"{where}.caching: expected a list of task ids")
         return cls(
             node=required(d, "node", str, where),
             instance=required(d, "instance", str, where),
@@ -506,6 +512,7 @@ class AliveRecord(Exported):
             running=tuple(running),
             claiming=required(d, "claiming", int, where),
             draining=required(d, "draining", bool, where),
+            caching=tuple(caching) if caching is not None else None,
         )
 
     @classmethod

@@ -147,18 +147,28 @@ async def register(nodes: Bucket, record: NodeRecord) -> int:
     raise KvError(f"{key}: registration kept conflicting")
 
 
+@dataclass(frozen=True)
+class BeatFacts:
+    """The changing part of one heartbeat: free GPUs, running tasks, claims in flight,
+    draining, and the running tasks that may still write dataset caches."""
+
+    free: tuple[FreeGpu, ...] = ()
+    running: tuple[str, ...] = ()
+    claiming: int = 0
+    draining: bool = False
+    caching: tuple[str, ...] = ()
+
+
 @dataclass
 class Heartbeat:
     """The heartbeat loop of one daemon instance (§9.3). ``snapshot`` supplies the
-    changing part of each beat (free GPUs, running tasks, claims in flight, draining)."""
+    changing part of each beat."""
 
     alive: Bucket
     me: Actor
     interval: float
     state_dir: Path | None = None
-    snapshot: Callable[[], tuple[tuple[FreeGpu, ...], tuple[str, ...], int, bool]] = field(
-        default=lambda: ((), (), 0, False)
-    )
+    snapshot: Callable[[], BeatFacts] = BeatFacts
     on_recreated: Callable[[], Awaitable[None] | None] | None = None
     on_renewed: Callable[[], None] | None = None  # after each success (the gate, §9.7)
     clock: Callable[[], float] = boottime
@@ -171,18 +181,20 @@ class Heartbeat:
         return node_key(self.me.node)
 
     def record(self) -> AliveRecord:
-        free, running, claiming, draining = self.snapshot()
+        at = iso(time.time())  # before the snapshot: a peer compares it with records'
+        facts = self.snapshot()  # updated_at (placer.building_elsewhere)
         return AliveRecord(
             node=self.me.node,
             instance=self.me.instance,
             boot_id=self.me.boot_id,
             machine_id=self.me.machine_id,
             n=self.beats + 1,
-            at=iso(time.time()),
-            free=free,
-            running=running,
-            claiming=claiming,
-            draining=draining,
+            at=at,
+            free=facts.free,
+            running=facts.running,
+            claiming=facts.claiming,
+            draining=facts.draining,
+            caching=facts.caching,
         )
 
     async def start(self) -> None:

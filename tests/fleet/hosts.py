@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,9 +152,26 @@ class Fleet:
         self.down()
 
     def job(self, **overrides: Any) -> dict[str, Any]:
+        """A 1-epoch job on a dataset of its own, a copy of the shared one (one per task id):
+        jobs on one dataset build its cache one at a time, fleet-wide (scheduler rule 6),
+        which the scenarios here do not measure. ``dataset`` in ``overrides`` replaces it."""
         doc = job_document(self.shared, queue=True, **overrides)
         doc["config"]["epochs"] = 1
+        if "dataset" not in overrides:
+            own = self.own_dataset(str(overrides.get("task_id") or uuid.uuid4().hex))
+            doc["dataset"]["directories"][0]["path"] = str(own)
         return doc
+
+    def own_dataset(self, name: str) -> Path:
+        cats = self.shared / "datasets" / "cats"
+        own = self.shared / "datasets" / f"of-{name}"
+        if not own.exists():
+            staged = own.with_name(f".{own.name}.{uuid.uuid4().hex}")
+            shutil.copytree(cats, staged, ignore=shutil.ignore_patterns("cache"))
+            with contextlib.suppress(OSError):  # another thread made it first
+                staged.rename(own)
+            shutil.rmtree(staged, ignore_errors=True)
+        return own
 
     def local_jobs(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         """task → [(host, state.json)] for every host's spool that holds the task."""

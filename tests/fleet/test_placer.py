@@ -12,12 +12,23 @@ from dpd.fleet import transitions as tr
 from dpd.fleet.placer import (
     Claim,
     PeerView,
+    building_elsewhere,
     declined_by_all,
     eligible,
     plan_claims,
     plan_with_reservations,
 )
-from dpd.fleet.records import Constraints, Declined, FreeGpu, JobRecord, SubmittedBy, iso
+from dpd.fleet.records import (
+    Constraints,
+    Declined,
+    Fence,
+    FreeGpu,
+    JobRecord,
+    JobState,
+    Owner,
+    SubmittedBy,
+    iso,
+)
 from dpd.fleet.transitions import NodeFacts
 from dpd.supervisor import scheduler
 from dpd.supervisor.scheduler import AVAILABLE, GpuView, QueuedJob
@@ -203,3 +214,49 @@ def test_replanning_without_unstartable_jobs_equals_the_may_reserve_switch(
         queue, views, no_reserve
     )
     assert plan_with_reservations(queue, views, set()) == scheduler.plan(queue, views)
+
+
+def test_a_node_claims_one_builder_per_dataset_cache_and_none_while_it_builds_one() -> None:
+    def on(task_id: str, directory: str, at: float) -> JobRecord:
+        spec = {"model_type": "sdxl", "dataset": {"directories": [{"path": directory}]}}
+        record = job(task_id, at=at)
+        return dataclasses.replace(record, spec=spec)
+
+    records = [on("a", "/d/cats", T0), on("b", "/d/cats", T0 + 1), on("c", "/d/dogs", T0 + 2)]
+    claims = plan_claims(records, node("a", gpus=4), gpus(4), peers=[], now=T0)
+    assert [c.task_id for c in claims] == ["a", "c"]  # b would build a's cache beside it
+    building = frozenset({"/d/cats/cache/sdxl"})  # a run here is still caching cats
+    claims = plan_claims(records, node("a", gpus=4), gpus(4), peers=[], now=T0, caching=building)
+    assert [c.task_id for c in claims] == ["c"]
+
+
+def test_caches_built_on_other_hosts_hold_back_jobs_on_the_same_dataset() -> None:
+    spec = {"model_type": "sdxl", "dataset": {"directories": [{"path": "/d/cats"}]}}
+    key = "/d/cats/cache/sdxl"
+
+    def held(state: JobState, node: str = "b", updated: float = T0) -> JobRecord:
+        owner = Owner(node, "i", "boot", "m", Fence(), (0,), iso(T0))
+        record = dataclasses.replace(job(f"{node}-{state}"), spec=spec, owner=owner, state=state)
+        return dataclasses.replace(record, updated_at=iso(updated))
+
+    def seen(caching: frozenset[str] | None, at: float = T0 + 5, alive: bool = True) -> PeerView:
+        return dataclasses.replace(peer("b", free=1, alive=alive), caching=caching, beat_at=at)
+
+    says_nothing_cached = seen(frozenset())
+    for state in (JobState.CLAIMED, JobState.STARTING):  # not launched yet: not training
+        assert building_elsewhere([held(state)], "a", [says_nothing_cached]) == {key}
+    running = held(JobState.RUNNING)
+    assert building_elsewhere([running], "a", [seen(frozenset({running.task_id}))]) == {key}
+    assert building_elsewhere([running], "a", [says_nothing_cached]) == frozenset()
+    # a beat older than the record's last change may predate the launch: assume caching
+    late = held(JobState.RUNNING, updated=T0 + 9)
+    assert building_elsewhere([late], "a", [says_nothing_cached]) == {key}
+    # my own runs are the supervisor's to report; dead or older peers hold nothing
+    assert building_elsewhere([held(JobState.STARTING, node="a")], "a", [says_nothing_cached]) == (
+        frozenset()
+    )
+    assert building_elsewhere([held(JobState.STARTING)], "a", [seen(None)]) == frozenset()
+    dead = seen(frozenset(), alive=False)
+    assert building_elsewhere([held(JobState.STARTING)], "a", [dead]) == frozenset()
+    done = dataclasses.replace(held(JobState.COMPLETED), state=JobState.COMPLETED)
+    assert building_elsewhere([done], "a", [says_nothing_cached]) == frozenset()

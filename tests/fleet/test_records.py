@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -167,3 +168,12 @@ def test_node_and_alive_records_round_trip() -> None:
     bad["running"] = [1]
     with pytest.raises(RecordError, match=r"alive\.running"):
         AliveRecord.from_dict(bad)
+    # which running tasks may still write dataset caches; an older node's beat says nothing
+    caching = dataclasses.replace(alive, caching=("t1",))
+    assert AliveRecord.from_json(caching.to_json()) == caching
+    older = caching.to_dict()
+    del older["caching"]
+    assert AliveRecord.from_dict(older).caching is None
+    older["caching"] = [1]
+    with pytest.raises(RecordError, match=r"alive\.caching"):
+        AliveRecord.from_dict(older)
