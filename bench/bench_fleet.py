@@ -53,7 +53,7 @@ from tests.daemon_harness import DaemonProcess
 from tests.fleet.conftest import connect
 from tests.fleet.hosts import Fleet
 from tests.fleet.natscluster import NatsCluster, why_no_fleet_server
-from tests.jobfiles import job_document, make_data_root
+from tests.jobfiles import job_document, make_data_root, own_dataset
 
 HOSTS = ("a", "b", "c")
 SIZES = (1, 2, 4)
@@ -169,9 +169,10 @@ def single_host(root: Path, n: int, window: float) -> tuple[list[float], float]:
     try:
         [cpu] = idle_cpu([host], window)
 
-        def doc(i: int) -> dict[str, Any]:
+        def doc(i: int) -> dict[str, Any]:  # a dataset of its own, as the fleet's jobs
             d = job_document(host.data, queue=True, description=f"single-{i}")
             d["config"]["epochs"] = 1
+            d["dataset"]["directories"][0]["path"] = str(own_dataset(host.data, f"single-{i}"))
             return d
 
         return idle_latencies([host], doc, n), cpu

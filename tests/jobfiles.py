@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,23 @@ def make_data_root(root: Path, images: int = 4) -> Path:
     models.mkdir(exist_ok=True)
     (models / "sdxl.safetensors").write_bytes(b"weights")
     return root
+
+
+def own_dataset(data_root: Path, name: str) -> Path:
+    """A copy of the data root's dataset for one job (made once per name, safe from several
+    threads): jobs on one dataset build its cache one at a time (scheduler rule 6), which a
+    test or benchmark of placement must not measure."""
+    own = data_root / "datasets" / f"of-{name}"
+    if not own.exists():
+        staged = own.with_name(f".{own.name}.{uuid.uuid4().hex}")
+        shutil.copytree(data_root / "datasets" / "cats", staged, ignore=_NO_CACHE)
+        with contextlib.suppress(OSError):  # another thread made it first
+            staged.rename(own)
+        shutil.rmtree(staged, ignore_errors=True)
+    return own
+
+
+_NO_CACHE = shutil.ignore_patterns("cache")
 
 
 def job_document(data_root: Path, **overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 from dpd.simulation import simulation_paths
 from tests.daemon_harness import DaemonProcess
 from tests.fleet.natscluster import NatsCluster
-from tests.jobfiles import job_document, make_data_root
+from tests.jobfiles import job_document, make_data_root, own_dataset
 from tests.ports import master_port_range
 from tests.waiting import wait_for
 
@@ -158,20 +157,9 @@ class Fleet:
         doc = job_document(self.shared, queue=True, **overrides)
         doc["config"]["epochs"] = 1
         if "dataset" not in overrides:
-            own = self.own_dataset(str(overrides.get("task_id") or uuid.uuid4().hex))
+            own = own_dataset(self.shared, str(overrides.get("task_id") or uuid.uuid4().hex))
             doc["dataset"]["directories"][0]["path"] = str(own)
         return doc
-
-    def own_dataset(self, name: str) -> Path:
-        cats = self.shared / "datasets" / "cats"
-        own = self.shared / "datasets" / f"of-{name}"
-        if not own.exists():
-            staged = own.with_name(f".{own.name}.{uuid.uuid4().hex}")
-            shutil.copytree(cats, staged, ignore=shutil.ignore_patterns("cache"))
-            with contextlib.suppress(OSError):  # another thread made it first
-                staged.rename(own)
-            shutil.rmtree(staged, ignore_errors=True)
-        return own
 
     def local_jobs(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         """task → [(host, state.json)] for every host's spool that holds the task."""
