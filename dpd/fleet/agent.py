@@ -537,16 +537,17 @@ class FleetAgent:
         every = [r for r, _ in self.records()]
         records = [r for r in every if r.task_id not in self.claiming]
         self._resume_own(records)
+        peers = self.peers()  # parsed once per pass
+        # dataset caches in use (scheduler rule 6): this host's runs, its claims in flight
+        # (not runs yet), and other hosts' jobs
         caching = set(self.supervisor.building_caches())
-        for r in every:
-            if r.task_id in self.claiming:
-                caching |= spec_cache_keys(r.spec)
-        caching |= building_elsewhere(every, self.node, self.peers())
+        caching.update(*(spec_cache_keys(r.spec) for r in every if r.task_id in self.claiming))
+        caching |= building_elsewhere(every, self.node, peers)
         claims = plan_claims(
             records,
             self.facts(),
             self.supervisor.gpu_views(),
-            self.peers(),
+            peers,
             now,
             claiming=self._claimed_gpus(),
             stagger=self.fleet.claim_stagger,

@@ -171,18 +171,20 @@ def building_elsewhere(
     by_node = {p.facts.node: p for p in peers if p.alive}
     keys: set[str] = set()
     for record in records:
-        owner = record.owner
-        if owner is None or owner.node == me or record.terminal:
-            continue
-        peer = by_node.get(owner.node)
-        if peer is None or peer.caching is None:
-            continue
-        if record.state in (JobState.CLAIMED, JobState.STARTING) or (
-            record.state in (JobState.RUNNING, JobState.STOPPING)
-            and (record.task_id in peer.caching or peer.beat_at < parse_iso(record.updated_at))
-        ):
+        peer = by_node.get(record.owner.node) if record.owner and record.owner.node != me else None
+        if peer is not None and _may_be_caching(record, peer):
             keys |= spec_cache_keys(record.spec)
     return frozenset(keys)
+
+
+def _may_be_caching(record: JobRecord, peer: PeerView) -> bool:
+    if peer.caching is None:
+        return False  # an older node: it does not say
+    if record.state in (JobState.CLAIMED, JobState.STARTING):
+        return True  # not launched yet
+    if record.state in (JobState.RUNNING, JobState.STOPPING):
+        return record.task_id in peer.caching or peer.beat_at < parse_iso(record.updated_at)
+    return False  # queued or ended
 
 
 def plan_claims(
