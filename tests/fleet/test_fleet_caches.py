@@ -32,9 +32,9 @@ def test_a_job_waits_for_another_hosts_caching_of_its_dataset(
             code, body = hosts["a"].request("GET", f"/api/v1/training/{task_id}")
             return body["data"] if code == 200 else {}
 
-        code, body = hosts["a"].request(
-            "POST", "/api/v1/training/start", hosts.job(task_id="first", **shared)
-        )
+        first = hosts.job(task_id="first", **shared)
+        first["config"]["epochs"] = 25  # trains about 4 s: its GPU is busy when the wait ends
+        code, body = hosts["a"].request("POST", "/api/v1/training/start", first)
         assert code == 201, body
         wait_for(lambda: (view("first").get("progress") or {}).get("phase") == "caching")
         code, body = hosts["b"].request(

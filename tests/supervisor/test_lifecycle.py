@@ -305,15 +305,15 @@ def test_jobs_on_one_dataset_build_its_cache_one_at_a_time(tmp_path: Path, daemo
 
     def waiting() -> dict[str, Any] | None:
         code, body = daemon.request("GET", "/api/v1/training/b")
-        return body["data"].get("waiting_for") if code == 200 else None
+        return body["data"] if code == 200 and body["data"].get("waiting_for") else None
 
-    wait_for(lambda: waiting() is not None)
-    assert waiting() == {
+    b = wait_for(waiting)  # one answer read: a reaches training 3 s into its caching
+    assert b["waiting_for"] == {
         "reason": "dataset_cache",
         "cache": str(daemon.data / "datasets" / "cats" / "cache" / "sdxl"),
         "task_id": "a",
     }
-    assert status(daemon, "b") == "queued"
+    assert b["status"] == "queued"
     for task_id in ("a", "b"):
         assert wait_status(daemon, task_id, TERMINAL, timeout=60)["status"] == "completed"
     logs = {t: (daemon.spool / "jobs" / t / "train.log").read_text() for t in ("a", "b")}
